@@ -1,0 +1,3 @@
+"""WebSocket URL patterns of every app, gathered for the ASGI router."""
+
+websocket_urlpatterns: list = []

@@ -1,0 +1,69 @@
+"""`manage.py generate "PROMPT"`: a quick proof that the configured model works.
+
+It goes through the same generation service the chat uses, printing loading
+progress to stderr and streaming the reply to stdout.
+"""
+
+import asyncio
+import functools
+import sys
+
+from django.conf import settings
+from django.core.management.base import BaseCommand, CommandError
+
+from generation.runtime.loading import ModelLoadError, load_model, resolve_device, resolve_source
+from generation.runtime.registry import default_limits
+from generation.runtime.service import GenerationService
+
+
+class Command(BaseCommand):
+    help = "Load the configured model and stream a reply to PROMPT."
+
+    def add_arguments(self, parser):
+        parser.add_argument("prompt", help="The user message to answer.")
+        parser.add_argument("--max-new-tokens", type=int, default=None)
+        parser.add_argument("--temperature", type=float, default=0.0, help="0 means greedy (default).")
+        parser.add_argument("--top-p", type=float, default=1.0)
+
+    def handle(self, *args, **options):
+        try:
+            source = resolve_source(settings.GENERATION_MODEL)
+            device = resolve_device(settings.GENERATION_DEVICE)
+        except ModelLoadError as error:
+            raise CommandError(str(error)) from None
+        load = functools.partial(
+            load_model, source, device, settings.GENERATION_CACHE_DIR, progress=self._progress
+        )
+        self._progress(f"Loading model {source.label} on {device}")
+        event = asyncio.run(self._generate(load, options))
+        if event["type"] == "error":
+            raise CommandError(event["message"])
+        self.stdout.write("")
+        timings = event["timings"]
+        self._progress(
+            f"[{event['usage']['completion_tokens']} tokens, first token after {timings['ttft_ms']} ms, "
+            f"{timings['total_ms']} ms in total, finish reason {event['finish_reason']}]"
+        )
+
+    async def _generate(self, load, options) -> dict:
+        limits = default_limits()
+        limits.max_new_tokens = options["max_new_tokens"] or limits.max_new_tokens
+        service = GenerationService(load=load, limits=limits)
+        service.start()
+        try:
+            handle = service.submit(
+                user_id="cli",
+                messages=[{"role": "user", "content": options["prompt"]}],
+                temperature=options["temperature"],
+                top_p=options["top_p"],
+            )
+            async for event in handle:
+                if event["type"] == "token":
+                    self.stdout.write(event["text"], ending="")
+                    self.stdout.flush()
+            return event
+        finally:
+            service.stop()
+
+    def _progress(self, message: str) -> None:
+        print(message, file=sys.stderr, flush=True)

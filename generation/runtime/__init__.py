@@ -1,0 +1,1 @@
+"""The per-process generation runtime: model loading, engines, the service."""

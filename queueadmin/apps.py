@@ -1,0 +1,10 @@
+"""App configuration for the queue settings, statistics and admin console."""
+
+from django.apps import AppConfig
+
+
+class QueueAdminConfig(AppConfig):
+    """Generation settings that staff change live, and the queue's statistics."""
+
+    name = "queueadmin"
+    default_auto_field = "django.db.models.BigAutoField"

@@ -1,0 +1,88 @@
+"""Fixtures shared by the whole suite.
+
+Most tests run on a tiny randomly initialised Llama (seeded, two small
+layers) that uses the real SmolLM2 tokenizer, so that prompts, chat templates
+and detokenisation are the real ones while a forward pass costs a millisecond.
+Only the tests marked `real_model` load the bundled SmolLM2.
+"""
+
+import functools
+from pathlib import Path
+
+import pytest
+import torch
+from django.conf import settings as django_settings
+
+from generation.runtime.loading import cached_folder, resolve_source, shared_model
+from generation.runtime.requests import Limits
+from generation.runtime.service import GenerationService
+
+
+def build_tiny_model(target: Path) -> Path:
+    """Write a seeded tiny Llama with the real SmolLM2 tokenizer to `target`."""
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    folder, _ = cached_folder(resolve_source(""), django_settings.GENERATION_CACHE_DIR)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=8192,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=2,
+        tie_word_embeddings=True,
+        # Wider than the default init, so that greedy output varies with the
+        # prompt instead of collapsing onto one token.
+        initializer_range=0.3,
+    )
+    torch.manual_seed(1234)
+    model = LlamaForCausalLM(config)
+    model.save_pretrained(target)
+    tokenizer.save_pretrained(target)
+    return target
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A folder holding the tiny test model, built once per test session."""
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-model"))
+
+
+@pytest.fixture
+def tiny_model(tiny_model_dir, settings):
+    """Point the process's generation service at the tiny model."""
+    settings.GENERATION_MODEL = str(tiny_model_dir)
+    settings.GENERATION_DEVICE = "cpu"
+    return tiny_model_dir
+
+
+@pytest.fixture(scope="session")
+def real_model():
+    """The bundled SmolLM2, loaded once per test session (slow)."""
+    return shared_model("", "cpu", django_settings.GENERATION_CACHE_DIR)
+
+
+@pytest.fixture
+async def make_service(tiny_model_dir):
+    """Build started GenerationServices on the tiny model; stopped at teardown.
+
+    Call it with Limits fields as keyword arguments; `strategy` and `load`
+    may be given too.
+    """
+    services = []
+    shared = functools.partial(shared_model, str(tiny_model_dir), "cpu", django_settings.GENERATION_CACHE_DIR)
+
+    async def factory(*, strategy: str = "batched", load=None, **limits) -> GenerationService:
+        service = GenerationService(load=load or shared, limits=Limits(**limits), strategy=strategy)
+        service.start()
+        services.append(service)
+        return service
+
+    yield factory
+    for service in services:
+        service.stop()
