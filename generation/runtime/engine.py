@@ -17,16 +17,19 @@ decoding; they differ in how many forward passes a step costs.
 from dataclasses import dataclass, field
 
 import torch
-from transformers import DynamicCache
+
+from generation.runtime.kvcache import GrowingCache
 
 
 @dataclass(frozen=True)
 class SamplingParams:
-    """Per-request decoding options. temperature 0 means greedy."""
+    """Per-request decoding options. temperature 0 means greedy; ignore_eos
+    (for benchmarks) generates exactly max_new_tokens."""
 
     max_new_tokens: int
     temperature: float = 0.0
     top_p: float = 1.0
+    ignore_eos: bool = False
 
 
 @dataclass(frozen=True)
@@ -44,7 +47,7 @@ class _Sequence:
     seq_id: str
     params: SamplingParams
     generated: list[int] = field(default_factory=list)
-    cache: DynamicCache | None = None  # interleave only: the batch holds the rest
+    cache: GrowingCache | None = None  # interleave only: the batch holds the rest
     length: int = 0  # tokens in this sequence's cache
 
 
@@ -65,7 +68,7 @@ class Engine:
     def add(self, seq_id: str, prompt_ids: list[int], params: SamplingParams) -> TokenOutput:
         """Prefill a new sequence and return its first token. The sequence takes
         part in the following steps unless that token already finished it."""
-        cache = DynamicCache()
+        cache = GrowingCache()
         input_ids = torch.tensor([prompt_ids], device=self.device)
         logits = self.model(input_ids=input_ids, past_key_values=cache, use_cache=True).logits
         sequence = _Sequence(seq_id, params, length=len(prompt_ids))
@@ -90,7 +93,7 @@ class Engine:
         """Advance every running sequence by one token."""
         raise NotImplementedError
 
-    def _join(self, sequence: _Sequence, cache: DynamicCache) -> None:
+    def _join(self, sequence: _Sequence, cache: GrowingCache) -> None:
         raise NotImplementedError
 
     def _leave(self, seq_ids: list[str]) -> None:
@@ -100,7 +103,7 @@ class Engine:
         """Append a sampled token and retire the sequence if it is finished."""
         sequence.generated.append(token)
         reason = None
-        if token in self.stop_token_ids:
+        if token in self.stop_token_ids and not sequence.params.ignore_eos:
             reason = "stop"
         elif len(sequence.generated) >= sequence.params.max_new_tokens:
             reason = "length"
@@ -135,22 +138,20 @@ class BatchedEngine(Engine):
 
     def __init__(self, model: torch.nn.Module, stop_token_ids: set[int], seed: int = 0):
         super().__init__(model, stop_token_ids, seed)
-        self.cache: DynamicCache | None = None
+        self.cache: GrowingCache | None = None
         self.mask: torch.Tensor | None = None  # [rows, columns]; 0 marks left padding
         self.rows: list[str] = []
 
-    def _join(self, sequence: _Sequence, cache: DynamicCache) -> None:
+    def _join(self, sequence: _Sequence, cache: GrowingCache) -> None:
         new_mask = torch.ones((1, sequence.length), dtype=torch.long, device=self.device)
         if self.cache is None:
             self.cache, self.mask, self.rows = cache, new_mask, [sequence.seq_id]
             return
         width = max(self.mask.shape[1], sequence.length)
         for batch_layer, new_layer in zip(self.cache.layers, cache.layers, strict=True):
-            batch_layer.keys = torch.cat(
-                [_pad_left(batch_layer.keys, width), _pad_left(new_layer.keys, width)]
-            )
-            batch_layer.values = torch.cat(
-                [_pad_left(batch_layer.values, width), _pad_left(new_layer.values, width)]
+            batch_layer.replace(
+                torch.cat([_pad_left(batch_layer.keys, width), _pad_left(new_layer.keys, width)]),
+                torch.cat([_pad_left(batch_layer.values, width), _pad_left(new_layer.values, width)]),
             )
         self.mask = torch.cat([_pad_left(self.mask, width), _pad_left(new_mask, width)])
         self.rows.append(sequence.seq_id)
@@ -168,8 +169,7 @@ class BatchedEngine(Engine):
         if first_used:
             self.mask = self.mask[:, first_used:]
             for layer in self.cache.layers:
-                layer.keys = layer.keys[:, :, first_used:]
-                layer.values = layer.values[:, :, first_used:]
+                layer.replace(layer.keys[:, :, first_used:], layer.values[:, :, first_used:])
 
     @torch.inference_mode()
     def step(self) -> list[TokenOutput]:
@@ -201,7 +201,7 @@ class InterleaveEngine(Engine):
     """The old design, kept as the benchmark's baseline: one forward pass per
     sequence per step, each over its own cache."""
 
-    def _join(self, sequence: _Sequence, cache: DynamicCache) -> None:
+    def _join(self, sequence: _Sequence, cache: GrowingCache) -> None:
         sequence.cache = cache
 
     def _leave(self, seq_ids: list[str]) -> None:

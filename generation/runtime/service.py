@@ -93,14 +93,18 @@ class GenerationService:
         temperature: float = 0.0,
         top_p: float = 1.0,
         meta: dict | None = None,
+        ignore_eos: bool = False,
     ) -> GenerationHandle:
         """Queue a reply to `messages` for `user_id` and return its handle.
 
         Never blocks: a request the service cannot take gets its `error` event
-        at once (queue_full, busy, unavailable).
+        at once (queue_full, busy, unavailable). `ignore_eos` is for
+        benchmarks that need replies of a fixed length.
         """
         new_tokens = min(max_new_tokens or self.limits.max_new_tokens, self.limits.max_new_tokens)
-        params = SamplingParams(max_new_tokens=new_tokens, temperature=temperature, top_p=top_p)
+        params = SamplingParams(
+            max_new_tokens=new_tokens, temperature=temperature, top_p=top_p, ignore_eos=ignore_eos
+        )
         request = GenerationRequest(user_id=user_id, messages=messages, params=params, meta=meta or {})
         handle = GenerationHandle(request, self)
         active = sum(1 for r in self._active() if r.user_id == user_id)

@@ -1,0 +1,158 @@
+"""`manage.py bench_engine`: continuous batching against the interleave baseline.
+
+Both strategies run in one process, on the configured model (the bundled
+SmolLM2 by default) and the same prompts, through the real generation
+service: for each concurrency C, C requests are submitted at once with the
+cap at C, and each generates exactly --new-tokens tokens. It prints a table
+and can write the figures as JSON for docs/benchmarks.md.
+"""
+
+import asyncio
+import json
+import platform
+import resource
+import statistics
+import time
+
+import torch
+from django.conf import settings
+from django.core.management.base import BaseCommand
+
+from generation.runtime.loading import shared_model
+from generation.runtime.requests import Limits
+from generation.runtime.service import GenerationService
+
+TOPICS = [
+    "a lighthouse keeper",
+    "the history of bread",
+    "a robot learning to paint",
+    "how rivers shape valleys",
+    "a chess tournament",
+    "life on a space station",
+    "the first winter of a fox cub",
+    "a city built on water",
+]
+
+
+def prompt(index: int) -> list[dict]:
+    """The index-th benchmark prompt; lengths vary a little, as in real use."""
+    topic = TOPICS[index % len(TOPICS)]
+    return [{"role": "user", "content": f"Write a long, detailed story about {topic} (part {index + 1})."}]
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    """Nearest-rank percentile; fine for the handful of samples a run gives."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(fraction * len(ordered)) - 1))]
+
+
+def peak_rss_mb() -> float:
+    """The process's peak resident set size so far, in MB (Linux reports KB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+async def run_one(strategy: str, concurrency: int, new_tokens: int, load) -> dict:
+    """Run `concurrency` requests at once through a fresh service; return its figures."""
+    service = GenerationService(
+        load=load,
+        limits=Limits(max_concurrency=concurrency, max_queue_size=concurrency, max_new_tokens=new_tokens),
+        strategy=strategy,
+    )
+    service.start()
+    try:
+        while service.model_state == "loading":
+            await asyncio.sleep(0.01)
+        started = time.perf_counter()
+        handles = [
+            service.submit(user_id=i, messages=prompt(i), max_new_tokens=new_tokens, ignore_eos=True)
+            for i in range(concurrency)
+        ]
+        results = await asyncio.gather(*(drain(handle, started) for handle in handles))
+        wall = time.perf_counter() - started
+    finally:
+        service.stop()
+    tokens = sum(r["tokens"] for r in results)
+    ttfts = [r["ttft_ms"] for r in results]
+    return {
+        "strategy": strategy,
+        "concurrency": concurrency,
+        "new_tokens": new_tokens,
+        "completion_tokens": tokens,
+        "wall_s": round(wall, 2),
+        "aggregate_tok_s": round(tokens / wall, 1),
+        "ttft_p50_ms": round(percentile(ttfts, 0.5)),
+        "ttft_p95_ms": round(percentile(ttfts, 0.95)),
+        "per_request_tok_s": round(statistics.mean(r["tok_s"] for r in results), 1),
+        "peak_rss_mb": round(peak_rss_mb()),
+    }
+
+
+async def drain(handle, started: float) -> dict:
+    """Consume one request's events; return its token count and timings."""
+    first_token = None
+    async for event in handle:
+        if event["type"] == "token" and first_token is None:
+            first_token = time.perf_counter()
+        if event["type"] == "error":
+            raise RuntimeError(f"benchmark request failed: {event['code']}: {event['message']}")
+    finished = time.perf_counter()
+    tokens = event["usage"]["completion_tokens"]
+    return {
+        "tokens": tokens,
+        "ttft_ms": (first_token - started) * 1000,
+        "tok_s": tokens / (finished - started),
+    }
+
+
+class Command(BaseCommand):
+    help = "Benchmark the batched engine against the interleave baseline."
+
+    def add_arguments(self, parser):
+        parser.add_argument("--concurrency", default="1,4,8,16", help="Comma-separated, e.g. 1,4,8,16.")
+        parser.add_argument("--new-tokens", type=int, default=128)
+        parser.add_argument("--strategies", default="batched,interleave")
+        parser.add_argument("--json", dest="json_path", help="Write the results to this file.")
+
+    def handle(self, *args, **options):
+        levels = [int(level) for level in options["concurrency"].split(",")]
+        strategies = options["strategies"].split(",")
+        cache_dir = settings.GENERATION_CACHE_DIR
+        loaded = shared_model(settings.GENERATION_MODEL, settings.GENERATION_DEVICE, cache_dir)
+
+        def load():
+            return loaded  # every run shares the one replica
+
+        rows = []
+        for strategy in strategies:
+            for level in levels:
+                row = asyncio.run(run_one(strategy, level, options["new_tokens"], load))
+                rows.append(row)
+                self.stderr.write(f"  done: {strategy} x{level}: {row['aggregate_tok_s']} tok/s")
+        self._print_table(rows)
+        if options["json_path"]:
+            report = {
+                "machine": {
+                    "platform": platform.platform(),
+                    "processor": platform.processor() or platform.machine(),
+                    "cpu_count": torch.get_num_threads(),
+                    "device": str(loaded.device),
+                    "gpu": torch.cuda.get_device_name() if loaded.device.type == "cuda" else None,
+                    "torch": torch.__version__,
+                },
+                "model": loaded.name,
+                "results": rows,
+            }
+            with open(options["json_path"], "w") as handle:
+                json.dump(report, handle, indent=2)
+
+    def _print_table(self, rows: list[dict]) -> None:
+        columns = ["strategy", "concurrency", "aggregate_tok_s", "ttft_p50_ms", "ttft_p95_ms"]
+        columns += ["per_request_tok_s", "peak_rss_mb"]
+        self.stdout.write(" | ".join(columns))
+        for row in rows:
+            self.stdout.write(" | ".join(str(row[column]) for column in columns))
+        by_key = {(row["strategy"], row["concurrency"]): row["aggregate_tok_s"] for row in rows}
+        for level in sorted({row["concurrency"] for row in rows}):
+            if ("batched", level) in by_key and ("interleave", level) in by_key:
+                ratio = by_key[("batched", level)] / by_key[("interleave", level)]
+                self.stdout.write(f"batched / interleave at {level}: {ratio:.2f}x")
