@@ -1,3 +1,5 @@
 """WebSocket URL patterns of every app, gathered for the ASGI router."""
 
-websocket_urlpatterns: list = []
+from generation.routing import websocket_urlpatterns as generation_patterns
+
+websocket_urlpatterns: list = [*generation_patterns]

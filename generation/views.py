@@ -1,10 +1,101 @@
-"""HTTP views of the chat."""
+"""HTTP views of the chat: the page, and the JSON the page's script reads.
 
+Every view answers only for the requesting user's conversations; another
+user's id is a 404, the same as an id that does not exist.
+"""
+
+import functools
+import json
+
+from django.conf import settings
 from django.contrib.auth.decorators import login_required
+from django.http import Http404, JsonResponse
 from django.shortcuts import render
+from django.views.decorators.http import require_GET, require_POST
+
+from generation import selectors, services
+from generation.models import Conversation
+
+
+def login_required_json(view):
+    """Like login_required, but answers 401 JSON instead of redirecting: the
+    page's script asks, and it reloads the page to reach the login form."""
+
+    @functools.wraps(view)
+    def wrapper(request, *args, **kwargs):
+        if not request.user.is_authenticated:
+            return JsonResponse({"error": "Log in first."}, status=401)
+        return view(request, *args, **kwargs)
+
+    return wrapper
+
+
+def _own_conversation(request, conversation_id: int) -> Conversation:
+    try:
+        return selectors.conversation_get(owner=request.user, conversation_id=conversation_id)
+    except Conversation.DoesNotExist:
+        raise Http404("No such conversation.") from None
 
 
 @login_required
-def chat(request):
-    """Render the chat page for the logged-in user."""
-    return render(request, "generation/chat.html")
+@require_GET
+def chat(request, conversation_id: int | None = None):
+    """The chat page, optionally opened on one of the user's conversations."""
+    if conversation_id is not None:
+        _own_conversation(request, conversation_id)
+    return render(
+        request,
+        "generation/chat.html",
+        {
+            "chat_config": {
+                "conversation": conversation_id,
+                "maxChars": settings.CHAT_MAX_MESSAGE_CHARS,
+                "socketPath": "/ws/chat/",
+            }
+        },
+    )
+
+
+@login_required_json
+@require_GET
+def conversation_list(request):
+    """The user's conversations for the sidebar, newest first."""
+    conversations = selectors.conversation_list(owner=request.user)[:200]
+    return JsonResponse({"conversations": [selectors.conversation_serialize(c) for c in conversations]})
+
+
+@login_required_json
+@require_GET
+def conversation_detail(request, conversation_id: int):
+    """One conversation with its stored messages: what a reload or reconnect shows."""
+    conversation = _own_conversation(request, conversation_id)
+    messages = selectors.message_list(conversation=conversation)
+    return JsonResponse(
+        {
+            "conversation": selectors.conversation_serialize(conversation),
+            "messages": [selectors.message_serialize(m) for m in messages],
+        }
+    )
+
+
+@login_required_json
+@require_POST
+def conversation_rename(request, conversation_id: int):
+    """Rename a conversation; the body is JSON {"title": "..."}."""
+    conversation = _own_conversation(request, conversation_id)
+    try:
+        title = json.loads(request.body).get("title")
+    except (ValueError, AttributeError, RecursionError):
+        title = None
+    if not isinstance(title, str) or not title.strip():
+        return JsonResponse({"error": "Give the conversation a title."}, status=400)
+    conversation = services.conversation_rename(conversation=conversation, title=title)
+    return JsonResponse({"conversation": selectors.conversation_serialize(conversation)})
+
+
+@login_required_json
+@require_POST
+def conversation_delete(request, conversation_id: int):
+    """Delete a conversation and its messages."""
+    services.conversation_delete(conversation=_own_conversation(request, conversation_id))
+    return JsonResponse({"deleted": conversation_id})

@@ -1,0 +1,223 @@
+"""The chat's WebSocket consumer: /ws/chat/.
+
+A transport adapter: it parses frames (generation.events), stores messages
+through generation.services, hands the reply to the generation service and
+forwards the service's events. Channels runs one handler at a time per
+socket, so a reply's events are forwarded by an asyncio task that the `send`
+handler starts; the socket stays free to receive `cancel` meanwhile.
+"""
+
+import asyncio
+import contextlib
+import logging
+
+from channels.db import database_sync_to_async
+from channels.generic.websocket import AsyncJsonWebsocketConsumer
+from django.contrib.auth.models import AnonymousUser
+from django.utils import timezone
+
+from generation import events, services
+from generation.models import Conversation, Message
+from generation.runtime.registry import get_service
+
+logger = logging.getLogger(__name__)
+
+# How long a closing socket waits for its cancelled reply to end and be
+# saved; a cancelled reply stops before the model's next step, so this is
+# ample, and the reply is saved as interrupted if it is exceeded.
+DISCONNECT_GRACE_S = 5.0
+UNAUTHENTICATED = 4401
+
+_swept = False
+
+
+async def asweep_interrupted() -> None:
+    """Once per process, mark replies a dead process left generating.
+
+    Runs on the first chat connection rather than at start-up, because
+    daphne has no lifespan hook and AppConfig.ready() must not touch the
+    database; it runs before this process generates anything.
+    """
+    global _swept
+    if _swept:
+        return
+    _swept = True
+    try:
+        count = await database_sync_to_async(services.messages_mark_interrupted)(before=timezone.now())
+    except Exception:
+        _swept = False  # try again on the next connection
+        logger.exception("Could not mark interrupted replies")
+        return
+    if count:
+        logger.info("Marked %d replies left generating by a previous process as interrupted", count)
+
+
+# Database helpers, wrapped once ------------------------------------------
+
+
+@database_sync_to_async
+def _store_user_message(user, conversation_id, content):
+    try:
+        message, history = services.user_message_create(
+            owner=user, conversation_id=conversation_id, content=content
+        )
+    except Conversation.DoesNotExist:
+        raise events.ClientError("not_found") from None
+    return message.conversation_id, message.pk, history
+
+
+_start_reply = database_sync_to_async(services.assistant_message_start)
+_finish_reply = database_sync_to_async(services.assistant_message_finish)
+_fail_user_message = database_sync_to_async(services.user_message_fail)
+
+
+class ChatConsumer(AsyncJsonWebsocketConsumer):
+    """One browser tab's chat socket; at most one reply in flight at a time."""
+
+    # WebSocket event handlers -----------------------------------------
+
+    async def connect(self):
+        self.user = self.scope.get("user") or AnonymousUser()
+        self.closed = False
+        self.handle = None
+        self.reply: asyncio.Task | None = None
+        # Accept first: a close before the handshake reaches browsers as 1006,
+        # and the page needs 4401 to know it must log in again.
+        await self.accept()
+        if not self.user.is_authenticated:
+            await self.close(code=UNAUTHENTICATED)
+            return
+        await asweep_interrupted()
+
+    async def receive(self, text_data=None, bytes_data=None, **kwargs):
+        if not self.user.is_authenticated:
+            return  # closing with 4401; frames racing the close are dropped
+        try:
+            command = events.parse_client_frame(text_data, bytes_data)
+            if isinstance(command, events.Cancel):
+                self.cancel_reply()
+            else:
+                await self.start_reply(command)
+        except events.ClientError as error:
+            await self.send_json(events.error(None, error.code, error.message))
+        except Exception:
+            logger.exception("Chat frame failed")
+            await self.send_json(events.error(None, "internal"))
+
+    async def disconnect(self, code):
+        self.closed = True
+        if self.reply is None or self.reply.done():
+            return
+        # The reply is cancelled (a queued one leaves the queue, a running one
+        # frees its slot) and its forwarding task saves what it got.
+        self.handle.cancel()
+        try:
+            await asyncio.wait_for(asyncio.shield(self.reply), DISCONNECT_GRACE_S)
+        except TimeoutError:
+            self.reply.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.reply
+
+    # Command helpers ---------------------------------------------------
+
+    async def start_reply(self, command: events.Send) -> None:
+        """Store the user's message, then ask for a reply and forward its events."""
+        if self.reply is not None and not self.reply.done():
+            raise events.ClientError("busy")
+        conversation_id, message_id, history = await _store_user_message(
+            self.user, command.conversation, command.content
+        )
+        handle = get_service().submit(
+            user_id=self.user.pk,
+            messages=history,
+            meta={"conversation": conversation_id, "message": message_id, "user": self.user.get_username()},
+        )
+        self.handle = handle
+        await self.send_json(events.accepted(handle.id, conversation_id, message_id))
+        self.reply = asyncio.create_task(self.forward_reply(handle, conversation_id, message_id))
+        self.reply.add_done_callback(_log_failure)
+
+    def cancel_reply(self) -> None:
+        """Cancel this socket's reply, if any; a finished one is left alone."""
+        if self.reply is not None and not self.reply.done():
+            self.handle.cancel()
+
+    async def forward_reply(self, handle, conversation_id: int, user_message_id: int) -> None:
+        """Forward one reply's events and save it when it ends (runs as a task)."""
+        reply_id = None
+        parts: list[str] = []
+        try:
+            async for event in handle:
+                kind = event["type"]
+                if kind == "queued":
+                    await self.emit(events.queued(handle.id, event["position"], event["waiting"]))
+                elif kind == "started":
+                    reply = await _start_reply(conversation_id=conversation_id, request_id=handle.id)
+                    reply_id = reply.pk
+                    await self.emit(events.started(handle.id, reply_id))
+                elif kind == "token":
+                    parts.append(event["text"])
+                    await self.emit(events.token(handle.id, event["text"]))
+                elif kind == "done":
+                    # Cleared before saving: once saved, nothing may overwrite it.
+                    saved, reply_id = reply_id, None
+                    await self.save_done(saved, event)
+                    await self.emit(events.done(handle.id, saved, event))
+                elif kind == "error":
+                    saved, reply_id = reply_id, None
+                    await self.save_error(saved, user_message_id, parts, event)
+                    await self.emit(events.service_error(handle.id, event))
+        except asyncio.CancelledError:
+            if reply_id is not None:
+                await _finish_reply(
+                    message_id=reply_id, content="".join(parts), status=Message.Status.INTERRUPTED
+                )
+            raise
+        except Exception:
+            # The model must not go on generating for a reader that is gone.
+            handle.cancel()
+            if reply_id is not None:
+                await _finish_reply(
+                    message_id=reply_id,
+                    content="".join(parts),
+                    status=Message.Status.ERROR,
+                    error_code="internal",
+                )
+            await self.emit(events.error(handle.id, "internal"))
+            raise
+
+    async def save_done(self, reply_id: int | None, event: dict) -> None:
+        """Write the reply once, with its final status, counts and timings."""
+        if reply_id is None:
+            return  # cancelled while queued: there is no reply to save
+        cancelled = event["finish_reason"] == "cancelled"
+        await _finish_reply(
+            message_id=reply_id,
+            content=event["text"],
+            status=Message.Status.CANCELLED if cancelled else Message.Status.COMPLETE,
+            finish_reason=event["finish_reason"],
+            usage=event["usage"],
+            timings=event["timings"],
+        )
+
+    async def save_error(self, reply_id, user_message_id: int, parts: list[str], event: dict) -> None:
+        """Record a failed reply: on the reply if it started, else on the question."""
+        if reply_id is None:
+            await _fail_user_message(message_id=user_message_id, error_code=event["code"])
+        else:
+            await _finish_reply(
+                message_id=reply_id,
+                content="".join(parts),
+                status=Message.Status.ERROR,
+                error_code=event["code"],
+            )
+
+    async def emit(self, frame: dict) -> None:
+        """Send a frame unless the socket has closed (the reply still gets saved)."""
+        if not self.closed:
+            await self.send_json(frame)
+
+
+def _log_failure(task: asyncio.Task) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        logger.error("Chat reply task failed", exc_info=task.exception())

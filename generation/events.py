@@ -1,0 +1,139 @@
+"""The /ws/chat/ protocol: parsing client frames and building server frames.
+
+docs/protocol.md describes the same frames for people; keep the two in step.
+Every builder returns a JSON-safe dict; the consumer only sends them.
+"""
+
+import json
+from dataclasses import dataclass
+
+from django.conf import settings
+
+# Plain words for the errors people can meet, by code. The service sends its
+# own messages too; these are what the chat shows, so that one place words them.
+ERROR_TEXT = {
+    "queue_full": "The server is busy: too many people are waiting. Please try again in a moment.",
+    "busy": "A reply is already in progress. Wait for it to finish or stop it first.",
+    "queue_timeout": "Waited too long in the queue. Please try again.",
+    "too_long": "Your message is too long for the model to read. Please shorten it.",
+    "not_found": "That conversation does not exist.",
+    "internal": "Something went wrong on the server. Please try again.",
+}
+# The service's "unavailable" (the model failed to load) is an internal error
+# to the person chatting: there is nothing they can do differently.
+SERVICE_CODES = {"unavailable": "internal"}
+
+
+class ClientError(Exception):
+    """A frame the server refuses; `code` and `message` go back as an error frame."""
+
+    def __init__(self, code: str, message: str | None = None):
+        super().__init__(message or ERROR_TEXT.get(code, code))
+        self.code = code
+        self.message = message or ERROR_TEXT.get(code, code)
+
+
+@dataclass(frozen=True)
+class Send:
+    """A `send` frame: a new user message for a conversation (None: a new one)."""
+
+    conversation: int | None
+    content: str
+
+
+@dataclass(frozen=True)
+class Cancel:
+    """A `cancel` frame: stop this connection's active request."""
+
+
+def max_frame_chars() -> int:
+    """The longest text frame worth parsing: the content limit, JSON-escaped, plus room."""
+    return settings.CHAT_MAX_MESSAGE_CHARS * 6 + 1024
+
+
+def parse_client_frame(text_data: str | None, bytes_data: bytes | None) -> Send | Cancel:
+    """Validate one client frame; raises ClientError("invalid") with the reason."""
+    if text_data is None:
+        raise ClientError("invalid", "Frames must be JSON text, not binary.")
+    if len(text_data) > max_frame_chars():
+        raise ClientError("invalid", "The frame is too large.")
+    try:
+        frame = json.loads(text_data)
+    except (ValueError, RecursionError):
+        raise ClientError("invalid", "The frame is not valid JSON.") from None
+    if not isinstance(frame, dict):
+        raise ClientError("invalid", "The frame must be a JSON object.")
+    kind = frame.get("type")
+    if kind == "cancel":
+        return Cancel()
+    if kind != "send":
+        raise ClientError("invalid", "Unknown frame type; expected 'send' or 'cancel'.")
+    conversation = frame.get("conversation")
+    # bool is an int subclass; true is not a conversation id.
+    if conversation is not None and (type(conversation) is not int or conversation < 1):
+        raise ClientError("invalid", "'conversation' must be a conversation id or null.")
+    content = frame.get("content")
+    if not isinstance(content, str):
+        raise ClientError("invalid", "'content' must be a string.")
+    # NUL cannot be stored in PostgreSQL text; it is never meaningful in chat.
+    content = content.replace("\x00", "")
+    if not content.strip():
+        raise ClientError("invalid", "The message is empty.")
+    limit = settings.CHAT_MAX_MESSAGE_CHARS
+    if len(content) > limit:
+        raise ClientError("invalid", f"The message is longer than {limit} characters. Please shorten it.")
+    return Send(conversation=conversation, content=content)
+
+
+def accepted(request: str, conversation: int, user_message: int) -> dict:
+    """The user's message is stored and its reply requested."""
+    return {
+        "type": "accepted",
+        "request": request,
+        "conversation": conversation,
+        "user_message": user_message,
+    }
+
+
+def queued(request: str, position: int, waiting: int) -> dict:
+    """The request waits in the queue at `position` of `waiting`."""
+    return {"type": "queued", "request": request, "position": position, "waiting": waiting}
+
+
+def started(request: str, message: int) -> dict:
+    """The reply started; `message` is its stored assistant message."""
+    return {"type": "started", "request": request, "message": message}
+
+
+def token(request: str, text: str) -> dict:
+    """A piece of the reply's text, to append."""
+    return {"type": "token", "request": request, "text": text}
+
+
+def done(request: str, message: int | None, event: dict) -> dict:
+    """The reply ended (`message` is None when it was cancelled before starting)."""
+    return {
+        "type": "done",
+        "request": request,
+        "message": message,
+        "finish_reason": event["finish_reason"],
+        "usage": event["usage"],
+        "timings": event["timings"],
+    }
+
+
+def error(request: str | None, code: str, message: str | None = None) -> dict:
+    """An error in plain words; `request` is None when no request was made."""
+    return {"type": "error", "request": request, "code": code, "message": message or ERROR_TEXT[code]}
+
+
+def service_error(request: str, event: dict) -> dict:
+    """A service `error` event translated to the protocol's codes and words.
+
+    Internal failures keep the service's own sentence (it says whether the
+    model failed to load); the others use ERROR_TEXT.
+    """
+    code = SERVICE_CODES.get(event["code"], event["code"])
+    if code == "internal" or code not in ERROR_TEXT:
+        return error(request, code if code in ERROR_TEXT else "internal", event.get("message") or None)
+    return error(request, code)

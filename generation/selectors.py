@@ -1,0 +1,76 @@
+"""Reads of conversations and messages, always scoped to their owner."""
+
+from django.db.models import QuerySet
+
+from generation.models import Conversation, Message
+
+# Replies worth showing the model again: finished ones, and stopped ones that
+# said something. Errors and empty stubs would only confuse it.
+_REPLY_STATUSES = {Message.Status.COMPLETE, Message.Status.CANCELLED, Message.Status.INTERRUPTED}
+
+
+def conversation_list(*, owner) -> QuerySet[Conversation]:
+    """The owner's conversations, most recently active first."""
+    return Conversation.objects.filter(owner=owner).order_by("-updated", "-id")
+
+
+def conversation_get(*, owner, conversation_id: int) -> Conversation:
+    """The owner's conversation with this id; raises Conversation.DoesNotExist
+    for an unknown id and for another user's, so callers cannot tell them apart."""
+    return Conversation.objects.get(owner=owner, pk=conversation_id)
+
+
+def message_list(*, conversation: Conversation) -> QuerySet[Message]:
+    """The conversation's messages, oldest first."""
+    return conversation.messages.order_by("created", "id")
+
+
+def conversation_history_for_model(*, conversation: Conversation) -> list[dict]:
+    """The conversation as the `messages` list the generation service takes.
+
+    The newest message (the user's question) is always kept. Earlier user
+    messages are kept only when a usable reply follows them, so that a
+    failed or unanswered turn does not leave two user turns in a row; the
+    service trims the oldest turns itself when the whole does not fit.
+    """
+    rows = list(message_list(conversation=conversation).values_list("role", "content", "status"))
+    history: list[dict] = []
+    for index, (role, content, status) in enumerate(rows):
+        if role == Message.Role.ASSISTANT:
+            if status in _REPLY_STATUSES and content.strip() and history and history[-1]["role"] == "user":
+                history.append({"role": "assistant", "content": content})
+            continue
+        if role == Message.Role.USER:
+            is_last = index == len(rows) - 1
+            if history and history[-1]["role"] == "user":
+                history.pop()  # the previous question got no usable reply
+            if status != Message.Status.ERROR or is_last:
+                history.append({"role": "user", "content": content})
+            continue
+        if role == Message.Role.SYSTEM and not history:
+            history.append({"role": "system", "content": content})
+    return history
+
+
+def message_serialize(message: Message) -> dict:
+    """A message as the page's JavaScript reads it (history endpoint)."""
+    return {
+        "id": message.pk,
+        "role": message.role,
+        "content": message.content,
+        "status": message.status,
+        "created": message.created.isoformat(),
+        "finish_reason": message.finish_reason,
+        "error_code": message.error_code,
+        "usage": {"prompt_tokens": message.prompt_tokens, "completion_tokens": message.completion_tokens},
+        "timings": {"queue_ms": message.queue_ms, "ttft_ms": message.ttft_ms, "total_ms": message.total_ms},
+    }
+
+
+def conversation_serialize(conversation: Conversation) -> dict:
+    """A conversation's sidebar entry."""
+    return {
+        "id": conversation.pk,
+        "title": conversation.title or "New chat",
+        "updated": conversation.updated.isoformat(),
+    }

@@ -1,0 +1,124 @@
+"""Writes to conversations and messages.
+
+The chat consumer and the HTTP views call these; nothing else writes the
+chat's tables. Each function is one transaction.
+"""
+
+from datetime import datetime
+
+from django.db import transaction
+from django.utils import timezone
+
+from generation import selectors
+from generation.models import Conversation, Message
+
+TITLE_CHARS = 60
+
+
+def title_from_text(text: str) -> str:
+    """A sidebar title: the first line of the text, cut at a word near TITLE_CHARS."""
+    line = " ".join(text.split())
+    if len(line) <= TITLE_CHARS:
+        return line
+    cut = line[:TITLE_CHARS].rsplit(" ", 1)[0] or line[:TITLE_CHARS]
+    return cut + "…"
+
+
+@transaction.atomic
+def conversation_create(*, owner, title: str = "") -> Conversation:
+    """Start an empty conversation for `owner`."""
+    return Conversation.objects.create(owner=owner, title=title[:200])
+
+
+@transaction.atomic
+def conversation_rename(*, conversation: Conversation, title: str) -> Conversation:
+    """Give the conversation a new title (trimmed; at most 200 characters)."""
+    conversation.title = " ".join(title.split())[:200]
+    conversation.save(update_fields=["title"])
+    return conversation
+
+
+@transaction.atomic
+def conversation_delete(*, conversation: Conversation) -> None:
+    """Delete the conversation and its messages."""
+    conversation.delete()
+
+
+@transaction.atomic
+def user_message_create(*, owner, conversation_id: int | None, content: str) -> tuple[Message, list[dict]]:
+    """Store the user's message, before any generation is asked for.
+
+    `conversation_id` None starts a new conversation titled from `content`.
+    Returns the message and the history to hand the generation service.
+    Raises Conversation.DoesNotExist when the id is not one of `owner`'s.
+    """
+    if conversation_id is None:
+        conversation = Conversation.objects.create(owner=owner, title=title_from_text(content))
+    else:
+        conversation = selectors.conversation_get(owner=owner, conversation_id=conversation_id)
+        if not conversation.title:
+            conversation.title = title_from_text(content)
+    conversation.updated = timezone.now()
+    conversation.save(update_fields=["title", "updated"])
+    message = Message.objects.create(conversation=conversation, role=Message.Role.USER, content=content)
+    return message, selectors.conversation_history_for_model(conversation=conversation)
+
+
+@transaction.atomic
+def user_message_fail(*, message_id: int, error_code: str) -> None:
+    """Mark a user message whose reply never started (rejected, timed out)."""
+    Message.objects.filter(pk=message_id).update(status=Message.Status.ERROR, error_code=error_code)
+
+
+@transaction.atomic
+def assistant_message_start(*, conversation_id: int, request_id: str) -> Message:
+    """Create the reply's row when its generation starts, in status generating."""
+    return Message.objects.create(
+        conversation_id=conversation_id,
+        role=Message.Role.ASSISTANT,
+        status=Message.Status.GENERATING,
+        request_id=request_id,
+    )
+
+
+@transaction.atomic
+def assistant_message_finish(
+    *,
+    message_id: int,
+    content: str,
+    status: str,
+    finish_reason: str = "",
+    error_code: str = "",
+    usage: dict | None = None,
+    timings: dict | None = None,
+) -> None:
+    """Write the reply once, at its end: text, final status, counts, timings.
+
+    Unconditional on the row's current status, so that a reply that another
+    process's startup sweep marked interrupted still gets its true ending.
+    """
+    usage, timings = usage or {}, timings or {}
+    Message.objects.filter(pk=message_id).update(
+        content=content,
+        status=status,
+        finish_reason=finish_reason,
+        error_code=error_code,
+        prompt_tokens=usage.get("prompt_tokens"),
+        completion_tokens=usage.get("completion_tokens"),
+        queue_ms=timings.get("queue_ms"),
+        ttft_ms=timings.get("ttft_ms"),
+        total_ms=timings.get("total_ms"),
+    )
+
+
+@transaction.atomic
+def messages_mark_interrupted(*, before: datetime) -> int:
+    """Mark replies left `generating` by a process that died as interrupted.
+
+    Called once per process before it generates anything, so every reply
+    still generating at `before` belongs to another process. Returns the
+    number of messages marked.
+    """
+    return Message.objects.filter(status=Message.Status.GENERATING, created__lt=before).update(
+        status=Message.Status.INTERRUPTED
+    )

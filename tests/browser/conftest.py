@@ -1,0 +1,129 @@
+"""A live daphne server on the tiny model, and Debian's chromium to drive it.
+
+The server runs as a subprocess with its own SQLite file, migrated and seeded
+here through manage.py, so it is independent of pytest-django's test
+database. The browser is /usr/bin/chromium; none is ever downloaded.
+"""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+CHROMIUM = "/usr/bin/chromium"
+XSS = "<img src=x onerror=alert(1)>"
+USERNAME, PASSWORD = "tester", "browser-pass-123"
+
+SEED = f"""
+import json
+from django.contrib.auth import get_user_model
+from generation.models import Conversation, Message
+user = get_user_model().objects.create_user({USERNAME!r}, password={PASSWORD!r})
+conversation = Conversation.objects.create(owner=user, title={XSS!r})
+Message.objects.create(conversation=conversation, role="user", content="show me markup")
+Message.objects.create(conversation=conversation, role="assistant", content={XSS!r}, status="complete")
+print(json.dumps({{"xss_conversation": conversation.pk}}))
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def chat_server(tiny_model_dir, tmp_path_factory):
+    """Base URL and seed ids of a daphne server on the tiny model."""
+    if not os.path.exists(CHROMIUM):
+        pytest.skip("chromium is not installed (make browser)")
+    folder = tmp_path_factory.mktemp("live")
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "chatsite.settings",
+        "DATABASE_URL": f"sqlite:///{folder / 'db.sqlite3'}",
+        "GENERATION_MODEL": str(tiny_model_dir),
+        "GENERATION_DEVICE": "cpu",
+        # Long enough that the tiny model is still writing when Stop is clicked.
+        "GENERATION_MAX_NEW_TOKENS": "6000",
+        "DEBUG": "1",
+    }
+    manage = [sys.executable, str(ROOT / "manage.py")]
+    subprocess.run([*manage, "migrate", "--noinput", "-v", "0"], env=env, cwd=ROOT, check=True)
+    seeded = subprocess.run(
+        [*manage, "shell", "-c", SEED], env=env, cwd=ROOT, check=True, capture_output=True, text=True
+    )
+    seed = json.loads(seeded.stdout.strip().splitlines()[-1])
+    port = free_port()
+    log = open(folder / "daphne.log", "w")  # noqa: SIM115 (closed at teardown)
+    daphne = Path(sys.executable).with_name("daphne")
+    server = subprocess.Popen(
+        [str(daphne), "-b", "127.0.0.1", "-p", str(port), "chatsite.asgi:application"],
+        env=env,
+        cwd=ROOT,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(300):
+            try:
+                urllib.request.urlopen(f"{url}/accounts/login/", timeout=1)
+                break
+            except OSError:
+                assert server.poll() is None, (folder / "daphne.log").read_text()
+                time.sleep(0.1)
+        yield {"url": url, **seed}
+    finally:
+        server.terminate()
+        try:
+            server.wait(10)
+        except subprocess.TimeoutExpired:
+            server.kill()
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Headless Debian chromium, shared by a module's tests. Not longer: the
+    sync Playwright API keeps an event loop running in this thread while it is
+    open, which would break the asyncio tests that follow."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM,
+            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+        )
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(browser, chat_server):
+    """A fresh logged-in page; `page.dialogs` records any alert/confirm/prompt."""
+    context = browser.new_context()
+    page = context.new_page()
+    page.set_default_timeout(15_000)
+    page.dialogs = []
+
+    def on_dialog(dialog):
+        page.dialogs.append(dialog.message)
+        dialog.dismiss()
+
+    page.on("dialog", on_dialog)
+    page.goto(chat_server["url"] + "/")
+    page.fill("#id_username", USERNAME)
+    page.fill("#id_password", PASSWORD)
+    page.click("button[type=submit]")
+    page.wait_for_selector("#input")
+    page.wait_for_function("document.body.dataset.connected === 'true'")
+    yield page
+    context.close()

@@ -1,0 +1,88 @@
+"""The chat page in a real browser against a live daphne server."""
+
+import re
+
+from tests.browser.conftest import XSS
+
+REPLY = ".message.assistant .body"
+
+
+def reply_length(page) -> int:
+    return page.eval_on_selector(f"{REPLY} >> nth=-1", "el => el.textContent.length")
+
+
+def test_send_stream_stop_and_reload(page, chat_server):
+    """A reply streams in, Stop stops it, and a reload shows what was saved."""
+    page.fill("#input", "first line")
+    page.press("#input", "Shift+Enter")
+    page.type("#input", "hello")
+    assert page.input_value("#input") == "first line\nhello"  # Shift+Enter did not send
+    page.fill("#input", "hello")
+    page.press("#input", "Enter")
+    assert page.input_value("#input") == ""
+    page.wait_for_selector(".message.user >> text=hello")
+
+    # The text grows in at least two steps while the reply is being written.
+    page.wait_for_function(f"document.querySelector('{REPLY}')?.textContent.length > 0")
+    first = reply_length(page)
+    page.wait_for_function(f"document.querySelector('{REPLY}').textContent.length > {first}")
+    assert page.is_visible("#stop")
+
+    page.click("#stop")
+    page.wait_for_selector(".message.assistant .status >> text=Stopped.")
+    assert page.is_visible("#send")
+    stopped_text = page.text_content(REPLY)
+    page.wait_for_timeout(300)
+    assert page.text_content(REPLY) == stopped_text  # no longer growing
+    assert re.search(r"/c/\d+/$", page.url)
+    assert page.text_content("#conversations li.current .open") == "hello"
+
+    page.reload()
+    page.wait_for_selector(REPLY)
+    assert page.text_content(".message.user .body") == "hello"
+    assert page.text_content(REPLY) == stopped_text
+    status = page.text_content(".message.assistant .status")
+    assert "Stopped." in status
+    assert "First token in" in status
+    assert "tokens/s" in status
+
+
+def test_enter_during_ime_composition_does_not_send(page):
+    """Enter that confirms an IME composition stays in the box; nothing is sent."""
+    page.fill("#input", "にほんご")
+    page.dispatch_event("#input", "keydown", {"key": "Enter", "isComposing": True})
+    page.dispatch_event("#input", "keydown", {"key": "Enter", "keyCode": 229})
+    page.wait_for_timeout(200)
+    assert page.input_value("#input") == "にほんご"
+    assert page.locator(".message").count() == 0
+
+
+def test_markup_in_messages_shows_as_text(page, chat_server):
+    """Stored replies and sent messages containing HTML show literally; nothing runs."""
+    page.goto(f"{chat_server['url']}/c/{chat_server['xss_conversation']}/")
+    page.wait_for_selector(REPLY)
+    assert page.text_content(REPLY) == XSS
+    assert page.text_content(f"#conversations li[data-id='{chat_server['xss_conversation']}'] .open") == XSS
+    assert page.locator(".messages img, #conversations img").count() == 0
+
+    page.fill("#input", XSS)
+    page.press("#input", "Enter")
+    page.wait_for_selector(f".message.user >> nth=-1 >> text={XSS}")
+    page.wait_for_selector("#stop", state="visible")
+    page.click("#stop")
+    page.wait_for_selector("#send", state="visible")
+    assert page.text_content(".message.user >> nth=-1") == XSS
+    assert page.locator(".messages img").count() == 0
+    page.wait_for_timeout(200)
+    assert page.dialogs == []
+
+
+def test_phone_width_has_no_horizontal_scroll(page):
+    """At phone width the composer fits and the sidebar folds behind a toggle."""
+    page.set_viewport_size({"width": 375, "height": 740})
+    assert page.is_visible("#input")
+    assert page.is_visible("#sidebar-toggle")
+    assert not page.is_visible("#sidebar")
+    assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+    page.click("#sidebar-toggle")
+    assert page.is_visible("#new-chat")

@@ -1,0 +1,71 @@
+"""Fixtures for the chat tests: users, a ready generation service, sockets."""
+
+import asyncio
+import contextlib
+
+import pytest
+from channels.testing import WebsocketCommunicator
+
+from generation import consumers
+from generation.runtime.registry import get_service
+
+TIMEOUT = 10
+
+
+@pytest.fixture
+def alice(django_user_model):
+    """A user with a login."""
+    return django_user_model.objects.create_user(username="alice", password="pw-alice-123")
+
+
+@pytest.fixture
+def bob(django_user_model):
+    """A second user, for isolation tests."""
+    return django_user_model.objects.create_user(username="bob", password="pw-bob-123")
+
+
+@pytest.fixture
+async def service(tiny_model):
+    """This loop's generation service on the tiny model, with its model loaded."""
+    svc = get_service()
+    for _ in range(600):
+        if svc.model_state == "ready":
+            break
+        await asyncio.sleep(0.05)
+    assert svc.model_state == "ready", svc.model_error
+    yield svc
+    svc.stop()
+
+
+@pytest.fixture
+async def connect_as():
+    """Open chat sockets as given users; they are closed at teardown."""
+    opened = []
+
+    async def factory(user):
+        application = consumers.ChatConsumer.as_asgi()
+
+        async def with_user(scope, receive, send):
+            return await application({**scope, "user": user}, receive, send)
+
+        communicator = WebsocketCommunicator(with_user, "/ws/chat/")
+        connected, _ = await communicator.connect(timeout=TIMEOUT)
+        assert connected
+        opened.append(communicator)
+        return communicator
+
+    yield factory
+    for communicator in opened:
+        # Closing an already closed socket is harmless; the app just ends.
+        with contextlib.suppress(Exception):
+            await communicator.disconnect(timeout=TIMEOUT)
+
+
+async def receive_until(communicator, kind: str, timeout: float = TIMEOUT) -> list[dict]:
+    """Frames received up to and including the first of type `kind`."""
+    frames = []
+    while True:
+        frame = await communicator.receive_json_from(timeout=timeout)
+        frames.append(frame)
+        if frame["type"] == kind:
+            return frames

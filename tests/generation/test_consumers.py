@@ -1,0 +1,239 @@
+"""The /ws/chat/ consumer against the real generation service on the tiny model."""
+
+import asyncio
+import json
+
+import pytest
+from channels.db import database_sync_to_async
+from channels.testing import WebsocketCommunicator
+
+from chatsite.asgi import application
+from generation import consumers
+from generation.models import Conversation, Message
+from tests.generation.conftest import TIMEOUT, receive_until
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@database_sync_to_async
+def messages_of(conversation_id):
+    return list(Message.objects.filter(conversation_id=conversation_id).order_by("created", "id"))
+
+
+def send_frame(content="hello", conversation=None):
+    return {"type": "send", "conversation": conversation, "content": content}
+
+
+async def test_full_event_sequence_and_persistence(service, alice, connect_as):
+    """A reply goes accepted, started, tokens, done, and is stored once complete."""
+    service.update_limits(max_new_tokens=8)
+    chat = await connect_as(alice)
+    await chat.send_json_to(send_frame("hello"))
+    frames = await receive_until(chat, "done")
+    kinds = [f["type"] for f in frames]
+    assert kinds[0] == "accepted"
+    assert kinds[1] == "started"
+    assert kinds[-1] == "done"
+    assert set(kinds[2:-1]) == {"token"}
+    accepted, started, done = frames[0], frames[1], frames[-1]
+    assert {f["request"] for f in frames} == {accepted["request"]}
+    assert done["finish_reason"] == "length"
+    assert done["message"] == started["message"]
+    assert done["usage"]["completion_tokens"] == 8
+    assert set(done["timings"]) == {"queue_ms", "ttft_ms", "total_ms"}
+
+    user_message, reply = await messages_of(accepted["conversation"])
+    assert (user_message.pk, user_message.role, user_message.content) == (
+        accepted["user_message"],
+        "user",
+        "hello",
+    )
+    assert reply.pk == started["message"]
+    assert reply.status == Message.Status.COMPLETE
+    assert reply.content == "".join(f["text"] for f in frames if f["type"] == "token")
+    assert reply.completion_tokens == 8
+    assert reply.ttft_ms is not None and reply.total_ms is not None
+    conversation = await Conversation.objects.aget(pk=accepted["conversation"])
+    assert conversation.title == "hello"
+
+
+async def test_follow_up_continues_the_conversation(service, alice, connect_as):
+    """A send with a conversation id adds to it; the model sees the earlier turns."""
+    service.update_limits(max_new_tokens=4)
+    chat = await connect_as(alice)
+    await chat.send_json_to(send_frame("hello"))
+    first = await receive_until(chat, "done")
+    conversation = first[0]["conversation"]
+    await chat.send_json_to(send_frame("and again", conversation))
+    second = await receive_until(chat, "done")
+    assert second[0]["conversation"] == conversation
+    assert len(await messages_of(conversation)) == 4
+
+
+async def test_queue_positions_with_one_slot(service, alice, bob, django_user_model, connect_as):
+    """With one slot, the second and third clients see their live queue positions."""
+    carol = await django_user_model.objects.acreate(username="carol")
+    service.update_limits(max_concurrency=1, max_new_tokens=4000)
+    first, second, third = [await connect_as(user) for user in (alice, bob, carol)]
+    await first.send_json_to(send_frame())
+    await receive_until(first, "started")
+    await second.send_json_to(send_frame())
+    frames = await receive_until(second, "queued")
+    assert (frames[-1]["position"], frames[-1]["waiting"]) == (1, 1)
+    await third.send_json_to(send_frame())
+    frames = await receive_until(third, "queued")
+    assert (frames[-1]["position"], frames[-1]["waiting"]) == (2, 2)
+    assert (await second.receive_json_from(TIMEOUT))["waiting"] == 2
+
+    # The first stops: the second starts, the third moves up.
+    await first.send_json_to({"type": "cancel"})
+    assert (await receive_until(first, "done"))[-1]["finish_reason"] == "cancelled"
+    await receive_until(second, "started")
+    frame = await third.receive_json_from(TIMEOUT)
+    assert (frame["type"], frame["position"], frame["waiting"]) == ("queued", 1, 1)
+
+    # Cancelling while queued leaves the queue at once, with no reply stored.
+    await third.send_json_to({"type": "cancel"})
+    done = (await receive_until(third, "done"))[-1]
+    assert (done["finish_reason"], done["message"]) == ("cancelled", None)
+    await second.send_json_to({"type": "cancel"})
+    await receive_until(second, "done")
+
+
+async def test_cancel_saves_partial_reply(service, alice, connect_as):
+    """Cancel stops a running reply; what was sent is stored as cancelled."""
+    service.update_limits(max_new_tokens=4000)
+    chat = await connect_as(alice)
+    await chat.send_json_to(send_frame())
+    frames = await receive_until(chat, "token")
+    await chat.send_json_to({"type": "cancel"})
+    frames += await receive_until(chat, "done")
+    assert frames[-1]["finish_reason"] == "cancelled"
+    assert frames[-1]["usage"]["completion_tokens"] < 4000
+    reply = await Message.objects.aget(pk=frames[-1]["message"])
+    assert reply.status == Message.Status.CANCELLED
+    assert reply.content == "".join(f["text"] for f in frames if f["type"] == "token")
+    assert reply.content
+
+
+async def test_disconnect_cancels_and_frees_the_slot(service, alice, bob, connect_as):
+    """Closing the socket stops its reply and the next waiting request starts."""
+    service.update_limits(max_concurrency=1, max_new_tokens=4000)
+    first, second = await connect_as(alice), await connect_as(bob)
+    await first.send_json_to(send_frame())
+    started = (await receive_until(first, "started"))[-1]
+    await second.send_json_to(send_frame())
+    await receive_until(second, "queued")
+    await first.disconnect(timeout=TIMEOUT)
+    await receive_until(second, "started")
+    assert not any(r.user_id == alice.pk for r in service.running.values())
+    reply = await Message.objects.aget(pk=started["message"])
+    assert reply.status == Message.Status.CANCELLED
+
+
+async def test_second_send_while_replying_is_busy(service, alice, connect_as):
+    """One reply at a time per socket; the extra message is refused, not stored."""
+    service.update_limits(max_new_tokens=4000)
+    chat = await connect_as(alice)
+    await chat.send_json_to(send_frame())
+    accepted = (await receive_until(chat, "started"))[0]
+    await chat.send_json_to(send_frame("another", accepted["conversation"]))
+    error = await receive_until(chat, "error")
+    assert (error[-1]["code"], error[-1]["request"]) == ("busy", None)
+    assert len(await messages_of(accepted["conversation"])) == 2  # question and reply
+    await chat.send_json_to({"type": "cancel"})
+    await receive_until(chat, "done")
+
+
+async def test_busy_from_another_tab_is_stored_as_failed(service, alice, connect_as):
+    """A second tab of the same user gets `busy`; its message is kept, marked failed."""
+    service.update_limits(max_new_tokens=4000)
+    tab1, tab2 = await connect_as(alice), await connect_as(alice)
+    await tab1.send_json_to(send_frame())
+    await receive_until(tab1, "started")
+    await tab2.send_json_to(send_frame("second tab"))
+    frames = await receive_until(tab2, "error")
+    assert frames[0]["type"] == "accepted"
+    assert frames[-1]["code"] == "busy"
+    message = await Message.objects.aget(pk=frames[0]["user_message"])
+    assert (message.status, message.error_code, message.content) == ("error", "busy", "second tab")
+    await tab1.send_json_to({"type": "cancel"})
+    await receive_until(tab1, "done")
+
+
+MALFORMED = [
+    "not json",
+    "",
+    "[1, 2]",
+    '"send"',
+    "{}",
+    '{"type": "shout"}',
+    '{"type": "send", "conversation": null}',
+    '{"type": "send", "conversation": null, "content": 5}',
+    '{"type": "send", "conversation": "1", "content": "hi"}',
+    '{"type": "send", "conversation": true, "content": "hi"}',
+    '{"type": "send", "conversation": 1.5, "content": "hi"}',
+    '{"type": "send", "conversation": null, "content": ""}',
+    '{"type": "send", "conversation": null, "content": "  \\n "}',
+    json.dumps(send_frame("x" * 8001)),
+    "[" * 100_000 + "]" * 100_000,
+    '{"a":' * 50_000 + "1" + "}" * 50_000,
+]
+
+
+async def test_malformed_frames_get_invalid_and_socket_stays_usable(service, alice, connect_as):
+    """Every malformed frame gets an `invalid` error; the socket keeps working."""
+    service.update_limits(max_new_tokens=2)
+    chat = await connect_as(alice)
+    for text in MALFORMED:
+        await chat.send_input({"type": "websocket.receive", "text": text})
+        frame = await chat.receive_json_from(TIMEOUT)
+        assert (frame["type"], frame["code"], frame["request"]) == ("error", "invalid", None), text[:60]
+        assert frame["message"]
+    await chat.send_to(bytes_data=b'{"type": "cancel"}')
+    assert (await chat.receive_json_from(TIMEOUT))["code"] == "invalid"
+    assert await Message.objects.acount() == 0
+    await chat.send_json_to(send_frame())
+    assert (await receive_until(chat, "done"))[0]["type"] == "accepted"
+
+
+async def test_message_limit_is_a_setting(service, alice, connect_as, settings):
+    """CHAT_MAX_MESSAGE_CHARS bounds the content length."""
+    settings.CHAT_MAX_MESSAGE_CHARS = 10
+    chat = await connect_as(alice)
+    await chat.send_json_to(send_frame("x" * 11))
+    assert (await chat.receive_json_from(TIMEOUT))["code"] == "invalid"
+
+
+async def test_other_users_conversation_is_not_found(service, alice, bob, connect_as):
+    """A conversation id of another user is `not_found`, and nothing is written to it."""
+    conversation = await Conversation.objects.acreate(owner=bob, title="bob's secret")
+    chat = await connect_as(alice)
+    for conversation_id in (conversation.pk, 999_999):
+        await chat.send_json_to(send_frame("peek", conversation_id))
+        frame = await chat.receive_json_from(TIMEOUT)
+        assert (frame["type"], frame["code"], frame["request"]) == ("error", "not_found", None)
+        assert "secret" not in json.dumps(frame)
+    assert await Message.objects.acount() == 0
+
+
+async def test_unauthenticated_socket_is_closed_with_4401():
+    """The real ASGI stack closes a socket without a session with code 4401."""
+    communicator = WebsocketCommunicator(application, "/ws/chat/", headers=[(b"origin", b"http://127.0.0.1")])
+    connected, _ = await communicator.connect(timeout=TIMEOUT)
+    assert connected
+    assert await communicator.receive_output(TIMEOUT) == {"type": "websocket.close", "code": 4401}
+    await communicator.disconnect(timeout=TIMEOUT)
+
+
+async def test_first_connection_marks_orphaned_replies_interrupted(service, alice, connect_as, monkeypatch):
+    """Replies a crashed process left generating are marked interrupted on the first connect."""
+    conversation = await Conversation.objects.acreate(owner=alice, title="t")
+    orphan = await Message.objects.acreate(
+        conversation=conversation, role="assistant", status="generating", content=""
+    )
+    monkeypatch.setattr(consumers, "_swept", False)
+    await connect_as(alice)
+    await orphan.arefresh_from_db()
+    assert orphan.status == Message.Status.INTERRUPTED
+    await asyncio.sleep(0)

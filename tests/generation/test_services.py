@@ -1,0 +1,107 @@
+"""Services and selectors of the chat, against the database."""
+
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+
+from generation import selectors, services
+from generation.models import Conversation, Message
+
+pytestmark = pytest.mark.django_db
+
+
+def add(conversation, role, content, status=Message.Status.COMPLETE):
+    return Message.objects.create(conversation=conversation, role=role, content=content, status=status)
+
+
+def test_user_message_create_starts_a_titled_conversation(alice):
+    """A first message creates the conversation, titled from the message."""
+    message, history = services.user_message_create(
+        owner=alice, conversation_id=None, content="Hello  there\nfriend"
+    )
+    assert message.conversation.owner == alice
+    assert message.conversation.title == "Hello there friend"
+    assert history == [{"role": "user", "content": "Hello  there\nfriend"}]
+
+
+def test_long_titles_are_cut_at_a_word():
+    """Titles stay short enough for the sidebar."""
+    title = services.title_from_text("word " * 40)
+    assert len(title) <= services.TITLE_CHARS + 1
+    assert title.endswith("word…")
+
+
+def test_user_message_create_refuses_other_users_conversation(alice, bob):
+    """Another user's conversation is indistinguishable from a missing one."""
+    conversation = services.conversation_create(owner=bob, title="bob")
+    with pytest.raises(Conversation.DoesNotExist):
+        services.user_message_create(owner=alice, conversation_id=conversation.pk, content="hi")
+    assert not conversation.messages.exists()
+
+
+def test_history_skips_failed_and_empty_turns(alice):
+    """The model sees complete turns; failed questions and empty replies are left out."""
+    conversation = services.conversation_create(owner=alice)
+    add(conversation, "user", "first")
+    add(conversation, "assistant", "answer one")
+    add(conversation, "user", "rejected", Message.Status.ERROR)
+    add(conversation, "user", "unanswered")
+    add(conversation, "assistant", "", Message.Status.INTERRUPTED)
+    add(conversation, "user", "stopped")
+    add(conversation, "assistant", "partial", Message.Status.CANCELLED)
+    add(conversation, "user", "broken")
+    add(conversation, "assistant", "half", Message.Status.ERROR)
+    add(conversation, "user", "newest")
+    assert selectors.conversation_history_for_model(conversation=conversation) == [
+        {"role": "user", "content": "first"},
+        {"role": "assistant", "content": "answer one"},
+        {"role": "user", "content": "stopped"},
+        {"role": "assistant", "content": "partial"},
+        {"role": "user", "content": "newest"},
+    ]
+
+
+def test_assistant_message_is_written_once_at_the_end(alice):
+    """A reply starts empty and generating, and ends with its text, counts and timings."""
+    conversation = services.conversation_create(owner=alice)
+    reply = services.assistant_message_start(conversation_id=conversation.pk, request_id="r1")
+    assert (reply.status, reply.content) == ("generating", "")
+    services.assistant_message_finish(
+        message_id=reply.pk,
+        content="done text",
+        status=Message.Status.COMPLETE,
+        finish_reason="stop",
+        usage={"prompt_tokens": 5, "completion_tokens": 2},
+        timings={"queue_ms": 1, "ttft_ms": 3, "total_ms": 9},
+    )
+    reply.refresh_from_db()
+    assert (reply.status, reply.content, reply.completion_tokens, reply.ttft_ms) == (
+        "complete",
+        "done text",
+        2,
+        3,
+    )
+
+
+def test_messages_mark_interrupted_only_touches_older_generating(alice):
+    """Only replies generating before the cut-off are marked interrupted."""
+    conversation = services.conversation_create(owner=alice)
+    old = services.assistant_message_start(conversation_id=conversation.pk, request_id="old")
+    finished = add(conversation, "assistant", "ok")
+    cutoff = timezone.now()
+    new = services.assistant_message_start(conversation_id=conversation.pk, request_id="new")
+    Message.objects.filter(pk=new.pk).update(created=cutoff + timedelta(seconds=1))
+    assert services.messages_mark_interrupted(before=cutoff) == 1
+    statuses = dict(Message.objects.values_list("pk", "status"))
+    assert statuses == {old.pk: "interrupted", finished.pk: "complete", new.pk: "generating"}
+
+
+def test_rename_and_delete(alice):
+    """Rename trims whitespace; delete removes the messages too."""
+    conversation = services.conversation_create(owner=alice)
+    add(conversation, "user", "hi")
+    services.conversation_rename(conversation=conversation, title="  New   name ")
+    assert Conversation.objects.get().title == "New name"
+    services.conversation_delete(conversation=conversation)
+    assert not Message.objects.exists()

@@ -1,0 +1,141 @@
+"""HTTP views of the chat: login, the page, and the JSON endpoints' isolation."""
+
+import json
+
+import pytest
+from django.urls import reverse
+
+from generation import services
+from generation.models import Conversation, Message
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def alice_client(client, alice):
+    client.force_login(alice)
+    return client
+
+
+@pytest.fixture
+def bobs_conversation(bob):
+    conversation = services.conversation_create(owner=bob, title="bob's plans")
+    Message.objects.create(conversation=conversation, role="user", content="secret")
+    return conversation
+
+
+def test_chat_page_requires_login(client):
+    """Anonymous visitors are sent to the login form."""
+    response = client.get("/")
+    assert response.status_code == 302
+    assert response.url.startswith(reverse("login"))
+
+
+def test_login_and_logout(client, alice):
+    """The Django login form logs in; logout is a POST and logs out."""
+    response = client.post(reverse("login"), {"username": "alice", "password": "pw-alice-123"})
+    assert response.status_code == 302
+    assert client.get("/").status_code == 200
+    client.post(reverse("logout"))
+    assert client.get("/").status_code == 302
+
+
+def test_no_self_signup(client):
+    """There is no sign-up page: staff create users in the admin."""
+    assert client.get("/accounts/signup/").status_code == 404
+    assert client.get("/accounts/register/").status_code == 404
+
+
+def test_chat_page_renders_composer_and_script(alice_client):
+    """The page carries the composer, its config and the chat script."""
+    response = alice_client.get("/")
+    assert response.status_code == 200
+    body = response.content.decode()
+    assert 'id="input"' in body
+    assert "js/chat.js" in body
+    assert '"maxChars": 8000' in body
+
+
+def test_conversation_list_is_own_and_newest_first(alice_client, alice, bobs_conversation):
+    """The sidebar lists only the user's conversations, newest first."""
+    first, _ = services.user_message_create(owner=alice, conversation_id=None, content="first one")
+    second, _ = services.user_message_create(owner=alice, conversation_id=None, content="second one")
+    data = alice_client.get(reverse("conversation-list")).json()
+    assert [c["title"] for c in data["conversations"]] == ["second one", "first one"]
+    services.user_message_create(owner=alice, conversation_id=first.conversation_id, content="bump")
+    data = alice_client.get(reverse("conversation-list")).json()
+    assert [c["id"] for c in data["conversations"]] == [first.conversation_id, second.conversation_id]
+
+
+def test_history_returns_messages_as_text(alice_client, alice):
+    """History returns the stored messages verbatim, markup included."""
+    message, _ = services.user_message_create(owner=alice, conversation_id=None, content="<b>hi</b>")
+    data = alice_client.get(reverse("conversation-detail", args=[message.conversation_id])).json()
+    assert [(m["role"], m["content"], m["status"]) for m in data["messages"]] == [
+        ("user", "<b>hi</b>", "complete")
+    ]
+
+
+def test_rename_and_delete_own_conversation(alice_client, alice):
+    """Rename and delete work on the user's own conversation."""
+    conversation = services.conversation_create(owner=alice, title="old")
+    url = reverse("conversation-rename", args=[conversation.pk])
+    response = alice_client.post(url, json.dumps({"title": "new"}), content_type="application/json")
+    assert response.json()["conversation"]["title"] == "new"
+    assert (
+        alice_client.post(url, json.dumps({"title": " "}), content_type="application/json").status_code == 400
+    )
+    assert alice_client.post(url, "not json", content_type="application/json").status_code == 400
+    assert alice_client.post(reverse("conversation-delete", args=[conversation.pk])).status_code == 200
+    assert not Conversation.objects.filter(pk=conversation.pk).exists()
+
+
+@pytest.mark.parametrize(
+    ("name", "method"),
+    [("conversation-detail", "get"), ("conversation-rename", "post"), ("conversation-delete", "post")],
+)
+def test_other_users_conversation_is_404(alice_client, bobs_conversation, name, method):
+    """Another user's conversation id gives 404 and leaves it untouched."""
+    url = reverse(name, args=[bobs_conversation.pk])
+    if method == "get":
+        response = alice_client.get(url)
+    else:
+        response = alice_client.post(url, json.dumps({"title": "mine"}), content_type="application/json")
+    assert response.status_code == 404
+    assert "secret" not in response.content.decode()
+    bobs_conversation.refresh_from_db()
+    assert bobs_conversation.title == "bob's plans"
+
+
+def test_other_users_conversation_page_is_404(alice_client, bobs_conversation):
+    """The page URL of another user's conversation is 404 too."""
+    assert alice_client.get(f"/c/{bobs_conversation.pk}/").status_code == 404
+
+
+def test_json_endpoints_answer_401_when_logged_out(client, bobs_conversation):
+    """The script gets 401 JSON, not a redirect, when the session has ended."""
+    assert client.get(reverse("conversation-list")).status_code == 401
+    assert client.get(reverse("conversation-detail", args=[bobs_conversation.pk])).status_code == 401
+
+
+def test_writes_need_csrf(alice, bobs_conversation):
+    """Rename and delete are refused without a CSRF token."""
+    from django.test import Client
+
+    client = Client(enforce_csrf_checks=True)
+    client.force_login(alice)
+    conversation = services.conversation_create(owner=alice, title="keep")
+    assert client.post(reverse("conversation-delete", args=[conversation.pk])).status_code == 403
+    assert Conversation.objects.filter(pk=conversation.pk).exists()
+
+
+def test_admin_lists_and_searches_conversations(client, admin_user, alice):
+    """Staff see conversations in the admin, searchable by owner, messages inline."""
+    message, _ = services.user_message_create(owner=alice, conversation_id=None, content="about tea")
+    client.force_login(admin_user)
+    response = client.get("/admin/generation/conversation/", {"q": "alice"})
+    assert response.status_code == 200
+    assert "about tea" in response.content.decode()
+    response = client.get(f"/admin/generation/conversation/{message.conversation_id}/change/")
+    assert response.status_code == 200
+    assert "about tea" in response.content.decode()
