@@ -102,9 +102,11 @@ class ModelWorker:
                     return
                 admitted, self._admitted = self._admitted, []
                 cancelled, self._cancelled = self._cancelled, set()
-            reports: list[Report] = []
+            # Each prefill reports at once: a burst of arrivals should not hold
+            # the first one's first token until the last one is prefilled.
             for request in admitted:
-                reports += self._prefill(engine, loaded.tokenizer, detokenizers, request)
+                self._deliver(self._prefill(engine, loaded.tokenizer, detokenizers, request))
+            reports: list[Report] = []
             # After the admissions, so that a request cancelled right after its
             # admission is found; one that already finished is simply gone.
             for request_id in cancelled:
