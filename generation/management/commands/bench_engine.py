@@ -3,7 +3,8 @@
 Both strategies run in one process, on the configured model (the bundled
 SmolLM2 by default) and the same prompts, through the real generation
 service: for each concurrency C, C requests are submitted at once with the
-cap at C, and each generates exactly --new-tokens tokens. It prints a table
+cap at C, and each generates exactly --new-tokens tokens, after one
+untimed warm-up request. It prints a table
 and can write the figures as JSON for docs/benchmarks.md.
 """
 
@@ -122,6 +123,9 @@ class Command(BaseCommand):
         def load():
             return loaded  # every run shares the one replica
 
+        # One untimed request first, so that one-time start-up costs (CUDA
+        # context, kernel selection, allocator growth) fall on no table row.
+        asyncio.run(run_one(strategies[0], 1, 8, load))
         rows = []
         for strategy in strategies:
             for level in levels:
@@ -134,7 +138,7 @@ class Command(BaseCommand):
                 "machine": {
                     "platform": platform.platform(),
                     "processor": platform.processor() or platform.machine(),
-                    "cpu_count": torch.get_num_threads(),
+                    "torch_threads": torch.get_num_threads(),
                     "device": str(loaded.device),
                     "gpu": torch.cuda.get_device_name() if loaded.device.type == "cuda" else None,
                     "torch": torch.__version__,
