@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-$(shell cat requirements.txt | cksum | cut -d' ' -f1
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: setup migrate run user test lint format browser
+.PHONY: setup migrate run user test lint format system stack stack-stop
 
 $(STAMP): requirements.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -41,9 +41,23 @@ format: setup
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-# Browser tests drive Debian's chromium; a browser is never downloaded.
-browser:
-	command -v chromium >/dev/null || (apt-get update -q && apt-get install -y -q chromium)
+# Debian packages the tests drive: chromium for the browser tests (a browser
+# is never downloaded) and nginx for the production stack.
+system:
+	@missing=""; \
+	command -v chromium >/dev/null || missing="$$missing chromium"; \
+	command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing="$$missing nginx"; \
+	if [ -n "$$missing" ]; then \
+	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing; \
+	fi
 
-test: setup lint browser
+# The production topology on this machine: PostgreSQL, Redis, two daphne
+# processes and nginx on http://127.0.0.1:8080 (deploy/stack.sh, docs/deploy.md).
+stack: setup system
+	deploy/stack.sh start
+
+stack-stop:
+	deploy/stack.sh stop
+
+test: setup lint system
 	$(BIN)/python -m pytest

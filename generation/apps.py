@@ -4,8 +4,12 @@ from django.apps import AppConfig
 
 
 class GenerationConfig(AppConfig):
-    """The chat app. Nothing starts here: the generation service starts lazily
-    inside the running event loop on first use, since daphne has no lifespan."""
+    """The chat app. The generation service does not start here: it starts
+    lazily inside the running event loop on first use, since daphne has no
+    lifespan. Only signal receivers are connected."""
 
     name = "generation"
     default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self):
+        from generation import signals  # noqa: F401 - connects the login log receivers

@@ -1,0 +1,103 @@
+"""The production topology, started once for the end-to-end tests.
+
+`deploy/stack.sh` starts what `make stack` starts: PostgreSQL, a Redis of
+its own, two daphne processes and nginx in front. Here it runs on ports of
+its own, with a fresh database and the tiny test model, so that the tests
+drive the real stack in seconds. Everything stays on loopback.
+"""
+
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+PORT = 18080
+DAPHNE_PORTS = (18001, 18002)
+REDIS_PORT = 16380
+DATABASE = "chatsite_e2e"
+PASSWORD = "e2e-pass-4821"
+USERS = [f"user{index}" for index in range(1, 61)]
+
+CREATE_USERS = f"""
+from django.contrib.auth import get_user_model
+User = get_user_model()
+for name in {USERS!r}:
+    User.objects.create_user(name, password={PASSWORD!r})
+User.objects.create_superuser("staff", password={PASSWORD!r})
+"""
+
+
+@dataclass
+class Stack:
+    """A running stack: where it answers and how to reach its parts."""
+
+    env: dict
+    folder: Path
+
+    url = f"http://127.0.0.1:{PORT}"
+    ws_url = f"ws://127.0.0.1:{PORT}/ws/chat/"
+
+    def manage(self, *args: str) -> str:
+        """Run manage.py against the stack's database and Redis."""
+        result = subprocess.run(
+            [sys.executable, "manage.py", *args],
+            cwd=ROOT,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        return result.stdout
+
+    def sql(self, query: str, *params) -> list[tuple]:
+        """Read the stack's PostgreSQL database directly."""
+        with psycopg.connect(f"host=127.0.0.1 user=postgres dbname={DATABASE}") as connection:
+            return connection.execute(query, params).fetchall()
+
+    def daphne_pid(self, index: int) -> int:
+        """The pid of daphne process `index` (1 or 2) as now running."""
+        return int((self.folder / f"daphne-{index}.pid").read_text())
+
+    def log(self, name: str) -> str:
+        return (self.folder / name).read_text()
+
+
+@pytest.fixture(scope="session")
+def stack(tiny_model_dir, tmp_path_factory):
+    """Start the stack on the tiny model; stop it when the session ends."""
+    folder = tmp_path_factory.mktemp("stack")
+    env = {
+        **os.environ,
+        "STACK_DIR": str(folder),
+        "STACK_PORT": str(PORT),
+        "STACK_DAPHNE_PORTS": " ".join(map(str, DAPHNE_PORTS)),
+        "STACK_REDIS_PORT": str(REDIS_PORT),
+        "STACK_DB": DATABASE,
+        "GENERATION_MODEL": str(tiny_model_dir),
+        "GENERATION_DEVICE": "cpu",
+        "GENERATION_MAX_CONCURRENCY": "4",
+        "GENERATION_MAX_QUEUE": "16",
+        "GENERATION_MAX_NEW_TOKENS": "300",
+    }
+    env.pop("DJANGO_SETTINGS_MODULE", None)
+    subprocess.run(["dropdb", "-h", "127.0.0.1", "-U", "postgres", "--if-exists", DATABASE], check=True)
+    subprocess.run([str(ROOT / "deploy/stack.sh"), "start"], env=env, check=True, timeout=300)
+    stack_env = {
+        **env,
+        "DEBUG": "0",
+        "SECRET_KEY": (folder / "secret.key").read_text().strip(),
+        "DATABASE_URL": f"postgres://postgres@127.0.0.1:5432/{DATABASE}",
+        "REDIS_URL": f"redis://127.0.0.1:{REDIS_PORT}/0",
+        "ALLOWED_HOSTS": "127.0.0.1,localhost",
+    }
+    running = Stack(env=stack_env, folder=folder)
+    try:
+        running.manage("shell", "-c", CREATE_USERS)
+        yield running
+    finally:
+        subprocess.run([str(ROOT / "deploy/stack.sh"), "stop"], env=env, check=False)

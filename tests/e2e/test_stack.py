@@ -1,0 +1,92 @@
+"""The stack as deployed: nginx in front of two daphne processes."""
+
+import asyncio
+import http.client
+import urllib.error
+import urllib.request
+import uuid
+
+import pytest
+import websockets
+
+from generation.wsclient import ChatSocket, login
+from tests.e2e.conftest import PASSWORD, PORT
+
+
+async def open_socket(stack, username="user1"):
+    cookie = await asyncio.to_thread(login, stack.url, username, PASSWORD)
+    return await ChatSocket.open(stack.ws_url, cookie, origin=stack.url)
+
+
+async def test_login_and_chat_through_nginx(stack):
+    """A reply streams over the WebSocket through nginx and is stored complete."""
+    socket = await open_socket(stack)
+    reply = await socket.reply("Hello through nginx")
+    await socket.close()
+    kinds = [event["type"] for event in reply.events]
+    assert kinds[0] == "accepted"
+    assert "started" in kinds
+    assert kinds.count("token") >= 2
+    assert kinds[-1] == "done"
+    message_id = reply.terminal["message"]
+    [(status, content)] = stack.sql(
+        "SELECT status, content FROM generation_message WHERE id = %s", message_id
+    )
+    assert status == "complete"
+    assert content == reply.text
+
+
+def test_static_files_come_from_nginx(stack):
+    """/static/ is served from STATIC_ROOT by nginx; daphne never sees it."""
+    marker = uuid.uuid4().hex
+    with urllib.request.urlopen(f"{stack.url}/static/css/site.css?{marker}") as response:
+        assert response.status == 200
+        assert response.headers["Content-Type"] == "text/css"
+        assert response.headers["Server"].startswith("nginx")
+        assert b".topbar" in response.read()
+    assert marker not in stack.log("daphne-1.access.log") + stack.log("daphne-2.access.log")
+
+
+def test_django_sees_the_forwarded_client_ip(stack):
+    """A login attempt from 127.0.0.2 is logged by Django with that address,
+    not nginx's; a forged X-Forwarded-For is overwritten by nginx."""
+    connection = http.client.HTTPConnection("127.0.0.1", PORT, source_address=("127.0.0.2", 0), timeout=30)
+    username = f"nobody-{uuid.uuid4().hex[:8]}"
+    connection.request("GET", "/accounts/login/")
+    page = connection.getresponse()
+    cookie = page.headers["Set-Cookie"].split(";")[0]
+    token = page.read().decode().split('name="csrfmiddlewaretoken" value="')[1].split('"')[0]
+    body = f"username={username}&password=wrong&csrfmiddlewaretoken={token}"
+    headers = {
+        "Content-Type": "application/x-www-form-urlencoded",
+        "Cookie": cookie,
+        "X-Forwarded-For": "203.0.113.9",
+    }
+    connection.request("POST", "/accounts/login/", body=body, headers=headers)
+    assert connection.getresponse().status == 200  # the form again, with its error
+    logs = stack.log("daphne-1.log") + stack.log("daphne-2.log")
+    assert f"Failed login for '{username}' from 127.0.0.2" in logs
+
+
+def test_csrf_is_enforced_on_forms(stack):
+    """A login form posted without its CSRF token is refused."""
+    request = urllib.request.Request(
+        f"{stack.url}/accounts/login/", data=b"username=user1&password=" + PASSWORD.encode()
+    )
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request)
+    assert refused.value.code == 403
+
+
+async def test_cross_origin_socket_is_refused(stack):
+    cookie = await asyncio.to_thread(login, stack.url, "user2", PASSWORD)
+    with pytest.raises(websockets.exceptions.InvalidStatus) as refused:
+        await ChatSocket.open(stack.ws_url, cookie, origin="http://evil.example")
+    assert refused.value.response.status_code == 403
+
+
+async def test_unauthenticated_socket_is_closed_with_4401(stack):
+    connection = await websockets.connect(stack.ws_url, origin=stack.url)
+    with pytest.raises(websockets.exceptions.ConnectionClosed) as closed:
+        await asyncio.wait_for(connection.recv(), 10)
+    assert closed.value.rcvd.code == 4401
