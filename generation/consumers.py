@@ -14,7 +14,6 @@ import logging
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.contrib.auth.models import AnonymousUser
-from django.utils import timezone
 
 from generation import events, services
 from generation.models import Conversation, Message
@@ -27,30 +26,6 @@ logger = logging.getLogger(__name__)
 # ample, and the reply is saved as interrupted if it is exceeded.
 DISCONNECT_GRACE_S = 5.0
 UNAUTHENTICATED = 4401
-
-_swept = False
-
-
-async def asweep_interrupted() -> None:
-    """Once per process, mark replies a dead process left generating.
-
-    Runs on the first chat connection rather than at start-up, because
-    daphne has no lifespan hook and AppConfig.ready() must not touch the
-    database; it runs before this process generates anything.
-    """
-    global _swept
-    if _swept:
-        return
-    _swept = True
-    try:
-        count = await database_sync_to_async(services.messages_mark_interrupted)(before=timezone.now())
-    except Exception:
-        _swept = False  # try again on the next connection
-        logger.exception("Could not mark interrupted replies")
-        return
-    if count:
-        logger.info("Marked %d replies left generating by a previous process as interrupted", count)
-
 
 # Database helpers, wrapped once ------------------------------------------
 
@@ -87,7 +62,6 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         if not self.user.is_authenticated:
             await self.close(code=UNAUTHENTICATED)
             return
-        await asweep_interrupted()
 
     async def receive(self, text_data=None, bytes_data=None, **kwargs):
         if not self.user.is_authenticated:
@@ -152,7 +126,11 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
                 if kind == "queued":
                     await self.emit(events.queued(handle.id, event["position"], event["waiting"]))
                 elif kind == "started":
-                    reply = await _start_reply(conversation_id=conversation_id, request_id=handle.id)
+                    reply = await _start_reply(
+                        conversation_id=conversation_id,
+                        request_id=handle.id,
+                        worker=get_service().worker_name,
+                    )
                     reply_id = reply.pk
                     await self.emit(events.started(handle.id, reply_id))
                 elif kind == "token":

@@ -50,6 +50,9 @@ class Message(models.Model):
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.COMPLETE)
     created = models.DateTimeField(auto_now_add=True)
     request_id = models.CharField(max_length=64, blank=True)
+    # The server process generating the reply, so that its successor can
+    # tell its own abandoned replies from another live process's.
+    worker = models.CharField(max_length=200, blank=True)
     finish_reason = models.CharField(max_length=16, blank=True)
     error_code = models.CharField(max_length=32, blank=True)
     prompt_tokens = models.PositiveIntegerField(null=True, blank=True)

@@ -4,6 +4,7 @@ The chat consumer and the HTTP views call these; nothing else writes the
 chat's tables. Each function is one transaction.
 """
 
+from collections.abc import Callable
 from datetime import datetime
 
 from django.db import transaction
@@ -71,13 +72,15 @@ def user_message_fail(*, message_id: int, error_code: str) -> None:
 
 
 @transaction.atomic
-def assistant_message_start(*, conversation_id: int, request_id: str) -> Message:
-    """Create the reply's row when its generation starts, in status generating."""
+def assistant_message_start(*, conversation_id: int, request_id: str, worker: str = "") -> Message:
+    """Create the reply's row when its generation starts, in status generating,
+    marked with the process (`worker`) that generates it."""
     return Message.objects.create(
         conversation_id=conversation_id,
         role=Message.Role.ASSISTANT,
         status=Message.Status.GENERATING,
         request_id=request_id,
+        worker=worker,
     )
 
 
@@ -112,13 +115,14 @@ def assistant_message_finish(
 
 
 @transaction.atomic
-def messages_mark_interrupted(*, before: datetime) -> int:
-    """Mark replies left `generating` by a process that died as interrupted.
+def messages_mark_interrupted(*, before: datetime, is_dead: Callable[[str], bool]) -> int:
+    """Mark replies that a dead process left `generating` as interrupted.
 
-    Called once per process before it generates anything, so every reply
-    still generating at `before` belongs to another process. Returns the
-    number of messages marked.
+    `is_dead(worker)` decides, per worker name, whether its process is gone;
+    replies created at or after `before` are left alone, since they belong to
+    the process doing the sweep. Returns the number of messages marked.
     """
-    return Message.objects.filter(status=Message.Status.GENERATING, created__lt=before).update(
-        status=Message.Status.INTERRUPTED
-    )
+    generating = Message.objects.filter(status=Message.Status.GENERATING, created__lt=before)
+    workers = set(generating.values_list("worker", flat=True))
+    dead = [worker for worker in workers if is_dead(worker)]
+    return generating.filter(worker__in=dead).update(status=Message.Status.INTERRUPTED)

@@ -1,6 +1,5 @@
 """The /ws/chat/ consumer against the real generation service on the tiny model."""
 
-import asyncio
 import json
 
 import pytest
@@ -8,8 +7,9 @@ from channels.db import database_sync_to_async
 from channels.testing import WebsocketCommunicator
 
 from chatsite.asgi import application
-from generation import consumers
 from generation.models import Conversation, Message
+from generation.recovery import SweepOnFirstRequest
+from generation.runtime.service import default_worker_name
 from tests.generation.conftest import TIMEOUT, receive_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -226,14 +226,24 @@ async def test_unauthenticated_socket_is_closed_with_4401():
     await communicator.disconnect(timeout=TIMEOUT)
 
 
-async def test_first_connection_marks_orphaned_replies_interrupted(service, alice, connect_as, monkeypatch):
-    """Replies a crashed process left generating are marked interrupted on the first connect."""
+async def test_first_request_marks_a_dead_predecessors_replies_interrupted(alice):
+    """The first request a process serves marks replies its crashed
+    predecessor (same worker name) left generating as interrupted; another
+    live process's reply is left alone."""
     conversation = await Conversation.objects.acreate(owner=alice, title="t")
     orphan = await Message.objects.acreate(
-        conversation=conversation, role="assistant", status="generating", content=""
+        conversation=conversation, role="assistant", status="generating", worker=default_worker_name()
     )
-    monkeypatch.setattr(consumers, "_swept", False)
-    await connect_as(alice)
+    other = await Message.objects.acreate(
+        conversation=conversation, role="assistant", status="generating", worker="another-live-process"
+    )
+    fresh_process = SweepOnFirstRequest(application.application)
+    communicator = WebsocketCommunicator(
+        fresh_process, "/ws/chat/", headers=[(b"origin", b"http://127.0.0.1")]
+    )
+    await communicator.connect(timeout=TIMEOUT)
+    await communicator.disconnect(timeout=TIMEOUT)
     await orphan.arefresh_from_db()
+    await other.arefresh_from_db()
     assert orphan.status == Message.Status.INTERRUPTED
-    await asyncio.sleep(0)
+    assert other.status == Message.Status.GENERATING

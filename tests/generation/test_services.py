@@ -84,17 +84,30 @@ def test_assistant_message_is_written_once_at_the_end(alice):
     )
 
 
-def test_messages_mark_interrupted_only_touches_older_generating(alice):
-    """Only replies generating before the cut-off are marked interrupted."""
+def test_messages_mark_interrupted_only_touches_dead_workers_older_replies(alice):
+    """Only replies generating before the cut-off, of a worker judged dead,
+    are marked interrupted."""
     conversation = services.conversation_create(owner=alice)
-    old = services.assistant_message_start(conversation_id=conversation.pk, request_id="old")
+
+    def start(request_id, worker):
+        return services.assistant_message_start(
+            conversation_id=conversation.pk, request_id=request_id, worker=worker
+        )
+
+    dead = start("dead", "gone")
+    alive = start("alive", "running")
     finished = add(conversation, "assistant", "ok")
     cutoff = timezone.now()
-    new = services.assistant_message_start(conversation_id=conversation.pk, request_id="new")
+    new = start("new", "gone")
     Message.objects.filter(pk=new.pk).update(created=cutoff + timedelta(seconds=1))
-    assert services.messages_mark_interrupted(before=cutoff) == 1
+    assert services.messages_mark_interrupted(before=cutoff, is_dead=lambda worker: worker == "gone") == 1
     statuses = dict(Message.objects.values_list("pk", "status"))
-    assert statuses == {old.pk: "interrupted", finished.pk: "complete", new.pk: "generating"}
+    assert statuses == {
+        dead.pk: "interrupted",
+        alive.pk: "generating",
+        finished.pk: "complete",
+        new.pk: "generating",
+    }
 
 
 def test_rename_and_delete(alice):
