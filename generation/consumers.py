@@ -44,6 +44,7 @@ def _store_user_message(user, conversation_id, content):
 _start_reply = database_sync_to_async(services.assistant_message_start)
 _finish_reply = database_sync_to_async(services.assistant_message_finish)
 _fail_user_message = database_sync_to_async(services.user_message_fail)
+_cancel_user_message = database_sync_to_async(services.user_message_cancel)
 
 
 class ChatConsumer(AsyncJsonWebsocketConsumer):
@@ -139,7 +140,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
                 elif kind == "done":
                     # Cleared before saving: once saved, nothing may overwrite it.
                     saved, reply_id = reply_id, None
-                    await self.save_done(saved, event)
+                    await self.save_done(saved, user_message_id, event)
                     await self.emit(events.done(handle.id, saved, event))
                 elif kind == "error":
                     saved, reply_id = reply_id, None
@@ -164,10 +165,12 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             await self.emit(events.error(handle.id, "internal"))
             raise
 
-    async def save_done(self, reply_id: int | None, event: dict) -> None:
-        """Write the reply once, with its final status, counts and timings."""
+    async def save_done(self, reply_id: int | None, user_message_id: int, event: dict) -> None:
+        """Write the reply once, with its final status, counts and timings; a
+        request cancelled while queued has no reply, so its question is marked."""
         if reply_id is None:
-            return  # cancelled while queued: there is no reply to save
+            await _cancel_user_message(message_id=user_message_id)
+            return
         cancelled = event["finish_reason"] == "cancelled"
         await _finish_reply(
             message_id=reply_id,

@@ -75,8 +75,10 @@ def parse_client_frame(text_data: str | None, bytes_data: bytes | None) -> Send 
     content = frame.get("content")
     if not isinstance(content, str):
         raise ClientError("invalid", "'content' must be a string.")
-    # NUL cannot be stored in PostgreSQL text; it is never meaningful in chat.
-    content = content.replace("\x00", "")
+    # NUL cannot be stored in PostgreSQL text and is never meaningful in chat;
+    # refusing it (rather than dropping it) keeps what was typed exact.
+    if "\x00" in content:
+        raise ClientError("invalid", "The message must not contain null characters.")
     if not content.strip():
         raise ClientError("invalid", "The message is empty.")
     limit = settings.CHAT_MAX_MESSAGE_CHARS

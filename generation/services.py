@@ -72,6 +72,13 @@ def user_message_fail(*, message_id: int, error_code: str) -> None:
 
 
 @transaction.atomic
+def user_message_cancel(*, message_id: int) -> None:
+    """Mark a user message whose request was cancelled before its reply started
+    (Stop while queued, or the socket closed), so the history shows it unanswered."""
+    Message.objects.filter(pk=message_id).update(status=Message.Status.CANCELLED)
+
+
+@transaction.atomic
 def assistant_message_start(*, conversation_id: int, request_id: str, worker: str = "") -> Message:
     """Create the reply's row when its generation starts, in status generating,
     marked with the process (`worker`) that generates it."""

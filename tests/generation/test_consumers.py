@@ -82,6 +82,7 @@ async def test_queue_positions_with_one_slot(service, alice, bob, django_user_mo
     assert (frames[-1]["position"], frames[-1]["waiting"]) == (1, 1)
     await third.send_json_to(send_frame())
     frames = await receive_until(third, "queued")
+    third_question = frames[0]["user_message"]
     assert (frames[-1]["position"], frames[-1]["waiting"]) == (2, 2)
     assert (await second.receive_json_from(TIMEOUT))["waiting"] == 2
 
@@ -92,10 +93,12 @@ async def test_queue_positions_with_one_slot(service, alice, bob, django_user_mo
     frame = await third.receive_json_from(TIMEOUT)
     assert (frame["type"], frame["position"], frame["waiting"]) == ("queued", 1, 1)
 
-    # Cancelling while queued leaves the queue at once, with no reply stored.
+    # Cancelling while queued leaves the queue at once, with no reply stored;
+    # the question is kept, marked cancelled.
     await third.send_json_to({"type": "cancel"})
     done = (await receive_until(third, "done"))[-1]
     assert (done["finish_reason"], done["message"]) == ("cancelled", None)
+    assert (await Message.objects.aget(pk=third_question)).status == Message.Status.CANCELLED
     await second.send_json_to({"type": "cancel"})
     await receive_until(second, "done")
 
@@ -176,6 +179,7 @@ MALFORMED = [
     '{"type": "send", "conversation": null, "content": ""}',
     '{"type": "send", "conversation": null, "content": "  \\n "}',
     json.dumps(send_frame("x" * 8001)),
+    json.dumps(send_frame("before\x00after")),
     "[" * 100_000 + "]" * 100_000,
     '{"a":' * 50_000 + "1" + "}" * 50_000,
 ]
