@@ -119,7 +119,10 @@ if REDIS_URL:
         "default": {
             "BACKEND": "channels_redis.core.RedisChannelLayer",
             "CONFIG": {
-                "hosts": [REDIS_URL],
+                # redis-py's default socket timeout (5 s) equals channels-redis's
+                # blocking-receive timeout (5 s): an idle socket's receive then
+                # fails with TimeoutError and kills its consumer. Wait longer.
+                "hosts": [{"address": REDIS_URL, "socket_timeout": 15}],
                 # A slow client must not make Redis hold unbounded backlogs.
                 "capacity": env_int("CHANNEL_CAPACITY", 1500),
                 "expiry": env_int("CHANNEL_EXPIRY", 10),
@@ -173,6 +176,9 @@ GENERATION_MAX_QUEUE = env_int("GENERATION_MAX_QUEUE", 32)
 GENERATION_MAX_NEW_TOKENS = env_int("GENERATION_MAX_NEW_TOKENS", 512)
 GENERATION_MAX_ACTIVE_PER_USER = env_int("GENERATION_MAX_ACTIVE_PER_USER", 1)
 GENERATION_QUEUE_TIMEOUT_S = env_int("GENERATION_QUEUE_TIMEOUT_S", 300)
+# /metrics answers loopback requests, and any request that sends
+# "Authorization: Bearer <METRICS_TOKEN>" when this is set.
+METRICS_TOKEN = os.environ.get("METRICS_TOKEN", "")
 # Longest chat message a person may send, in characters; longer frames get an "invalid" error.
 CHAT_MAX_MESSAGE_CHARS = env_int("CHAT_MAX_MESSAGE_CHARS", 8000)
 

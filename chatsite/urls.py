@@ -4,9 +4,14 @@ from django.contrib import admin
 from django.contrib.staticfiles.urls import staticfiles_urlpatterns
 from django.urls import include, path
 
+from queueadmin.views import metrics_view
+
 urlpatterns = [
     path("accounts/", include("django.contrib.auth.urls")),
+    # Before admin/, whose catch-all would answer 404 for admin/queue/.
+    path("admin/queue/", include("queueadmin.urls")),
     path("admin/", admin.site.urls),
+    path("metrics", metrics_view, name="metrics"),
     path("", include("generation.urls")),
 ]
 

@@ -49,4 +49,7 @@ def get_service() -> GenerationService:
             _service.stop()
         _service = GenerationService(load=configured_model_loader(), limits=default_limits())
         _service.start()
+        from queueadmin.control import attach  # live settings, console and statistics
+
+        attach(_service)
     return _service

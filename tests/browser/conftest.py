@@ -20,12 +20,14 @@ ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = "/usr/bin/chromium"
 XSS = "<img src=x onerror=alert(1)>"
 USERNAME, PASSWORD = "tester", "browser-pass-123"
+STAFF_USERNAME, STAFF_PASSWORD = "keeper", "browser-staff-123"  # for the admin console
 
 SEED = f"""
 import json
 from django.contrib.auth import get_user_model
 from generation.models import Conversation, Message
 user = get_user_model().objects.create_user({USERNAME!r}, password={PASSWORD!r})
+get_user_model().objects.create_user({STAFF_USERNAME!r}, password={STAFF_PASSWORD!r}, is_staff=True)
 conversation = Conversation.objects.create(owner=user, title={XSS!r})
 Message.objects.create(conversation=conversation, role="user", content="show me markup")
 Message.objects.create(conversation=conversation, role="assistant", content={XSS!r}, status="complete")

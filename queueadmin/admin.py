@@ -1,0 +1,112 @@
+"""Admin pages for the live settings, their audit trail and the statistics.
+
+The live console itself is a plain view at /admin/queue/ (queueadmin.views)
+inside the admin's look and login; these are the model pages.
+"""
+
+from django.contrib import admin
+from django.urls import reverse
+from django.utils.html import format_html
+
+from queueadmin import selectors, services
+from queueadmin.models import (
+    LIMIT_FIELDS,
+    GenerationRecord,
+    GenerationSettings,
+    QueueSnapshot,
+    SettingsChange,
+)
+
+
+@admin.register(GenerationSettings)
+class GenerationSettingsAdmin(admin.ModelAdmin):
+    """The one settings row. Saving audits the change and applies it in every
+    process, exactly like the console's form."""
+
+    list_display = (*LIMIT_FIELDS, "version", "updated", "updated_by")
+    fields = LIMIT_FIELDS
+    change_list_template = "admin/queue/settings_change_list.html"
+
+    def has_add_permission(self, request):
+        return super().has_add_permission(request) and not GenerationSettings.objects.exists()
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+    def get_changeform_initial_data(self, request):
+        # An unsaved row carries the environment's defaults.
+        return selectors.generation_settings_get().limits()
+
+    def save_model(self, request, obj, form, change):
+        values = {name: form.cleaned_data[name] for name in LIMIT_FIELDS}
+        saved = services.generation_settings_update(user=request.user, values=values)
+        obj.pk = saved.pk
+
+
+@admin.register(SettingsChange)
+class SettingsChangeAdmin(admin.ModelAdmin):
+    """The audit trail of settings changes; read-only."""
+
+    list_display = ("changed", "username", "summary")
+    list_filter = ("changed",)
+    search_fields = ("username",)
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(GenerationRecord)
+class GenerationRecordAdmin(admin.ModelAdmin):
+    """One row per generation request; read-only statistics."""
+
+    list_display = (
+        "request_id",
+        "enqueued_at",
+        "user",
+        "conversation_link",
+        "worker",
+        "outcome",
+        "queue_wait_ms",
+        "ttft_ms",
+        "completion_tokens",
+    )
+    list_filter = (
+        "outcome",
+        ("enqueued_at", admin.DateFieldListFilter),
+        ("user", admin.RelatedOnlyFieldListFilter),
+        "worker",
+    )
+    list_select_related = ("user", "conversation")
+    search_fields = ("request_id", "user__username")
+    date_hierarchy = "enqueued_at"
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    @admin.display(description="conversation")
+    def conversation_link(self, obj):
+        if obj.conversation_id is None:
+            return "-"
+        url = reverse("admin:generation_conversation_change", args=[obj.conversation_id])
+        return format_html('<a href="{}">{}</a>', url, obj.conversation)
+
+
+@admin.register(QueueSnapshot)
+class QueueSnapshotAdmin(admin.ModelAdmin):
+    """Each process's queue every few seconds while busy; read-only."""
+
+    list_display = ("taken", "worker", "running", "waiting", "cap", "tokens", "interval_s")
+    list_filter = ("worker", ("taken", admin.DateFieldListFilter))
+    date_hierarchy = "taken"
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False

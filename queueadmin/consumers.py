@@ -1,0 +1,81 @@
+"""The admin console's WebSocket: /ws/queue/.
+
+A transport adapter: it checks that the user is staff, pushes the console
+payload (every process and the total, see selectors.console_payload) every
+PUSH_INTERVAL_S, and turns a Cancel click into a broadcast to the process
+that owns the request. Like /ws/chat/, it accepts and then closes an
+unwelcome socket, because browsers only see a close code after the
+handshake: 4401 without a login, 4403 for a user who is not staff.
+"""
+
+import asyncio
+import json
+import logging
+import re
+
+from channels.generic.websocket import AsyncJsonWebsocketConsumer
+from django.contrib.auth.models import AnonymousUser
+
+from generation.runtime.registry import get_service
+from queueadmin import control
+
+logger = logging.getLogger(__name__)
+
+PUSH_INTERVAL_S = 0.5
+UNAUTHENTICATED = 4401
+FORBIDDEN = 4403
+REQUEST_ID = re.compile(r"^[0-9a-f]{1,64}$")
+MAX_FRAME_CHARS = 1000
+
+
+class QueueConsumer(AsyncJsonWebsocketConsumer):
+    """One staff member's live console."""
+
+    # WebSocket event handlers -----------------------------------------
+
+    async def connect(self):
+        self.user = self.scope.get("user") or AnonymousUser()
+        self.pusher: asyncio.Task | None = None
+        await self.accept()
+        if not self.user.is_authenticated:
+            await self.close(code=UNAUTHENTICATED)
+            return
+        if not (self.user.is_active and self.user.is_staff):
+            await self.close(code=FORBIDDEN)
+            return
+        get_service()  # this process joins the cluster view if it had not yet
+        self.pusher = asyncio.create_task(self.push_status())
+
+    async def receive(self, text_data=None, bytes_data=None, **kwargs):
+        if self.pusher is None:
+            return  # not staff: the socket is closing
+        try:
+            frame = json.loads(text_data or "") if len(text_data or "") <= MAX_FRAME_CHARS else None
+        except ValueError:
+            frame = None
+        if not isinstance(frame, dict) or frame.get("type") != "cancel":
+            await self.send_json({"type": "error", "code": "invalid"})
+            return
+        await self.cancel_request(frame.get("request"))
+
+    async def disconnect(self, code):
+        if self.pusher is not None:
+            self.pusher.cancel()
+
+    # Command helpers ---------------------------------------------------
+
+    async def cancel_request(self, request_id) -> None:
+        """Cancel a queued or running request on whichever process has it."""
+        if not isinstance(request_id, str) or not REQUEST_ID.match(request_id):
+            await self.send_json({"type": "error", "code": "invalid"})
+            return
+        await control.acancel(request_id=request_id, by=self.user.get_username())
+        await self.send_json({"type": "cancel.sent", "request": request_id})
+
+    async def push_status(self) -> None:
+        """Send the console payload until the socket closes (runs as a task)."""
+        while True:
+            current = control.current()
+            if current is not None:
+                await self.send_json(current.console_payload())
+            await asyncio.sleep(PUSH_INTERVAL_S)

@@ -1,0 +1,198 @@
+"""Live generation settings, their audit trail, and the queue's statistics.
+
+`GenerationSettings` is a single row (pk 1) that overrides the limits from
+the environment once staff first save it. `GenerationRecord` is one finished
+request; `QueueSnapshot` is one process's queue every few seconds while it is
+busy. Records and snapshots are written in batches by queueadmin.control.
+"""
+
+from django.conf import settings
+from django.core.validators import MaxValueValidator, MinValueValidator
+from django.db import models
+
+# Bounds for the live limits. The upper ones only catch typing mistakes (an
+# extra zero); they are far above what one process can usefully run.
+LIMIT_BOUNDS = {
+    "max_concurrency": (1, 256),
+    "max_queue_size": (1, 1000),
+    "max_active_per_user": (1, 100),
+    "queue_timeout_s": (1, 3600),
+    "max_new_tokens": (1, 8192),
+}
+LIMIT_FIELDS = tuple(LIMIT_BOUNDS)
+
+
+def _bounded(name: str) -> list:
+    low, high = LIMIT_BOUNDS[name]
+    return [MinValueValidator(low), MaxValueValidator(high)]
+
+
+# Callable defaults, so that an unsaved row shows the environment's values.
+def default_max_concurrency() -> int:
+    """GENERATION_MAX_CONCURRENCY, the cap until the row is first saved."""
+    return settings.GENERATION_MAX_CONCURRENCY
+
+
+def default_max_queue_size() -> int:
+    """GENERATION_MAX_QUEUE, the queue length until the row is first saved."""
+    return settings.GENERATION_MAX_QUEUE
+
+
+def default_max_active_per_user() -> int:
+    """GENERATION_MAX_ACTIVE_PER_USER, until the row is first saved."""
+    return settings.GENERATION_MAX_ACTIVE_PER_USER
+
+
+def default_queue_timeout_s() -> int:
+    """GENERATION_QUEUE_TIMEOUT_S, until the row is first saved."""
+    return settings.GENERATION_QUEUE_TIMEOUT_S
+
+
+def default_max_new_tokens() -> int:
+    """GENERATION_MAX_NEW_TOKENS, until the row is first saved."""
+    return settings.GENERATION_MAX_NEW_TOKENS
+
+
+class GenerationSettings(models.Model):
+    """The limits every generation service applies, changed live by staff.
+
+    There is at most one row, pk 1; write it only through
+    `queueadmin.services.generation_settings_update`, which audits the
+    change and broadcasts it to every process after commit. `version` grows
+    by one per change, so a process never applies an older value over a
+    newer one that reached it first.
+    """
+
+    SINGLETON_PK = 1
+
+    max_concurrency = models.PositiveIntegerField(
+        default=default_max_concurrency,
+        validators=_bounded("max_concurrency"),
+        help_text="Replies generated at once, per server process.",
+    )
+    max_queue_size = models.PositiveIntegerField(
+        default=default_max_queue_size,
+        validators=_bounded("max_queue_size"),
+        help_text="Requests that may wait, per process; one more is refused as queue_full.",
+    )
+    max_active_per_user = models.PositiveIntegerField(
+        default=default_max_active_per_user,
+        validators=_bounded("max_active_per_user"),
+        help_text="Requests one user may have queued or running.",
+    )
+    queue_timeout_s = models.PositiveIntegerField(
+        "queue timeout (s)",
+        default=default_queue_timeout_s,
+        validators=_bounded("queue_timeout_s"),
+        help_text="Longest wait in the queue, in seconds.",
+    )
+    max_new_tokens = models.PositiveIntegerField(
+        default=default_max_new_tokens,
+        validators=_bounded("max_new_tokens"),
+        help_text="Longest reply, in tokens.",
+    )
+    version = models.PositiveIntegerField(default=0, editable=False)
+    updated = models.DateTimeField(auto_now=True)
+    updated_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+
+    class Meta:
+        verbose_name = "generation settings"
+        verbose_name_plural = "generation settings"
+
+    def __str__(self) -> str:
+        return "Generation settings"
+
+    def limits(self) -> dict:
+        """The five limits as a dict, as `GenerationService.update_limits` takes them."""
+        return {name: getattr(self, name) for name in LIMIT_FIELDS}
+
+
+class SettingsChange(models.Model):
+    """One saved change of the generation settings: who, when, old → new."""
+
+    changed = models.DateTimeField(auto_now_add=True, db_index=True)
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    # Kept apart from `user` so the trail survives the account's deletion.
+    username = models.CharField(max_length=150, blank=True)
+    changes = models.JSONField(help_text='{"field": {"old": value, "new": value}}')
+
+    class Meta:
+        ordering = ["-changed", "-id"]
+
+    def __str__(self) -> str:
+        return f"{self.username or 'system'} at {self.changed:%Y-%m-%d %H:%M:%S}"
+
+    def summary(self) -> str:
+        """The change in one line, e.g. "max_concurrency 1 → 3"."""
+        return ", ".join(f"{name} {diff['old']} → {diff['new']}" for name, diff in self.changes.items())
+
+
+class GenerationRecord(models.Model):
+    """One generation request, written once it has ended (rejected ones too)."""
+
+    class Outcome(models.TextChoices):
+        COMPLETED = "completed"
+        CANCELLED = "cancelled"
+        REJECTED = "rejected"
+        TIMEOUT = "timeout"
+        ERROR = "error"
+        INTERRUPTED = "interrupted"
+
+    request_id = models.CharField(max_length=64, db_index=True)
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    conversation = models.ForeignKey(
+        "generation.Conversation", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    worker = models.CharField(max_length=128, db_index=True)
+    enqueued_at = models.DateTimeField(db_index=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    first_token_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    prompt_tokens = models.PositiveIntegerField(default=0)
+    completion_tokens = models.PositiveIntegerField(default=0)
+    outcome = models.CharField(max_length=16, choices=Outcome.choices)
+    finish_reason = models.CharField(max_length=16, blank=True)
+    error_code = models.CharField(max_length=32, blank=True)
+
+    class Meta:
+        ordering = ["-enqueued_at", "-id"]
+        indexes = [models.Index(fields=["outcome", "enqueued_at"], name="record_outcome_enqueued")]
+
+    def __str__(self) -> str:
+        return f"{self.request_id} ({self.outcome})"
+
+    def queue_wait_ms(self) -> int | None:
+        """Milliseconds from enqueueing to the start, or None if it never started."""
+        return _ms(self.enqueued_at, self.started_at)
+
+    def ttft_ms(self) -> int | None:
+        """Milliseconds from enqueueing to the first token, or None."""
+        return _ms(self.enqueued_at, self.first_token_at)
+
+
+def _ms(start, end) -> int | None:
+    return None if start is None or end is None else round((end - start).total_seconds() * 1000)
+
+
+class QueueSnapshot(models.Model):
+    """One process's queue at one moment, taken every few seconds while busy."""
+
+    worker = models.CharField(max_length=128)
+    taken = models.DateTimeField(db_index=True)
+    running = models.PositiveIntegerField()
+    waiting = models.PositiveIntegerField()
+    cap = models.PositiveIntegerField()
+    tokens = models.PositiveIntegerField(help_text="Tokens generated since the previous snapshot.")
+    interval_s = models.FloatField(help_text="Seconds since the previous snapshot.")
+
+    class Meta:
+        ordering = ["-taken", "-id"]
+
+    def __str__(self) -> str:
+        return f"{self.worker} at {self.taken:%H:%M:%S}"

@@ -1,0 +1,102 @@
+"""Batched writing of one process's statistics.
+
+Records and snapshots are buffered in memory on the event loop and written
+together in one transaction: by the control's write task every second
+(through database_sync_to_async, so the loop never waits on the database),
+and once more from a thread when the service stops.
+"""
+
+import logging
+import threading
+
+from channels.db import database_sync_to_async
+from django.db import connections
+
+from queueadmin import services
+
+logger = logging.getLogger(__name__)
+
+MAX_BUFFERED = 10_000  # if the database is down, drop statistics rather than memory
+FINAL_FLUSH_TIMEOUT_S = 5.0
+
+
+class StatsRecorder:
+    """Buffers of GenerationRecord and QueueSnapshot rows waiting to be written.
+
+    Touch it from the event loop only, apart from `flush_in_thread`, which
+    takes the buffers before it leaves the loop.
+    """
+
+    def __init__(self):
+        self.records: list[dict] = []
+        self.snapshots: list[dict] = []
+
+    def add_record(self, record: dict) -> None:
+        """Queue a service record (see GenerationService) for writing."""
+        self._append(self.records, record)
+
+    def add_snapshot(self, snapshot: dict) -> None:
+        """Queue a snapshot (see services.queue_snapshots_create) for writing."""
+        self._append(self.snapshots, snapshot)
+
+    def _append(self, buffer: list, item: dict) -> None:
+        if len(buffer) >= MAX_BUFFERED:
+            del buffer[: len(buffer) // 2]
+            logger.warning("Statistics are not being written; dropped the oldest half")
+        buffer.append(item)
+
+    def _take(self) -> tuple[list[dict], list[dict]]:
+        records, snapshots = self.records, self.snapshots
+        self.records, self.snapshots = [], []
+        return records, snapshots
+
+    async def flush(self) -> None:
+        """Write what is buffered in one transaction; on failure, drop it and warn."""
+        records, snapshots = self._take()
+        if records or snapshots:
+            try:
+                await database_sync_to_async(services.stats_batch_create)(
+                    records=records, snapshots=snapshots
+                )
+            except Exception as error:
+                logger.warning("Dropped %d records and %d snapshots: %s", len(records), len(snapshots), error)
+
+    def flush_in_thread(self) -> None:
+        """Write what is buffered from a thread, waiting for it a few seconds.
+
+        For shutdown, called on the loop: a task might never run because the
+        loop may be about to close, and Django forbids the database on it.
+        """
+        records, snapshots = self._take()
+        if records or snapshots:
+            writer = threading.Thread(target=_write_now, args=(records, snapshots), name="queueadmin-flush")
+            writer.start()
+            writer.join(FINAL_FLUSH_TIMEOUT_S)
+
+
+def interrupted_record(worker: str, request, finished_at: float) -> dict:
+    """A record for a request still queued or running when its service stopped."""
+    return {
+        "request": request.id,
+        "worker": worker,
+        "user": request.user_id,
+        "meta": request.meta,
+        "enqueued_at": request.enqueued_at,
+        "started_at": request.started_at,
+        "first_token_at": request.first_token_at,
+        "finished_at": finished_at,
+        "prompt_tokens": request.prompt_tokens,
+        "completion_tokens": request.completion_tokens,
+        "outcome": "interrupted",
+        "finish_reason": "",
+        "error_code": "",
+    }
+
+
+def _write_now(records: list[dict], snapshots: list[dict]) -> None:
+    try:
+        services.stats_batch_create(records=records, snapshots=snapshots)
+    except Exception as error:
+        logger.warning("Dropped %d records at shutdown: %s", len(records), error)
+    finally:
+        connections.close_all()  # this thread's connections would otherwise stay open

@@ -1,0 +1,120 @@
+"""Reads of the queueadmin app: settings, their history, and the console's view.
+
+`console_payload` turns the statuses that the processes publish into what
+the console's WebSocket and status.json send; it reads memory only.
+"""
+
+import datetime
+import time
+
+from queueadmin import events
+from queueadmin.models import LIMIT_FIELDS, GenerationSettings, QueueSnapshot, SettingsChange
+from queueadmin.stats import summarize
+
+
+def generation_settings_get() -> GenerationSettings:
+    """The settings row, or an unsaved one holding the environment's defaults."""
+    row = GenerationSettings.objects.filter(pk=GenerationSettings.SINGLETON_PK).first()
+    return row or GenerationSettings(pk=GenerationSettings.SINGLETON_PK)
+
+
+def generation_settings_saved() -> tuple[dict, int] | None:
+    """(limits, version) of the saved row, or None before it is first saved."""
+    row = GenerationSettings.objects.filter(pk=GenerationSettings.SINGLETON_PK).first()
+    return None if row is None else (row.limits(), row.version)
+
+
+def settings_changes_recent(*, limit: int = 20) -> list[SettingsChange]:
+    """The latest settings changes, newest first."""
+    return list(SettingsChange.objects.select_related("user")[:limit])
+
+
+def snapshot_series(*, since: float, bucket_s: int = 5) -> dict:
+    """Running, waiting and tokens/s of all processes since `since` (epoch s),
+    summed per `bucket_s`-second bucket, oldest first, for the console's chart."""
+    start = datetime.datetime.fromtimestamp(since, tz=datetime.UTC)
+    rows = (
+        QueueSnapshot.objects.filter(taken__gte=start)
+        .values("taken", "running", "waiting", "tokens", "interval_s")
+        .order_by("taken")
+    )
+    buckets: dict[int, list[float]] = {}
+    for row in rows:
+        key = int(row["taken"].timestamp() // bucket_s * bucket_s)
+        bucket = buckets.setdefault(key, [0, 0, 0.0])
+        bucket[0] += row["running"]
+        bucket[1] += row["waiting"]
+        bucket[2] += row["tokens"] / row["interval_s"] if row["interval_s"] > 0 else 0
+    keys = sorted(buckets)
+    return {
+        "time": keys,
+        "running": [buckets[k][0] for k in keys],
+        "waiting": [buckets[k][1] for k in keys],
+        "tokens_per_s": [round(buckets[k][2], 2) for k in keys],
+    }
+
+
+def _request_row(worker: str, item: dict) -> dict:
+    meta = item.get("meta") or {}
+    row = {
+        "request": item["request"],
+        "worker": worker,
+        "user": meta.get("user") or item.get("user"),
+        "conversation": meta.get("conversation"),
+        "since": item.get("since"),
+    }
+    if "tokens" in item:
+        row["tokens"] = item["tokens"]
+    if "position" in item:
+        row["position"] = item["position"]
+    return row
+
+
+def console_payload(statuses: list[dict], *, local_worker: str | None = None) -> dict:
+    """The console's view of every process and of all together.
+
+    `statuses` are the processes' published statuses (control.Control.status).
+    Each worker's latencies are its own; the totals' are computed over all
+    processes' samples. Times are epoch seconds; `time` is the server's now,
+    so a browser can show "waited 12 s" without trusting its own clock.
+    """
+    workers, running, waiting = [], [], []
+    samples = {"ttft_ms": [], "queue_wait_ms": []}
+    for status in statuses:
+        name, limits = status["worker"], status["limits"]
+        workers.append(
+            {
+                "worker": name,
+                "local": name == local_worker,
+                "model": status["model"],
+                "limits": {key: limits[key] for key in LIMIT_FIELDS},
+                "running": len(status["running"]),
+                "cap": limits["max_concurrency"],
+                "waiting": len(status["waiting"]),
+                "max_queue": limits["max_queue_size"],
+                "tokens_per_s": status["tokens_per_s"],
+                "latency": status["latency"],
+                "published": status["published"],
+            }
+        )
+        running += [_request_row(name, item) for item in status["running"]]
+        waiting += [_request_row(name, item) for item in status["waiting"]]
+        for key, values in status["samples"].items():
+            samples[key] += values
+    waiting.sort(key=lambda row: row["since"] or 0)
+    return {
+        "type": events.CONSOLE_STATUS,
+        "time": time.time(),
+        "workers": workers,
+        "total": {
+            "workers": len(workers),
+            "running": sum(w["running"] for w in workers),
+            "cap": sum(w["cap"] for w in workers),
+            "waiting": sum(w["waiting"] for w in workers),
+            "max_queue": sum(w["max_queue"] for w in workers),
+            "tokens_per_s": round(sum(w["tokens_per_s"] for w in workers), 2),
+            "latency": {key: summarize(values) for key, values in samples.items()},
+        },
+        "running": sorted(running, key=lambda row: row["since"] or 0),
+        "waiting": waiting,
+    }

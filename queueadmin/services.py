@@ -1,0 +1,150 @@
+"""Writes of the queueadmin app: settings changes, statistics, pruning.
+
+A settings change is audited and, once its transaction commits, broadcast
+to every generation service over the channel layer; statistics arrive in
+batches from each process's control (queueadmin.control).
+"""
+
+import datetime
+import functools
+import logging
+
+from asgiref.sync import async_to_sync
+from channels.layers import get_channel_layer
+from django.contrib.auth import get_user_model
+from django.db import transaction
+
+from generation.models import Conversation
+from queueadmin import events
+from queueadmin.models import (
+    LIMIT_FIELDS,
+    GenerationRecord,
+    GenerationSettings,
+    QueueSnapshot,
+    SettingsChange,
+)
+
+logger = logging.getLogger(__name__)
+
+
+def _broadcast_control(message: dict) -> None:
+    """Send `message` to every process's control; called after commit."""
+    layer = get_channel_layer()
+    if layer is None:
+        return
+    try:
+        async_to_sync(layer.group_send)(events.group_name(events.CONTROL), message)
+    except Exception:
+        # The row is saved: processes that miss the broadcast pick it up on restart.
+        logger.exception("Could not broadcast %s", message["type"])
+
+
+@transaction.atomic
+def generation_settings_update(*, user, values: dict[str, int]) -> GenerationSettings:
+    """Save new limits, record who changed what, and broadcast them after commit.
+
+    `values` maps some of LIMIT_FIELDS to new values; they must already be
+    validated (the forms do it), but the row is cleaned again so that no
+    caller can store a cap of 0. Saving unchanged values writes no audit entry.
+    """
+    unknown = set(values) - set(LIMIT_FIELDS)
+    if unknown:
+        raise ValueError(f"Unknown settings: {sorted(unknown)}")
+    row = GenerationSettings.objects.select_for_update().filter(pk=GenerationSettings.SINGLETON_PK).first()
+    creating = row is None
+    if creating:
+        row = GenerationSettings(pk=GenerationSettings.SINGLETON_PK)
+    changes = {}
+    for name, new in values.items():
+        old = getattr(row, name)
+        if old != new:
+            changes[name] = {"old": old, "new": new}
+            setattr(row, name, new)
+    if not changes and not creating:
+        return row
+    row.full_clean(exclude=["updated_by"])
+    row.version += 1
+    row.updated_by = user if user is not None and user.is_authenticated else None
+    row.save()
+    if changes:
+        SettingsChange.objects.create(
+            user=row.updated_by, username=user.get_username() if row.updated_by else "", changes=changes
+        )
+    message = events.settings_changed(limits=row.limits(), version=row.version)
+    transaction.on_commit(functools.partial(_broadcast_control, message))
+    return row
+
+
+def _timestamp(value: float | None) -> datetime.datetime | None:
+    return None if value is None else datetime.datetime.fromtimestamp(value, tz=datetime.UTC)
+
+
+def _existing(model, ids: set[int]) -> set[int]:
+    # Users and conversations may be deleted while their request runs; a
+    # record then keeps its numbers and loses the link instead of failing.
+    return set(model.objects.filter(pk__in=ids).values_list("pk", flat=True)) if ids else set()
+
+
+def _int_or_none(value) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+@transaction.atomic
+def generation_records_create(*, records: list[dict]) -> list[GenerationRecord]:
+    """Store a batch of service records (see GenerationService) in one insert."""
+    user_ids = {_int_or_none(r["user"]) for r in records} - {None}
+    conversation_ids = {_int_or_none(r["meta"].get("conversation")) for r in records} - {None}
+    users = _existing(get_user_model(), user_ids)
+    conversations = _existing(Conversation, conversation_ids)
+    rows = []
+    for record in records:
+        user_id = _int_or_none(record["user"])
+        conversation_id = _int_or_none(record["meta"].get("conversation"))
+        rows.append(
+            GenerationRecord(
+                request_id=record["request"],
+                user_id=user_id if user_id in users else None,
+                conversation_id=conversation_id if conversation_id in conversations else None,
+                worker=record["worker"][:128],
+                enqueued_at=_timestamp(record["enqueued_at"]),
+                started_at=_timestamp(record["started_at"]),
+                first_token_at=_timestamp(record["first_token_at"]),
+                finished_at=_timestamp(record["finished_at"]),
+                prompt_tokens=record["prompt_tokens"],
+                completion_tokens=record["completion_tokens"],
+                outcome=record["outcome"],
+                finish_reason=record["finish_reason"] or "",
+                error_code=record["error_code"] or "",
+            )
+        )
+    return GenerationRecord.objects.bulk_create(rows)
+
+
+@transaction.atomic
+def queue_snapshots_create(*, snapshots: list[dict]) -> list[QueueSnapshot]:
+    """Store a batch of snapshots: dicts of worker, taken (epoch), running,
+    waiting, cap, tokens and interval_s."""
+    rows = [
+        QueueSnapshot(
+            **{**snapshot, "worker": snapshot["worker"][:128], "taken": _timestamp(snapshot["taken"])}
+        )
+        for snapshot in snapshots
+    ]
+    return QueueSnapshot.objects.bulk_create(rows)
+
+
+@transaction.atomic
+def stats_batch_create(*, records: list[dict], snapshots: list[dict]) -> None:
+    """Store one flush of a process's statistics in a single transaction."""
+    if records:
+        generation_records_create(records=records)
+    if snapshots:
+        queue_snapshots_create(snapshots=snapshots)
+
+
+@transaction.atomic
+def stats_prune(*, before: datetime.datetime) -> dict[str, int]:
+    """Delete records enqueued and snapshots taken before `before`; return the counts."""
+    records, _ = GenerationRecord.objects.filter(enqueued_at__lt=before).delete()
+    snapshots, _ = QueueSnapshot.objects.filter(taken__lt=before).delete()
+    return {"records": records, "snapshots": snapshots}

@@ -1,0 +1,68 @@
+"""The admin console (/admin/queue/), its JSON endpoints, and /metrics.
+
+The console page and history.json are wrapped in `admin.site.admin_view`
+(see queueadmin.urls), so anyone but active staff gets the admin login.
+status.json is for scripts: it answers 401 without a login and 403 for
+non-staff instead of redirecting.
+"""
+
+import time
+
+from django.contrib import messages
+from django.contrib.admin import site
+from django.http import HttpResponse, HttpResponseForbidden, JsonResponse
+from django.shortcuts import redirect, render
+from django.views.decorators.http import require_GET, require_http_methods
+
+from generation.runtime.registry import get_service
+from queueadmin import control, metrics, selectors, services
+from queueadmin.forms import GenerationSettingsForm
+
+HISTORY_S = 3600
+
+
+@require_http_methods(["GET", "POST"])
+def console(request):
+    """The live console, and the settings form that changes every process's limits."""
+    form = GenerationSettingsForm(request.POST or None, instance=selectors.generation_settings_get())
+    if request.method == "POST" and form.is_valid():
+        values = {name: form.cleaned_data[name] for name in form.Meta.fields}
+        before = services.generation_settings_update(user=request.user, values=values)
+        messages.success(
+            request, f"Settings saved (version {before.version}); every process applies them now."
+        )
+        return redirect("queueadmin:console")
+    context = {
+        **site.each_context(request),
+        "title": "Queue console",
+        "form": form,
+        "changes": selectors.settings_changes_recent(),
+    }
+    return render(request, "admin/queue/console.html", context, status=400 if form.errors else 200)
+
+
+@require_GET
+def history_json(request):
+    """Running, waiting and tokens/s of the last hour, from the snapshots."""
+    return JsonResponse(selectors.snapshot_series(since=time.time() - HISTORY_S))
+
+
+@require_GET
+async def status_json(request):
+    """The console's live payload (every process and the total) for scripts."""
+    user = await request.auser()
+    if not user.is_authenticated:
+        return JsonResponse({"error": "login required"}, status=401)
+    if not (user.is_active and user.is_staff):
+        return JsonResponse({"error": "staff only"}, status=403)
+    get_service()  # this process joins the cluster view if it had not yet
+    return JsonResponse(control.current().console_payload())
+
+
+@require_GET
+async def metrics_view(request):
+    """Prometheus text for this process; loopback or METRICS_TOKEN only."""
+    if not metrics.metrics_allowed(request):
+        return HttpResponseForbidden("Forbidden: /metrics is for loopback or a bearer token.\n")
+    get_service()  # so the gauges describe a live service
+    return HttpResponse(metrics.render(), content_type=metrics.CONTENT_TYPE)

@@ -1,0 +1,193 @@
+// The admin queue console: renders the live payload from /ws/queue/ and the
+// last hour's snapshots. Every value from the server goes in as text, never
+// as HTML, because user names and model errors are not ours to trust.
+"use strict";
+
+(function () {
+  const root = document.getElementById("console");
+  if (!root) return;
+  const HISTORY_REFRESH_MS = 5000;
+  let socket = null;
+  let retryMs = 500;
+  let chart = null;
+
+  // Formatting -------------------------------------------------------------
+
+  function seconds(value) {
+    if (value === null || value === undefined) return "—";
+    if (value < 60) return value.toFixed(value < 10 ? 1 : 0) + " s";
+    const minutes = Math.floor(value / 60);
+    return minutes + " min " + Math.round(value % 60) + " s";
+  }
+
+  function ms(value) {
+    if (value === null || value === undefined) return "—";
+    return value < 1000 ? value + " ms" : (value / 1000).toFixed(2) + " s";
+  }
+
+  function pair(summary) {
+    return summary && summary.count ? ms(summary.p50) + " / " + ms(summary.p95) : "—";
+  }
+
+  function cell(row, text, className) {
+    const td = document.createElement("td");
+    td.textContent = text === null || text === undefined ? "" : String(text);
+    if (className) td.className = className;
+    row.appendChild(td);
+    return td;
+  }
+
+  function fillBody(table, rows, emptyText, columns) {
+    const body = table.querySelector("tbody");
+    body.replaceChildren();
+    if (!rows.length) {
+      const tr = document.createElement("tr");
+      tr.className = "empty";
+      cell(tr, emptyText).colSpan = columns;
+      body.appendChild(tr);
+    }
+    rows.forEach((tr) => body.appendChild(tr));
+  }
+
+  function cancelButton(request) {
+    const button = document.createElement("button");
+    button.type = "button";
+    button.className = "button cancel";
+    button.textContent = "Cancel";
+    button.addEventListener("click", () => {
+      button.disabled = true;
+      if (socket && socket.readyState === WebSocket.OPEN) {
+        socket.send(JSON.stringify({ type: "cancel", request: request }));
+      }
+    });
+    return button;
+  }
+
+  // Rendering --------------------------------------------------------------
+
+  function renderWorkers(payload) {
+    const rows = payload.workers.map((w) => {
+      const tr = document.createElement("tr");
+      tr.dataset.worker = w.worker;
+      cell(tr, w.worker + (w.local ? " (this process)" : ""), "name");
+      const model = cell(tr, w.model.state + (w.model.error ? ": " + w.model.error : ""), "model");
+      if (w.model.state === "failed") model.classList.add("model-failed");
+      cell(tr, w.running + " / " + w.cap, "num running");
+      cell(tr, w.waiting + " / " + w.max_queue, "num waiting");
+      cell(tr, w.tokens_per_s.toFixed(1), "num tokens");
+      cell(tr, pair(w.latency.ttft_ms), "num ttft");
+      cell(tr, pair(w.latency.queue_wait_ms), "num queue-wait");
+      return tr;
+    });
+    fillBody(root.querySelector("#workers"), rows, "No server process has reported yet.", 7);
+    const total = payload.total;
+    const foot = root.querySelector("#total");
+    foot.querySelector(".model").textContent = total.workers + " process" + (total.workers === 1 ? "" : "es");
+    foot.querySelector(".running").textContent = total.running + " / " + total.cap;
+    foot.querySelector(".waiting").textContent = total.waiting + " / " + total.max_queue;
+    foot.querySelector(".tokens").textContent = total.tokens_per_s.toFixed(1);
+    foot.querySelector(".ttft").textContent = pair(total.latency.ttft_ms);
+    foot.querySelector(".queue-wait").textContent = pair(total.latency.queue_wait_ms);
+  }
+
+  function renderRequests(payload) {
+    const running = payload.running.map((r) => {
+      const tr = document.createElement("tr");
+      tr.dataset.request = r.request;
+      cell(tr, r.user, "user");
+      cell(tr, r.conversation, "conversation");
+      cell(tr, r.worker, "worker");
+      cell(tr, seconds(r.since ? payload.time - r.since : null), "num since");
+      cell(tr, r.tokens, "num tokens");
+      tr.appendChild(document.createElement("td")).appendChild(cancelButton(r.request));
+      return tr;
+    });
+    fillBody(root.querySelector("#running"), running, "Nothing is running.", 6);
+    const waiting = payload.waiting.map((r) => {
+      const tr = document.createElement("tr");
+      tr.dataset.request = r.request;
+      cell(tr, r.position, "num position");
+      cell(tr, r.user, "user");
+      cell(tr, r.conversation, "conversation");
+      cell(tr, r.worker, "worker");
+      cell(tr, seconds(payload.time - r.since), "num waited");
+      tr.appendChild(document.createElement("td")).appendChild(cancelButton(r.request));
+      return tr;
+    });
+    fillBody(root.querySelector("#waiting"), waiting, "Nobody is waiting.", 6);
+  }
+
+  function render(payload) {
+    renderWorkers(payload);
+    renderRequests(payload);
+    root.dataset.updates = String(Number(root.dataset.updates) + 1);
+  }
+
+  // The chart --------------------------------------------------------------
+
+  function drawHistory(series) {
+    const data = [series.time, series.running, series.waiting, series.tokens_per_s];
+    const element = root.querySelector("#chart");
+    if (chart) {
+      chart.setData(data);
+      return;
+    }
+    chart = new uPlot(
+      {
+        width: Math.max(element.clientWidth, 300),
+        height: 240,
+        scales: { x: { time: true } },
+        series: [
+          {},
+          { label: "Running", stroke: "#417690", width: 2 },
+          { label: "Waiting", stroke: "#ba2121", width: 2 },
+          { label: "Tokens/s", stroke: "#79aec8", width: 1, scale: "tps" },
+        ],
+        axes: [{}, { label: "requests" }, { side: 1, scale: "tps", label: "tokens/s", grid: { show: false } }],
+      },
+      data,
+      element
+    );
+    window.addEventListener("resize", () => chart.setSize({ width: Math.max(element.clientWidth, 300), height: 240 }));
+  }
+
+  async function loadHistory() {
+    try {
+      const response = await fetch(root.dataset.historyUrl, { credentials: "same-origin" });
+      if (response.ok && window.uPlot) drawHistory(await response.json());
+    } catch (error) {
+      // The next refresh tries again; the live tables do not depend on it.
+    }
+  }
+
+  // The socket -------------------------------------------------------------
+
+  function connect() {
+    const scheme = location.protocol === "https:" ? "wss://" : "ws://";
+    socket = new WebSocket(scheme + location.host + root.dataset.wsPath);
+    const status = root.querySelector("#connection");
+    socket.addEventListener("open", () => {
+      retryMs = 500;
+      root.dataset.connected = "true";
+      status.textContent = "Live";
+    });
+    socket.addEventListener("message", (event) => {
+      const frame = JSON.parse(event.data);
+      if (frame.type === "queue.status") render(frame);
+    });
+    socket.addEventListener("close", (event) => {
+      root.dataset.connected = "false";
+      if (event.code === 4401 || event.code === 4403) {
+        location.reload(); // the admin shows its login
+        return;
+      }
+      status.textContent = "Disconnected; reconnecting…";
+      setTimeout(connect, retryMs);
+      retryMs = Math.min(retryMs * 2, 10000);
+    });
+  }
+
+  connect();
+  loadHistory();
+  setInterval(loadHistory, HISTORY_REFRESH_MS);
+})();

@@ -1,0 +1,77 @@
+"""Fixtures for the console tests: users, a service with its control, sockets."""
+
+import asyncio
+import contextlib
+import time
+
+import pytest
+from channels.testing import WebsocketCommunicator
+
+from generation.runtime.registry import get_service
+from queueadmin import control
+from queueadmin.consumers import QueueConsumer
+
+TIMEOUT = 10
+LONG = [{"role": "user", "content": "hello"}]  # the tiny model does not stop on this
+
+
+@pytest.fixture
+def staff(django_user_model):
+    """A staff member (not a superuser: staff is what the console asks for)."""
+    return django_user_model.objects.create_user(username="sam", password="pw-sam-123", is_staff=True)
+
+
+@pytest.fixture
+def member(django_user_model):
+    """A logged-in user who is not staff."""
+    return django_user_model.objects.create_user(username="mia", password="pw-mia-123")
+
+
+async def wait_for(predicate, timeout: float = TIMEOUT, interval: float = 0.02):
+    """Poll `predicate` (sync or async) until it is truthy; return its value."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if asyncio.iscoroutine(value):
+            value = await value
+        if value:
+            return value
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(interval)
+
+
+@pytest.fixture
+async def live(tiny_model):
+    """This loop's generation service on the tiny model, ready, with its control
+    joined to the channel layer and the saved settings applied."""
+    service = get_service()
+    ctl = control.current()
+    await asyncio.wait_for(ctl.ready.wait(), 60)
+    await wait_for(lambda: service.model_state == "ready", timeout=60)
+    yield service
+    for request in [*service.running.values(), *service.queue]:
+        service.cancel(request.id)
+    service.stop()
+
+
+@pytest.fixture
+async def console_socket():
+    """Open /ws/queue/ sockets as given users; closed at teardown."""
+    opened = []
+
+    async def factory(user):
+        application = QueueConsumer.as_asgi()
+
+        async def with_user(scope, receive, send):
+            return await application({**scope, "user": user}, receive, send)
+
+        communicator = WebsocketCommunicator(with_user, "/ws/queue/")
+        connected, _ = await communicator.connect(timeout=TIMEOUT)
+        assert connected
+        opened.append(communicator)
+        return communicator
+
+    yield factory
+    for communicator in opened:
+        with contextlib.suppress(Exception):
+            await communicator.disconnect(timeout=TIMEOUT)

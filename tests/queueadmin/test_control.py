@@ -1,0 +1,93 @@
+"""A running service follows the console: live caps, saved settings, cancels.
+
+These use the in-memory channel layer; test_two_processes does the same
+across two server processes over Redis.
+"""
+
+import time
+
+import pytest
+from channels.db import database_sync_to_async
+from django.test import AsyncClient
+
+from queueadmin import services
+from tests.queueadmin.conftest import LONG, TIMEOUT, wait_for
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+LIMITS = {
+    "max_concurrency": 1,
+    "max_queue_size": 32,
+    "max_active_per_user": 1,
+    "queue_timeout_s": 300,
+    "max_new_tokens": 6000,
+}
+
+
+@pytest.fixture
+def one_slot(settings):
+    """Start services with a cap of 1 and replies long enough to hold their slot."""
+    settings.GENERATION_MAX_CONCURRENCY = 1
+    settings.GENERATION_MAX_NEW_TOKENS = 6000
+
+
+async def test_raising_the_cap_in_the_console_admits_waiting_requests(one_slot, live, staff, console_socket):
+    """Cap 1 → 3 through the console's form: both waiting requests start at once,
+    and the console's socket shows it; Cancel there stops a running request."""
+    handles = [live.submit(user_id=n, messages=LONG) for n in (101, 102, 103)]
+    assert (len(live.running), len(live.queue)) == (1, 2)
+
+    client = AsyncClient()
+    await client.aforce_login(staff)
+    response = await client.post("/admin/queue/", {**LIMITS, "max_concurrency": 3})
+    assert response.status_code == 302
+    saved = time.monotonic()
+    await wait_for(lambda: len(live.running) == 3, timeout=1.0)
+    assert time.monotonic() - saved < 1.0
+    assert live.limits.max_concurrency == 3 and not live.queue
+
+    socket = await console_socket(staff)
+    payload = await socket.receive_json_from(timeout=TIMEOUT)
+    assert payload["total"]["running"] == 3 and payload["total"]["cap"] == 3
+    assert {row["user"] for row in payload["running"]} == {101, 102, 103}
+
+    victim = handles[1].id
+    await socket.send_json_to({"type": "cancel", "request": victim})
+    assert await socket.receive_json_from(timeout=TIMEOUT) == {"type": "cancel.sent", "request": victim}
+    events = [event async for event in handles[1]]
+    assert events[-1]["type"] == "done" and events[-1]["finish_reason"] == "cancelled"
+    await socket.send_json_to({"type": "cancel", "request": "<script>"})
+    assert (await socket.receive_json_from(timeout=TIMEOUT))["type"] == "error"
+
+
+async def test_lowering_the_cap_lets_running_requests_finish(one_slot, live, staff):
+    """A cap lowered by a service call applies to the next admissions only."""
+    await database_sync_to_async(services.generation_settings_update)(
+        user=staff, values={"max_concurrency": 2}
+    )
+    await wait_for(lambda: live.limits.max_concurrency == 2, timeout=1.0)
+    for n in (1, 2, 3):
+        live.submit(user_id=n, messages=LONG)
+    assert (len(live.running), len(live.queue)) == (2, 1)
+    await database_sync_to_async(services.generation_settings_update)(
+        user=staff, values={"max_concurrency": 1}
+    )
+    await wait_for(lambda: live.limits.max_concurrency == 1, timeout=1.0)
+    assert (len(live.running), len(live.queue)) == (2, 1)  # nobody is stopped
+
+
+async def test_a_service_started_later_reads_the_saved_row(one_slot, staff, tiny_model):
+    """A process that starts after the change applies the saved row, not the environment."""
+    await database_sync_to_async(services.generation_settings_update)(
+        user=staff, values={**LIMITS, "max_concurrency": 5, "queue_timeout_s": 42}
+    )
+    from generation.runtime.registry import get_service
+    from queueadmin import control
+
+    service = get_service()
+    try:
+        await wait_for(control.current().ready.wait, timeout=TIMEOUT)
+        assert service.limits.max_concurrency == 5
+        assert service.limits.queue_timeout_s == 42
+    finally:
+        service.stop()

@@ -1,0 +1,127 @@
+"""Statistics: one record per request with the right outcome and timings,
+snapshots while busy, latency percentiles, metrics and pruning."""
+
+import datetime
+
+import pytest
+from channels.db import database_sync_to_async
+from django.core.management import call_command
+from django.utils import timezone
+
+from queueadmin import control, metrics
+from queueadmin.models import GenerationRecord, QueueSnapshot
+from tests.queueadmin.conftest import LONG, wait_for
+
+SHORT = [{"role": "user", "content": "What is the capital of France?"}]
+
+
+async def finish(handle) -> dict:
+    return [event async for event in handle][-1]
+
+
+@database_sync_to_async
+def stored(ids):
+    return {r.request_id: r for r in GenerationRecord.objects.filter(request_id__in=ids)}
+
+
+@pytest.fixture
+def tight(settings, monkeypatch):
+    """One slot, a queue of one, a one-second queue timeout, snapshots every 0.3 s."""
+    settings.GENERATION_MAX_CONCURRENCY = 1
+    settings.GENERATION_MAX_QUEUE = 1
+    settings.GENERATION_QUEUE_TIMEOUT_S = 1
+    settings.GENERATION_MAX_NEW_TOKENS = 6000
+    monkeypatch.setattr(control, "SNAPSHOT_INTERVAL_S", 0.3)
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_records_and_snapshots_of_every_outcome(tight, live, django_user_model):
+    """Completed, rejected (busy, queue_full), timed-out, cancelled and interrupted
+    requests each get one record with consistent times; snapshots track the queue."""
+    ann = await database_sync_to_async(django_user_model.objects.create_user)("ann")
+    completed = live.submit(user_id=ann.pk, messages=SHORT, max_new_tokens=5, meta={"user": "ann"})
+    assert (await finish(completed))["finish_reason"] == "length"
+
+    cancelled = live.submit(user_id=ann.pk, messages=LONG)  # holds the only slot
+    busy = live.submit(user_id=ann.pk, messages=LONG)  # ann already has one
+    timeout = live.submit(user_id=2, messages=LONG)  # waits, then times out
+    full = live.submit(user_id=3, messages=LONG)  # the queue holds one
+    assert (await finish(busy))["code"] == "busy"
+    assert (await finish(full))["code"] == "queue_full"
+    assert (await finish(timeout))["code"] == "queue_timeout"
+    await wait_for(lambda: live.running[cancelled.id].completion_tokens > 20)
+    cancelled.cancel()
+    assert (await finish(cancelled))["finish_reason"] == "cancelled"
+
+    ids = [h.id for h in (completed, cancelled, busy, timeout, full)]
+    records = await wait_for(lambda: _all(stored(ids), len(ids)), timeout=5)
+    expected = {completed: "completed", cancelled: "cancelled", busy: "rejected", timeout: "timeout"}
+    expected[full] = "rejected"
+    assert {h.id: records[h.id].outcome for h in expected} == {h.id: o for h, o in expected.items()}
+
+    done = records[completed.id]
+    assert done.user_id == ann.pk and done.worker == live.worker_name
+    assert done.enqueued_at <= done.started_at <= done.first_token_at <= done.finished_at
+    assert (done.completion_tokens, done.finish_reason) == (5, "length") and done.prompt_tokens > 0
+    stopped = records[cancelled.id]
+    assert stopped.finish_reason == "cancelled" and stopped.completion_tokens > 20
+    late = records[timeout.id]
+    assert late.user_id is None  # no such user: the link is dropped, the record kept
+    assert late.started_at is None and late.error_code == "queue_timeout"
+    assert 0.9 <= (late.finished_at - late.enqueued_at).total_seconds() < 3
+    for rejected in (records[busy.id], records[full.id]):
+        assert rejected.started_at is None and rejected.completion_tokens == 0
+
+    latency = control.current().status()["latency"]
+    assert latency["ttft_ms"]["count"] == 2 and latency["queue_wait_ms"]["count"] == 2
+    assert latency["ttft_ms"]["p50"] <= latency["ttft_ms"]["p95"]
+
+    snapshots = await database_sync_to_async(list)(QueueSnapshot.objects.filter(worker=live.worker_name))
+    assert any(s.running == 1 and s.cap == 1 and s.tokens > 0 for s in snapshots)
+    assert any(s.waiting == 1 for s in snapshots)
+
+    interrupted = live.submit(user_id=4, messages=LONG)
+    await wait_for(lambda: interrupted.id in live.running)
+    live.stop()  # what is in flight when a service stops is recorded as interrupted
+    assert (await stored([interrupted.id]))[interrupted.id].outcome == "interrupted"
+
+
+async def _all(records_coroutine, count):
+    records = await records_coroutine
+    return records if len(records) == count else None
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_metrics_count_requests_and_tokens(live, settings):
+    """The Prometheus text carries vLLM-style names with this process's numbers."""
+    before = metrics.GENERATION_TOKENS._value.get()
+    handle = live.submit(user_id=1, messages=SHORT, max_new_tokens=4)
+    assert (await finish(handle))["finish_reason"] == "length"
+    await wait_for(lambda: metrics.GENERATION_TOKENS._value.get() >= before + 4, timeout=3)
+    text = metrics.render().decode()
+    for name in (
+        "chatsite_num_requests_running ",
+        "chatsite_num_requests_waiting ",
+        "chatsite_time_to_first_token_seconds_bucket",
+        "chatsite_request_queue_time_seconds_count",
+        "chatsite_generation_tokens_total",
+        'chatsite_request_success_total{finished_reason="length"}',
+    ):
+        assert name in text
+
+
+@pytest.mark.django_db
+def test_prune_stats_removes_old_rows():
+    """prune_stats --days N deletes records and snapshots older than N days."""
+    now = timezone.now()
+    for age in (1, 10):
+        when = now - datetime.timedelta(days=age)
+        GenerationRecord.objects.create(
+            request_id=f"r{age}", worker="w", enqueued_at=when, outcome="completed"
+        )
+        QueueSnapshot.objects.create(
+            worker="w", taken=when, running=1, waiting=0, cap=1, tokens=5, interval_s=5
+        )
+    call_command("prune_stats", "--days", "7")
+    assert list(GenerationRecord.objects.values_list("request_id", flat=True)) == ["r1"]
+    assert QueueSnapshot.objects.count() == 1

@@ -1,0 +1,117 @@
+"""The settings row: defaults, validation, audit, and the broadcast after commit."""
+
+import asyncio
+
+import pytest
+from asgiref.sync import async_to_sync
+from channels.layers import get_channel_layer
+
+from queueadmin import events, selectors, services
+from queueadmin.models import GenerationSettings, SettingsChange
+
+pytestmark = pytest.mark.django_db
+
+LIMITS = {
+    "max_concurrency": 4,
+    "max_queue_size": 32,
+    "max_active_per_user": 1,
+    "queue_timeout_s": 300,
+    "max_new_tokens": 512,
+}
+
+
+@pytest.fixture
+def staff_client(client, staff):
+    client.force_login(staff)
+    return client
+
+
+@pytest.fixture
+def control_channel():
+    """A channel in the control group, to see what is broadcast."""
+    layer = get_channel_layer()
+    channel = async_to_sync(layer.new_channel)()
+    async_to_sync(layer.group_add)(events.group_name(events.CONTROL), channel)
+
+    async def receive():
+        return await asyncio.wait_for(layer.receive(channel), 5)
+
+    yield async_to_sync(receive)
+    async_to_sync(layer.flush)()
+
+
+def test_defaults_come_from_the_environment_until_saved(settings):
+    """Before the first save, the values are the GENERATION_* settings."""
+    settings.GENERATION_MAX_CONCURRENCY = 7
+    settings.GENERATION_MAX_NEW_TOKENS = 99
+    row = selectors.generation_settings_get()
+    assert row._state.adding
+    assert (row.max_concurrency, row.max_new_tokens) == (7, 99)
+    assert selectors.generation_settings_saved() is None
+
+
+def test_update_audits_and_broadcasts_after_commit(
+    staff, control_channel, django_capture_on_commit_callbacks
+):
+    """A change is saved with a new version, audited old → new, and broadcast on commit."""
+    with django_capture_on_commit_callbacks() as callbacks:
+        row = services.generation_settings_update(user=staff, values={**LIMITS, "max_concurrency": 3})
+    assert len(callbacks) == 1  # nothing is sent before the commit
+    for callback in callbacks:
+        callback()
+    message = control_channel()
+    assert message == {
+        "type": "settings.changed",
+        "limits": {**LIMITS, "max_concurrency": 3},
+        "version": row.version,
+    }
+    change = SettingsChange.objects.get()
+    assert change.user == staff and change.username == "sam"
+    assert change.changes == {"max_concurrency": {"old": 4, "new": 3}}
+    assert change.summary() == "max_concurrency 4 → 3"
+
+    with django_capture_on_commit_callbacks(execute=True):
+        again = services.generation_settings_update(user=staff, values={"max_concurrency": 3})
+    assert again.version == row.version  # no change, no new version, no audit entry
+    assert SettingsChange.objects.count() == 1
+
+
+@pytest.mark.parametrize("bad", ["0", "-1", "10000", "two"])
+def test_console_form_rejects_bad_values(staff_client, bad):
+    """0, negative, absurd and non-numeric caps get a form error; nothing is saved."""
+    response = staff_client.post("/admin/queue/", {**LIMITS, "max_concurrency": bad})
+    assert response.status_code == 400
+    assert response.context["form"].errors["max_concurrency"]
+    assert not GenerationSettings.objects.exists()
+
+
+def test_console_form_saves_and_shows_the_change(
+    staff_client, control_channel, django_capture_on_commit_callbacks
+):
+    """A valid post saves, broadcasts, redirects, and the change is listed."""
+    with django_capture_on_commit_callbacks(execute=True):
+        response = staff_client.post("/admin/queue/", {**LIMITS, "max_concurrency": 2, "queue_timeout_s": 60})
+    assert response.status_code == 302
+    assert control_channel()["limits"]["max_concurrency"] == 2
+    page = staff_client.get("/admin/queue/").content.decode()
+    assert "max_concurrency 4 → 2, queue_timeout_s 300 → 60" in page
+    assert GenerationSettings.objects.get().updated_by.username == "sam"
+
+
+def test_settings_admin_page_saves_through_the_service(
+    client, django_user_model, control_channel, django_capture_on_commit_callbacks
+):
+    """The GenerationSettings admin page audits and broadcasts like the console."""
+    admin = django_user_model.objects.create_superuser("root", password="pw-root-123")
+    client.force_login(admin)
+    add = client.get("/admin/queueadmin/generationsettings/add/")
+    assert add.context["adminform"].form.initial["max_concurrency"] == 4  # the environment's
+    with django_capture_on_commit_callbacks(execute=True):
+        response = client.post("/admin/queueadmin/generationsettings/add/", {**LIMITS, "max_new_tokens": 256})
+    assert response.status_code == 302, response.context["adminform"].form.errors
+    assert control_channel()["limits"]["max_new_tokens"] == 256
+    assert client.get("/admin/queueadmin/generationsettings/add/").status_code == 403  # one row only
+    response = client.post("/admin/queueadmin/generationsettings/1/change/", {**LIMITS, "max_new_tokens": 0})
+    assert response.status_code == 200  # the form again, with its error
+    assert GenerationSettings.objects.get().max_new_tokens == 256
+    assert SettingsChange.objects.get().changes == {"max_new_tokens": {"old": 512, "new": 256}}

@@ -1,0 +1,149 @@
+"""Two daphne processes sharing Redis and a database follow one settings change.
+
+Each process runs the tiny model with REDIS_URL set; a settings change made
+by a third process (a service call through manage.py shell, as the console
+form would) reaches both within a second, and each sees the other's status.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+REDIS_URL = os.environ.get("QUEUEADMIN_TEST_REDIS_URL", "redis://127.0.0.1:6379/13")
+
+SEED = """
+import json
+from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY, get_user_model
+from django.contrib.sessions.backends.db import SessionStore
+user = get_user_model().objects.create_user("boss", password="pw-boss-123", is_staff=True)
+session = SessionStore()
+session[SESSION_KEY] = str(user.pk)
+session[BACKEND_SESSION_KEY] = "django.contrib.auth.backends.ModelBackend"
+session[HASH_SESSION_KEY] = user.get_session_auth_hash()
+session.create()
+print(json.dumps({"session": session.session_key}))
+"""
+CHANGE = "from queueadmin import services; services.generation_settings_update(user=None, values={'max_concurrency': 3})"
+
+
+def redis_available() -> bool:
+    import redis
+
+    try:
+        client = redis.Redis.from_url(REDIS_URL, socket_timeout=1)
+        client.flushdb()  # this test's own database: no groups left from an earlier run
+        return True
+    except Exception:
+        return False
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def cluster(tiny_model_dir, tmp_path):
+    """Two daphne processes, "alpha" and "beta"; yields (env, {name: status url}, session)."""
+    if not redis_available():
+        pytest.skip(f"Redis is not reachable at {REDIS_URL}")
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "chatsite.settings",
+        "DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite3'}",
+        "REDIS_URL": REDIS_URL,
+        "GENERATION_MODEL": str(tiny_model_dir),
+        "GENERATION_DEVICE": "cpu",
+        "GENERATION_MAX_CONCURRENCY": "1",
+    }
+    manage = [sys.executable, str(ROOT / "manage.py")]
+    subprocess.run([*manage, "migrate", "--noinput", "-v", "0"], env=env, cwd=ROOT, check=True)
+    seeded = subprocess.run(
+        [*manage, "shell", "-c", SEED], env=env, cwd=ROOT, check=True, capture_output=True, text=True
+    )
+    session = json.loads(seeded.stdout.strip().splitlines()[-1])["session"]
+    daphne = Path(sys.executable).with_name("daphne")
+    servers, urls = [], {}
+    try:
+        for name in ("alpha", "beta"):
+            port = free_port()
+            log = open(tmp_path / f"{name}.log", "w")  # noqa: SIM115 (closed at teardown)
+            server = subprocess.Popen(
+                [str(daphne), "-b", "127.0.0.1", "-p", str(port), "chatsite.asgi:application"],
+                env={**env, "GENERATION_WORKER_NAME": name},
+                cwd=ROOT,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+            servers.append((server, log))
+            urls[name] = f"http://127.0.0.1:{port}/admin/queue/status.json"
+        yield env, urls, session
+    finally:
+        for server, _ in servers:
+            server.terminate()
+        for server, log in servers:
+            try:
+                server.wait(10)
+            except subprocess.TimeoutExpired:
+                server.kill()
+            log.close()
+
+
+def status(url: str, session: str) -> dict | None:
+    request = urllib.request.Request(url, headers={"Cookie": f"sessionid={session}"})
+    try:
+        with urllib.request.urlopen(request, timeout=2) as response:
+            return json.load(response)
+    except OSError:
+        return None  # not listening yet
+
+
+def poll(predicate, timeout: float, interval: float = 0.05):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError("condition not met in time")
+
+
+def caps(payload: dict | None) -> dict:
+    """{worker: cap} of the ready workers a payload shows."""
+    if not payload:
+        return {}
+    return {w["worker"]: w["cap"] for w in payload["workers"] if w["model"]["state"] == "ready"}
+
+
+def test_a_change_reaches_both_processes_within_a_second(cluster):
+    """Both processes apply cap 1 → 3 within a second and report it for each other."""
+    env, urls, session = cluster
+
+    def every_process_shows(expected: dict) -> bool:
+        # Ask every process each time: a process starts its service on its first request.
+        return all([caps(status(url, session)) == expected for url in urls.values()])
+
+    poll(lambda: every_process_shows({"alpha": 1, "beta": 1}), timeout=90)
+
+    subprocess.run(
+        [sys.executable, str(ROOT / "manage.py"), "shell", "-c", CHANGE], env=env, cwd=ROOT, check=True
+    )
+    changed = time.monotonic()
+    for name, url in urls.items():
+        # Each process's own entry is read live from its service.
+        poll(lambda url=url, name=name: caps(status(url, session)).get(name) == 3, timeout=1.0)
+    assert time.monotonic() - changed < 1.0
+    poll(lambda: every_process_shows({"alpha": 3, "beta": 3}), timeout=2)
+    payload = status(urls["alpha"], session)
+    assert payload["total"]["cap"] == 6
+    assert [w["local"] for w in payload["workers"]] == [True, False]
