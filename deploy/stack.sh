@@ -3,7 +3,8 @@
 #   PostgreSQL (the machine's cluster), a Redis of the stack's own, two daphne
 #   processes (each restarted when it dies, as systemd would), and nginx in
 #   front on 127.0.0.1:$STACK_PORT with deploy/nginx.conf.
-# Usage: deploy/stack.sh start|stop|status. `make stack` / `make stack-stop`.
+# Usage: deploy/stack.sh start|stop, or `manage ARGS` to run manage.py with the
+# stack's settings. `make stack` / `make stack-stop`.
 # Everything it writes lives in $STACK_DIR. Settings come from the environment
 # like any deployment's; the defaults below suit this machine.
 set -euo pipefail
@@ -92,8 +93,19 @@ wait_ready() {
   curl -sf -o /dev/null "http://127.0.0.1:$STACK_PORT/accounts/login/"
 }
 
+refuse_busy_ports() {
+  local port
+  for port in $STACK_PORT $STACK_DAPHNE_PORTS $STACK_REDIS_PORT; do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+      echo "port $port is in use: is a stack already running? ($0 stop)" >&2
+      exit 1
+    fi
+  done
+}
+
 start() {
   stack_env
+  refuse_busy_ports
   rm -f "$STACK_DIR/stopping"
   start_postgres
   redis-server --daemonize yes --bind 127.0.0.1 --port "$STACK_REDIS_PORT" --save "" --appendonly no \
@@ -127,5 +139,6 @@ stop() {
 case "${1:-}" in
   start) start ;;
   stop) stop ;;
-  *) echo "usage: $0 start|stop" >&2; exit 2 ;;
+  manage) shift; stack_env; cd "$ROOT" && exec "$BIN/python" manage.py "$@" ;;
+  *) echo "usage: $0 start|stop|manage ARGS..." >&2; exit 2 ;;
 esac

@@ -50,6 +50,10 @@ _cancel_user_message = database_sync_to_async(services.user_message_cancel)
 class ChatConsumer(AsyncJsonWebsocketConsumer):
     """One browser tab's chat socket; at most one reply in flight at a time."""
 
+    # No channel layer: a reply streams inside one process, so a chat socket
+    # never needs Redis and keeps working while Redis restarts.
+    channel_layer_alias = None
+
     # WebSocket event handlers -----------------------------------------
 
     async def connect(self):

@@ -65,8 +65,9 @@ class Reply:
 class ChatSocket:
     """One logged-in /ws/chat/ connection."""
 
-    def __init__(self, connection):
+    def __init__(self, connection, ws_url: str, cookie: str, origin: str):
         self.connection = connection
+        self.ws_url, self.cookie, self.origin = ws_url, cookie, origin
 
     @classmethod
     async def open(cls, ws_url: str, cookie: str, origin: str) -> "ChatSocket":
@@ -74,7 +75,11 @@ class ChatSocket:
         connection = await websockets.connect(
             ws_url, additional_headers={"Cookie": cookie}, origin=origin, max_size=None, open_timeout=30
         )
-        return cls(connection)
+        return cls(connection, ws_url, cookie, origin)
+
+    async def reconnect(self) -> "ChatSocket":
+        """A new connection for the same session, as the page makes after a drop."""
+        return await self.open(self.ws_url, self.cookie, self.origin)
 
     async def send(self, content: str, conversation: int | None = None) -> None:
         """Ask for a reply to `content` (a new conversation when None)."""

@@ -6,14 +6,18 @@ its own, with a fresh database and the tiny test model, so that the tests
 drive the real stack in seconds. Everything stays on loopback.
 """
 
+import asyncio
 import os
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import psycopg
 import pytest
+
+from generation.wsclient import ChatSocket, login
 
 ROOT = Path(__file__).resolve().parents[2]
 PORT = 18080
@@ -59,12 +63,31 @@ class Stack:
         with psycopg.connect(f"host=127.0.0.1 user=postgres dbname={DATABASE}") as connection:
             return connection.execute(query, params).fetchall()
 
+    def set_limits(self, **values: int) -> None:
+        """Change the live generation settings the way the console does, and
+        wait the second within which every process applies them."""
+        self.manage(
+            "shell",
+            "-c",
+            f"from queueadmin.services import generation_settings_update as update; update(user=None, values={values!r})",
+        )
+        time.sleep(1.5)
+
     def daphne_pid(self, index: int) -> int:
         """The pid of daphne process `index` (1 or 2) as now running."""
         return int((self.folder / f"daphne-{index}.pid").read_text())
 
     def log(self, name: str) -> str:
         return (self.folder / name).read_text()
+
+
+async def warm_up(stack: Stack) -> None:
+    """Load the model in both processes, so that tests start from a ready stack."""
+    cookie = await asyncio.to_thread(login, stack.url, "staff", PASSWORD)
+    for port in DAPHNE_PORTS:
+        socket = await ChatSocket.open(f"ws://127.0.0.1:{port}/ws/chat/", cookie, origin=stack.url)
+        assert (await socket.reply("warm up", timeout=300)).terminal["type"] == "done"
+        await socket.close()
 
 
 @pytest.fixture(scope="session")
@@ -98,6 +121,7 @@ def stack(tiny_model_dir, tmp_path_factory):
     running = Stack(env=stack_env, folder=folder)
     try:
         running.manage("shell", "-c", CREATE_USERS)
+        asyncio.run(warm_up(running))
         yield running
     finally:
         subprocess.run([str(ROOT / "deploy/stack.sh"), "stop"], env=env, check=False)

@@ -1,0 +1,215 @@
+"""The stack under faults: clients that leave, a process killed, Redis restarted."""
+
+import asyncio
+import os
+import signal
+import subprocess
+import time
+import urllib.request
+
+import pytest
+import websockets
+
+from generation.wsclient import ChatSocket, login
+from tests.e2e.conftest import DAPHNE_PORTS, PASSWORD, REDIS_PORT
+
+# The seeded tiny model does not stop on this prompt, so with a large token
+# budget a reply runs until it is cancelled or cut off.
+LONG = "hello"
+
+
+async def open_sockets(stack, names):
+    cookies = await asyncio.gather(*(asyncio.to_thread(login, stack.url, name, PASSWORD) for name in names))
+    return await asyncio.gather(
+        *(ChatSocket.open(stack.ws_url, cookie, origin=stack.url) for cookie in cookies)
+    )
+
+
+async def events_until(socket, kinds, timeout=60, into=None):
+    """Read events until one of `kinds`; return them (also appended to `into`)."""
+    seen = [] if into is None else into
+    async with asyncio.timeout(timeout):
+        while not seen or seen[-1]["type"] not in kinds:
+            seen.append(await socket.receive(timeout))
+    return seen
+
+
+async def wait_for(condition, timeout=30, interval=0.2):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        await asyncio.sleep(interval)
+    raise AssertionError("condition not met in time")
+
+
+@pytest.fixture
+def long_replies(stack):
+    """Replies long enough to be interrupted; the stack's limits restored after."""
+    stack.set_limits(max_concurrency=5, max_queue_size=16, max_new_tokens=4000)
+    yield
+    stack.set_limits(max_concurrency=4, max_queue_size=16, max_new_tokens=300)
+
+
+async def test_disconnects_free_slots_and_store_cancelled(stack, long_replies):
+    """10 clients close mid-stream and 10 while queued: the slots are freed,
+    the queue drains, and their messages end cancelled."""
+    names = [f"user{index}" for index in range(21, 41)]
+    sockets = await open_sockets(stack, names)
+    for socket in sockets:
+        await socket.send(LONG)
+    # Two processes with 5 slots each: 10 replies stream, 10 wait.
+    seen = [[] for _ in sockets]
+    readers = [
+        asyncio.create_task(events_until(s, {"token"}, into=events))
+        for s, events in zip(sockets, seen, strict=True)
+    ]
+    await wait_for(lambda: sum(reader.done() for reader in readers) >= 10)
+    await asyncio.sleep(0.5)  # every slot is taken: nobody else starts
+    assert sum(reader.done() for reader in readers) == 10
+    for reader in readers:
+        reader.cancel()
+    questions = [events[0]["user_message"] for events in seen]
+    await asyncio.gather(*(socket.close() for socket in sockets))
+
+    def all_cancelled():
+        rows = stack.sql(
+            "SELECT m.role, m.status FROM generation_message m WHERE m.conversation_id IN "
+            "(SELECT conversation_id FROM generation_message WHERE id = ANY(%s))",
+            questions,
+        )
+        replies = [status for role, status in rows if role == "assistant"]
+        asked = [status for role, status in rows if role == "user"]
+        return replies == ["cancelled"] * 10 and sorted(asked) == ["cancelled"] * 10 + ["complete"] * 10
+
+    await wait_for(all_cancelled)
+    # Every slot is free again: ten new clients all start at once, none queued.
+    fresh = await open_sockets(stack, [f"user{index}" for index in range(41, 51)])
+    for socket in fresh:
+        await socket.send(LONG)
+    seen = await asyncio.gather(*(events_until(s, {"token", "queued"}) for s in fresh))
+    assert [events[-1]["type"] for events in seen] == ["token"] * 10
+    await asyncio.gather(*(socket.close() for socket in fresh))
+
+
+def generating_worker(stack, message_id):
+    [(worker,)] = stack.sql("SELECT worker FROM generation_message WHERE id = %s", message_id)
+    return worker
+
+
+async def test_killed_process_clients_reconnect_and_replies_end_interrupted(stack, long_replies):
+    """kill -9 of one daphne during generation: its clients' sockets close and
+    reconnect to the other process through nginx; their partial replies are
+    marked interrupted when the process restarts; the other process's clients
+    are unaffected."""
+    sockets = await open_sockets(stack, [f"user{index}" for index in range(51, 55)])
+    for socket in sockets:
+        await socket.send(LONG)
+    started = [await events_until(socket, {"token"}) for socket in sockets]
+    replies = {
+        s: next(e["message"] for e in seen if e["type"] == "started")
+        for s, seen in zip(sockets, started, strict=True)
+    }
+    workers = {s: generating_worker(stack, message) for s, message in replies.items()}
+    assert set(workers.values()) == {"daphne-1", "daphne-2"}, "nginx spreads sockets over both processes"
+    victims = [s for s in sockets if workers[s] == "daphne-1"]
+    survivors = [s for s in sockets if workers[s] == "daphne-2"]
+
+    # The survivors keep reading, as a browser does, while the rest goes on.
+    survivor_events = [[] for _ in survivors]
+    readers = [
+        asyncio.create_task(events_until(socket, {"done", "error"}, timeout=120, into=seen))
+        for socket, seen in zip(survivors, survivor_events, strict=True)
+    ]
+    killed_pid = stack.daphne_pid(1)
+    os.kill(killed_pid, signal.SIGKILL)
+    for socket in victims:
+        with pytest.raises(websockets.exceptions.ConnectionClosed):
+            await events_until(socket, {"done", "error"}, timeout=30)
+    # The victims reconnect at once through nginx, which skips the dead
+    # process, and chat on the other one.
+    reconnected = [await socket.reconnect() for socket in victims]
+    replies_after = await asyncio.gather(*(socket.reply("Are you there?") for socket in reconnected))
+    for socket, reply in zip(reconnected, replies_after, strict=True):
+        assert reply.terminal["type"] == "done"
+        assert generating_worker(stack, reply.terminal["message"]) == "daphne-2"
+        await socket.close()
+    # The survivors' replies streamed on all along; stopped now, they end well.
+    for socket in survivors:
+        await socket.send_frame({"type": "cancel"})
+    await asyncio.gather(*readers)
+    for seen in survivor_events:
+        done = seen[-1]
+        assert done["type"] == "done"
+        assert sum(event["type"] == "token" for event in seen) > 1
+        [(status,)] = stack.sql("SELECT status FROM generation_message WHERE id = %s", done["message"])
+        assert status == {"cancelled": "cancelled"}.get(done["finish_reason"], "complete")
+
+    # The supervisor restarts daphne-1; its first request marks its
+    # predecessor's replies interrupted.
+    await wait_for(lambda: stack.daphne_pid(1) != killed_pid)
+    await wait_for(lambda: port_answers(DAPHNE_PORTS[0]), timeout=60)
+    victim_replies = [replies[s] for s in victims]
+    await wait_for(
+        lambda: (
+            {
+                status
+                for (status,) in stack.sql(
+                    "SELECT status FROM generation_message WHERE id = ANY(%s)", victim_replies
+                )
+            }
+            == {"interrupted"}
+        )
+    )
+    await asyncio.gather(*(socket.close() for socket in sockets))
+
+
+def port_answers(port: int) -> bool:
+    try:
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/accounts/login/", timeout=2)
+    except OSError:
+        return False
+    return True
+
+
+def redis(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["redis-cli", "-p", str(REDIS_PORT), *args], capture_output=True, text=True)
+
+
+async def test_redis_restart(stack):
+    """While Redis is down, chat on an open socket still works (the channel
+    layer is only for broadcasts); once it is back, new connections work."""
+    [before] = await open_sockets(stack, ["user56"])
+    assert (await before.reply("Before the restart")).terminal["type"] == "done"
+    redis("shutdown", "nosave")
+    await wait_for(lambda: redis("ping").returncode != 0)
+    try:
+        assert (await before.reply("While Redis is down")).terminal["type"] == "done"
+    finally:
+        subprocess.run(
+            [
+                "redis-server",
+                "--daemonize",
+                "yes",
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                str(REDIS_PORT),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(stack.folder),
+                "--pidfile",
+                str(stack.folder / "redis.pid"),
+                "--logfile",
+                str(stack.folder / "redis.log"),
+            ],
+            check=True,
+        )
+    await wait_for(lambda: redis("ping").stdout.strip() == "PONG")
+    [after] = await open_sockets(stack, ["user57"])
+    assert (await after.reply("After the restart")).terminal["type"] == "done"
+    await after.close()
+    await before.close()
