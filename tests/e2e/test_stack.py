@@ -2,7 +2,11 @@
 
 import asyncio
 import http.client
+import json
+import re
+import time
 import urllib.error
+import urllib.parse
 import urllib.request
 import uuid
 
@@ -10,7 +14,7 @@ import pytest
 import websockets
 
 from generation.wsclient import ChatSocket, login
-from tests.e2e.conftest import PASSWORD, PORT
+from tests.e2e.conftest import DAPHNE_PORTS, PASSWORD, PORT
 
 
 async def open_socket(stack, username="user1"):
@@ -90,3 +94,35 @@ async def test_unauthenticated_socket_is_closed_with_4401(stack):
     with pytest.raises(websockets.exceptions.ConnectionClosed) as closed:
         await asyncio.wait_for(connection.recv(), 10)
     assert closed.value.rcvd.code == 4401
+
+
+def get(url: str, cookie: str) -> str:
+    request = urllib.request.Request(url, headers={"Cookie": cookie})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return response.read().decode()
+
+
+def own_limits(cookie: str, port: int) -> dict:
+    """The limits process `port` itself applies, from its own status.json."""
+    payload = json.loads(get(f"http://127.0.0.1:{port}/admin/queue/status.json", cookie))
+    [own] = [worker for worker in payload["workers"] if worker["local"]]
+    return own["limits"]
+
+
+def test_an_admin_change_reaches_both_processes(stack):
+    """Staff save the console form through nginx; within a second both
+    daphne processes apply the new cap."""
+    cookie = login(stack.url, "staff", PASSWORD)
+    console = f"{stack.url}/admin/queue/"
+    token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', get(console, cookie)).group(1)
+    values = {**own_limits(cookie, DAPHNE_PORTS[0]), "max_concurrency": 7, "csrfmiddlewaretoken": token}
+    form = urllib.request.Request(
+        console, data=urllib.parse.urlencode(values).encode(), headers={"Cookie": cookie, "Referer": console}
+    )
+    urllib.request.urlopen(form, timeout=30)
+    saved_at = time.monotonic()
+    pending = set(DAPHNE_PORTS)
+    while pending and time.monotonic() - saved_at < 1.0:
+        pending = {port for port in pending if own_limits(cookie, port)["max_concurrency"] != 7}
+    assert not pending, f"processes on {sorted(pending)} did not apply the change within 1 s"
+    stack.set_limits(max_concurrency=4)
