@@ -6,11 +6,13 @@ and detokenisation are the real ones while a forward pass costs a millisecond.
 Only the tests marked `real_model` load the bundled SmolLM2.
 """
 
+import contextlib
 import functools
 from pathlib import Path
 
 import pytest
 import torch
+from channels.testing import WebsocketCommunicator
 from django.conf import settings as django_settings
 
 from generation.runtime.loading import cached_folder, resolve_source, shared_model
@@ -86,3 +88,31 @@ async def make_service(tiny_model_dir):
     yield factory
     for service in services:
         service.stop()
+
+
+@pytest.fixture
+async def websocket_as():
+    """Open WebSocket communicators to a consumer as a given user (as the auth
+    middleware would set it); they are closed at teardown.
+
+    Call it as `await websocket_as(ConsumerClass, "/ws/path/", user)`.
+    """
+    opened = []
+
+    async def factory(consumer, path: str, user):
+        application = consumer.as_asgi()
+
+        async def with_user(scope, receive, send):
+            return await application({**scope, "user": user}, receive, send)
+
+        communicator = WebsocketCommunicator(with_user, path)
+        connected, _ = await communicator.connect(timeout=10)
+        assert connected
+        opened.append(communicator)
+        return communicator
+
+    yield factory
+    for communicator in opened:
+        # Closing an already closed socket is harmless; the app just ends.
+        with contextlib.suppress(Exception):
+            await communicator.disconnect(timeout=10)

@@ -1,22 +1,15 @@
 """A live daphne server on the tiny model, and Debian's chromium to drive it.
 
-The server runs as a subprocess with its own SQLite file, migrated and seeded
-here through manage.py, so it is independent of pytest-django's test
-database. The browser is /usr/bin/chromium; none is ever downloaded.
+The server runs as a subprocess with its own SQLite file (tests/live.py), so
+it is independent of pytest-django's test database. The browser is /usr/bin/chromium; none is ever downloaded.
 """
 
-import json
 import os
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.live import daphne, prepare_database
+
 CHROMIUM = "/usr/bin/chromium"
 XSS = "<img src=x onerror=alert(1)>"
 USERNAME, PASSWORD = "tester", "browser-pass-123"
@@ -35,17 +28,11 @@ print(json.dumps({{"xss_conversation": conversation.pk}}))
 """
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="session")
 def chat_server(tiny_model_dir, tmp_path_factory):
     """Base URL and seed ids of a daphne server on the tiny model."""
     if not os.path.exists(CHROMIUM):
-        pytest.skip("chromium is not installed (make browser)")
+        pytest.skip("chromium is not installed (make system)")
     folder = tmp_path_factory.mktemp("live")
     env = {
         **os.environ,
@@ -57,39 +44,9 @@ def chat_server(tiny_model_dir, tmp_path_factory):
         "GENERATION_MAX_NEW_TOKENS": "6000",
         "DEBUG": "1",
     }
-    manage = [sys.executable, str(ROOT / "manage.py")]
-    subprocess.run([*manage, "migrate", "--noinput", "-v", "0"], env=env, cwd=ROOT, check=True)
-    seeded = subprocess.run(
-        [*manage, "shell", "-c", SEED], env=env, cwd=ROOT, check=True, capture_output=True, text=True
-    )
-    seed = json.loads(seeded.stdout.strip().splitlines()[-1])
-    port = free_port()
-    log = open(folder / "daphne.log", "w")  # noqa: SIM115 (closed at teardown)
-    daphne = Path(sys.executable).with_name("daphne")
-    server = subprocess.Popen(
-        [str(daphne), "-b", "127.0.0.1", "-p", str(port), "chatsite.asgi:application"],
-        env=env,
-        cwd=ROOT,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(300):
-            try:
-                urllib.request.urlopen(f"{url}/accounts/login/", timeout=1)
-                break
-            except OSError:
-                assert server.poll() is None, (folder / "daphne.log").read_text()
-                time.sleep(0.1)
+    seed = prepare_database(env, SEED)
+    with daphne(env, folder / "daphne.log") as url:
         yield {"url": url, **seed}
-    finally:
-        server.terminate()
-        try:
-            server.wait(10)
-        except subprocess.TimeoutExpired:
-            server.kill()
-        log.close()
 
 
 @pytest.fixture(scope="module")

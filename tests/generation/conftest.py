@@ -1,10 +1,9 @@
 """Fixtures for the chat tests: users, a ready generation service, sockets."""
 
 import asyncio
-import contextlib
+import functools
 
 import pytest
-from channels.testing import WebsocketCommunicator
 
 from generation import consumers
 from generation.runtime.registry import get_service
@@ -38,27 +37,9 @@ async def service(tiny_model):
 
 
 @pytest.fixture
-async def connect_as():
+def connect_as(websocket_as):
     """Open chat sockets as given users; they are closed at teardown."""
-    opened = []
-
-    async def factory(user):
-        application = consumers.ChatConsumer.as_asgi()
-
-        async def with_user(scope, receive, send):
-            return await application({**scope, "user": user}, receive, send)
-
-        communicator = WebsocketCommunicator(with_user, "/ws/chat/")
-        connected, _ = await communicator.connect(timeout=TIMEOUT)
-        assert connected
-        opened.append(communicator)
-        return communicator
-
-    yield factory
-    for communicator in opened:
-        # Closing an already closed socket is harmless; the app just ends.
-        with contextlib.suppress(Exception):
-            await communicator.disconnect(timeout=TIMEOUT)
+    return functools.partial(websocket_as, consumers.ChatConsumer, "/ws/chat/")
 
 
 async def receive_until(communicator, kind: str, timeout: float = TIMEOUT) -> list[dict]:

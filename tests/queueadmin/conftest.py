@@ -1,11 +1,10 @@
 """Fixtures for the console tests: users, a service with its control, sockets."""
 
 import asyncio
-import contextlib
+import functools
 import time
 
 import pytest
-from channels.testing import WebsocketCommunicator
 
 from generation.runtime.registry import get_service
 from queueadmin import control
@@ -55,23 +54,6 @@ async def live(tiny_model):
 
 
 @pytest.fixture
-async def console_socket():
+def console_socket(websocket_as):
     """Open /ws/queue/ sockets as given users; closed at teardown."""
-    opened = []
-
-    async def factory(user):
-        application = QueueConsumer.as_asgi()
-
-        async def with_user(scope, receive, send):
-            return await application({**scope, "user": user}, receive, send)
-
-        communicator = WebsocketCommunicator(with_user, "/ws/queue/")
-        connected, _ = await communicator.connect(timeout=TIMEOUT)
-        assert connected
-        opened.append(communicator)
-        return communicator
-
-    yield factory
-    for communicator in opened:
-        with contextlib.suppress(Exception):
-            await communicator.disconnect(timeout=TIMEOUT)
+    return functools.partial(websocket_as, QueueConsumer, "/ws/queue/")

@@ -11,11 +11,11 @@ import subprocess
 import sys
 import time
 import urllib.request
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.live import ROOT, daphne, prepare_database
+
 REDIS_URL = os.environ.get("QUEUEADMIN_TEST_REDIS_URL", "redis://127.0.0.1:6379/13")
 
 SEED = """
@@ -44,14 +44,6 @@ def redis_available() -> bool:
         return False
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture
 def cluster(tiny_model_dir, tmp_path):
     """Two daphne processes, "alpha" and "beta"; yields (env, {name: status url}, session)."""
@@ -66,37 +58,13 @@ def cluster(tiny_model_dir, tmp_path):
         "GENERATION_DEVICE": "cpu",
         "GENERATION_MAX_CONCURRENCY": "1",
     }
-    manage = [sys.executable, str(ROOT / "manage.py")]
-    subprocess.run([*manage, "migrate", "--noinput", "-v", "0"], env=env, cwd=ROOT, check=True)
-    seeded = subprocess.run(
-        [*manage, "shell", "-c", SEED], env=env, cwd=ROOT, check=True, capture_output=True, text=True
-    )
-    session = json.loads(seeded.stdout.strip().splitlines()[-1])["session"]
-    daphne = Path(sys.executable).with_name("daphne")
-    servers, urls = [], {}
-    try:
-        for name in ("alpha", "beta"):
-            port = free_port()
-            log = open(tmp_path / f"{name}.log", "w")  # noqa: SIM115 (closed at teardown)
-            server = subprocess.Popen(
-                [str(daphne), "-b", "127.0.0.1", "-p", str(port), "chatsite.asgi:application"],
-                env={**env, "GENERATION_WORKER_NAME": name},
-                cwd=ROOT,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-            servers.append((server, log))
-            urls[name] = f"http://127.0.0.1:{port}/admin/queue/status.json"
+    session = prepare_database(env, SEED)["session"]
+    with (
+        daphne({**env, "GENERATION_WORKER_NAME": "alpha"}, tmp_path / "alpha.log") as alpha,
+        daphne({**env, "GENERATION_WORKER_NAME": "beta"}, tmp_path / "beta.log") as beta,
+    ):
+        urls = {name: f"{url}/admin/queue/status.json" for name, url in (("alpha", alpha), ("beta", beta))}
         yield env, urls, session
-    finally:
-        for server, _ in servers:
-            server.terminate()
-        for server, log in servers:
-            try:
-                server.wait(10)
-            except subprocess.TimeoutExpired:
-                server.kill()
-            log.close()
 
 
 def status(url: str, session: str) -> dict | None:

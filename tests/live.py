@@ -1,0 +1,73 @@
+"""Live daphne servers for tests that need a real HTTP/WebSocket server.
+
+The browser tests and the two-process test run daphne as a subprocess, on
+a database of their own that is migrated and seeded through manage.py, so
+they are independent of pytest-django's test database.
+"""
+
+import json
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from contextlib import contextmanager
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    """A TCP port on loopback that nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def prepare_database(env: dict, seed: str) -> dict:
+    """Migrate the database `env` names, run the `seed` code in manage.py
+    shell, and return the JSON object its last printed line holds."""
+    manage = [sys.executable, str(ROOT / "manage.py")]
+    subprocess.run([*manage, "migrate", "--noinput", "-v", "0"], env=env, cwd=ROOT, check=True)
+    seeded = subprocess.run(
+        [*manage, "shell", "-c", seed], env=env, cwd=ROOT, check=True, capture_output=True, text=True
+    )
+    return json.loads(seeded.stdout.strip().splitlines()[-1])
+
+
+@contextmanager
+def daphne(env: dict, log_path: Path):
+    """Run chatsite under daphne on a free port; yield its base URL once it
+    answers, and stop it afterwards."""
+    port = free_port()
+    with open(log_path, "w") as log:
+        server = subprocess.Popen(
+            [
+                str(Path(sys.executable).with_name("daphne")),
+                "-b",
+                "127.0.0.1",
+                "-p",
+                str(port),
+                "chatsite.asgi:application",
+            ],
+            env=env,
+            cwd=ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        url = f"http://127.0.0.1:{port}"
+        try:
+            for _ in range(300):
+                try:
+                    urllib.request.urlopen(f"{url}/accounts/login/", timeout=1)
+                    break
+                except OSError:
+                    assert server.poll() is None, log_path.read_text()
+                    time.sleep(0.1)
+            yield url
+        finally:
+            server.terminate()
+            try:
+                server.wait(10)
+            except subprocess.TimeoutExpired:
+                server.kill()
