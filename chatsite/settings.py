@@ -168,6 +168,9 @@ if env_bool("SECURE_PROXY_SSL_HEADER", False):
 # limits at run time; these are the defaults until staff first save them.
 GENERATION_MODEL = os.environ.get("GENERATION_MODEL", "")
 GENERATION_DEVICE = os.environ.get("GENERATION_DEVICE", "auto")
+# 0 keeps torch's default (every core); set cores / processes when several
+# processes share a host.
+GENERATION_TORCH_THREADS = env_int("GENERATION_TORCH_THREADS", 0)
 GENERATION_CACHE_DIR = Path(
     os.environ.get("GENERATION_CACHE_DIR", Path.home() / ".cache" / "chatsite" / "models")
 )

@@ -27,6 +27,9 @@ stack_env() {
   export ALLOWED_HOSTS=${ALLOWED_HOSTS:-127.0.0.1,localhost}
   export CSRF_TRUSTED_ORIGINS=${CSRF_TRUSTED_ORIGINS:-http://127.0.0.1:$STACK_PORT,http://localhost:$STACK_PORT}
   export STATIC_ROOT=$STACK_DIR/static
+  # The processes share the cores: each gets its part (docs/deploy.md).
+  local processes; processes=$(echo $STACK_DAPHNE_PORTS | wc -w)
+  export GENERATION_TORCH_THREADS=${GENERATION_TORCH_THREADS:-$(( $(nproc) / processes > 0 ? $(nproc) / processes : 1 ))}
 }
 
 start_postgres() {

@@ -8,8 +8,8 @@ reusing the model already loaded in this process.
 """
 
 import asyncio
-import functools
 
+import torch
 from django.conf import settings
 
 from generation.runtime.loading import shared_model
@@ -31,13 +31,22 @@ def default_limits() -> Limits:
 
 
 def configured_model_loader():
-    """A callable that loads (once per process) the model named by settings."""
-    return functools.partial(
-        shared_model,
-        settings.GENERATION_MODEL,
-        settings.GENERATION_DEVICE,
-        settings.GENERATION_CACHE_DIR,
-    )
+    """A callable that loads (once per process) the model named by settings.
+
+    It runs in the model thread, and first sets torch's thread count when
+    GENERATION_TORCH_THREADS asks: with several processes on one host, each
+    using every core, their threads fight over the cores and a decode step
+    gets many times slower.
+    """
+
+    def load():
+        if settings.GENERATION_TORCH_THREADS:
+            torch.set_num_threads(settings.GENERATION_TORCH_THREADS)
+        return shared_model(
+            settings.GENERATION_MODEL, settings.GENERATION_DEVICE, settings.GENERATION_CACHE_DIR
+        )
+
+    return load
 
 
 def get_service() -> GenerationService:

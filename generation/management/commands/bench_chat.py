@@ -88,17 +88,24 @@ class Command(BaseCommand):
         parser.add_argument(
             "--cap", type=int, default=None, help="max_concurrency per process (default: clients)."
         )
+        parser.add_argument(
+            "--warmup", type=int, default=4, help="Untimed clients first (one per process or more)."
+        )
         parser.add_argument("--json", dest="json_path", help="Write the results to this file.")
 
     def handle(self, *args, **options):
         levels = [int(level) for level in options["clients"].split(",")]
-        users = bench_users(max(levels))
+        users = bench_users(max(*levels, options["warmup"]))
         saved = generation_settings_get()
         keep = {
             field: getattr(saved, field) for field in ("max_concurrency", "max_queue_size", "max_new_tokens")
         }
         rows = []
         try:
+            # Untimed: nginx spreads these over the processes, so each loads its
+            # model replica before any timed run.
+            generation_settings_update(user=None, values={"max_new_tokens": 8})
+            asyncio.run(run_level(options["url"], users, min(options["warmup"], len(users))))
             for level in levels:
                 cap = options["cap"] or level
                 generation_settings_update(
