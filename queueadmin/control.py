@@ -15,7 +15,7 @@ loop:
   and no write happens per token.
 
 All state is touched on the loop only. The tasks end when the service is
-stopped (`attach` wraps `service.stop`).
+stopped (a stop listener of the service).
 """
 
 import asyncio
@@ -96,15 +96,7 @@ class Control:
             task = loop.create_task(run(), name=f"queueadmin-{run.__name__.strip('_')}")
             task.add_done_callback(_log_failure)
             self.tasks.append(task)
-        service_stop = self.service.stop
-
-        def stop() -> None:
-            self.close()
-            service_stop()
-
-        # GenerationService has no stop callbacks; wrapping its bound method
-        # keeps the runtime untouched and ties our tasks to its life.
-        self.service.stop = stop
+        self.service.stop_listeners.append(self.close)
 
     # Channel-layer messages -------------------------------------------
 

@@ -6,6 +6,7 @@ the queue timeout, and hands admitted requests to the model thread
 model thread reports back through `call_soon_threadsafe`. Every finished
 request, rejected ones included, yields a record that listeners (the
 statistics writer) receive; listeners run on the loop and must not block.
+Stop listeners let such companions end with the service.
 """
 
 import asyncio
@@ -63,6 +64,7 @@ class GenerationService:
         self.queue: collections.deque[GenerationRequest] = collections.deque()
         self.running: dict[str, GenerationRequest] = {}
         self.record_listeners: list[Callable[[dict], None]] = []
+        self.stop_listeners: list[Callable[[], None]] = []
         self._tokens = collections.deque()  # (monotonic time, tokens) per step
         self._worker = ModelWorker(load, self._deliver, strategy)
 
@@ -74,7 +76,10 @@ class GenerationService:
         self._worker.start()
 
     def stop(self) -> None:
-        """Stop the model thread; used when a process or a test ends."""
+        """Stop the model thread; used when a process or a test ends. Stop
+        listeners run first, on the loop, while the service still has its state."""
+        for listener in self.stop_listeners:
+            listener()
         self._worker.stop()
 
     def _deliver(self, reports: list[Report]) -> None:
