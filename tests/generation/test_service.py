@@ -137,7 +137,7 @@ async def test_busy_when_user_already_has_a_request(make_service):
     first_handle = service.submit(user_id=7, messages=LONG)
     second = await collect(service.submit(user_id=7, messages=ask()))
     assert second == [{"type": "error", "code": "busy", "message": second[0]["message"]}]
-    other_user = service.submit(user_id=8, messages=ask())
+    other_user = service.submit(user_id=8, messages=ask(), max_new_tokens=5)
     first_handle.cancel()
     assert types(await collect(other_user))[-1] == "done"
 
@@ -180,7 +180,7 @@ async def test_cancel_running_keeps_partial_text_and_frees_slot(make_service):
     records = []
     service.record_listeners.append(records.append)
     running = service.submit(user_id=1, messages=LONG)
-    waiting = service.submit(user_id=2, messages=ask())
+    waiting = service.submit(user_id=2, messages=ask(), max_new_tokens=5)
     events = aiter(running)
     received = []
     async with asyncio.timeout(30):
