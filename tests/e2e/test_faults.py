@@ -4,7 +4,6 @@ import asyncio
 import os
 import signal
 import subprocess
-import time
 import urllib.request
 
 import pytest
@@ -12,6 +11,7 @@ import websockets
 
 from generation.wsclient import ChatSocket, login
 from tests.e2e.conftest import DAPHNE_PORTS, PASSWORD, REDIS_PORT
+from tests.polling import wait_for
 
 # The seeded tiny model does not stop on this prompt, so with a large token
 # budget a reply runs until it is cancelled or cut off.
@@ -32,15 +32,6 @@ async def events_until(socket, kinds, timeout=60, into=None):
         while not seen or seen[-1]["type"] not in kinds:
             seen.append(await socket.receive(timeout))
     return seen
-
-
-async def wait_for(condition, timeout=30, interval=0.2):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        await asyncio.sleep(interval)
-    raise AssertionError("condition not met in time")
 
 
 @pytest.fixture
@@ -64,25 +55,33 @@ async def test_disconnects_free_slots_and_store_cancelled(stack, long_replies):
         asyncio.create_task(events_until(s, {"token"}, into=events))
         for s, events in zip(sockets, seen, strict=True)
     ]
-    await wait_for(lambda: sum(reader.done() for reader in readers) >= 10)
+    await wait_for(lambda: sum(reader.done() for reader in readers) >= 10, timeout=30)
     await asyncio.sleep(0.5)  # every slot is taken: nobody else starts
     assert sum(reader.done() for reader in readers) == 10
     for reader in readers:
         reader.cancel()
-    questions = [events[0]["user_message"] for events in seen]
-    await asyncio.gather(*(socket.close() for socket in sockets))
+    streaming = [i for i, reader in enumerate(readers) if not reader.cancelled() and reader.done()]
+    queued = [i for i in range(len(sockets)) if i not in streaming]
 
-    def all_cancelled():
+    def statuses(indexes):
+        """(question status, reply statuses) of the given clients' conversations."""
+        questions = [seen[i][0]["user_message"] for i in indexes]
         rows = stack.sql(
             "SELECT m.role, m.status FROM generation_message m WHERE m.conversation_id IN "
             "(SELECT conversation_id FROM generation_message WHERE id = ANY(%s))",
             questions,
         )
-        replies = [status for role, status in rows if role == "assistant"]
-        asked = [status for role, status in rows if role == "user"]
-        return replies == ["cancelled"] * 10 and sorted(asked) == ["cancelled"] * 10 + ["complete"] * 10
+        asked = sorted(status for role, status in rows if role == "user")
+        replies = sorted(status for role, status in rows if role == "assistant")
+        return asked, replies
 
-    await wait_for(all_cancelled)
+    # The waiting ones leave first (were the streaming ones first, freed slots
+    # could start a waiting reply before its own socket's close arrives).
+    await asyncio.gather(*(sockets[i].close() for i in queued))
+    await wait_for(lambda: statuses(queued) == (["cancelled"] * 10, []), timeout=30)
+    await asyncio.gather(*(sockets[i].close() for i in streaming))
+    await wait_for(lambda: statuses(streaming) == (["complete"] * 10, ["cancelled"] * 10), timeout=30)
+
     # Every slot is free again: ten new clients all start at once, none queued.
     fresh = await open_sockets(stack, [f"user{index}" for index in range(41, 51)])
     for socket in fresh:
@@ -147,7 +146,7 @@ async def test_killed_process_clients_reconnect_and_replies_end_interrupted(stac
 
     # The supervisor restarts daphne-1; its first request marks its
     # predecessor's replies interrupted.
-    await wait_for(lambda: stack.daphne_pid(1) != killed_pid)
+    await wait_for(lambda: stack.daphne_pid(1) != killed_pid, timeout=30)
     await wait_for(lambda: port_answers(DAPHNE_PORTS[0]), timeout=60)
     victim_replies = [replies[s] for s in victims]
     await wait_for(
@@ -159,7 +158,8 @@ async def test_killed_process_clients_reconnect_and_replies_end_interrupted(stac
                 )
             }
             == {"interrupted"}
-        )
+        ),
+        timeout=30,
     )
     await asyncio.gather(*(socket.close() for socket in sockets))
 
@@ -182,7 +182,7 @@ async def test_redis_restart(stack):
     [before] = await open_sockets(stack, ["user56"])
     assert (await before.reply("Before the restart")).terminal["type"] == "done"
     redis("shutdown", "nosave")
-    await wait_for(lambda: redis("ping").returncode != 0)
+    await wait_for(lambda: redis("ping").returncode != 0, timeout=30)
     try:
         assert (await before.reply("While Redis is down")).terminal["type"] == "done"
     finally:
@@ -208,7 +208,7 @@ async def test_redis_restart(stack):
             ],
             check=True,
         )
-    await wait_for(lambda: redis("ping").stdout.strip() == "PONG")
+    await wait_for(lambda: redis("ping").stdout.strip() == "PONG", timeout=30)
     [after] = await open_sockets(stack, ["user57"])
     assert (await after.reply("After the restart")).terminal["type"] == "done"
     await after.close()

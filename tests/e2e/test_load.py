@@ -4,7 +4,8 @@ import asyncio
 
 import pytest
 
-from tests.e2e.test_faults import LONG, open_sockets, wait_for
+from tests.e2e.test_faults import LONG, open_sockets
+from tests.polling import wait_for
 
 CLIENTS = 40
 CAP, QUEUE = 4, 16

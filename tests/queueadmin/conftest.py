@@ -2,13 +2,13 @@
 
 import asyncio
 import functools
-import time
 
 import pytest
 
 from generation.runtime.registry import get_service
 from queueadmin import control
 from queueadmin.consumers import QueueConsumer
+from tests.polling import wait_for
 
 TIMEOUT = 10
 LONG = [{"role": "user", "content": "hello"}]  # the tiny model does not stop on this
@@ -24,19 +24,6 @@ def staff(django_user_model):
 def member(django_user_model):
     """A logged-in user who is not staff."""
     return django_user_model.objects.create_user(username="mia", password="pw-mia-123")
-
-
-async def wait_for(predicate, timeout: float = TIMEOUT, interval: float = 0.02):
-    """Poll `predicate` (sync or async) until it is truthy; return its value."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if asyncio.iscoroutine(value):
-            value = await value
-        if value:
-            return value
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(interval)
 
 
 @pytest.fixture

@@ -11,7 +11,8 @@ from channels.db import database_sync_to_async
 from django.test import AsyncClient
 
 from queueadmin import services
-from tests.queueadmin.conftest import LONG, TIMEOUT, wait_for
+from tests.polling import wait_for
+from tests.queueadmin.conftest import LONG, TIMEOUT
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -10,7 +10,8 @@ from django.utils import timezone
 
 from queueadmin import control, metrics
 from queueadmin.models import GenerationRecord, QueueSnapshot
-from tests.queueadmin.conftest import LONG, wait_for
+from tests.polling import wait_for
+from tests.queueadmin.conftest import LONG
 
 SHORT = [{"role": "user", "content": "What is the capital of France?"}]
 

@@ -15,6 +15,7 @@ import urllib.request
 import pytest
 
 from tests.live import ROOT, daphne, prepare_database
+from tests.polling import poll
 
 REDIS_URL = os.environ.get("QUEUEADMIN_TEST_REDIS_URL", "redis://127.0.0.1:6379/13")
 
@@ -74,16 +75,6 @@ def status(url: str, session: str) -> dict | None:
             return json.load(response)
     except OSError:
         return None  # not listening yet
-
-
-def poll(predicate, timeout: float, interval: float = 0.05):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError("condition not met in time")
 
 
 def caps(payload: dict | None) -> dict:

@@ -19,10 +19,11 @@ import urllib.parse
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand
 
-from generation.management.commands.bench_engine import percentile, prompt
+from generation.management.commands.bench_engine import prompt
 from generation.wsclient import ChatSocket, login
 from queueadmin.selectors import generation_settings_get
 from queueadmin.services import generation_settings_update
+from queueadmin.stats import summarize
 
 SETTLE_S = 1.5  # every process applies a settings change within 1 s
 
@@ -46,6 +47,11 @@ def bench_users(count: int) -> list[tuple[str, str]]:
     return users
 
 
+def rounded(value: float | None) -> int | None:
+    """Milliseconds for the table: whole, or None when there were no samples."""
+    return None if value is None else round(value)
+
+
 async def run_level(ws_url: str, users: list[tuple[str, str]], clients: int) -> dict:
     """All `clients` send at once; collect what each saw."""
     base = http_base(ws_url)
@@ -67,10 +73,12 @@ async def run_level(ws_url: str, users: list[tuple[str, str]], clients: int) -> 
         "completion_tokens": tokens,
         "wall_s": round(wall, 2),
         "aggregate_tok_s": round(tokens / wall, 1),
-        "ttft_p50_ms": round(percentile(ttfts, 0.5)) if ttfts else None,
-        "ttft_p95_ms": round(percentile(ttfts, 0.95)) if ttfts else None,
-        "queue_wait_p50_ms": round(percentile(waits, 0.5)) if waits else None,
-        "queue_wait_p95_ms": round(percentile(waits, 0.95)) if waits else None,
+        **{f"ttft_{key}_ms": rounded(value) for key, value in summarize(ttfts).items() if key != "count"},
+        **{
+            f"queue_wait_{key}_ms": rounded(value)
+            for key, value in summarize(waits).items()
+            if key != "count"
+        },
         "mean_reply_tokens": round(statistics.mean(r.terminal["usage"]["completion_tokens"] for r in done), 1)
         if done
         else 0,

@@ -22,6 +22,7 @@ from django.core.management.base import BaseCommand
 from generation.runtime.loading import shared_model
 from generation.runtime.requests import Limits
 from generation.runtime.service import GenerationService
+from queueadmin.stats import percentile
 
 TOPICS = [
     "a lighthouse keeper",
@@ -39,12 +40,6 @@ def prompt(index: int) -> list[dict]:
     """The index-th benchmark prompt; lengths vary a little, as in real use."""
     topic = TOPICS[index % len(TOPICS)]
     return [{"role": "user", "content": f"Write a long, detailed story about {topic} (part {index + 1})."}]
-
-
-def percentile(values: list[float], fraction: float) -> float:
-    """Nearest-rank percentile; fine for the handful of samples a run gives."""
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(fraction * len(ordered)) - 1))]
 
 
 def peak_rss_mb() -> float:
@@ -81,8 +76,8 @@ async def run_one(strategy: str, concurrency: int, new_tokens: int, load) -> dic
         "completion_tokens": tokens,
         "wall_s": round(wall, 2),
         "aggregate_tok_s": round(tokens / wall, 1),
-        "ttft_p50_ms": round(percentile(ttfts, 0.5)),
-        "ttft_p95_ms": round(percentile(ttfts, 0.95)),
+        "ttft_p50_ms": round(percentile(ttfts, 50)),
+        "ttft_p95_ms": round(percentile(ttfts, 95)),
         "per_request_tok_s": round(statistics.mean(r["tok_s"] for r in results), 1),
         "peak_rss_mb": round(peak_rss_mb()),
     }
