@@ -126,3 +126,31 @@ def test_an_admin_change_reaches_both_processes(stack):
         pending = {port for port in pending if own_limits(cookie, port)["max_concurrency"] != 7}
     assert not pending, f"processes on {sorted(pending)} did not apply the change within 1 s"
     stack.set_limits(max_concurrency=4)
+
+
+def test_bench_chat_measures_through_the_stack(stack, tmp_path):
+    """The stack benchmark logs in its users, chats through nginx and reports."""
+    report = tmp_path / "bench.json"
+    stack.manage(
+        "bench_chat",
+        "--url",
+        stack.ws_url,
+        "--clients",
+        "1,2",
+        "--new-tokens",
+        "8",
+        "--warmup",
+        "2",
+        "--json",
+        str(report),
+    )
+    rows = json.loads(report.read_text())["results"]
+    assert [row["clients"] for row in rows] == [1, 2]
+    for row in rows:
+        assert row["errors"] == {}
+        assert row["completion_tokens"] > 0
+        assert row["aggregate_tok_s"] > 0
+        assert row["ttft_p50_ms"] <= row["ttft_p95_ms"]
+    assert own_limits(login(stack.url, "staff", PASSWORD), DAPHNE_PORTS[0])["max_new_tokens"] == 300, (
+        "restored"
+    )
