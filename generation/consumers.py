@@ -198,9 +198,20 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             )
 
     async def emit(self, frame: dict) -> None:
-        """Send a frame unless the socket has closed (the reply still gets saved)."""
-        if not self.closed:
+        """Send a frame unless the socket has closed (the reply still gets saved).
+
+        The client can close between our check and the send, before
+        `disconnect` runs; the server then refuses the send (each ASGI server
+        with its own exception). The reply must still end and be saved, and
+        `disconnect` will cancel it, so the frame is dropped.
+        """
+        if self.closed:
+            return
+        try:
             await self.send_json(frame)
+        except Exception:
+            self.closed = True
+            logger.debug("Dropped a %s frame for a closed socket", frame["type"])
 
 
 def _log_failure(task: asyncio.Task) -> None:

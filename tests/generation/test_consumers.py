@@ -7,6 +7,7 @@ from channels.db import database_sync_to_async
 from channels.testing import WebsocketCommunicator
 
 from chatsite.asgi import application
+from generation import consumers
 from generation.models import Conversation, Message
 from generation.recovery import SweepOnFirstRequest
 from generation.runtime.service import default_worker_name
@@ -251,3 +252,40 @@ async def test_first_request_marks_a_dead_predecessors_replies_interrupted(alice
     await other.arefresh_from_db()
     assert orphan.status == Message.Status.INTERRUPTED
     assert other.status == Message.Status.GENERATING
+
+
+async def test_a_send_refused_by_a_closing_socket_still_saves_the_request(
+    service, alice, bob, django_user_model, connect_as, monkeypatch
+):
+    """A client can close between a frame's check and its send; the server then
+    refuses the send (fault injected here). The request must still end, freeing
+    its place, and be stored as cancelled once the disconnect arrives."""
+    carol = await django_user_model.objects.acreate(username="carol")
+    service.update_limits(max_concurrency=1, max_new_tokens=4000)
+    first, second, third = [await connect_as(user) for user in (alice, carol, bob)]
+    await first.send_json_to(send_frame())
+    await receive_until(first, "started")
+    await second.send_json_to(send_frame())
+    await receive_until(second, "queued")
+    await third.send_json_to(send_frame())
+    question = (await receive_until(third, "queued"))[0]["user_message"]
+
+    refused = []
+    original = consumers.ChatConsumer.send_json
+
+    async def refuse_for_bob(self, content, close=False):
+        if self.user.pk == bob.pk and content["type"] == "queued":
+            refused.append(content)
+            raise ConnectionError("send on a closed socket")
+        return await original(self, content, close)
+
+    monkeypatch.setattr(consumers.ChatConsumer, "send_json", refuse_for_bob)
+    await second.send_json_to({"type": "cancel"})  # bob moves up: his position frame is refused
+    await receive_until(second, "done")
+    await third.disconnect(timeout=TIMEOUT)
+    assert refused
+    message = await Message.objects.aget(pk=question)
+    assert message.status == Message.Status.CANCELLED
+    assert not any(request.user_id == bob.pk for request in [*service.queue, *service.running.values()])
+    await first.send_json_to({"type": "cancel"})
+    await receive_until(first, "done")
