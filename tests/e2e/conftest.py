@@ -7,10 +7,11 @@ drive the real stack in seconds. Everything stays on loopback.
 """
 
 import asyncio
+import json
 import os
 import subprocess
 import sys
-import time
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +19,7 @@ import psycopg
 import pytest
 
 from generation.wsclient import ChatSocket, login
+from tests.polling import poll
 
 ROOT = Path(__file__).resolve().parents[2]
 PORT = 18080
@@ -42,6 +44,7 @@ class Stack:
 
     env: dict
     folder: Path
+    staff_cookie: str | None = None
 
     url = f"http://127.0.0.1:{PORT}"
     ws_url = f"ws://127.0.0.1:{PORT}/ws/chat/"
@@ -65,13 +68,26 @@ class Stack:
 
     def set_limits(self, **values: int) -> None:
         """Change the live generation settings the way the console does, and
-        wait the second within which every process applies them."""
+        wait until every process applies them."""
         self.manage(
             "shell",
             "-c",
             f"from queueadmin.services import generation_settings_update as update; update(user=None, values={values!r})",
         )
-        time.sleep(1.5)
+        for port in DAPHNE_PORTS:
+            poll(lambda port=port: values.items() <= self.own_limits(port).items(), timeout=10)
+
+    def own_limits(self, port: int) -> dict:
+        """The limits the daphne process on `port` itself applies (its status.json)."""
+        if self.staff_cookie is None:
+            self.staff_cookie = login(self.url, "staff", PASSWORD)
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/admin/queue/status.json", headers={"Cookie": self.staff_cookie}
+        )
+        with urllib.request.urlopen(request, timeout=10) as response:
+            payload = json.load(response)
+        [own] = [worker for worker in payload["workers"] if worker["local"]]
+        return own["limits"]
 
     def daphne_pid(self, index: int) -> int:
         """The pid of daphne process `index` (1 or 2) as now running."""

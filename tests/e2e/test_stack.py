@@ -103,20 +103,13 @@ def get(url: str, cookie: str) -> str:
         return response.read().decode()
 
 
-def own_limits(cookie: str, port: int) -> dict:
-    """The limits process `port` itself applies, from its own status.json."""
-    payload = json.loads(get(f"http://127.0.0.1:{port}/admin/queue/status.json", cookie))
-    [own] = [worker for worker in payload["workers"] if worker["local"]]
-    return own["limits"]
-
-
 def test_an_admin_change_reaches_both_processes(stack):
     """Staff save the console form through nginx; within a second both
     daphne processes apply the new cap."""
     cookie = login(stack.url, "staff", PASSWORD)
     console = f"{stack.url}/admin/queue/"
     token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', get(console, cookie)).group(1)
-    values = {**own_limits(cookie, DAPHNE_PORTS[0]), "max_concurrency": 7, "csrfmiddlewaretoken": token}
+    values = {**stack.own_limits(DAPHNE_PORTS[0]), "max_concurrency": 7, "csrfmiddlewaretoken": token}
     form = urllib.request.Request(
         console, data=urllib.parse.urlencode(values).encode(), headers={"Cookie": cookie, "Referer": console}
     )
@@ -124,7 +117,7 @@ def test_an_admin_change_reaches_both_processes(stack):
     saved_at = time.monotonic()
     pending = set(DAPHNE_PORTS)
     while pending and time.monotonic() - saved_at < 1.0:
-        pending = {port for port in pending if own_limits(cookie, port)["max_concurrency"] != 7}
+        pending = {port for port in pending if stack.own_limits(port)["max_concurrency"] != 7}
     assert not pending, f"processes on {sorted(pending)} did not apply the change within 1 s"
     stack.set_limits(max_concurrency=4)
 
@@ -152,5 +145,4 @@ def test_bench_chat_measures_through_the_stack(stack, tmp_path):
         assert row["completion_tokens"] > 0
         assert row["aggregate_tok_s"] > 0
         assert row["ttft_p50_ms"] <= row["ttft_p95_ms"]
-    cookie = login(stack.url, "staff", PASSWORD)
-    poll(lambda: own_limits(cookie, DAPHNE_PORTS[0])["max_new_tokens"] == 300, timeout=5)  # restored
+    poll(lambda: stack.own_limits(DAPHNE_PORTS[0])["max_new_tokens"] == 300, timeout=5)  # restored
