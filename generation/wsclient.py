@@ -23,6 +23,11 @@ class LoginFailed(Exception):
     """The login form did not accept the username and password."""
 
 
+def csrf_token(page: str) -> str:
+    """The CSRF token a Django form page carries, to post the form back."""
+    return re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page).group(1)
+
+
 def login(base_url: str, username: str, password: str) -> str:
     """Log in through the form (with its CSRF token); return the Cookie header.
 
@@ -32,8 +37,9 @@ def login(base_url: str, username: str, password: str) -> str:
     opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(jar))
     login_url = f"{base_url}/accounts/login/"
     page = opener.open(login_url, timeout=30).read().decode()
-    token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page).group(1)
-    form = urllib.parse.urlencode({"username": username, "password": password, "csrfmiddlewaretoken": token})
+    form = urllib.parse.urlencode(
+        {"username": username, "password": password, "csrfmiddlewaretoken": csrf_token(page)}
+    )
     request = urllib.request.Request(login_url, data=form.encode(), headers={"Referer": login_url})
     response = opener.open(request, timeout=30)
     cookies = {cookie.name: cookie.value for cookie in jar}

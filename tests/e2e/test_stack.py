@@ -3,7 +3,6 @@
 import asyncio
 import http.client
 import json
-import re
 import time
 import urllib.error
 import urllib.parse
@@ -13,7 +12,7 @@ import uuid
 import pytest
 import websockets
 
-from generation.wsclient import ChatSocket, login
+from generation.wsclient import ChatSocket, csrf_token, login
 from tests.e2e.conftest import DAPHNE_PORTS, PASSWORD, PORT
 from tests.polling import poll
 
@@ -60,7 +59,7 @@ def test_django_sees_the_forwarded_client_ip(stack):
     connection.request("GET", "/accounts/login/")
     page = connection.getresponse()
     cookie = page.headers["Set-Cookie"].split(";")[0]
-    token = page.read().decode().split('name="csrfmiddlewaretoken" value="')[1].split('"')[0]
+    token = csrf_token(page.read().decode())
     body = f"username={username}&password=wrong&csrfmiddlewaretoken={token}"
     headers = {
         "Content-Type": "application/x-www-form-urlencoded",
@@ -108,7 +107,7 @@ def test_an_admin_change_reaches_both_processes(stack):
     daphne processes apply the new cap."""
     cookie = login(stack.url, "staff", PASSWORD)
     console = f"{stack.url}/admin/queue/"
-    token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', get(console, cookie)).group(1)
+    token = csrf_token(get(console, cookie))
     values = {**stack.own_limits(DAPHNE_PORTS[0]), "max_concurrency": 7, "csrfmiddlewaretoken": token}
     form = urllib.request.Request(
         console, data=urllib.parse.urlencode(values).encode(), headers={"Cookie": cookie, "Referer": console}
