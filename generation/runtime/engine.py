@@ -75,7 +75,7 @@ class Engine:
         self.sequences[seq_id] = sequence
         self._join(sequence, cache)
         token = self._sample(logits[:, -1, :], [sequence])[0]
-        return self._record(sequence, token)
+        return self._retire([self._record(sequence, token)])[0]
 
     def remove(self, seq_id: str) -> None:
         """Drop a sequence (cancelled, or failed) before the next step."""
@@ -100,16 +100,24 @@ class Engine:
         raise NotImplementedError
 
     def _record(self, sequence: _Sequence, token: int) -> TokenOutput:
-        """Append a sampled token and retire the sequence if it is finished."""
+        """Append a sampled token; say whether it finishes the sequence."""
         sequence.generated.append(token)
         reason = None
         if token in self.stop_token_ids and not sequence.params.ignore_eos:
             reason = "stop"
         elif len(sequence.generated) >= sequence.params.max_new_tokens:
             reason = "length"
-        if reason:
-            self.remove(sequence.seq_id)
         return TokenOutput(sequence.seq_id, token, reason)
+
+    def _retire(self, outputs: list[TokenOutput]) -> list[TokenOutput]:
+        """Drop the sequences these outputs finished, all in one go (for the
+        batch, one cache compaction however many end in the same step)."""
+        finished = [output.seq_id for output in outputs if output.finish_reason]
+        if finished:
+            self._leave(finished)
+            for seq_id in finished:
+                del self.sequences[seq_id]
+        return outputs
 
     def _sample(self, logits: torch.Tensor, sequences: list[_Sequence]) -> list[int]:
         """Pick the next token for each row of `logits` ([rows, vocab])."""
@@ -194,7 +202,7 @@ class BatchedEngine(Engine):
         for sequence, token in zip(sequences, tokens, strict=True):
             sequence.length += 1
             outputs.append(self._record(sequence, token))
-        return outputs
+        return self._retire(outputs)
 
 
 class InterleaveEngine(Engine):
@@ -221,7 +229,7 @@ class InterleaveEngine(Engine):
             ).logits
             sequence.length += 1
             outputs.append(self._record(sequence, self._sample(logits[:, -1, :], [sequence])[0]))
-        return outputs
+        return self._retire(outputs)
 
 
 ENGINES = {"batched": BatchedEngine, "interleave": InterleaveEngine}
