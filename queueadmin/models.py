@@ -156,6 +156,13 @@ class GenerationRecord(models.Model):
     finished_at = models.DateTimeField(null=True, blank=True)
     prompt_tokens = models.PositiveIntegerField(default=0)
     completion_tokens = models.PositiveIntegerField(default=0)
+    max_new_tokens = models.PositiveIntegerField(
+        default=0, help_text="The reply's token budget in effect; 0 if it never started."
+    )
+    budget_shrunk = models.BooleanField(
+        default=False,
+        help_text="The newest message left less room in the context than max_new_tokens asked for.",
+    )
     outcome = models.CharField(max_length=16, choices=Outcome.choices)
     finish_reason = models.CharField(max_length=16, blank=True)
     error_code = models.CharField(max_length=32, blank=True)
