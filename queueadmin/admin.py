@@ -9,6 +9,7 @@ from django.urls import reverse
 from django.utils.html import format_html
 
 from queueadmin import selectors, services
+from queueadmin.forms import GenerationSettingsForm
 from queueadmin.models import (
     LIMIT_FIELDS,
     GenerationRecord,
@@ -24,6 +25,7 @@ class GenerationSettingsAdmin(admin.ModelAdmin):
     process, exactly like the console's form."""
 
     list_display = (*LIMIT_FIELDS, "version", "updated", "updated_by")
+    form = GenerationSettingsForm
     fields = LIMIT_FIELDS
     change_list_template = "admin/queue/settings_change_list.html"
 

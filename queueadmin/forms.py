@@ -1,12 +1,16 @@
 """The console's settings form."""
 
 from django import forms
+from django.conf import settings
 
-from queueadmin.models import LIMIT_FIELDS, GenerationSettings
+from generation.runtime.context import model_context_tokens
+from queueadmin.models import LIMIT_FIELDS, GenerationSettings, max_new_tokens_bound_text
 
 
 class GenerationSettingsForm(forms.ModelForm):
-    """The five live limits, validated by the model's bounds (1 to a sane maximum).
+    """The five live limits, validated by the model's bounds (1 to a sane
+    maximum, and max_new_tokens against the model's context, see
+    `GenerationSettings.clean`); the help text states the model's bound.
 
     Only validates: saving goes through `services.generation_settings_update`,
     which audits and broadcasts the change.
@@ -15,3 +19,9 @@ class GenerationSettingsForm(forms.ModelForm):
     class Meta:
         model = GenerationSettings
         fields = LIMIT_FIELDS
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        context = model_context_tokens(settings.GENERATION_MODEL)
+        if context and "max_new_tokens" in self.fields:
+            self.fields["max_new_tokens"].help_text = "Longest reply. " + max_new_tokens_bound_text(context)

@@ -7,8 +7,11 @@ busy. Records and snapshots are written in batches by queueadmin.control.
 """
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
+
+from generation.runtime.context import model_context_tokens, reply_budget_bound
 
 # Bounds for the live limits. The upper ones only catch typing mistakes (an
 # extra zero); they are far above what one process can usefully run.
@@ -89,7 +92,7 @@ class GenerationSettings(models.Model):
     max_new_tokens = models.PositiveIntegerField(
         default=default_max_new_tokens,
         validators=_bounded("max_new_tokens"),
-        help_text="Longest reply, in tokens.",
+        help_text="Longest reply, in tokens; at most half the model's context, so a question always has room.",
     )
     version = models.PositiveIntegerField(default=0, editable=False)
     updated = models.DateTimeField(auto_now=True)
@@ -104,9 +107,25 @@ class GenerationSettings(models.Model):
     def __str__(self) -> str:
         return "Generation settings"
 
+    def clean(self) -> None:
+        """Check the limits against each other and the configured model: the
+        reply's budget may take at most half of the model's context."""
+        super().clean()
+        context = model_context_tokens(settings.GENERATION_MODEL)
+        if context and self.max_new_tokens is not None and self.max_new_tokens > reply_budget_bound(context):
+            raise ValidationError({"max_new_tokens": max_new_tokens_bound_text(context)})
+
     def limits(self) -> dict:
         """The five limits as a dict, as `GenerationService.update_limits` takes them."""
         return {name: getattr(self, name) for name in LIMIT_FIELDS}
+
+
+def max_new_tokens_bound_text(context: int) -> str:
+    """The bound on max_new_tokens for forms and errors, in words."""
+    return (
+        f"At most {reply_budget_bound(context)} tokens: the model reads {context} tokens in all, "
+        "and half of them stay for the conversation."
+    )
 
 
 class SettingsChange(models.Model):
@@ -156,6 +175,13 @@ class GenerationRecord(models.Model):
     finished_at = models.DateTimeField(null=True, blank=True)
     prompt_tokens = models.PositiveIntegerField(default=0)
     completion_tokens = models.PositiveIntegerField(default=0)
+    max_new_tokens = models.PositiveIntegerField(
+        default=0, help_text="The reply's token budget in effect; 0 if it never started."
+    )
+    budget_shrunk = models.BooleanField(
+        default=False,
+        help_text="The newest message left less room in the context than max_new_tokens asked for.",
+    )
     outcome = models.CharField(max_length=16, choices=Outcome.choices)
     finish_reason = models.CharField(max_length=16, blank=True)
     error_code = models.CharField(max_length=32, blank=True)

@@ -87,6 +87,8 @@ def interrupted_record(worker: str, request, finished_at: float) -> dict:
         "finished_at": finished_at,
         "prompt_tokens": request.prompt_tokens,
         "completion_tokens": request.completion_tokens,
+        "max_new_tokens": request.max_new_tokens,
+        "budget_shrunk": request.budget_shrunk,
         "outcome": "interrupted",
         "finish_reason": "",
         "error_code": "",

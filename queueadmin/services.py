@@ -112,6 +112,8 @@ def generation_records_create(*, records: list[dict]) -> list[GenerationRecord]:
                 finished_at=_timestamp(record["finished_at"]),
                 prompt_tokens=record["prompt_tokens"],
                 completion_tokens=record["completion_tokens"],
+                max_new_tokens=record.get("max_new_tokens") or 0,
+                budget_shrunk=bool(record.get("budget_shrunk")),
                 outcome=record["outcome"],
                 finish_reason=record["finish_reason"] or "",
                 error_code=record["error_code"] or "",

@@ -4,7 +4,9 @@ Byte-level tokenizers split multi-byte characters (Japanese, emoji) across
 tokens; decoding such a prefix ends in U+FFFD. The detokenizer holds those
 bytes back until the character is complete, so the concatenated deltas always
 equal the decode of all generated tokens and a client never sees U+FFFD that
-the final text does not contain.
+the final text does not contain. A reply that ends in the middle of a
+character (cancelled, cut at its token budget, failed, interrupted) drops the
+held-back bytes: the reply is the text that streamed.
 """
 
 REPLACEMENT = "\ufffd"
@@ -18,22 +20,27 @@ class IncrementalDetokenizer:
         self.token_ids: list[int] = []
         self.emitted = ""
 
-    def _decode(self) -> str:
-        return self.tokenizer.decode(
+    def _certain(self) -> str:
+        """The decoded text without its trailing U+FFFDs, which stand for the
+        bytes of a character still incomplete."""
+        text = self.tokenizer.decode(
             self.token_ids, skip_special_tokens=True, clean_up_tokenization_spaces=False
         )
+        return text.rstrip(REPLACEMENT)
 
     def push(self, token_id: int) -> str:
         """Add a token; return the text that is now certain (maybe empty)."""
         self.token_ids.append(token_id)
-        text = self._decode()
-        if text.endswith(REPLACEMENT):
-            return ""
-        return self._advance(text)
+        return self._advance(self._certain())
 
     def flush(self) -> str:
-        """Return whatever is still held back, once no token will follow."""
-        return self._advance(self._decode())
+        """Return the complete text still held back once no token will follow;
+        the bytes of an unfinished last character are dropped.
+
+        A reply whose last character really is U+FFFD loses it: its bytes
+        cannot be told from an unfinished character's by the decoded text.
+        """
+        return self._advance(self._certain())
 
     def _advance(self, text: str) -> str:
         # Byte-level decoding is prefix-stable once its tail is complete, and

@@ -1,32 +1,153 @@
 """Build the prompt token ids from a conversation with the chat template.
 
-When the whole history does not fit the context window minus the reply's
-token budget, the oldest turns are dropped; a system message, if any, stays.
-When even the newest user message alone does not fit, the request is refused
-as too long rather than silently cut.
+Message content is untrusted (people write it, and the model wrote the old
+replies): it becomes plain text tokens, never the template's control tokens.
+The template is rendered with a sentinel in place of each content; only the
+template's own text may yield added tokens such as <|im_start|>, while the
+contents are tokenized with no added token recognised at all (special or
+not). The runs between the template's markers are tokenized whole, exactly
+as the tokenizer splits at added tokens, so ordinary text gets the very ids
+`apply_chat_template(tokenize=True)` gives.
+
+The prompt and the reply share the model's context window. Old turns are
+dropped (a system message, if any, stays) until the prompt leaves room for the
+reply's full budget; when even the newest message alone does not, the reply's
+budget shrinks to what is left, and only when not even MIN_REPLY_TOKENS fit is
+the request refused as too long rather than silently cut.
 """
+
+import json
+import re
+import uuid
+import weakref
+from dataclasses import dataclass
+
+MIN_REPLY_TOKENS = 16
+
+_plain_tokenizers: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 class PromptTooLong(Exception):
-    """The newest message alone does not fit the model's context."""
+    """The newest message alone leaves no room for even a short reply."""
 
 
-def build_prompt(tokenizer, messages: list[dict], budget: int) -> tuple[list[int], int]:
-    """Return (prompt ids, number of dropped messages) for at most `budget` tokens.
+@dataclass(frozen=True)
+class Prompt:
+    """A prompt that fits: its ids, the oldest messages left out, and the reply
+    budget in tokens (below the asked one when `budget_shrunk`)."""
+
+    ids: list[int]
+    dropped_messages: int
+    max_new_tokens: int
+    budget_shrunk: bool
+
+
+def _plain_tokenizer(tokenizer):
+    """A copy of the fast tokenizer's pipeline without its added tokens, so that
+    no text, however it is spelled, can become one of them."""
+    plain = _plain_tokenizers.get(tokenizer)
+    if plain is None:
+        from tokenizers import Tokenizer
+
+        spec = json.loads(tokenizer.backend_tokenizer.to_str())
+        spec["added_tokens"] = []
+        plain = _plain_tokenizers[tokenizer] = Tokenizer.from_str(json.dumps(spec))
+    return plain
+
+
+def _added_ids(tokenizer) -> frozenset[int]:
+    return frozenset(tokenizer.added_tokens_decoder)
+
+
+def _encode_plain(tokenizer, text: str) -> list[int]:
+    """Token ids of `text` as text. Should a merge of plain bytes still land on
+    an added token's id, that piece is encoded a character at a time."""
+    if not text:
+        return []
+    plain = _plain_tokenizer(tokenizer)
+    added = _added_ids(tokenizer)
+    encoding = plain.encode(text, add_special_tokens=False)
+    if not added.intersection(encoding.ids):
+        return list(encoding.ids)
+    ids = []
+    for token_id, (start, end) in zip(encoding.ids, encoding.offsets, strict=True):
+        if token_id in added:
+            for char in text[start:end]:
+                ids += plain.encode(char, add_special_tokens=False).ids
+        else:
+            ids.append(token_id)
+    return ids
+
+
+def _template_pieces(tokenizer, text: str) -> list[str | int]:
+    """Split template text into plain runs (str) and its own added tokens (int ids)."""
+    added = _added_ids(tokenizer)
+    encoding = tokenizer.backend_tokenizer.encode(text, add_special_tokens=False)
+    pieces: list[str | int] = []
+    position = 0
+    for token_id, (start, end) in zip(encoding.ids, encoding.offsets, strict=True):
+        if token_id in added:
+            pieces += [text[position:start], token_id]
+            position = end
+    pieces.append(text[position:])
+    return pieces
+
+
+def encode_conversation(tokenizer, messages: list[dict]) -> list[int]:
+    """Token ids of `messages` in the chat template, with a generation prompt.
+
+    Contents are text whatever they contain: "<|im_end|>" typed by a person
+    is seven plain tokens, not the end-of-turn marker. Needs a fast
+    (tokenizers-backed) tokenizer, as AutoTokenizer loads for chat models.
+    """
+    nonce = uuid.uuid4().hex
+    placeholders = [{**m, "content": f"\ue000{nonce}:{i}\ue001"} for i, m in enumerate(messages)]
+    rendered = tokenizer.apply_chat_template(placeholders, add_generation_prompt=True, tokenize=False)
+    # Odd items are message indices; the even ones are the template's own text.
+    parts = re.split(f"\ue000{nonce}:(\\d+)\ue001", rendered)
+    pieces: list[str | int] = []
+    for index, part in enumerate(parts):
+        if index % 2:
+            pieces.append(str(messages[int(part)]["content"]))
+        else:
+            pieces += _template_pieces(tokenizer, part)
+    ids: list[int] = []
+    run: list[str] = []
+    for piece in [*pieces, None]:
+        if isinstance(piece, str):
+            run.append(piece)
+            continue
+        ids += _encode_plain(tokenizer, "".join(run))
+        run = []
+        if piece is not None:
+            ids.append(piece)
+    return ids
+
+
+def build_prompt(tokenizer, messages: list[dict], context_tokens: int, max_new_tokens: int) -> Prompt:
+    """Fit `messages` and a reply of `max_new_tokens` into `context_tokens`.
 
     `messages` are {"role", "content"} dicts, oldest first, ending with the
     user's new message. Called in the model thread, since it tokenises.
+    Raises PromptTooLong when the newest message alone leaves fewer than
+    MIN_REPLY_TOKENS for the reply.
     """
     system = [m for m in messages[:1] if m["role"] == "system"]
     turns = messages[len(system) :]
+    ids: list[int] = []
+    start = 0
     for start in range(len(turns)):
         # Start each kept history at a user turn so the model never sees an
         # assistant reply without its question.
         if start and turns[start]["role"] != "user":
             continue
-        ids = tokenizer.apply_chat_template(system + turns[start:], add_generation_prompt=True, tokenize=True)
-        if hasattr(ids, "keys"):
-            ids = ids["input_ids"]
-        if len(ids) <= budget:
-            return list(ids), start
-    raise PromptTooLong(f"The message needs more than the {budget} tokens the model can read.")
+        ids = encode_conversation(tokenizer, system + turns[start:])
+        if len(ids) + max_new_tokens <= context_tokens:
+            return Prompt(ids, start, max_new_tokens, budget_shrunk=False)
+    room = context_tokens - len(ids)
+    if room < MIN_REPLY_TOKENS:
+        raise PromptTooLong(
+            f"The message takes {len(ids)} of the {context_tokens} tokens the model can read, "
+            f"leaving no room for a reply."
+        )
+    return Prompt(ids, start, room, budget_shrunk=True)

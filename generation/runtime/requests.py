@@ -5,8 +5,11 @@ until its terminal event. Its events are plain JSON-safe dicts with a `type`:
 
 - `queued`: {"position": n, "waiting": n}, on entering the queue and whenever
   either number changes (position 1 is next to start).
-- `started`: {"prompt_tokens": n, "dropped_messages": n}, once the model
-  thread has built the prompt and begins the prefill.
+- `started`: {"prompt_tokens": n, "dropped_messages": n, "max_new_tokens": n,
+  "budget_shrunk": bool}, once the model thread has built the prompt and
+  begins the prefill. `max_new_tokens` is the reply's budget in effect: below
+  the asked one (and `budget_shrunk` true) when the newest message left less
+  room in the context, so that a `length` finish came sooner.
 - `token`: {"text": delta}, exact text deltas; their concatenation is the reply.
 - `done`: {"finish_reason": "stop"|"length"|"cancelled", "text": full reply,
   "usage": {...}, "timings": {...}}: terminal.
@@ -60,6 +63,8 @@ class GenerationRequest:
     finished_at: float | None = None
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    max_new_tokens: int = 0  # the reply budget in effect, once started
+    budget_shrunk: bool = False
     text: str = ""
     position: tuple[int, int] | None = None  # last (position, waiting) sent
     timeout: asyncio.TimerHandle | None = None

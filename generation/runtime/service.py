@@ -228,8 +228,14 @@ class GenerationService:
             if request is None:
                 continue
             if kind == "started":
-                request.prompt_tokens = report[2]
-                request.emit("started", prompt_tokens=report[2], dropped_messages=report[3])
+                _, _, request.prompt_tokens, dropped, request.max_new_tokens, request.budget_shrunk = report
+                request.emit(
+                    "started",
+                    prompt_tokens=request.prompt_tokens,
+                    dropped_messages=dropped,
+                    max_new_tokens=request.max_new_tokens,
+                    budget_shrunk=request.budget_shrunk,
+                )
             elif kind in ("token", "text"):
                 if kind == "token":
                     generated += 1
@@ -282,6 +288,8 @@ class GenerationService:
             "finished_at": request.finished_at,
             "prompt_tokens": request.prompt_tokens,
             "completion_tokens": request.completion_tokens,
+            "max_new_tokens": request.max_new_tokens,
+            "budget_shrunk": request.budget_shrunk,
             "outcome": outcome,
             "finish_reason": payload.get("finish_reason", ""),
             "error_code": payload.get("code", ""),

@@ -7,6 +7,7 @@ the event loop with ONE `call_soon_threadsafe` per step. The event loop thus
 never waits on a forward pass or a tokenizer call.
 """
 
+import dataclasses
 import logging
 import threading
 from collections.abc import Callable
@@ -20,9 +21,9 @@ logger = logging.getLogger(__name__)
 
 # Report tuples sent to the loop, in order:
 #   ("loaded", LoadedModel) | ("load_failed", message)
-#   ("started", request_id, prompt_tokens, dropped_messages)
+#   ("started", request_id, prompt_tokens, dropped_messages, max_new_tokens, budget_shrunk)
 #   ("token", request_id, text_delta)   one generated token
-#   ("text", request_id, text)          held-back text flushed at the end
+#   ("text", request_id, text)          held-back complete text at the end
 #   ("finished", request_id, finish_reason)
 #   ("failed", request_id, code, message)
 Report = tuple
@@ -129,15 +130,18 @@ class ModelWorker:
                 self._deliver(reports)
 
     def _prefill(self, engine, tokenizer, detokenizers, request) -> list[Report]:
-        budget = self.context_tokens - request.params.max_new_tokens
         try:
-            prompt_ids, dropped = build_prompt(tokenizer, request.messages, budget)
+            prompt = build_prompt(
+                tokenizer, request.messages, self.context_tokens, request.params.max_new_tokens
+            )
         except PromptTooLong as error:
             return [("failed", request.id, "too_long", f"{error} Shorten it and send it again.")]
-        reports: list[Report] = [("started", request.id, len(prompt_ids), dropped)]
+        started = (len(prompt.ids), prompt.dropped_messages, prompt.max_new_tokens, prompt.budget_shrunk)
+        reports: list[Report] = [("started", request.id, *started)]
+        params = dataclasses.replace(request.params, max_new_tokens=prompt.max_new_tokens)
         detokenizers[request.id] = IncrementalDetokenizer(tokenizer)
         try:
-            output = engine.add(request.id, prompt_ids, request.params)
+            output = engine.add(request.id, prompt.ids, params)
         except Exception:
             logger.exception("Prefill failed for request %s", request.id)
             engine.remove(request.id)
@@ -154,7 +158,7 @@ class ModelWorker:
 
     @staticmethod
     def _finish(detokenizers, request_id: str, reason: str) -> list[Report]:
-        # Held-back bytes of an unfinished character go out as plain text: they
-        # belong to tokens already counted.
+        # Complete text still held back goes out; the bytes of a character the
+        # reply stopped in the middle of are dropped, never sent as U+FFFD.
         rest = detokenizers.pop(request_id).flush()
         return [*([("text", request_id, rest)] if rest else []), ("finished", request_id, reason)]

@@ -41,3 +41,42 @@ def test_special_tokens_are_not_text(tokenizer):
     ]
     detokenizer = IncrementalDetokenizer(tokenizer)
     assert "".join(detokenizer.push(i) for i in ids) + detokenizer.flush() == "Done."
+
+
+def byte_token_ids(tokenizer, data: bytes) -> list[int]:
+    """One token per byte, through the tokenizer's byte vocabulary (the 256
+    single-byte tokens a byte-level BPE can always fall back to)."""
+    from transformers.models.gpt2.tokenization_gpt2 import bytes_to_unicode
+
+    alphabet = bytes_to_unicode()
+    ids = tokenizer.convert_tokens_to_ids([alphabet[byte] for byte in data])
+    assert tokenizer.unk_token_id not in ids
+    return ids
+
+
+@pytest.mark.parametrize("text", ["東京は日本の首都です。", "Emoji 🎉🚀 and 👩‍💻!", "ümlaut é"])
+def test_reply_cut_at_any_byte_drops_the_unfinished_character(tokenizer, text):
+    """A reply that ends after any byte (cancel, length, error) streams and
+    flushes only whole characters: never U+FFFD, always the longest complete
+    prefix, and the flushed rest adds nothing the stream would not have shown."""
+    data = text.encode()
+    ids = byte_token_ids(tokenizer, data)
+    for cut in range(len(data) + 1):
+        detokenizer = IncrementalDetokenizer(tokenizer)
+        streamed = "".join(detokenizer.push(token_id) for token_id in ids[:cut])
+        rest = detokenizer.flush()
+        assert REPLACEMENT not in streamed + rest, (cut, streamed + rest)
+        assert streamed + rest == data[:cut].decode("utf-8", errors="ignore"), cut
+
+
+def test_complete_text_before_an_unfinished_character_is_not_held(tokenizer):
+    """Text in the same token as the first byte of a character streams at once:
+    a cut right after it keeps it, so an error or interruption loses nothing
+    that was certain."""
+    space_and_lead_byte = tokenizer.convert_tokens_to_ids("Ġæ")  # " " + first byte of 東
+    assert space_and_lead_byte != tokenizer.unk_token_id
+    detokenizer = IncrementalDetokenizer(tokenizer)
+    ids = tokenizer.encode("Tokyo", add_special_tokens=False)
+    streamed = "".join(detokenizer.push(i) for i in [*ids, space_and_lead_byte])
+    assert streamed == "Tokyo "
+    assert detokenizer.flush() == ""

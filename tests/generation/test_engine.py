@@ -4,7 +4,7 @@ import pytest
 
 from generation.runtime.engine import SamplingParams, make_engine
 from generation.runtime.loading import shared_model
-from generation.runtime.prompt import build_prompt
+from generation.runtime.prompt import encode_conversation
 from generation.runtime.worker import stop_token_ids
 
 QUESTIONS = [
@@ -22,7 +22,7 @@ def loaded(tiny_model_dir, settings):
 
 
 def prompts(loaded):
-    return [build_prompt(loaded.tokenizer, [{"role": "user", "content": q}], 4000)[0] for q in QUESTIONS]
+    return [encode_conversation(loaded.tokenizer, [{"role": "user", "content": q}]) for q in QUESTIONS]
 
 
 def generate(loaded, strategy, prompt_list, *, join_every=1, max_new_tokens=40):

@@ -286,8 +286,9 @@ async def test_a_failed_forward_pass_fails_its_batch_and_service_goes_on(make_se
 
 
 async def test_too_long_is_refused(make_service):
+    """A message that alone fills the model's context is refused."""
     service = await ready(await make_service(max_new_tokens=8000))
-    events = await collect(service.submit(user_id=1, messages=ask("word " * 400)))
+    events = await collect(service.submit(user_id=1, messages=ask("word " * 8200)))
     assert events[-1]["type"] == "error" and events[-1]["code"] == "too_long"
     assert service.running == {}
 

@@ -21,7 +21,7 @@ LIMITS = {
     "max_queue_size": 32,
     "max_active_per_user": 1,
     "queue_timeout_s": 300,
-    "max_new_tokens": 6000,
+    "max_new_tokens": 4000,  # at most half the context; still holds a slot
 }
 
 
@@ -29,7 +29,7 @@ LIMITS = {
 def one_slot(settings):
     """Start services with a cap of 1 and replies long enough to hold their slot."""
     settings.GENERATION_MAX_CONCURRENCY = 1
-    settings.GENERATION_MAX_NEW_TOKENS = 6000
+    settings.GENERATION_MAX_NEW_TOKENS = 4000
 
 
 async def test_raising_the_cap_in_the_console_admits_waiting_requests(one_slot, live, staff, console_socket):

@@ -1,10 +1,12 @@
 """The settings row: defaults, validation, audit, and the broadcast after commit."""
 
 import asyncio
+import json
 
 import pytest
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
+from django.core.exceptions import ValidationError
 
 from queueadmin import events, selectors, services
 from queueadmin.models import GenerationSettings, SettingsChange
@@ -115,3 +117,31 @@ def test_settings_admin_page_saves_through_the_service(
     assert response.status_code == 200  # the form again, with its error
     assert GenerationSettings.objects.get().max_new_tokens == 256
     assert SettingsChange.objects.get().changes == {"max_new_tokens": {"old": 512, "new": 256}}
+
+
+def test_console_form_bounds_max_new_tokens_by_the_models_context(staff_client):
+    """A reply budget that leaves the bundled model (8192 tokens of context) no
+    room for the question is refused with the bound named, which the form's
+    help text states beforehand."""
+    page = staff_client.get("/admin/queue/").content.decode()
+    assert "At most 4096 tokens: the model reads 8192 tokens in all" in page
+    response = staff_client.post("/admin/queue/", {**LIMITS, "max_new_tokens": 8162})
+    assert response.status_code == 400
+    assert response.context["form"].errors["max_new_tokens"] == [
+        "At most 4096 tokens: the model reads 8192 tokens in all, and half of them stay for the conversation."
+    ]
+    assert not GenerationSettings.objects.exists()
+    assert staff_client.post("/admin/queue/", {**LIMITS, "max_new_tokens": 4096}).status_code == 302
+
+
+def test_the_bound_follows_the_configured_model(staff, tiny_model_dir, settings):
+    """A Hugging Face folder's config.json gives the context; the service
+    refuses what the form would."""
+    config = json.loads((tiny_model_dir / "config.json").read_text())
+    folder = tiny_model_dir.parent / "short-context"
+    folder.mkdir(exist_ok=True)
+    (folder / "config.json").write_text(json.dumps({**config, "max_position_embeddings": 1024}))
+    settings.GENERATION_MODEL = str(folder)
+    with pytest.raises(ValidationError, match="At most 512 tokens: the model reads 1024"):
+        services.generation_settings_update(user=staff, values={**LIMITS, "max_new_tokens": 513})
+    assert services.generation_settings_update(user=staff, values=LIMITS).max_new_tokens == 512
