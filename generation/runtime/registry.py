@@ -9,10 +9,8 @@ reusing the model already loaded in this process.
 
 import asyncio
 
-import torch
 from django.conf import settings
 
-from generation.runtime.loading import shared_model
 from generation.runtime.requests import Limits
 from generation.runtime.service import GenerationService
 
@@ -40,6 +38,13 @@ def configured_model_loader():
     """
 
     def load():
+        # The model stack is imported here, in the model thread, so that
+        # importing the web app (every manage.py command, every page) does not
+        # import torch and transformers, which takes seconds.
+        import torch
+
+        from generation.runtime.loading import shared_model
+
         if settings.GENERATION_TORCH_THREADS:
             torch.set_num_threads(settings.GENERATION_TORCH_THREADS)
         return shared_model(

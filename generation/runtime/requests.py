@@ -23,7 +23,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
-from generation.runtime.engine import SamplingParams
+from generation.runtime.sampling import SamplingParams
 
 TERMINAL_EVENTS = frozenset({"done", "error"})
 

@@ -16,11 +16,14 @@ import os
 import socket
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-from generation.runtime.engine import SamplingParams
-from generation.runtime.loading import LoadedModel
 from generation.runtime.requests import GenerationHandle, GenerationRequest, Limits, State
+from generation.runtime.sampling import SamplingParams
 from generation.runtime.worker import ModelWorker, Report
+
+if TYPE_CHECKING:  # loading imports torch, which only the model thread needs
+    from generation.runtime.loading import LoadedModel
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +53,7 @@ class GenerationService:
     def __init__(
         self,
         *,
-        load: Callable[[], LoadedModel],
+        load: Callable[[], "LoadedModel"],
         limits: Limits,
         strategy: str = "batched",
         worker_name: str | None = None,
@@ -254,7 +257,7 @@ class GenerationService:
             self._trim_throughput(time.monotonic())
         self._admit()
 
-    def _on_loaded(self, loaded: LoadedModel) -> None:
+    def _on_loaded(self, loaded: "LoadedModel") -> None:
         self.model_state, self.model_name = "ready", loaded.name
 
     def _on_load_failed(self, message: str) -> None:

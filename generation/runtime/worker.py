@@ -11,11 +11,13 @@ import dataclasses
 import logging
 import threading
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from generation.runtime.detokenizer import IncrementalDetokenizer
-from generation.runtime.engine import make_engine
-from generation.runtime.loading import LoadedModel
 from generation.runtime.prompt import PromptTooLong, build_prompt
+
+if TYPE_CHECKING:  # the model stack is imported in the model thread only
+    from generation.runtime.loading import LoadedModel
 
 logger = logging.getLogger(__name__)
 
@@ -29,7 +31,7 @@ logger = logging.getLogger(__name__)
 Report = tuple
 
 
-def stop_token_ids(loaded: LoadedModel) -> set[int]:
+def stop_token_ids(loaded: "LoadedModel") -> set[int]:
     """EOS ids of the model plus the chat template's end-of-turn token."""
     ids = set()
     for candidate in (loaded.model.generation_config.eos_token_id, loaded.tokenizer.eos_token_id):
@@ -47,7 +49,7 @@ class ModelWorker:
     """Owns the model thread, its engine, and one detokenizer per sequence."""
 
     def __init__(
-        self, load: Callable[[], LoadedModel], deliver: Callable[[list[Report]], None], strategy: str
+        self, load: Callable[[], "LoadedModel"], deliver: Callable[[list[Report]], None], strategy: str
     ):
         self._load = load
         self._deliver = deliver
@@ -86,6 +88,10 @@ class ModelWorker:
 
     def _run(self) -> None:
         try:
+            # Imported here, in the model thread: torch takes seconds to import,
+            # and every manage.py command and web page would otherwise pay for it.
+            from generation.runtime.engine import make_engine
+
             loaded = self._load()
         except Exception as error:  # any failure leaves the service unable to serve
             logger.exception("Model load failed")

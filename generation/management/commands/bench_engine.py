@@ -15,11 +15,9 @@ import resource
 import statistics
 import time
 
-import torch
 from django.conf import settings
 from django.core.management.base import BaseCommand
 
-from generation.runtime.loading import shared_model
 from generation.runtime.requests import Limits
 from generation.runtime.service import GenerationService
 from queueadmin.stats import percentile
@@ -110,6 +108,12 @@ class Command(BaseCommand):
         parser.add_argument("--json", dest="json_path", help="Write the results to this file.")
 
     def handle(self, *args, **options):
+        # Imported here: bench_chat imports this module for its prompts and
+        # never runs the model, so it should not pay for importing torch.
+        import torch
+
+        from generation.runtime.loading import shared_model
+
         levels = [int(level) for level in options["concurrency"].split(",")]
         strategies = options["strategies"].split(",")
         cache_dir = settings.GENERATION_CACHE_DIR
