@@ -83,7 +83,7 @@ def model_context_tokens(setting: str) -> int | None:
     """The context length of the model GENERATION_MODEL names ("" is the bundled
     SmolLM2), or None when its files cannot be found or do not say; cached
     per process. Called when settings that depend on it are validated."""
-    from generation.runtime.loading import ModelLoadError, resolve_source
+    from generation.runtime.source import ModelLoadError, resolve_source
 
     try:
         source = resolve_source(setting)

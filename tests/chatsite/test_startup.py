@@ -35,6 +35,9 @@ for package in ("chatsite", "generation", "queueadmin"):
     for info in pkgutil.walk_packages(module.__path__, package + "."):
         if info.name not in {sorted(MODEL_STACK)!r} and ".migrations." not in info.name:
             importlib.import_module(info.name)
+# Validating the console's settings reads the model's context from its files.
+from generation.runtime.context import model_context_tokens
+assert model_context_tokens("") > 0
 print(",".join(name for name in {HEAVY!r} if name in sys.modules))
 """
 
@@ -55,7 +58,8 @@ def test_manage_py_check_does_not_import_torch_or_transformers():
 
 def test_app_modules_asgi_and_urls_import_without_the_model_stack():
     """Every app module, the URL configuration and the ASGI application (as
-    daphne loads it) import without torch or transformers; the model thread
-    imports them when it loads the model."""
+    daphne loads it) import without torch or transformers, and so does reading
+    the model's context for the settings form; the model thread imports them
+    when it loads the model."""
     result = run_python("-c", IMPORT_EVERYTHING)
     assert result.stdout.strip() == "", "imported at start-up: " + result.stdout.strip()
