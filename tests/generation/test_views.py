@@ -218,3 +218,11 @@ def test_a_huge_conversation_id_is_404(alice_client, path):
             reverse(name, args=[10**30]), json.dumps({"title": "t"}), content_type="application/json"
         )
         assert response.status_code == 404
+
+
+def test_the_message_box_does_not_cut_what_is_typed(alice_client):
+    """No maxlength on the message box: it counts UTF-16 units, so it cut a
+    paste of 8,000 emoji at 4,000; the page's script counts code points."""
+    page = alice_client.get("/").content.decode()
+    assert 'id="input"' in page
+    assert "maxlength" not in page
