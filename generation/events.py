@@ -9,6 +9,8 @@ from dataclasses import dataclass
 
 from django.conf import settings
 
+from generation import text
+
 # Plain words for the errors people can meet, by code. The service sends its
 # own messages too; these are what the chat shows, so that one place words them.
 ERROR_TEXT = {
@@ -46,9 +48,16 @@ class Cancel:
     """A `cancel` frame: stop this connection's active request."""
 
 
+# The most characters JSON can spend on one code point: an astral one (an
+# emoji) escaped as a surrogate pair, "\ud83d\ude00".
+MAX_ESCAPED_CHARS_PER_CODE_POINT = 12
+
+
 def max_frame_chars() -> int:
-    """The longest text frame worth parsing: the content limit, JSON-escaped, plus room."""
-    return settings.CHAT_MAX_MESSAGE_CHARS * 6 + 1024
+    """The longest text frame worth parsing: a content of CHAT_MAX_MESSAGE_CHARS
+    code points escaped as long as JSON allows, plus room for the other fields.
+    A hard cap, checked before parsing, so a huge frame costs no JSON work."""
+    return settings.CHAT_MAX_MESSAGE_CHARS * MAX_ESCAPED_CHARS_PER_CODE_POINT + 1024
 
 
 def parse_client_frame(text_data: str | None, bytes_data: bytes | None) -> Send | Cancel:
@@ -75,15 +84,12 @@ def parse_client_frame(text_data: str | None, bytes_data: bytes | None) -> Send 
     content = frame.get("content")
     if not isinstance(content, str):
         raise ClientError("invalid", "'content' must be a string.")
-    # NUL cannot be stored in PostgreSQL text and is never meaningful in chat;
-    # refusing it (rather than dropping it) keeps what was typed exact.
-    if "\x00" in content:
-        raise ClientError("invalid", "The message must not contain null characters.")
     if not content.strip():
         raise ClientError("invalid", "The message is empty.")
-    limit = settings.CHAT_MAX_MESSAGE_CHARS
-    if len(content) > limit:
-        raise ClientError("invalid", f"The message is longer than {limit} characters. Please shorten it.")
+    try:
+        text.check(content, what="message", limit=settings.CHAT_MAX_MESSAGE_CHARS)
+    except text.TextRefused as refused:
+        raise ClientError("invalid", str(refused)) from None
     return Send(conversation=conversation, content=content)
 
 

@@ -7,34 +7,49 @@ chat's tables. Each function is one transaction.
 from collections.abc import Callable
 from datetime import datetime
 
+from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from generation import selectors
+from generation import selectors, text
 from generation.models import Conversation, Message
 
 TITLE_CHARS = 60
+TITLE_MAX_CHARS = Conversation._meta.get_field("title").max_length
 
 
-def title_from_text(text: str) -> str:
-    """A sidebar title: the first line of the text, cut at a word near TITLE_CHARS."""
-    line = " ".join(text.split())
-    if len(line) <= TITLE_CHARS:
+def title_from_text(content: str) -> str:
+    """A sidebar title from a message's storable `content`: its words on one
+    line, cut at a word (never inside a grapheme cluster) near TITLE_CHARS
+    code points, with "…" when cut."""
+    line = " ".join(content.split())
+    if text.length(line) <= TITLE_CHARS:
         return line
-    cut = line[:TITLE_CHARS].rsplit(" ", 1)[0] or line[:TITLE_CHARS]
-    return cut + "…"
+    head = text.truncate(line, TITLE_CHARS)
+    return (head.rsplit(" ", 1)[0] or head) + "…"
 
 
 @transaction.atomic
 def conversation_create(*, owner, title: str = "") -> Conversation:
-    """Start an empty conversation for `owner`."""
-    return Conversation.objects.create(owner=owner, title=title[:200])
+    """Start an empty conversation for `owner`; a title longer than
+    TITLE_MAX_CHARS is cut between grapheme clusters.
+    Raises text.TextRefused for a title that cannot be stored (NUL, lone surrogate)."""
+    title = text.truncate(title, TITLE_MAX_CHARS)
+    return Conversation.objects.create(
+        owner=owner, title=text.check(title, what="title", limit=TITLE_MAX_CHARS)
+    )
 
 
 @transaction.atomic
 def conversation_rename(*, conversation: Conversation, title: str) -> Conversation:
-    """Give the conversation a new title (trimmed; at most 200 characters)."""
-    conversation.title = " ".join(title.split())[:200]
+    """Give the conversation a new title, its runs of whitespace made one space.
+
+    Raises text.TextRefused (nothing saved) for a title that cannot be stored
+    or is longer than TITLE_MAX_CHARS code points: the person's own words are
+    refused with a reason rather than cut.
+    """
+    title = text.check(" ".join(title.split()), what="title", limit=TITLE_MAX_CHARS)
+    conversation.title = title
     conversation.save(update_fields=["title"])
     return conversation
 
@@ -51,8 +66,11 @@ def user_message_create(*, owner, conversation_id: int | None, content: str) -> 
 
     `conversation_id` None starts a new conversation titled from `content`.
     Returns the message and the history to hand the generation service.
-    Raises Conversation.DoesNotExist when the id is not one of `owner`'s.
+    Raises Conversation.DoesNotExist when the id is not one of `owner`'s, and
+    text.TextRefused (nothing stored) for content that cannot be stored; the
+    socket checks the same first (events.parse_client_frame).
     """
+    text.check(content, what="message", limit=settings.CHAT_MAX_MESSAGE_CHARS)
     if conversation_id is None:
         conversation = Conversation.objects.create(owner=owner, title=title_from_text(content))
     else:
@@ -109,7 +127,9 @@ def assistant_message_finish(
     """
     usage, timings = usage or {}, timings or {}
     Message.objects.filter(pk=message_id).update(
-        content=content,
+        # The model's text is untrusted too, and a reply is never refused: what
+        # the database cannot hold (a NUL token) is stored as U+FFFD.
+        content=text.storable(content),
         status=status,
         finish_reason=finish_reason,
         error_code=error_code,

@@ -13,7 +13,7 @@ from django.http import Http404, JsonResponse
 from django.shortcuts import render
 from django.views.decorators.http import require_GET, require_POST
 
-from generation import selectors, services
+from generation import selectors, services, text
 from generation.models import Conversation
 
 
@@ -81,15 +81,23 @@ def conversation_detail(request, conversation_id: int):
 @login_required_json
 @require_POST
 def conversation_rename(request, conversation_id: int):
-    """Rename a conversation; the body is JSON {"title": "..."}."""
+    """Rename a conversation; the body is JSON {"title": "..."}.
+
+    Answers 400 with {"error": "<sentence>"} when the body is not such an
+    object, the title is empty, or it cannot be stored (generation.text).
+    """
     conversation = _own_conversation(request, conversation_id)
     try:
+        # A non-UTF-8 body is a UnicodeDecodeError, a ValueError.
         title = json.loads(request.body).get("title")
     except (ValueError, AttributeError, RecursionError):
         title = None
     if not isinstance(title, str) or not title.strip():
         return JsonResponse({"error": "Give the conversation a title."}, status=400)
-    conversation = services.conversation_rename(conversation=conversation, title=title)
+    try:
+        conversation = services.conversation_rename(conversation=conversation, title=title)
+    except text.TextRefused as refused:
+        return JsonResponse({"error": str(refused)}, status=400)
     return JsonResponse({"conversation": selectors.conversation_serialize(conversation)})
 
 

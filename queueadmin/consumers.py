@@ -24,7 +24,7 @@ logger = logging.getLogger(__name__)
 PUSH_INTERVAL_S = 0.5
 UNAUTHENTICATED = 4401
 FORBIDDEN = 4403
-REQUEST_ID = re.compile(r"^[0-9a-f]{1,64}$")
+REQUEST_ID = re.compile(r"[0-9a-f]{1,64}")  # fullmatch: "$" would let a trailing newline in
 MAX_FRAME_CHARS = 1000
 
 
@@ -66,7 +66,7 @@ class QueueConsumer(AsyncJsonWebsocketConsumer):
 
     async def cancel_request(self, request_id) -> None:
         """Cancel a queued or running request on whichever process has it."""
-        if not isinstance(request_id, str) or not REQUEST_ID.match(request_id):
+        if not isinstance(request_id, str) or not REQUEST_ID.fullmatch(request_id):
             await self.send_json({"type": "error", "code": "invalid"})
             return
         await control.acancel(request_id=request_id, by=self.user.get_username())

@@ -10,8 +10,13 @@ const $ = (id) => document.getElementById(id);
 const els = {
   chat: $("chat"), list: $("conversations"), newChat: $("new-chat"), messages: $("messages"),
   form: $("composer"), input: $("input"), send: $("send"), stop: $("stop"),
-  notice: $("notice"), connection: $("connection"), toggle: $("sidebar-toggle"),
+  notice: $("notice"), connection: $("connection"), toggle: $("sidebar-toggle"), count: $("count"),
 };
+
+// A message's length as the server counts it (generation/text.py): Unicode
+// code points, so an emoji is one character, not two UTF-16 units as
+// `String.length` would have it.
+const codePoints = (text) => [...text].length;
 
 // Fallback wording; the server's error frames carry their own message.
 const ERROR_TEXT = {
@@ -46,7 +51,11 @@ async function api(path, body) {
   };
   const response = await fetch(path, { credentials: "same-origin", ...options });
   if (response.status === 401) window.location.reload(); // back to the login form
-  if (!response.ok) throw new Error(`HTTP ${response.status}`);
+  if (!response.ok) {
+    // A refusal (400) says why in {"error": "..."}; show that, not a status code.
+    const { error } = await response.json().catch(() => ({}));
+    throw Object.assign(new Error(`HTTP ${response.status}`), { userMessage: error });
+  }
   return response.json();
 }
 
@@ -178,8 +187,8 @@ function showNotice(text) {
   els.notice.hidden = !text;
 }
 
-function showFailure() {
-  showNotice("That did not work. Please try again.");
+function showFailure(error) {
+  showNotice(error?.userMessage || "That did not work. Please try again.");
 }
 
 function setBusy(busy) {
@@ -210,11 +219,23 @@ function sendMessage(content) {
 function submitInput() {
   const content = els.input.value;
   if (!content.trim()) return;
-  if (content.length > config.maxChars) {
+  // Text over the limit stays in the box, whole: only the person cuts it.
+  if (codePoints(content) > config.maxChars) {
     showNotice(`Your message is longer than ${config.maxChars} characters. Please shorten it.`);
     return;
   }
-  if (sendMessage(content)) els.input.value = "";
+  if (sendMessage(content)) {
+    els.input.value = "";
+    updateCount();
+  }
+}
+
+// The counter appears near the limit and warns past it.
+function updateCount() {
+  const count = codePoints(els.input.value);
+  els.count.hidden = count < config.maxChars * 0.9;
+  els.count.textContent = `${count} / ${config.maxChars}`;
+  els.count.classList.toggle("over", count > config.maxChars);
 }
 
 // A message the server never accepted goes back into the input box, so that
@@ -224,6 +245,7 @@ function restorePending() {
   state.pending.el.remove();
   if (!els.input.value.trim()) els.input.value = state.pending.content;
   state.pending = null;
+  updateCount();
 }
 
 // Server frames ------------------------------------------------------------
@@ -342,6 +364,7 @@ els.form.addEventListener("submit", (event) => {
   event.preventDefault();
   submitInput();
 });
+els.input.addEventListener("input", updateCount);
 els.input.addEventListener("keydown", (event) => {
   // Enter during IME composition confirms the composition; it must not send.
   if (event.key !== "Enter" || event.shiftKey || event.isComposing || event.keyCode === 229) return;

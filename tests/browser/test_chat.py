@@ -86,3 +86,20 @@ def test_phone_width_has_no_horizontal_scroll(page):
     assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
     page.click("#sidebar-toggle")
     assert page.is_visible("#new-chat")
+
+
+def test_the_page_counts_characters_as_the_server_does(page):
+    """An emoji is one character on the page as on the server: 8,000 of them
+    are sent whole; one more stays in the box, whole, with a message and a
+    counter past the limit."""
+    emoji = "\U0001f600"
+    page.fill("#input", emoji * 8001)
+    page.press("#input", "Enter")
+    page.wait_for_selector("#notice >> text=longer than 8000 characters")
+    assert page.input_value("#input") == emoji * 8001
+    assert page.text_content("#count") == "8001 / 8000"
+    page.fill("#input", emoji * 8000)
+    page.press("#input", "Enter")
+    page.wait_for_selector(".message.user")
+    assert page.input_value("#input") == ""
+    assert page.text_content(".message.user .body") == emoji * 8000

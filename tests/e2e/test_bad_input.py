@@ -15,6 +15,7 @@ CORPUS = {
     "wrong field types": json.dumps({"type": "send", "conversation": "7", "content": ["hi"]}),
     "1 MB of content": json.dumps({"type": "send", "conversation": None, "content": "a" * 1_000_000}),
     "null bytes": json.dumps({"type": "send", "conversation": None, "content": "a\x00b"}),
+    "lone surrogate": '{"type": "send", "conversation": null, "content": "a\\ud800b"}',
     "deeply nested JSON": "[" * 200_000 + "]" * 200_000,
 }
 ROUNDS = 30

@@ -82,10 +82,21 @@ def test_csrf_is_enforced_on_forms(stack):
     assert refused.value.code == 403
 
 
-async def test_cross_origin_socket_is_refused(stack):
+@pytest.mark.parametrize(
+    "origin",
+    [
+        "http://evil.example",
+        "http://127.0.0.1:9999",  # the site's host on another port
+        "https://127.0.0.1:{port}",  # the site's host and port over another scheme
+    ],
+)
+async def test_cross_origin_socket_is_refused(stack, origin):
+    """Through nginx, a socket whose Origin differs from the site's in host,
+    port or scheme is refused with 403, session cookie or not."""
     cookie = await asyncio.to_thread(login, stack.url, "user2", PASSWORD)
+    origin = origin.format(port=stack.url.rsplit(":", 1)[1])
     with pytest.raises(websockets.exceptions.InvalidStatus) as refused:
-        await ChatSocket.open(stack.ws_url, cookie, origin="http://evil.example")
+        await ChatSocket.open(stack.ws_url, cookie, origin=origin)
     assert refused.value.response.status_code == 403
 
 

@@ -181,6 +181,9 @@ MALFORMED = [
     '{"type": "send", "conversation": null, "content": "  \\n "}',
     json.dumps(send_frame("x" * 8001)),
     json.dumps(send_frame("before\x00after")),
+    json.dumps(send_frame("lone \ud800 surrogate")),
+    '{"type": "send", "conversation": null, "content": "\\udfff"}',
+    json.dumps(send_frame("\U0001f600" * 8001)),
     "[" * 100_000 + "]" * 100_000,
     '{"a":' * 50_000 + "1" + "}" * 50_000,
 ]
@@ -200,6 +203,32 @@ async def test_malformed_frames_get_invalid_and_socket_stays_usable(service, ali
     assert await Message.objects.acount() == 0
     await chat.send_json_to(send_frame())
     assert (await receive_until(chat, "done"))[0]["type"] == "accepted"
+
+
+async def test_a_message_at_the_limit_is_stored_exactly_however_it_is_escaped(service, alice, connect_as):
+    """CHAT_MAX_MESSAGE_CHARS counts code points: 8,000 emoji, sent as escaped
+    JSON (12 characters each), pass the frame guard and are stored exactly,
+    as is text with RTL, zero-width and control characters; one emoji more
+    is refused for its length, not as a too-large frame."""
+    service.update_limits(max_new_tokens=1)
+    chat = await connect_as(alice)
+    for content in [
+        "\U0001f600" * 8000,
+        "\u202etxt.exe\u202c \u200b\u200d \x1b[1m\t\n\u05e9\u05dc\u05d5\u05dd",
+    ]:
+        await chat.send_to(json.dumps(send_frame(content)))  # ensure_ascii: every emoji is "\ud83d\ude00"
+        frames = [await chat.receive_json_from(TIMEOUT)]
+        assert frames[0]["type"] == "accepted", frames[0]
+        while frames[-1]["type"] not in ("done", "error"):
+            frames.append(await chat.receive_json_from(TIMEOUT))
+        stored = await Message.objects.aget(pk=frames[0]["user_message"])
+        assert stored.content == content
+    await chat.send_to(json.dumps(send_frame("\U0001f600" * 8001)))
+    refused = await chat.receive_json_from(TIMEOUT)
+    assert refused["code"] == "invalid"
+    assert refused["message"] == "The message is longer than 8000 characters. Please shorten it."
+    await chat.send_json_to(send_frame("hi", conversation=10**30))
+    assert (await chat.receive_json_from(TIMEOUT))["code"] == "not_found"
 
 
 async def test_message_limit_is_a_setting(service, alice, connect_as, settings):
@@ -224,7 +253,9 @@ async def test_other_users_conversation_is_not_found(service, alice, bob, connec
 
 async def test_unauthenticated_socket_is_closed_with_4401():
     """The real ASGI stack closes a socket without a session with code 4401."""
-    communicator = WebsocketCommunicator(application, "/ws/chat/", headers=[(b"origin", b"http://127.0.0.1")])
+    communicator = WebsocketCommunicator(
+        application, "/ws/chat/", headers=[(b"host", b"127.0.0.1"), (b"origin", b"http://127.0.0.1")]
+    )
     connected, _ = await communicator.connect(timeout=TIMEOUT)
     assert connected
     assert await communicator.receive_output(TIMEOUT) == {"type": "websocket.close", "code": 4401}
@@ -244,7 +275,7 @@ async def test_first_request_marks_a_dead_predecessors_replies_interrupted(alice
     )
     fresh_process = SweepOnFirstRequest(application.application)
     communicator = WebsocketCommunicator(
-        fresh_process, "/ws/chat/", headers=[(b"origin", b"http://127.0.0.1")]
+        fresh_process, "/ws/chat/", headers=[(b"host", b"127.0.0.1"), (b"origin", b"http://127.0.0.1")]
     )
     await communicator.connect(timeout=TIMEOUT)
     await communicator.disconnect(timeout=TIMEOUT)

@@ -5,7 +5,7 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from generation import selectors, services
+from generation import selectors, services, text
 from generation.models import Conversation, Message
 
 pytestmark = pytest.mark.django_db
@@ -118,3 +118,43 @@ def test_rename_and_delete(alice):
     assert Conversation.objects.get().title == "New name"
     services.conversation_delete(conversation=conversation)
     assert not Message.objects.exists()
+
+
+FAMILY = "\U0001f468\u200d\U0001f469\u200d\U0001f467\u200d\U0001f466"  # one grapheme, 7 code points
+
+
+def test_titles_are_never_cut_inside_a_grapheme(alice):
+    """A long first message without spaces is titled with whole characters as a
+    person sees them: no half family emoji, no letter without its accent."""
+    message, _ = services.user_message_create(owner=alice, conversation_id=None, content=FAMILY * 20)
+    assert message.conversation.title == FAMILY * 8 + "…"
+    assert services.title_from_text("x" + "e\u0301" * 40) == "x" + "e\u0301" * 29 + "…"
+
+
+def test_rename_refuses_untrusted_text_and_keeps_the_old_title(alice):
+    """A title that cannot be stored (NUL, lone surrogate) or is too long is
+    refused with a reason; nothing is saved."""
+    conversation = services.conversation_create(owner=alice, title="old")
+    for title in ("a\x00b", "a\udc80b", "x" * 201):
+        with pytest.raises(text.TextRefused):
+            services.conversation_rename(conversation=conversation, title=title)
+    conversation.refresh_from_db()
+    assert conversation.title == "old"
+
+
+def test_user_message_create_refuses_what_cannot_be_stored(alice):
+    """The service is the last gate: NUL and lone surrogates never reach a row."""
+    for content in ("a\x00b", "\ud800"):
+        with pytest.raises(text.TextRefused):
+            services.user_message_create(owner=alice, conversation_id=None, content=content)
+    assert not Conversation.objects.exists() and not Message.objects.exists()
+
+
+def test_a_reply_is_stored_whatever_the_model_wrote(alice):
+    """The model's text is untrusted too: a NUL or a lone surrogate in a reply
+    is stored as U+FFFD instead of failing the save."""
+    conversation = services.conversation_create(owner=alice, title="t")
+    reply = services.assistant_message_start(conversation_id=conversation.pk, request_id="r1")
+    services.assistant_message_finish(message_id=reply.pk, content="a\x00b\ud800c", status="complete")
+    reply.refresh_from_db()
+    assert (reply.content, reply.status) == ("a\ufffdb\ufffdc", "complete")

@@ -139,3 +139,90 @@ def test_admin_lists_and_searches_conversations(client, admin_user, alice):
     response = client.get(f"/admin/generation/conversation/{message.conversation_id}/change/")
     assert response.status_code == 200
     assert "about tea" in response.content.decode()
+
+
+# Untrusted text: every value a person may send gets a clear answer --------
+
+FAMILY = "\U0001f468\u200d\U0001f469\u200d\U0001f467\u200d\U0001f466"
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        (json.dumps({"title": "a\x00b"}), "null characters"),
+        (json.dumps({"title": "a\ud800b"}), "unpaired surrogate"),
+        ('{"title": "\\udfff"}', "unpaired surrogate"),
+        (json.dumps({"title": "x" * 201}), "longer than 200 characters"),
+        (json.dumps({"title": "\U0001f600" * 201}), "longer than 200 characters"),
+        (json.dumps({"title": 5}), "Give the conversation a title"),
+        (json.dumps({"title": ["a"]}), "Give the conversation a title"),
+        (json.dumps({"title": None}), "Give the conversation a title"),
+        (json.dumps(["title"]), "Give the conversation a title"),
+        ("\xff\xfe not UTF-8".encode("latin1"), "Give the conversation a title"),
+        ("[" * 100_000, "Give the conversation a title"),
+    ],
+    ids=[
+        "NUL",
+        "lone surrogate",
+        "escaped lone surrogate",
+        "201 characters",
+        "201 emoji",
+        "number",
+        "list",
+        "null",
+        "not an object",
+        "not UTF-8",
+        "nested too deeply",
+    ],
+)
+def test_rename_refuses_what_cannot_be_stored_with_a_reason(alice_client, alice, body, reason):
+    """A title that is not storable text, too long, or not a string is a 400
+    with a sentence saying why, never a 500, and the old title stays."""
+    conversation = services.conversation_create(owner=alice, title="old")
+    url = reverse("conversation-rename", args=[conversation.pk])
+    response = alice_client.post(url, body, content_type="application/json")
+    assert response.status_code == 400
+    assert reason in response.json()["error"]
+    conversation.refresh_from_db()
+    assert conversation.title == "old"
+
+
+@pytest.mark.parametrize(
+    "title",
+    [
+        "\U0001f600" * 200,
+        FAMILY * 28,
+        "\u202eevil.exe\u202c \u200bzero\u200dwidth \u05e9\u05dc\u05d5\u05dd",
+        "bell\x07 escape\x1b[0m",
+    ],
+    ids=["200 emoji", "28 family emoji", "RTL and zero-width", "controls"],
+)
+def test_rename_stores_any_text_within_the_limit_exactly(alice_client, alice, title):
+    """Emoji, joined emoji, RTL and zero-width marks and controls are text:
+    200 code points of them are stored and read back unchanged."""
+    conversation = services.conversation_create(owner=alice, title="old")
+    url = reverse("conversation-rename", args=[conversation.pk])
+    response = alice_client.post(url, json.dumps({"title": title}), content_type="application/json")
+    assert response.status_code == 200
+    assert response.json()["conversation"]["title"] == title
+    listed = alice_client.get(reverse("conversation-list")).json()["conversations"]
+    assert [c["title"] for c in listed] == [title]
+
+
+@pytest.mark.parametrize("path", ["/api/conversations/{}/", "/c/{}/"])
+def test_a_huge_conversation_id_is_404(alice_client, path):
+    """An id past the database's integer range is a conversation that does not exist."""
+    assert alice_client.get(path.format(10**30)).status_code == 404
+    for name in ("conversation-rename", "conversation-delete"):
+        response = alice_client.post(
+            reverse(name, args=[10**30]), json.dumps({"title": "t"}), content_type="application/json"
+        )
+        assert response.status_code == 404
+
+
+def test_the_message_box_does_not_cut_what_is_typed(alice_client):
+    """No maxlength on the message box: it counts UTF-16 units, so it cut a
+    paste of 8,000 emoji at 4,000; the page's script counts code points."""
+    page = alice_client.get("/").content.decode()
+    assert 'id="input"' in page
+    assert "maxlength" not in page
