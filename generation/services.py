@@ -7,10 +7,10 @@ chat's tables. Each function is one transaction.
 from collections.abc import Callable
 from datetime import datetime
 
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from generation import selectors
+from generation import selectors, watch
 from generation.models import Conversation, Message
 
 TITLE_CHARS = 60
@@ -41,8 +41,15 @@ def conversation_rename(*, conversation: Conversation, title: str) -> Conversati
 
 @transaction.atomic
 def conversation_delete(*, conversation: Conversation) -> None:
-    """Delete the conversation and its messages."""
+    """Delete the conversation and its messages.
+
+    A reply of it that is waiting or streaming must not go on for nobody:
+    once the delete commits, this process's live reply of it is cancelled
+    (generation.watch); other processes' watches notice within a second.
+    """
+    conversation_id = conversation.pk
     conversation.delete()
+    transaction.on_commit(lambda: watch.conversation_deleted(conversation_id))
 
 
 @transaction.atomic
@@ -78,17 +85,26 @@ def user_message_cancel(*, message_id: int) -> None:
     Message.objects.filter(pk=message_id).update(status=Message.Status.CANCELLED)
 
 
-@transaction.atomic
 def assistant_message_start(*, conversation_id: int, request_id: str, worker: str = "") -> Message:
     """Create the reply's row when its generation starts, in status generating,
-    marked with the process (`worker`) that generates it."""
-    return Message.objects.create(
-        conversation_id=conversation_id,
-        role=Message.Role.ASSISTANT,
-        status=Message.Status.GENERATING,
-        request_id=request_id,
-        worker=worker,
-    )
+    marked with the process (`worker`) that generates it.
+
+    Raises Conversation.DoesNotExist when the conversation was deleted while
+    the request waited (the foreign key fails when the row is committed).
+    """
+    try:
+        with transaction.atomic():
+            return Message.objects.create(
+                conversation_id=conversation_id,
+                role=Message.Role.ASSISTANT,
+                status=Message.Status.GENERATING,
+                request_id=request_id,
+                worker=worker,
+            )
+    except IntegrityError:
+        if Conversation.objects.filter(pk=conversation_id).exists():
+            raise
+        raise Conversation.DoesNotExist(f"Conversation {conversation_id} was deleted") from None
 
 
 @transaction.atomic
@@ -106,6 +122,7 @@ def assistant_message_finish(
 
     Unconditional on the row's current status, so that a reply that another
     process's startup sweep marked interrupted still gets its true ending.
+    A reply whose conversation was deleted has no row left: nothing is written.
     """
     usage, timings = usage or {}, timings or {}
     Message.objects.filter(pk=message_id).update(
