@@ -58,7 +58,8 @@ def user_message_create(*, owner, conversation_id: int | None, content: str) -> 
 
     `conversation_id` None starts a new conversation titled from `content`.
     Returns the message and the history to hand the generation service.
-    Raises Conversation.DoesNotExist when the id is not one of `owner`'s.
+    Raises Conversation.DoesNotExist when the id is not one of `owner`'s,
+    also when the conversation is deleted while the message is stored.
     """
     if conversation_id is None:
         conversation = Conversation.objects.create(owner=owner, title=title_from_text(content))
@@ -67,7 +68,13 @@ def user_message_create(*, owner, conversation_id: int | None, content: str) -> 
         if not conversation.title:
             conversation.title = title_from_text(content)
     conversation.updated = timezone.now()
-    conversation.save(update_fields=["title", "updated"])
+    # An update, not save(): a delete that landed since the read leaves no row
+    # to update, and that is the person's not_found, not a server error. Once
+    # updated, the row is locked until commit, so it cannot vanish under the insert.
+    if not Conversation.objects.filter(pk=conversation.pk).update(
+        title=conversation.title, updated=conversation.updated
+    ):
+        raise Conversation.DoesNotExist(f"Conversation {conversation.pk} was deleted")
     message = Message.objects.create(conversation=conversation, role=Message.Role.USER, content=content)
     return message, selectors.conversation_history_for_model(conversation=conversation)
 
