@@ -119,6 +119,8 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         conversation_id, message_id, history = await _store_user_message(
             self.user, command.conversation, command.content
         )
+        if not self.user.is_authenticated:
+            return  # revoked while storing: the message is kept, no reply is asked for
         handle = get_service().submit(
             user_id=self.user.pk,
             messages=history,
@@ -185,8 +187,9 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
                             request_id=handle.id,
                             worker=get_service().worker_name,
                         )
-                    except Conversation.DoesNotExist:
-                        self.conversation_gone(conversation_id)
+                    except Conversation.DoesNotExist:  # deleted while it waited
+                        self.orphaned = True
+                        handle.cancel()
                         continue
                     reply_id = reply.pk
                     await self.emit(events.started(handle.id, reply_id))
