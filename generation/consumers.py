@@ -15,7 +15,7 @@ from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.contrib.auth.models import AnonymousUser
 
-from generation import events, services
+from generation import events, services, watch
 from generation.models import Conversation, Message
 from generation.runtime.registry import get_service
 
@@ -25,7 +25,8 @@ logger = logging.getLogger(__name__)
 # saved; a cancelled reply stops before the model's next step, so this is
 # ample, and the reply is saved as interrupted if it is exceeded.
 DISCONNECT_GRACE_S = 5.0
-UNAUTHENTICATED = 4401
+UNAUTHENTICATED = watch.UNAUTHENTICATED
+DELETED_TEXT = "This conversation was deleted, so its reply was stopped."
 
 # Database helpers, wrapped once ------------------------------------------
 
@@ -61,12 +62,21 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         self.closed = False
         self.handle = None
         self.reply: asyncio.Task | None = None
+        self.watched: watch.Watched | None = None
+        self.orphaned = False  # the live reply's conversation was deleted
         # Accept first: a close before the handshake reaches browsers as 1006,
         # and the page needs 4401 to know it must log in again.
         await self.accept()
         if not self.user.is_authenticated:
             await self.close(code=UNAUTHENTICATED)
             return
+        self.watched = watch.Watched(
+            user_id=self.user.pk,
+            session_key=watch.session_key_of(self.scope),
+            revoke=self.revoke,
+            conversation_gone=self.conversation_gone,
+        )
+        watch.register(self.watched)
         # Opening the chat page starts the model load (a minute or two the
         # first time on a small machine), so the first message waits less.
         get_service()
@@ -76,6 +86,8 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             return  # closing with 4401; frames racing the close are dropped
         try:
             command = events.parse_client_frame(text_data, bytes_data)
+            if not await self.authorised():
+                return
             if isinstance(command, events.Cancel):
                 self.cancel_reply()
             else:
@@ -88,6 +100,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
 
     async def disconnect(self, code):
         self.closed = True
+        watch.unregister(self.watched)
         if self.reply is None or self.reply.done():
             return
         # The reply is cancelled (a queued one leaves the queue, a running one
@@ -109,36 +122,78 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         conversation_id, message_id, history = await _store_user_message(
             self.user, command.conversation, command.content
         )
+        if not self.user.is_authenticated:
+            return  # revoked while storing: the message is kept, no reply is asked for
         handle = get_service().submit(
             user_id=self.user.pk,
             messages=history,
             meta={"conversation": conversation_id, "message": message_id, "user": self.user.get_username()},
         )
         self.handle = handle
+        self.orphaned = False
         await self.send_json(events.accepted(handle.id, conversation_id, message_id))
         self.reply = asyncio.create_task(self.forward_reply(handle, conversation_id, message_id))
         self.reply.add_done_callback(_log_failure)
+        self.watched.conversation_id = conversation_id  # the watch stops it if deleted
 
     def cancel_reply(self) -> None:
         """Cancel this socket's reply, if any; a finished one is left alone."""
         if self.reply is not None and not self.reply.done():
             self.handle.cancel()
 
+    async def authorised(self) -> bool:
+        """Whether this socket's login still stands; if not, revoke it (one
+        check per frame, so an action sent before the watch's tick is refused)."""
+        code = await watch.averify(self.watched)
+        if code is not None:
+            await self.revoke(code)
+        return code is None
+
+    async def revoke(self, code: int) -> None:
+        """Called by the watch when this socket's login ended (logout,
+        deactivation, password change): stop the reply, which is saved as
+        cancelled, and close with `code` (4401), which sends the page to login."""
+        watch.unregister(self.watched)
+        self.user = AnonymousUser()  # frames racing the close are dropped
+        self.cancel_reply()
+        self.closed = True  # no frame after the close
+        await self.close(code=code)
+
+    def conversation_gone(self, conversation_id: int) -> None:
+        """Called on the loop when the live reply's conversation was deleted:
+        stop the reply; it ends with a `not_found` error instead of `done`."""
+        if self.reply is None or self.reply.done() or self.watched.conversation_id != conversation_id:
+            return
+        self.orphaned = True
+        self.handle.cancel()
+
     async def forward_reply(self, handle, conversation_id: int, user_message_id: int) -> None:
-        """Forward one reply's events and save it when it ends (runs as a task)."""
+        """Forward one reply's events and save it when it ends (runs as a task).
+
+        The conversation may be deleted at any moment; then the request is
+        cancelled, nothing more is forwarded, and the reply ends with a
+        `not_found` error (its rows are gone, so the saves write nothing).
+        """
         reply_id = None
         parts: list[str] = []
         try:
             async for event in handle:
                 kind = event["type"]
+                if self.orphaned and kind not in ("done", "error"):
+                    continue
                 if kind == "queued":
                     await self.emit(events.queued(handle.id, event["position"], event["waiting"]))
                 elif kind == "started":
-                    reply = await _start_reply(
-                        conversation_id=conversation_id,
-                        request_id=handle.id,
-                        worker=get_service().worker_name,
-                    )
+                    try:
+                        reply = await _start_reply(
+                            conversation_id=conversation_id,
+                            request_id=handle.id,
+                            worker=get_service().worker_name,
+                        )
+                    except Conversation.DoesNotExist:  # deleted while it waited
+                        self.orphaned = True
+                        handle.cancel()
+                        continue
                     reply_id = reply.pk
                     await self.emit(events.started(handle.id, reply_id))
                 elif kind == "token":
@@ -148,11 +203,11 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
                     # Cleared before saving: once saved, nothing may overwrite it.
                     saved, reply_id = reply_id, None
                     await self.save_done(saved, user_message_id, event)
-                    await self.emit(events.done(handle.id, saved, event))
+                    await self.emit(self.ending(handle.id, events.done(handle.id, saved, event)))
                 elif kind == "error":
                     saved, reply_id = reply_id, None
                     await self.save_error(saved, user_message_id, parts, event)
-                    await self.emit(events.service_error(handle.id, event))
+                    await self.emit(self.ending(handle.id, events.service_error(handle.id, event)))
         except asyncio.CancelledError:
             if reply_id is not None:
                 await _finish_reply(
@@ -171,6 +226,13 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
                 )
             await self.emit(events.error(handle.id, "internal"))
             raise
+        finally:
+            if self.watched is not None:
+                self.watched.conversation_id = None
+
+    def ending(self, request_id: str, frame: dict) -> dict:
+        """The reply's last frame: `frame`, or not_found if its conversation was deleted."""
+        return events.error(request_id, "not_found", DELETED_TEXT) if self.orphaned else frame
 
     async def save_done(self, reply_id: int | None, user_message_id: int, event: dict) -> None:
         """Write the reply once, with its final status, counts and timings; a

@@ -8,10 +8,10 @@ from collections.abc import Callable
 from datetime import datetime
 
 from django.conf import settings
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from generation import selectors, text
+from generation import selectors, text, watch
 from generation.models import Conversation, Message
 
 TITLE_CHARS = 60
@@ -56,8 +56,15 @@ def conversation_rename(*, conversation: Conversation, title: str) -> Conversati
 
 @transaction.atomic
 def conversation_delete(*, conversation: Conversation) -> None:
-    """Delete the conversation and its messages."""
+    """Delete the conversation and its messages.
+
+    A reply of it that is waiting or streaming must not go on for nobody:
+    once the delete commits, this process's live reply of it is cancelled
+    (generation.watch); other processes' watches notice within a second.
+    """
+    conversation_id = conversation.pk
     conversation.delete()
+    transaction.on_commit(lambda: watch.conversation_deleted(conversation_id))
 
 
 @transaction.atomic
@@ -66,7 +73,8 @@ def user_message_create(*, owner, conversation_id: int | None, content: str) -> 
 
     `conversation_id` None starts a new conversation titled from `content`.
     Returns the message and the history to hand the generation service.
-    Raises Conversation.DoesNotExist when the id is not one of `owner`'s, and
+    Raises Conversation.DoesNotExist when the id is not one of `owner`'s,
+    also when the conversation is deleted while the message is stored, and
     text.TextRefused (nothing stored) for content that cannot be stored; the
     socket checks the same first (events.parse_client_frame).
     """
@@ -78,7 +86,13 @@ def user_message_create(*, owner, conversation_id: int | None, content: str) -> 
         if not conversation.title:
             conversation.title = title_from_text(content)
     conversation.updated = timezone.now()
-    conversation.save(update_fields=["title", "updated"])
+    # An update, not save(): a delete that landed since the read leaves no row
+    # to update, and that is the person's not_found, not a server error. Once
+    # updated, the row is locked until commit, so it cannot vanish under the insert.
+    if not Conversation.objects.filter(pk=conversation.pk).update(
+        title=conversation.title, updated=conversation.updated
+    ):
+        raise Conversation.DoesNotExist(f"Conversation {conversation.pk} was deleted")
     message = Message.objects.create(conversation=conversation, role=Message.Role.USER, content=content)
     return message, selectors.conversation_history_for_model(conversation=conversation)
 
@@ -96,17 +110,26 @@ def user_message_cancel(*, message_id: int) -> None:
     Message.objects.filter(pk=message_id).update(status=Message.Status.CANCELLED)
 
 
-@transaction.atomic
 def assistant_message_start(*, conversation_id: int, request_id: str, worker: str = "") -> Message:
     """Create the reply's row when its generation starts, in status generating,
-    marked with the process (`worker`) that generates it."""
-    return Message.objects.create(
-        conversation_id=conversation_id,
-        role=Message.Role.ASSISTANT,
-        status=Message.Status.GENERATING,
-        request_id=request_id,
-        worker=worker,
-    )
+    marked with the process (`worker`) that generates it.
+
+    Raises Conversation.DoesNotExist when the conversation was deleted while
+    the request waited (the foreign key fails when the row is committed).
+    """
+    try:
+        with transaction.atomic():
+            return Message.objects.create(
+                conversation_id=conversation_id,
+                role=Message.Role.ASSISTANT,
+                status=Message.Status.GENERATING,
+                request_id=request_id,
+                worker=worker,
+            )
+    except IntegrityError:
+        if Conversation.objects.filter(pk=conversation_id).exists():
+            raise
+        raise Conversation.DoesNotExist(f"Conversation {conversation_id} was deleted") from None
 
 
 @transaction.atomic
@@ -124,6 +147,7 @@ def assistant_message_finish(
 
     Unconditional on the row's current status, so that a reply that another
     process's startup sweep marked interrupted still gets its true ending.
+    A reply whose conversation was deleted has no row left: nothing is written.
     """
     usage, timings = usage or {}, timings or {}
     Message.objects.filter(pk=message_id).update(

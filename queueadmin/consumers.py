@@ -5,7 +5,10 @@ payload (every process and the total, see selectors.console_payload) every
 PUSH_INTERVAL_S, and turns a Cancel click into a broadcast to the process
 that owns the request. Like /ws/chat/, it accepts and then closes an
 unwelcome socket, because browsers only see a close code after the
-handshake: 4401 without a login, 4403 for a user who is not staff.
+handshake: 4401 without a login, 4403 for a user who is not staff. The
+socket is watched (generation.watch) as staff-only: a logout, deactivation
+or password change closes it with 4401 and lost staff status with 4403,
+within a second, and each Cancel is checked again before it is sent.
 """
 
 import asyncio
@@ -16,14 +19,15 @@ import re
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.contrib.auth.models import AnonymousUser
 
+from generation import watch
 from generation.runtime.registry import get_service
 from queueadmin import control
 
 logger = logging.getLogger(__name__)
 
 PUSH_INTERVAL_S = 0.5
-UNAUTHENTICATED = 4401
-FORBIDDEN = 4403
+UNAUTHENTICATED = watch.UNAUTHENTICATED
+FORBIDDEN = watch.FORBIDDEN
 REQUEST_ID = re.compile(r"[0-9a-f]{1,64}")  # fullmatch: "$" would let a trailing newline in
 MAX_FRAME_CHARS = 1000
 
@@ -36,6 +40,7 @@ class QueueConsumer(AsyncJsonWebsocketConsumer):
     async def connect(self):
         self.user = self.scope.get("user") or AnonymousUser()
         self.pusher: asyncio.Task | None = None
+        self.watched: watch.Watched | None = None
         await self.accept()
         if not self.user.is_authenticated:
             await self.close(code=UNAUTHENTICATED)
@@ -45,6 +50,13 @@ class QueueConsumer(AsyncJsonWebsocketConsumer):
             return
         get_service()  # this process joins the cluster view if it had not yet
         self.pusher = asyncio.create_task(self.push_status())
+        self.watched = watch.Watched(
+            user_id=self.user.pk,
+            session_key=watch.session_key_of(self.scope),
+            revoke=self.revoke,
+            staff_required=True,
+        )
+        watch.register(self.watched)
 
     async def receive(self, text_data=None, bytes_data=None, **kwargs):
         if self.pusher is None:
@@ -59,6 +71,7 @@ class QueueConsumer(AsyncJsonWebsocketConsumer):
         await self.cancel_request(frame.get("request"))
 
     async def disconnect(self, code):
+        watch.unregister(self.watched)
         if self.pusher is not None:
             self.pusher.cancel()
 
@@ -69,8 +82,21 @@ class QueueConsumer(AsyncJsonWebsocketConsumer):
         if not isinstance(request_id, str) or not REQUEST_ID.fullmatch(request_id):
             await self.send_json({"type": "error", "code": "invalid"})
             return
+        code = await watch.averify(self.watched)
+        if code is not None:
+            await self.revoke(code)  # no longer staff, or logged out: refused
+            return
         await control.acancel(request_id=request_id, by=self.user.get_username())
         await self.send_json({"type": "cancel.sent", "request": request_id})
+
+    async def revoke(self, code: int) -> None:
+        """Called by the watch when this socket's access ended: stop pushing
+        and close with `code` (4401 logged out, 4403 no longer staff)."""
+        watch.unregister(self.watched)
+        if self.pusher is not None:
+            self.pusher.cancel()
+            self.pusher = None  # frames racing the close are dropped
+        await self.close(code=code)
 
     async def push_status(self) -> None:
         """Send the console payload until the socket closes (runs as a task)."""

@@ -12,8 +12,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from channels.auth import AuthMiddlewareStack
 from channels.testing import WebsocketCommunicator
 from django.conf import settings as django_settings
+from django.test import AsyncClient
 
 from generation.runtime.loading import cached_folder, resolve_source, shared_model
 from generation.runtime.requests import Limits
@@ -114,5 +116,35 @@ async def websocket_as():
     yield factory
     for communicator in opened:
         # Closing an already closed socket is harmless; the app just ends.
+        with contextlib.suppress(Exception):
+            await communicator.disconnect(timeout=10)
+
+
+@pytest.fixture
+async def websocket_logged_in():
+    """Log a user in through Django's login (a real session row) and open
+    WebSocket communicators to a consumer through the real session and auth
+    middleware with that session's cookie; closed at teardown.
+
+    Call it as `client, socket = await websocket_logged_in(ConsumerClass,
+    "/ws/path/", username, password)`; `client` is the logged-in AsyncClient,
+    for logging out or posting as that person.
+    """
+    opened = []
+
+    async def factory(consumer, path: str, username: str, password: str):
+        client = AsyncClient()
+        assert await client.alogin(username=username, password=password)
+        cookie = f"{django_settings.SESSION_COOKIE_NAME}={client.cookies[django_settings.SESSION_COOKIE_NAME].value}"
+        communicator = WebsocketCommunicator(
+            AuthMiddlewareStack(consumer.as_asgi()), path, headers=[(b"cookie", cookie.encode())]
+        )
+        connected, _ = await communicator.connect(timeout=10)
+        assert connected
+        opened.append(communicator)
+        return client, communicator
+
+    yield factory
+    for communicator in opened:
         with contextlib.suppress(Exception):
             await communicator.disconnect(timeout=10)

@@ -2,6 +2,7 @@
 
 import asyncio
 import functools
+import time
 
 import pytest
 
@@ -50,3 +51,25 @@ async def receive_until(communicator, kind: str, timeout: float = TIMEOUT) -> li
         frames.append(frame)
         if frame["type"] == kind:
             return frames
+
+
+async def close_code(communicator, within: float) -> int:
+    """The code the server closes the socket with, within `within` seconds;
+    frames before the close are skipped. Fails (TimeoutError) if it stays open."""
+    deadline = time.monotonic() + within
+    while True:
+        output = await communicator.receive_output(timeout=max(0.01, deadline - time.monotonic()))
+        if output["type"] == "websocket.close":
+            return output.get("code")
+
+
+async def reply_ending(communicator, within: float) -> tuple[dict, list[dict]]:
+    """The reply's terminal frame (done or error) and the frames before it,
+    within `within` seconds. Fails (TimeoutError) if the reply goes on."""
+    deadline = time.monotonic() + within
+    frames = []
+    while True:
+        frame = await communicator.receive_json_from(timeout=max(0.01, deadline - time.monotonic()))
+        if frame["type"] in ("done", "error"):
+            return frame, frames
+        frames.append(frame)

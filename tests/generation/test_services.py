@@ -158,3 +158,32 @@ def test_a_reply_is_stored_whatever_the_model_wrote(alice):
     services.assistant_message_finish(message_id=reply.pk, content="a\x00b\ud800c", status="complete")
     reply.refresh_from_db()
     assert (reply.content, reply.status) == ("a\ufffdb\ufffdc", "complete")
+
+
+def test_a_message_for_a_conversation_deleted_meanwhile_is_not_found(alice, monkeypatch):
+    """A follow-up that races the conversation's delete (the delete lands after
+    the conversation is read; injected here) is refused as not found, which
+    the chat shows as `not_found`, rather than failing as a server error."""
+    conversation = Conversation.objects.create(owner=alice, title="going")
+    read = selectors.conversation_get
+
+    def read_then_deleted(**kwargs):
+        found = read(**kwargs)
+        Conversation.objects.filter(pk=found.pk).delete()
+        return found
+
+    monkeypatch.setattr(selectors, "conversation_get", read_then_deleted)
+    with pytest.raises(Conversation.DoesNotExist):
+        services.user_message_create(owner=alice, conversation_id=conversation.pk, content="more")
+    assert not Message.objects.exists()
+
+
+def test_saving_a_reply_whose_conversation_was_deleted_writes_nothing(alice):
+    """The end of a reply whose conversation was deleted meanwhile (its rows
+    are gone) writes nothing and raises nothing."""
+    conversation = Conversation.objects.create(owner=alice)
+    reply = services.assistant_message_start(conversation_id=conversation.pk, request_id="r1")
+    conversation.delete()
+    services.assistant_message_finish(message_id=reply.pk, content="x", status=Message.Status.CANCELLED)
+    services.user_message_cancel(message_id=reply.pk)
+    assert not Message.objects.exists()
