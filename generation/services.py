@@ -46,11 +46,15 @@ def conversation_rename(*, conversation: Conversation, title: str) -> Conversati
 
     Raises text.TextRefused (nothing saved) for a title that cannot be stored
     or is longer than TITLE_MAX_CHARS code points: the person's own words are
-    refused with a reason rather than cut.
+    refused with a reason rather than cut. Raises Conversation.DoesNotExist
+    when the conversation was deleted meanwhile (another tab, another process).
     """
     title = text.check(" ".join(title.split()), what="title", limit=TITLE_MAX_CHARS)
+    # An update, not save(update_fields=...), which raises a bare DatabaseError
+    # when a delete landed since the conversation was read.
+    if not Conversation.objects.filter(pk=conversation.pk).update(title=title):
+        raise Conversation.DoesNotExist("The conversation was deleted.")
     conversation.title = title
-    conversation.save(update_fields=["title"])
     return conversation
 
 

@@ -98,6 +98,8 @@ def conversation_rename(request, conversation_id: int):
         conversation = services.conversation_rename(conversation=conversation, title=title)
     except text.TextRefused as refused:
         return JsonResponse({"error": str(refused)}, status=400)
+    except Conversation.DoesNotExist:
+        raise Http404("No such conversation.") from None
     return JsonResponse({"conversation": selectors.conversation_serialize(conversation)})
 
 
