@@ -1,12 +1,15 @@
 """Each generation service's link to the settings, the console and the statistics.
 
 `attach(service)` is called once by generation.runtime.registry when it
-starts a service, inside the running loop. It starts three tasks on that
+starts a service, inside the running loop. It starts four tasks on that
 loop:
 
-- listen: joins the control and status groups, applies the saved settings
-  row, then applies broadcast settings changes and console cancels, and
-  remembers the statuses the other processes publish;
+- follow: applies the saved settings row at once, whatever Redis does, and
+  reads it again every QUEUEADMIN_SETTINGS_CHECK_S seconds and after any
+  gap in the broadcast, so that a missed change is healed by its version;
+- listen: joins the control and status groups (again after any error),
+  applies broadcast settings changes and console cancels, and remembers the
+  statuses the other processes publish;
 - publish: about twice a second, publishes this process's status, sets the
   Prometheus gauges, and every SNAPSHOT_INTERVAL_S queues a snapshot while
   the process is busy;
@@ -25,6 +28,7 @@ import time
 
 from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
+from django.conf import settings
 
 from queueadmin import events, metrics, selectors
 from queueadmin.models import LIMIT_FIELDS
@@ -76,13 +80,17 @@ class Control:
         self.layer = get_channel_layer()
         self.stats = ServiceStats()
         self.channel: str | None = None
-        self.settings_version = -1  # none applied yet; env defaults are in force
+        # Settings versions start at 1 with the first save; 0 is the environment's defaults.
+        self.settings_version = 0  # the version this process runs
+        self.saved_version = 0  # the newest version known to be saved (database, broadcast, peers)
         self.peers: dict[str, tuple[float, dict]] = {}  # worker → (monotonic, status)
         self.recorder = StatsRecorder()
         self.tasks: list[asyncio.Task] = []
         self.closed = False
-        # Set once the groups are joined and the saved settings applied.
+        # Set once the groups are joined and the saved row has been read once.
         self.ready = asyncio.Event()
+        self._joined = self._loaded = False
+        self._reload = asyncio.Event()  # wakes the follow task to read the row now
         self._tokens_seen = 0  # tokens_total at the last publish, for the counter
         self._snapshot_tokens = 0
         self._snapshot_at = time.monotonic()
@@ -92,7 +100,7 @@ class Control:
         """Listen for records, start the tasks, and stop them with the service."""
         self.service.record_listeners.append(self._on_record)
         loop = self.service.loop
-        for run in (self._listen, self._publish, self._write):
+        for run in (self._follow, self._listen, self._publish, self._write):
             task = loop.create_task(run(), name=f"queueadmin-{run.__name__.strip('_')}")
             task.add_done_callback(_log_failure)
             self.tasks.append(task)
@@ -111,38 +119,74 @@ class Control:
             status = message["status"]
             if status["worker"] != self.service.worker_name:
                 self.peers[status["worker"]] = (time.monotonic(), status)
+                self._heard_of(status.get("settings_version"))
+
+    def _heard_of(self, version) -> None:
+        """A peer runs `version`: read the row now if that is newer than ours.
+
+        Asks once per new version, so a peer ahead of the database we read
+        (it cannot be, but a replica could lag) does not cost a query per status.
+        """
+        if isinstance(version, int) and version > max(self.saved_version, self.settings_version):
+            self.saved_version = version
+            self._reload.set()
 
     def apply_settings(self, limits: dict, version: int) -> None:
         """Apply saved limits unless a newer version is already in force."""
+        self.saved_version = max(self.saved_version, version)
         if version <= self.settings_version:
             return
         self.settings_version = version
         self.service.update_limits(**{name: limits[name] for name in LIMIT_FIELDS if name in limits})
         logger.info("%s applies settings version %d: %s", self.service.worker_name, version, limits)
 
+    async def _follow(self) -> None:
+        """Apply the saved row now, then again whenever it may have moved.
+
+        Reading the row does not wait for Redis, so a process started during
+        an outage runs the saved limits, not the environment's. After that it
+        is read every QUEUEADMIN_SETTINGS_CHECK_S seconds (one primary-key
+        query), and at once after a gap in the broadcast (_listen rejoined)
+        or when a peer reports a newer version: that bounds how long a missed
+        broadcast can leave this process behind.
+        """
+        while True:
+            self._reload.clear()
+            await self._load_settings()
+            self._loaded = True
+            self._mark_ready()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._reload.wait(), settings.QUEUEADMIN_SETTINGS_CHECK_S)
+
     async def _listen(self) -> None:
-        while self.layer is not None and self.channel is None:
-            try:
-                channel = await self.layer.new_channel(prefix="queueadmin")
-                await self._join(channel)
-                self.channel = channel
-            except Exception:
-                logger.exception("Could not join the control groups; retrying")
-                await asyncio.sleep(1)
-        # After joining, so that a change saved meanwhile reaches us one way or the other.
-        await self._load_settings()
-        self.ready.set()
+        if self.layer is not None:
+            # The default prefix: channels-redis has one receive loop per
+            # process, and whichever receive() holds its lock reads only the
+            # Redis list of its own prefix. A channel with a prefix of its own
+            # is starved while any other process-local channel is receiving.
+            self.channel = await self.layer.new_channel()
         while self.layer is not None:
             try:
+                if not self._joined:
+                    await self._join(self.channel)
+                    self._joined = True
+                    self._mark_ready()
+                    # A change may have been broadcast while we were not in the group.
+                    self._reload.set()
                 self.handle(await self.layer.receive(self.channel))
             except asyncio.CancelledError:
                 raise
-            except Exception:
-                logger.exception("Control message failed")
-                await asyncio.sleep(1)  # e.g. Redis is down; do not spin
-                # A restarted Redis has forgotten the groups: join again.
-                with contextlib.suppress(Exception):
-                    await self._join(self.channel)
+            except Exception as error:
+                # e.g. Redis is down; a restarted Redis has forgotten the groups.
+                logger.warning("Control channel failed (%s); joining again", error)
+                self._joined = False
+                await asyncio.sleep(1)  # do not spin
+        self._joined = True
+        self._mark_ready()
+
+    def _mark_ready(self) -> None:
+        if self._joined and self._loaded:
+            self.ready.set()
 
     async def _join(self, channel: str) -> None:
         for kind in (events.CONTROL, events.STATUS):
@@ -152,7 +196,9 @@ class Control:
         try:
             saved = await database_sync_to_async(selectors.generation_settings_saved)()
         except Exception as error:
-            logger.warning("Could not read the generation settings; keeping the defaults: %s", error)
+            logger.warning(
+                "Could not read the generation settings; keeping version %d: %s", self.settings_version, error
+            )
             return
         if saved is not None:
             self.apply_settings(*saved)
@@ -163,6 +209,7 @@ class Control:
         """This process's status: the service's, plus latencies and their samples."""
         status = self.service.status()
         status["latency"], status["samples"] = self.stats.latency()
+        status["settings_version"] = self.settings_version
         status["published"] = time.time()
         return status
 
@@ -174,7 +221,9 @@ class Control:
 
     def console_payload(self) -> dict:
         """What the console shows: see selectors.console_payload."""
-        return selectors.console_payload(self.cluster(), local_worker=self.service.worker_name)
+        return selectors.console_payload(
+            self.cluster(), local_worker=self.service.worker_name, saved_version=self.saved_version
+        )
 
     async def _publish(self) -> None:
         joined_at = time.monotonic()
