@@ -156,7 +156,8 @@ class Control:
             self._loaded = True
             self._mark_ready()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._reload.wait(), settings.QUEUEADMIN_SETTINGS_CHECK_S)
+                async with asyncio.timeout(settings.QUEUEADMIN_SETTINGS_CHECK_S):
+                    await self._reload.wait()
 
     async def _listen(self) -> None:
         if self.layer is not None:
@@ -173,7 +174,7 @@ class Control:
                     self._mark_ready()
                     # A change may have been broadcast while we were not in the group.
                     self._reload.set()
-                self.handle(await self.layer.receive(self.channel))
+                message = await self.layer.receive(self.channel)
             except asyncio.CancelledError:
                 raise
             except Exception as error:
@@ -181,6 +182,11 @@ class Control:
                 logger.warning("Control channel failed (%s); joining again", error)
                 self._joined = False
                 await asyncio.sleep(1)  # do not spin
+                continue
+            try:
+                self.handle(message)
+            except Exception:
+                logger.exception("Control message %r failed", message.get("type"))
         self._joined = True
         self._mark_ready()
 

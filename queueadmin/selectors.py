@@ -70,9 +70,7 @@ def _request_row(worker: str, item: dict) -> dict:
     return row
 
 
-def console_payload(
-    statuses: list[dict], *, local_worker: str | None = None, saved_version: int = 0
-) -> dict:
+def console_payload(statuses: list[dict], *, local_worker: str | None = None, saved_version: int = 0) -> dict:
     """The console's view of every process and of all together.
 
     `statuses` are the processes' published statuses (control.Control.status).

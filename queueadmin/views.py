@@ -32,8 +32,7 @@ def console(request):
         # Only each process knows what it runs: the table shows it, live.
         messages.success(
             request,
-            f"Settings saved as version {saved.version}; "
-            "each process below shows the version it runs.",
+            f"Settings saved as version {saved.version}; each process below shows the version it runs.",
         )
         return redirect("queueadmin:console")
     context = {
