@@ -5,8 +5,7 @@ starts a service, inside the running loop. It starts four tasks on that
 loop:
 
 - follow: applies the saved settings row at once, whatever Redis does, and
-  reads it again every QUEUEADMIN_SETTINGS_CHECK_S seconds and after any
-  gap in the broadcast, so that a missed change is healed by its version;
+  again whenever it may have moved (queueadmin.following);
 - listen: joins the control and status groups (again after any error),
   applies broadcast settings changes and console cancels, and remembers the
   statuses the other processes publish;
@@ -26,12 +25,10 @@ import contextlib
 import logging
 import time
 
-from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
-from django.conf import settings
 
 from queueadmin import events, metrics, selectors
-from queueadmin.models import LIMIT_FIELDS
+from queueadmin.following import SettingsFollower
 from queueadmin.recorder import StatsRecorder, interrupted_record
 from queueadmin.stats import ServiceStats
 
@@ -80,17 +77,14 @@ class Control:
         self.layer = get_channel_layer()
         self.stats = ServiceStats()
         self.channel: str | None = None
-        # Settings versions start at 1 with the first save; 0 is the environment's defaults.
-        self.settings_version = 0  # the version this process runs
-        self.saved_version = 0  # the newest version known to be saved (database, broadcast, peers)
+        self.settings = SettingsFollower(service)
         self.peers: dict[str, tuple[float, dict]] = {}  # worker → (monotonic, status)
         self.recorder = StatsRecorder()
         self.tasks: list[asyncio.Task] = []
         self.closed = False
         # Set once the groups are joined and the saved row has been read once.
         self.ready = asyncio.Event()
-        self._joined = self._loaded = False
-        self._reload = asyncio.Event()  # wakes the follow task to read the row now
+        self._joined = False
         self._tokens_seen = 0  # tokens_total at the last publish, for the counter
         self._snapshot_tokens = 0
         self._snapshot_at = time.monotonic()
@@ -112,52 +106,14 @@ class Control:
         """Apply one message from the control or status group."""
         kind = message.get("type")
         if kind == events.SETTINGS_CHANGED:
-            self.apply_settings(message["limits"], message["version"])
+            self.settings.apply(message["limits"], message["version"])
         elif kind == events.REQUEST_CANCEL:
             self.service.cancel(str(message["request"]))
         elif kind == events.WORKER_STATUS:
             status = message["status"]
             if status["worker"] != self.service.worker_name:
                 self.peers[status["worker"]] = (time.monotonic(), status)
-                self._heard_of(status.get("settings_version"))
-
-    def _heard_of(self, version) -> None:
-        """A peer runs `version`: read the row now if that is newer than ours.
-
-        Asks once per new version, so a peer ahead of the database we read
-        (it cannot be, but a replica could lag) does not cost a query per status.
-        """
-        if isinstance(version, int) and version > max(self.saved_version, self.settings_version):
-            self.saved_version = version
-            self._reload.set()
-
-    def apply_settings(self, limits: dict, version: int) -> None:
-        """Apply saved limits unless a newer version is already in force."""
-        self.saved_version = max(self.saved_version, version)
-        if version <= self.settings_version:
-            return
-        self.settings_version = version
-        self.service.update_limits(**{name: limits[name] for name in LIMIT_FIELDS if name in limits})
-        logger.info("%s applies settings version %d: %s", self.service.worker_name, version, limits)
-
-    async def _follow(self) -> None:
-        """Apply the saved row now, then again whenever it may have moved.
-
-        Reading the row does not wait for Redis, so a process started during
-        an outage runs the saved limits, not the environment's. After that it
-        is read every QUEUEADMIN_SETTINGS_CHECK_S seconds (one primary-key
-        query), and at once after a gap in the broadcast (_listen rejoined)
-        or when a peer reports a newer version: that bounds how long a missed
-        broadcast can leave this process behind.
-        """
-        while True:
-            self._reload.clear()
-            await self._load_settings()
-            self._loaded = True
-            self._mark_ready()
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(settings.QUEUEADMIN_SETTINGS_CHECK_S):
-                    await self._reload.wait()
+                self.settings.heard_of(status.get("settings_version"))
 
     async def _listen(self) -> None:
         if self.layer is not None:
@@ -173,7 +129,7 @@ class Control:
                     self._joined = True
                     self._mark_ready()
                     # A change may have been broadcast while we were not in the group.
-                    self._reload.set()
+                    self.settings.gap()
                 message = await self.layer.receive(self.channel)
             except asyncio.CancelledError:
                 raise
@@ -190,24 +146,16 @@ class Control:
         self._joined = True
         self._mark_ready()
 
+    async def _follow(self) -> None:
+        await self.settings.run(on_read=self._mark_ready)
+
     def _mark_ready(self) -> None:
-        if self._joined and self._loaded:
+        if self._joined and self.settings.loaded:
             self.ready.set()
 
     async def _join(self, channel: str) -> None:
         for kind in (events.CONTROL, events.STATUS):
             await self.layer.group_add(events.group_name(kind), channel)
-
-    async def _load_settings(self) -> None:
-        try:
-            saved = await database_sync_to_async(selectors.generation_settings_saved)()
-        except Exception as error:
-            logger.warning(
-                "Could not read the generation settings; keeping version %d: %s", self.settings_version, error
-            )
-            return
-        if saved is not None:
-            self.apply_settings(*saved)
 
     # Status, metrics and snapshots ------------------------------------
 
@@ -215,7 +163,7 @@ class Control:
         """This process's status: the service's, plus latencies and their samples."""
         status = self.service.status()
         status["latency"], status["samples"] = self.stats.latency()
-        status["settings_version"] = self.settings_version
+        status["settings_version"] = self.settings.version
         status["published"] = time.time()
         return status
 
@@ -228,7 +176,7 @@ class Control:
     def console_payload(self) -> dict:
         """What the console shows: see selectors.console_payload."""
         return selectors.console_payload(
-            self.cluster(), local_worker=self.service.worker_name, saved_version=self.saved_version
+            self.cluster(), local_worker=self.service.worker_name, saved_version=self.settings.saved_version
         )
 
     async def _publish(self) -> None:
