@@ -9,15 +9,13 @@ after the gap in the broadcast.
 """
 
 import os
-import shutil
 import subprocess
 import sys
 import time
 
 import pytest
-import redis
 
-from tests.live import ROOT, daphne, free_port, prepare_database
+from tests.live import ROOT, daphne, prepare_database, redis_server
 from tests.polling import poll
 from tests.queueadmin.test_two_processes import SEED, own_cap, status
 
@@ -25,53 +23,11 @@ SAVE = "from queueadmin import services; services.generation_settings_update(use
 BOUND_S = 10  # after Redis is back, every process runs the saved version within this
 
 
-class RedisServer:
-    """A throw-away redis-server on `port` that keeps nothing on disk; it can
-    be stopped and started again on the same port, as an outage would."""
-
-    def __init__(self, port: int, folder):
-        self.port, self.folder, self.process = port, folder, None
-
-    def start(self) -> None:
-        self.process = subprocess.Popen(
-            [
-                "redis-server",
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ],
-            cwd=self.folder,
-            stdout=subprocess.DEVNULL,
-        )
-        poll(self.answers, timeout=10)
-
-    def stop(self) -> None:
-        if self.process is not None:
-            self.process.terminate()
-            self.process.wait(10)
-            self.process = None
-
-    def answers(self) -> bool:
-        try:
-            return redis.Redis(port=self.port, socket_timeout=1).ping()
-        except redis.RedisError:
-            return False
-
-
 @pytest.fixture
 def own_redis(tmp_path):
     """This test's own Redis, started; stopped at teardown whatever happened."""
-    if shutil.which("redis-server") is None:
-        pytest.skip("redis-server is not installed")
-    server = RedisServer(free_port(), tmp_path)
-    server.start()
-    yield server
-    server.stop()
+    with redis_server(tmp_path) as server:
+        yield server
 
 
 def test_limits_saved_while_redis_is_down_reach_every_process(own_redis, tiny_model_dir, tmp_path):

@@ -1,6 +1,7 @@
 """Two daphne processes sharing Redis and a database follow one settings change.
 
-Each process runs the tiny model with REDIS_URL set; a settings change made
+Each process runs the tiny model with REDIS_URL set (a redis-server of this
+module's own, so that no other test's flush can touch it); a settings change made
 by a third process (a service call through manage.py shell, as the console
 form would) reaches both within a second, and each sees the other's status,
 also while a staff console socket is open on one of them.
@@ -21,10 +22,8 @@ import pytest
 import websockets
 
 from generation.wsclient import TERMINAL, ChatSocket
-from tests.live import ROOT, daphne, prepare_database
+from tests.live import ROOT, daphne, prepare_database, redis_server
 from tests.polling import poll
-
-REDIS_URL = os.environ.get("QUEUEADMIN_TEST_REDIS_URL", "redis://127.0.0.1:6379/13")
 
 SEED = """
 import json
@@ -41,29 +40,21 @@ print(json.dumps({"session": session.session_key}))
 CHANGE = "from queueadmin import services; services.generation_settings_update(user=None, values={'max_concurrency': 3})"
 
 
-def redis_available() -> bool:
-    import redis
-
-    try:
-        client = redis.Redis.from_url(REDIS_URL, socket_timeout=1)
-        client.flushdb()  # this test's own database: no groups left from an earlier run
-        return True
-    except Exception:
-        return False
-
-
 @pytest.fixture(scope="module")
 def cluster(tiny_model_dir, tmp_path_factory):
     """Two daphne processes, "alpha" and "beta", for the whole module;
     yields (env, {name: status url}, session, {name: base url})."""
-    if not redis_available():
-        pytest.skip(f"Redis is not reachable at {REDIS_URL}")
     tmp_path = tmp_path_factory.mktemp("cluster")
+    with redis_server(tmp_path) as redis:
+        yield from _cluster(tiny_model_dir, tmp_path, redis.port)
+
+
+def _cluster(tiny_model_dir, tmp_path, redis_port: int):
     env = {
         **os.environ,
         "DJANGO_SETTINGS_MODULE": "chatsite.settings",
         "DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite3'}",
-        "REDIS_URL": REDIS_URL,
+        "REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
         "GENERATION_MODEL": str(tiny_model_dir),
         "GENERATION_DEVICE": "cpu",
         "GENERATION_MAX_CONCURRENCY": "1",
