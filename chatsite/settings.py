@@ -184,6 +184,11 @@ GENERATION_MAX_QUEUE = env_int("GENERATION_MAX_QUEUE", 32)
 GENERATION_MAX_NEW_TOKENS = env_int("GENERATION_MAX_NEW_TOKENS", 512)
 GENERATION_MAX_ACTIVE_PER_USER = env_int("GENERATION_MAX_ACTIVE_PER_USER", 1)
 GENERATION_QUEUE_TIMEOUT_S = env_int("GENERATION_QUEUE_TIMEOUT_S", 300)
+# How often each process reads the saved settings row, in case it missed a
+# broadcast (Redis down or restarted): the longest a process can lag a save.
+QUEUEADMIN_SETTINGS_CHECK_S = env_int("QUEUEADMIN_SETTINGS_CHECK_S", 5)
+if QUEUEADMIN_SETTINGS_CHECK_S < 1:
+    raise ImproperlyConfigured("QUEUEADMIN_SETTINGS_CHECK_S must be at least 1 (seconds).")
 # /metrics answers loopback requests, and any request that sends
 # "Authorization: Bearer <METRICS_TOKEN>" when this is set.
 METRICS_TOKEN = os.environ.get("METRICS_TOKEN", "")

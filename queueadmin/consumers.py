@@ -35,6 +35,12 @@ MAX_FRAME_CHARS = 1000
 class QueueConsumer(AsyncJsonWebsocketConsumer):
     """One staff member's live console."""
 
+    # No channel layer: the console reads its process's memory and sends
+    # cancels with group_send, so it never receives. A layer channel here would
+    # take channels-redis's one receive loop per process and starve the
+    # control channel (queueadmin.control) of cancels, settings and statuses.
+    channel_layer_alias = None
+
     # WebSocket event handlers -----------------------------------------
 
     async def connect(self):

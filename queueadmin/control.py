@@ -1,12 +1,14 @@
 """Each generation service's link to the settings, the console and the statistics.
 
 `attach(service)` is called once by generation.runtime.registry when it
-starts a service, inside the running loop. It starts three tasks on that
+starts a service, inside the running loop. It starts four tasks on that
 loop:
 
-- listen: joins the control and status groups, applies the saved settings
-  row, then applies broadcast settings changes and console cancels, and
-  remembers the statuses the other processes publish;
+- follow: applies the saved settings row at once, whatever Redis does, and
+  again whenever it may have moved (queueadmin.following);
+- listen: joins the control and status groups (again after any error),
+  applies broadcast settings changes and console cancels, and remembers the
+  statuses the other processes publish;
 - publish: about twice a second, publishes this process's status, sets the
   Prometheus gauges, and every SNAPSHOT_INTERVAL_S queues a snapshot while
   the process is busy;
@@ -23,11 +25,10 @@ import contextlib
 import logging
 import time
 
-from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 
 from queueadmin import events, metrics, selectors
-from queueadmin.models import LIMIT_FIELDS
+from queueadmin.following import SettingsFollower
 from queueadmin.recorder import StatsRecorder, interrupted_record
 from queueadmin.stats import ServiceStats
 
@@ -76,13 +77,14 @@ class Control:
         self.layer = get_channel_layer()
         self.stats = ServiceStats()
         self.channel: str | None = None
-        self.settings_version = -1  # none applied yet; env defaults are in force
+        self.settings = SettingsFollower(service)
         self.peers: dict[str, tuple[float, dict]] = {}  # worker → (monotonic, status)
         self.recorder = StatsRecorder()
         self.tasks: list[asyncio.Task] = []
         self.closed = False
-        # Set once the groups are joined and the saved settings applied.
+        # Set once the groups are joined and the saved row has been read once.
         self.ready = asyncio.Event()
+        self._joined = False
         self._tokens_seen = 0  # tokens_total at the last publish, for the counter
         self._snapshot_tokens = 0
         self._snapshot_at = time.monotonic()
@@ -92,7 +94,7 @@ class Control:
         """Listen for records, start the tasks, and stop them with the service."""
         self.service.record_listeners.append(self._on_record)
         loop = self.service.loop
-        for run in (self._listen, self._publish, self._write):
+        for run in (self._follow, self._listen, self._publish, self._write):
             task = loop.create_task(run(), name=f"queueadmin-{run.__name__.strip('_')}")
             task.add_done_callback(_log_failure)
             self.tasks.append(task)
@@ -104,58 +106,56 @@ class Control:
         """Apply one message from the control or status group."""
         kind = message.get("type")
         if kind == events.SETTINGS_CHANGED:
-            self.apply_settings(message["limits"], message["version"])
+            self.settings.apply(message["limits"], message["version"])
         elif kind == events.REQUEST_CANCEL:
             self.service.cancel(str(message["request"]))
         elif kind == events.WORKER_STATUS:
             status = message["status"]
             if status["worker"] != self.service.worker_name:
                 self.peers[status["worker"]] = (time.monotonic(), status)
-
-    def apply_settings(self, limits: dict, version: int) -> None:
-        """Apply saved limits unless a newer version is already in force."""
-        if version <= self.settings_version:
-            return
-        self.settings_version = version
-        self.service.update_limits(**{name: limits[name] for name in LIMIT_FIELDS if name in limits})
-        logger.info("%s applies settings version %d: %s", self.service.worker_name, version, limits)
+                self.settings.heard_of(status.get("settings_version"))
 
     async def _listen(self) -> None:
-        while self.layer is not None and self.channel is None:
-            try:
-                channel = await self.layer.new_channel(prefix="queueadmin")
-                await self._join(channel)
-                self.channel = channel
-            except Exception:
-                logger.exception("Could not join the control groups; retrying")
-                await asyncio.sleep(1)
-        # After joining, so that a change saved meanwhile reaches us one way or the other.
-        await self._load_settings()
-        self.ready.set()
+        if self.layer is not None:
+            # The default prefix: channels-redis has one receive loop per
+            # process, and whichever receive() holds its lock reads only the
+            # Redis list of its own prefix. A channel with a prefix of its own
+            # is starved while any other process-local channel is receiving.
+            self.channel = await self.layer.new_channel()
         while self.layer is not None:
             try:
-                self.handle(await self.layer.receive(self.channel))
+                if not self._joined:
+                    await self._join(self.channel)
+                    self._joined = True
+                    self._mark_ready()
+                    # A change may have been broadcast while we were not in the group.
+                    self.settings.gap()
+                message = await self.layer.receive(self.channel)
             except asyncio.CancelledError:
                 raise
+            except Exception as error:
+                # e.g. Redis is down; a restarted Redis has forgotten the groups.
+                logger.warning("Control channel failed (%s); joining again", error)
+                self._joined = False
+                await asyncio.sleep(1)  # do not spin
+                continue
+            try:
+                self.handle(message)
             except Exception:
-                logger.exception("Control message failed")
-                await asyncio.sleep(1)  # e.g. Redis is down; do not spin
-                # A restarted Redis has forgotten the groups: join again.
-                with contextlib.suppress(Exception):
-                    await self._join(self.channel)
+                logger.exception("Control message %r failed", message.get("type"))
+        self._joined = True
+        self._mark_ready()
+
+    async def _follow(self) -> None:
+        await self.settings.run(on_read=self._mark_ready)
+
+    def _mark_ready(self) -> None:
+        if self._joined and self.settings.loaded:
+            self.ready.set()
 
     async def _join(self, channel: str) -> None:
         for kind in (events.CONTROL, events.STATUS):
             await self.layer.group_add(events.group_name(kind), channel)
-
-    async def _load_settings(self) -> None:
-        try:
-            saved = await database_sync_to_async(selectors.generation_settings_saved)()
-        except Exception as error:
-            logger.warning("Could not read the generation settings; keeping the defaults: %s", error)
-            return
-        if saved is not None:
-            self.apply_settings(*saved)
 
     # Status, metrics and snapshots ------------------------------------
 
@@ -163,6 +163,7 @@ class Control:
         """This process's status: the service's, plus latencies and their samples."""
         status = self.service.status()
         status["latency"], status["samples"] = self.stats.latency()
+        status["settings_version"] = self.settings.version
         status["published"] = time.time()
         return status
 
@@ -174,7 +175,9 @@ class Control:
 
     def console_payload(self) -> dict:
         """What the console shows: see selectors.console_payload."""
-        return selectors.console_payload(self.cluster(), local_worker=self.service.worker_name)
+        return selectors.console_payload(
+            self.cluster(), local_worker=self.service.worker_name, saved_version=self.settings.saved_version
+        )
 
     async def _publish(self) -> None:
         joined_at = time.monotonic()

@@ -70,16 +70,21 @@ def _request_row(worker: str, item: dict) -> dict:
     return row
 
 
-def console_payload(statuses: list[dict], *, local_worker: str | None = None) -> dict:
+def console_payload(statuses: list[dict], *, local_worker: str | None = None, saved_version: int = 0) -> dict:
     """The console's view of every process and of all together.
 
     `statuses` are the processes' published statuses (control.Control.status).
+    `saved_version` is the newest settings version the caller knows to be
+    saved; `settings_version` is the newer of it and every process's, and a
+    worker whose own version is older is `behind` (it has not applied the
+    latest save yet). Version 0 means the environment's defaults.
     Each worker's latencies are its own; the totals' are computed over all
     processes' samples. Times are epoch seconds; `time` is the server's now,
     so a browser can show "waited 12 s" without trusting its own clock.
     """
     workers, running, waiting = [], [], []
     samples = {"ttft_ms": [], "queue_wait_ms": []}
+    saved_version = max([saved_version, *(status.get("settings_version", 0) for status in statuses)])
     for status in statuses:
         name, limits = status["worker"], status["limits"]
         workers.append(
@@ -95,6 +100,8 @@ def console_payload(statuses: list[dict], *, local_worker: str | None = None) ->
                 "tokens_per_s": status["tokens_per_s"],
                 "latency": status["latency"],
                 "published": status["published"],
+                "settings_version": status.get("settings_version", 0),
+                "behind": status.get("settings_version", 0) < saved_version,
             }
         )
         running += [_request_row(name, item) for item in status["running"]]
@@ -105,6 +112,7 @@ def console_payload(statuses: list[dict], *, local_worker: str | None = None) ->
     return {
         "type": events.CONSOLE_STATUS,
         "time": time.time(),
+        "settings_version": saved_version,
         "workers": workers,
         "total": {
             "workers": len(workers),

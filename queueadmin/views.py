@@ -8,6 +8,7 @@ non-staff instead of redirecting.
 
 import time
 
+from django.conf import settings
 from django.contrib import messages
 from django.contrib.admin import site
 from django.http import HttpResponse, HttpResponseForbidden, JsonResponse
@@ -27,9 +28,11 @@ def console(request):
     form = GenerationSettingsForm(request.POST or None, instance=selectors.generation_settings_get())
     if request.method == "POST" and form.is_valid():
         values = {name: form.cleaned_data[name] for name in form.Meta.fields}
-        before = services.generation_settings_update(user=request.user, values=values)
+        saved = services.generation_settings_update(user=request.user, values=values)
+        # Only each process knows what it runs: the table shows it, live.
         messages.success(
-            request, f"Settings saved (version {before.version}); every process applies them now."
+            request,
+            f"Settings saved as version {saved.version}; each process below shows the version it runs.",
         )
         return redirect("queueadmin:console")
     context = {
@@ -37,6 +40,7 @@ def console(request):
         "title": "Queue console",
         "form": form,
         "changes": selectors.settings_changes_recent(),
+        "settings_check_s": settings.QUEUEADMIN_SETTINGS_CHECK_S,
     }
     return render(request, "admin/queue/console.html", context, status=400 if form.errors else 200)
 

@@ -2,10 +2,13 @@
 
 The browser tests and the two-process test run daphne as a subprocess, on
 a database of their own that is migrated and seeded through manage.py, so
-they are independent of pytest-django's test database.
+they are independent of pytest-django's test database. Tests of several
+processes run a redis-server of their own (`redis_server`), which no other
+test flushes and which they may stop.
 """
 
 import json
+import shutil
 import socket
 import subprocess
 import sys
@@ -13,6 +16,11 @@ import time
 import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
+
+import pytest
+import redis
+
+from tests.polling import poll
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -71,3 +79,55 @@ def daphne(env: dict, log_path: Path):
                 server.wait(10)
             except subprocess.TimeoutExpired:
                 server.kill()
+
+
+class RedisServer:
+    """A throw-away redis-server on `port` that keeps nothing on disk; it can
+    be stopped and started again on the same port, as an outage would."""
+
+    def __init__(self, port: int, folder: Path):
+        self.port, self.folder, self.process = port, folder, None
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [
+                "redis-server",
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ],
+            cwd=self.folder,
+            stdout=subprocess.DEVNULL,
+        )
+        poll(self.answers, timeout=10)
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(10)
+            self.process = None
+
+    def answers(self) -> bool:
+        try:
+            return redis.Redis(port=self.port, socket_timeout=1).ping()
+        except redis.RedisError:
+            return False
+
+
+@contextmanager
+def redis_server(folder: Path):
+    """Run a RedisServer on a free port (skip the test without redis-server);
+    yield it started, and stop it afterwards."""
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not installed")
+    server = RedisServer(free_port(), folder)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()

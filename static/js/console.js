@@ -65,6 +65,10 @@
 
   // Rendering --------------------------------------------------------------
 
+  function version(number) {
+    return number ? "version " + number : "environment defaults";
+  }
+
   function renderWorkers(payload) {
     const rows = payload.workers.map((w) => {
       const tr = document.createElement("tr");
@@ -77,9 +81,15 @@
       cell(tr, w.tokens_per_s.toFixed(1), "num tokens");
       cell(tr, pair(w.latency.ttft_ms), "num ttft");
       cell(tr, pair(w.latency.queue_wait_ms), "num queue-wait");
+      const settings = cell(
+        tr,
+        version(w.settings_version) + (w.behind ? " (behind: " + version(payload.settings_version) + " is saved)" : ""),
+        "settings-version"
+      );
+      if (w.behind) settings.classList.add("behind");
       return tr;
     });
-    fillBody(root.querySelector("#workers"), rows, "No server process has reported yet.", 7);
+    fillBody(root.querySelector("#workers"), rows, "No server process has reported yet.", 8);
     const total = payload.total;
     const foot = root.querySelector("#total");
     foot.querySelector(".model").textContent = total.workers + " process" + (total.workers === 1 ? "" : "es");
@@ -88,6 +98,7 @@
     foot.querySelector(".tokens").textContent = total.tokens_per_s.toFixed(1);
     foot.querySelector(".ttft").textContent = pair(total.latency.ttft_ms);
     foot.querySelector(".queue-wait").textContent = pair(total.latency.queue_wait_ms);
+    foot.querySelector(".settings-version").textContent = "saved: " + version(payload.settings_version);
   }
 
   function renderRequests(payload) {

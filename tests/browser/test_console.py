@@ -1,5 +1,7 @@
 """The admin queue console in a real browser against a live daphne server."""
 
+import re
+
 import pytest
 
 from tests.browser.conftest import STAFF_PASSWORD, STAFF_USERNAME, USERNAME
@@ -48,6 +50,13 @@ def test_staff_watch_a_reply_change_the_cap_and_cancel(console, page):
     console.wait_for_selector(f"#changes td.summary:text-is('max_concurrency {old} → {new}')")
     console.wait_for_selector(f"#total .running:text-is('1 / {new}')")
     console.wait_for_selector(f"#workers tbody tr[data-worker] td.running:text-is('1 / {new}')")
+    # The save names its version, and the table shows the version the process runs.
+    message = console.text_content("ul.messagelist li.success")
+    version = re.search(r"saved as version (\d+); each process below shows the version it runs", message)[1]
+    console.wait_for_selector(
+        f"#workers tbody tr[data-worker] td.settings-version:text-is('version {version}')"
+    )
+    console.wait_for_selector(f"#total .settings-version:text-is('saved: version {version}')")
 
     console.click(f"{RUNNING_ROW} button.cancel")
     page.wait_for_selector(".message.assistant .status >> text=Stopped.")

@@ -54,11 +54,18 @@ async def test_raising_the_cap_in_the_console_admits_waiting_requests(one_slot, 
 
     victim = handles[1].id
     await socket.send_json_to({"type": "cancel", "request": victim})
-    assert await socket.receive_json_from(timeout=TIMEOUT) == {"type": "cancel.sent", "request": victim}
+    assert await next_answer(socket) == {"type": "cancel.sent", "request": victim}
     events = [event async for event in handles[1]]
     assert events[-1]["type"] == "done" and events[-1]["finish_reason"] == "cancelled"
     await socket.send_json_to({"type": "cancel", "request": "<script>"})
-    assert (await socket.receive_json_from(timeout=TIMEOUT))["type"] == "error"
+    assert (await next_answer(socket))["type"] == "error"
+
+
+async def next_answer(socket) -> dict:
+    """The next frame that is not a status push (those come every 0.5 s)."""
+    while (frame := await socket.receive_json_from(timeout=TIMEOUT))["type"] == "queue.status":
+        pass
+    return frame
 
 
 async def test_lowering_the_cap_lets_running_requests_finish(one_slot, live, staff):
@@ -92,3 +99,59 @@ async def test_a_service_started_later_reads_the_saved_row(one_slot, staff, tiny
         assert service.limits.queue_timeout_s == 42
     finally:
         service.stop()
+
+
+@pytest.fixture
+def check_every_second(settings):
+    """Processes re-read the saved row every second (set before `live` starts)."""
+    settings.QUEUEADMIN_SETTINGS_CHECK_S = 1
+
+
+class RedisDown:
+    """A channel layer whose broadcasts fail, as channels-redis's do while Redis is down."""
+
+    async def group_send(self, group, message):
+        raise ConnectionError("Connection refused")
+
+
+async def test_a_lost_broadcast_is_healed_by_reading_the_saved_row(
+    one_slot, check_every_second, live, staff, monkeypatch
+):
+    """A change saved while its broadcast fails is applied within the check
+    interval; the console flags the process as behind until it is."""
+    monkeypatch.setattr("queueadmin.services.get_channel_layer", RedisDown)
+    await database_sync_to_async(services.generation_settings_update)(
+        user=staff, values={"max_concurrency": 3}
+    )
+    await wait_for(lambda: live.limits.max_concurrency == 3, timeout=2.5)
+    from queueadmin import control
+
+    payload = control.current().console_payload()
+    [own] = payload["workers"]
+    assert own["settings_version"] == payload["settings_version"] == 1 and not own["behind"]
+
+
+def test_the_console_flags_a_process_behind_the_saved_version():
+    """A process running an older version than another, or than the row the
+    serving process read, is flagged; version 0 is the environment's defaults."""
+    from queueadmin.selectors import console_payload
+
+    def status(worker, version):
+        return {
+            "worker": worker,
+            "model": {"name": "m", "state": "ready", "error": ""},
+            "limits": {**LIMITS, "max_concurrency": 2},
+            "running": [],
+            "waiting": [],
+            "tokens_per_s": 0.0,
+            "latency": {},
+            "samples": {},
+            "published": 0.0,
+            "settings_version": version,
+        }
+
+    payload = console_payload([status("a", 3), status("b", 2), status("c", 0)], local_worker="a")
+    assert payload["settings_version"] == 3
+    assert [w["behind"] for w in payload["workers"]] == [False, True, True]
+    payload = console_payload([status("a", 3)], local_worker="a", saved_version=4)
+    assert payload["workers"][0]["behind"] and payload["settings_version"] == 4
