@@ -92,7 +92,19 @@ class QueueConsumer(AsyncJsonWebsocketConsumer):
         if code is not None:
             await self.revoke(code)  # no longer staff, or logged out: refused
             return
-        await control.acancel(request_id=request_id, by=self.user.get_username())
+        try:
+            await control.acancel(request_id=request_id, by=self.user.get_username())
+        except control.CancelNotSent:
+            await self.send_json(
+                {
+                    "type": "error",
+                    "code": "unavailable",
+                    "request": request_id,
+                    "message": "Redis is unreachable, so the cancel reached this server process only. "
+                    "Try again when Redis is back.",
+                }
+            )
+            return
         await self.send_json({"type": "cancel.sent", "request": request_id})
 
     async def revoke(self, code: int) -> None:

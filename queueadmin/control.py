@@ -57,16 +57,31 @@ def current() -> "Control | None":
     return _current
 
 
+class CancelNotSent(Exception):
+    """The cancel could not be broadcast (Redis is unreachable); it was applied
+    on this process only."""
+
+
 async def acancel(*, request_id: str, by: str) -> None:
-    """Cancel `request_id` on whichever process runs or queues it."""
+    """Cancel `request_id` on whichever process runs or queues it.
+
+    Applied on this process at once, then broadcast to the others (the
+    service ignores ids it does not hold, so hearing it twice is harmless).
+    Raises CancelNotSent when the broadcast fails, so the console can say so
+    instead of claiming a cancel that reached only this process.
+    """
     logger.info("%s cancels request %s from the console", by, request_id)
     layer = get_channel_layer()
     message = events.request_cancel(request_id=request_id, by=by)
+    if _current is not None:
+        _current.handle(message)
     if layer is None:
-        if _current is not None:
-            _current.handle(message)
         return
-    await layer.group_send(events.group_name(events.CONTROL), message)
+    try:
+        await layer.group_send(events.group_name(events.CONTROL), message)
+    except Exception as error:
+        logger.warning("Could not broadcast the cancel of %s: %s", request_id, error)
+        raise CancelNotSent(str(error)) from error
 
 
 class Control:

@@ -185,6 +185,8 @@
     socket.addEventListener("message", (event) => {
       const frame = JSON.parse(event.data);
       if (frame.type === "queue.status") render(frame);
+      else if (frame.type === "error" && frame.message) status.textContent = frame.message;
+      else if (frame.type === "cancel.sent") status.textContent = "Live";
     });
     socket.addEventListener("close", (event) => {
       root.dataset.connected = "false";

@@ -155,3 +155,22 @@ def test_the_console_flags_a_process_behind_the_saved_version():
     assert [w["behind"] for w in payload["workers"]] == [False, True, True]
     payload = console_payload([status("a", 3)], local_worker="a", saved_version=4)
     assert payload["workers"][0]["behind"] and payload["settings_version"] == 4
+
+
+async def test_a_console_cancel_while_redis_is_down_says_so_and_still_applies_here(
+    one_slot, live, staff, console_socket, monkeypatch
+):
+    """With Redis unreachable the console's Cancel still stops a reply on its
+    own process, and the console is told the other processes were not reached,
+    instead of the socket dying or claiming `cancel.sent`."""
+    handle = live.submit(user_id=101, messages=LONG)
+    socket = await console_socket(staff)
+    monkeypatch.setattr("queueadmin.control.get_channel_layer", RedisDown)
+    await socket.send_json_to({"type": "cancel", "request": handle.id})
+    answer = await next_answer(socket)
+    assert (answer["type"], answer["code"], answer["request"]) == ("error", "unavailable", handle.id)
+    assert "Redis" in answer["message"]
+    events = [event async for event in handle]
+    assert events[-1]["type"] == "done" and events[-1]["finish_reason"] == "cancelled"
+    await socket.send_json_to({"type": "cancel", "request": "ab"})  # the socket still answers
+    assert (await next_answer(socket))["type"] in ("cancel.sent", "error")
