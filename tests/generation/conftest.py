@@ -25,6 +25,23 @@ def bob(django_user_model):
 
 
 @pytest.fixture
+def deleted_after_read(monkeypatch):
+    """Make every read of a conversation delete it right after, as a delete
+    from another tab or process landing between a read and a write would."""
+    from generation import selectors
+    from generation.models import Conversation
+
+    read = selectors.conversation_get
+
+    def read_then_deleted(**kwargs):
+        found = read(**kwargs)
+        Conversation.objects.filter(pk=found.pk).delete()
+        return found
+
+    monkeypatch.setattr(selectors, "conversation_get", read_then_deleted)
+
+
+@pytest.fixture
 async def service(tiny_model):
     """This loop's generation service on the tiny model, with its model loaded."""
     svc = get_service()

@@ -160,19 +160,11 @@ def test_a_reply_is_stored_whatever_the_model_wrote(alice):
     assert (reply.content, reply.status) == ("a\ufffdb\ufffdc", "complete")
 
 
-def test_a_message_for_a_conversation_deleted_meanwhile_is_not_found(alice, monkeypatch):
+def test_a_message_for_a_conversation_deleted_meanwhile_is_not_found(alice, deleted_after_read):
     """A follow-up that races the conversation's delete (the delete lands after
     the conversation is read; injected here) is refused as not found, which
     the chat shows as `not_found`, rather than failing as a server error."""
     conversation = Conversation.objects.create(owner=alice, title="going")
-    read = selectors.conversation_get
-
-    def read_then_deleted(**kwargs):
-        found = read(**kwargs)
-        Conversation.objects.filter(pk=found.pk).delete()
-        return found
-
-    monkeypatch.setattr(selectors, "conversation_get", read_then_deleted)
     with pytest.raises(Conversation.DoesNotExist):
         services.user_message_create(owner=alice, conversation_id=conversation.pk, content="more")
     assert not Message.objects.exists()

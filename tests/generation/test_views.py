@@ -5,7 +5,7 @@ import json
 import pytest
 from django.urls import reverse
 
-from generation import selectors, services
+from generation import services
 from generation.models import Conversation, Message
 
 pytestmark = pytest.mark.django_db
@@ -228,18 +228,10 @@ def test_the_message_box_does_not_cut_what_is_typed(alice_client):
     assert "maxlength" not in page
 
 
-def test_rename_of_a_conversation_deleted_meanwhile_is_404(alice_client, alice, monkeypatch):
+def test_rename_of_a_conversation_deleted_meanwhile_is_404(alice_client, alice, deleted_after_read):
     """A rename that races the conversation's delete (another tab or process
     deletes it after the view has read it; injected here) answers 404, not 500."""
     conversation = services.conversation_create(owner=alice, title="old")
-    read = selectors.conversation_get
-
-    def read_then_deleted(**kwargs):
-        found = read(**kwargs)
-        Conversation.objects.filter(pk=found.pk).delete()
-        return found
-
-    monkeypatch.setattr(selectors, "conversation_get", read_then_deleted)
     url = reverse("conversation-rename", args=[conversation.pk])
     response = alice_client.post(url, json.dumps({"title": "new"}), content_type="application/json")
     assert response.status_code == 404

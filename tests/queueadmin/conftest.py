@@ -12,6 +12,21 @@ from tests.polling import wait_for
 
 TIMEOUT = 10
 LONG = [{"role": "user", "content": "hello"}]  # the tiny model does not stop on this
+# A valid settings form, to change one field at a time.
+LIMITS = {
+    "max_concurrency": 4,
+    "max_queue_size": 32,
+    "max_active_per_user": 1,
+    "queue_timeout_s": 300,
+    "max_new_tokens": 512,
+}
+
+
+async def next_answer(socket) -> dict:
+    """The console socket's next frame that is not a status push (those come every 0.5 s)."""
+    while (frame := await socket.receive_json_from(timeout=TIMEOUT))["type"] == "queue.status":
+        pass
+    return frame
 
 
 @pytest.fixture

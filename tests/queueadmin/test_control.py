@@ -12,17 +12,16 @@ from django.test import AsyncClient
 
 from queueadmin import services
 from tests.polling import wait_for
-from tests.queueadmin.conftest import LONG, TIMEOUT
+from tests.queueadmin.conftest import LIMITS as VALID_LIMITS
+from tests.queueadmin.conftest import LONG, TIMEOUT, next_answer
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 LIMITS = {
+    **VALID_LIMITS,
     "max_concurrency": 1,
-    "max_queue_size": 32,
-    "max_active_per_user": 1,
-    "queue_timeout_s": 300,
-    "max_new_tokens": 4000,  # at most half the context; still holds a slot
-}
+    "max_new_tokens": 4000,
+}  # at most half the context; holds a slot
 
 
 @pytest.fixture
@@ -59,13 +58,6 @@ async def test_raising_the_cap_in_the_console_admits_waiting_requests(one_slot, 
     assert events[-1]["type"] == "done" and events[-1]["finish_reason"] == "cancelled"
     await socket.send_json_to({"type": "cancel", "request": "<script>"})
     assert (await next_answer(socket))["type"] == "error"
-
-
-async def next_answer(socket) -> dict:
-    """The next frame that is not a status push (those come every 0.5 s)."""
-    while (frame := await socket.receive_json_from(timeout=TIMEOUT))["type"] == "queue.status":
-        pass
-    return frame
 
 
 async def test_lowering_the_cap_lets_running_requests_finish(one_slot, live, staff):

@@ -10,16 +10,9 @@ from django.core.exceptions import ValidationError
 
 from queueadmin import events, selectors, services
 from queueadmin.models import GenerationSettings, SettingsChange
+from tests.queueadmin.conftest import LIMITS
 
 pytestmark = pytest.mark.django_db
-
-LIMITS = {
-    "max_concurrency": 4,
-    "max_queue_size": 32,
-    "max_active_per_user": 1,
-    "queue_timeout_s": 300,
-    "max_new_tokens": 512,
-}
 
 
 @pytest.fixture

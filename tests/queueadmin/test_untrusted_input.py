@@ -6,24 +6,9 @@ import pytest
 
 from generation import services
 from queueadmin.models import GenerationSettings
-from tests.queueadmin.conftest import LONG, TIMEOUT
+from tests.queueadmin.conftest import LIMITS, LONG, next_answer
 
-LIMITS = {
-    "max_concurrency": 4,
-    "max_queue_size": 32,
-    "max_active_per_user": 1,
-    "queue_timeout_s": 300,
-    "max_new_tokens": 512,
-}
 BAD_NUMBERS = ["1\x00", "\U0001f600", "9" * 5000, "1e400", "", "1; DROP TABLE"]
-
-
-async def next_reply(socket) -> dict:
-    """The next frame that is not a status push."""
-    while True:
-        frame = await socket.receive_json_from(timeout=TIMEOUT)
-        if frame["type"] != "queue.status":
-            return frame
 
 
 @pytest.mark.django_db(transaction=True)
@@ -45,12 +30,12 @@ async def test_console_socket_refuses_malformed_cancels(live, staff, console_soc
     ]
     for frame in frames:
         await socket.send_to(text_data=frame)
-        assert (await next_reply(socket))["code"] == "invalid", frame[:40]
+        assert (await next_answer(socket))["code"] == "invalid", frame[:40]
     await socket.send_to(bytes_data=b"\x00\x01")
-    assert (await next_reply(socket))["code"] == "invalid"
+    assert (await next_answer(socket))["code"] == "invalid"
     assert handle.id in live.running
     await socket.send_json_to({"type": "cancel", "request": handle.id})
-    assert await next_reply(socket) == {"type": "cancel.sent", "request": handle.id}
+    assert await next_answer(socket) == {"type": "cancel.sent", "request": handle.id}
 
 
 @pytest.mark.django_db
