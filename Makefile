@@ -28,7 +28,7 @@ run: migrate
 	@echo "chatsite: serving on http://$(HOST):$(PORT)/ (the model loads on the first chat message)."
 	@echo "To get a login: make user  (or: $(BIN)/python manage.py createsuperuser)"
 	@echo ""
-	$(BIN)/daphne -b $(HOST) -p $(PORT) chatsite.asgi:application
+	$(BIN)/daphne --ping-interval 5 --ping-timeout 5 -b $(HOST) -p $(PORT) chatsite.asgi:application
 
 user: migrate
 	$(BIN)/python manage.py createsuperuser
