@@ -21,10 +21,9 @@ import pytest
 import websockets
 
 from generation.wsclient import login
+from tests.conftest import build_tiny_model
 from tests.live import PING_INTERVAL_S, PING_TIMEOUT_S, ROOT, daphne, prepare_database
 from tests.polling import wait_for
-
-pytestmark = pytest.mark.real_model
 
 USERNAME, PASSWORD = "reader", "reader-pass-123"
 SEED = f"""
@@ -33,10 +32,10 @@ from django.contrib.auth import get_user_model
 get_user_model().objects.create_user({USERNAME!r}, password={PASSWORD!r})
 print(json.dumps({{}}))
 """
-# Far more than the model writes in the test's time, and a question whose
-# greedy answer runs long: a reply that ends on its own would hide a reply
-# that outlives its reader.
-MAX_NEW_TOKENS = 6000
+# A reply that ends on its own would hide one that outlives its reader, on a
+# fast machine sooner: the model below never ends one, and this limit is far
+# beyond what any machine writes in the test's time.
+MAX_NEW_TOKENS = 500_000
 LONG_QUESTION = "Tell me a long story."
 
 # The frozen client: logs in, asks for a reply, says when it started, then
@@ -61,16 +60,40 @@ asyncio.run(main(sys.argv[1]))
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    """A daphne on the bundled model (slow enough that a reply outlasts the
-    test) and its SQLite file; yields (base URL, database path)."""
+def endless_model(tmp_path_factory):
+    """The tiny test model, unable to end a reply on its own: its stop tokens'
+    (tied) embeddings are zero, so their logits are 0 while greedy decoding
+    always finds a larger one, and its context holds MAX_NEW_TOKENS."""
+    import torch
+    from transformers import AutoTokenizer, LlamaForCausalLM
+
+    folder = build_tiny_model(tmp_path_factory.mktemp("endless-model"))
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    model = LlamaForCausalLM.from_pretrained(folder)
+    stop_ids = {
+        model.config.eos_token_id,
+        tokenizer.eos_token_id,
+        tokenizer.convert_tokens_to_ids("<|im_end|>"),
+    }
+    with torch.no_grad():
+        for token in stop_ids:
+            model.model.embed_tokens.weight[token] = 0
+    model.config.max_position_embeddings = 2 * MAX_NEW_TOKENS
+    model.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def server(endless_model, tmp_path_factory):
+    """A daphne on the endless model and its SQLite file; yields (base URL,
+    database path)."""
     folder = tmp_path_factory.mktemp("gone-reader")
     database = folder / "db.sqlite3"
     env = {
         **os.environ,
         "DJANGO_SETTINGS_MODULE": "chatsite.settings",
         "DATABASE_URL": f"sqlite:///{database}",
-        "GENERATION_MODEL": "",
+        "GENERATION_MODEL": str(endless_model),
         "GENERATION_DEVICE": "cpu",
         "GENERATION_MAX_NEW_TOKENS": str(MAX_NEW_TOKENS),
         "DEBUG": "1",
