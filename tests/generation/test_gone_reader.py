@@ -25,11 +25,14 @@ from tests.conftest import build_tiny_model
 from tests.live import PING_INTERVAL_S, PING_TIMEOUT_S, ROOT, daphne, prepare_database
 from tests.polling import wait_for
 
-USERNAME, PASSWORD = "reader", "reader-pass-123"
+# One person per test, so that a reply one test leaves running (the fault
+# itself) cannot make the other's person busy.
+FLOODER, FROZEN, PASSWORD = "flooder", "frozen", "reader-pass-123"
 SEED = f"""
 import json
 from django.contrib.auth import get_user_model
-get_user_model().objects.create_user({USERNAME!r}, password={PASSWORD!r})
+get_user_model().objects.create_user({FLOODER!r}, password={PASSWORD!r})
+get_user_model().objects.create_user({FROZEN!r}, password={PASSWORD!r})
 print(json.dumps({{}}))
 """
 # A reply that ends on its own would hide one that outlives its reader, on a
@@ -159,7 +162,7 @@ async def test_a_flood_then_a_close_cancels_the_reply_at_once(server):
     seen at once, the reply is stored cancelled, and a new socket of the same
     person can chat within a couple of seconds."""
     url, database = server
-    cookie = await asyncio.to_thread(login, url, USERNAME, PASSWORD)
+    cookie = await asyncio.to_thread(login, url, FLOODER, PASSWORD)
     async with await open_chat(url, cookie) as connection:
         await connection.send(json.dumps({"type": "send", "conversation": None, "content": LONG_QUESTION}))
         started = await receive_until(connection, "started")
@@ -180,7 +183,7 @@ async def test_a_frozen_client_is_let_go_after_a_missed_ping(server):
     its person at `busy` only until daphne's ping goes unanswered."""
     url, database = server
     client = subprocess.Popen(
-        [sys.executable, "-c", FROZEN_CLIENT, url, USERNAME, PASSWORD, LONG_QUESTION],
+        [sys.executable, "-c", FROZEN_CLIENT, url, FROZEN, PASSWORD, LONG_QUESTION],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         text=True,
@@ -191,7 +194,7 @@ async def test_a_frozen_client_is_let_go_after_a_missed_ping(server):
         os.kill(client.pid, signal.SIGSTOP)
         frozen_at = time.monotonic()
 
-        cookie = await asyncio.to_thread(login, url, USERNAME, PASSWORD)
+        cookie = await asyncio.to_thread(login, url, FROZEN, PASSWORD)
         # daphne looks for idle sockets every 2 s, then waits for the pong.
         limit = PING_INTERVAL_S + 2 + PING_TIMEOUT_S + 2
         chatting_again = await chat_again(url, cookie, deadline=frozen_at + limit)
