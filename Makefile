@@ -52,7 +52,7 @@ run: migrate
 	@echo "The model starts loading when the chat page opens: a minute or two the first time."
 	@echo "To get a login: make user  (in another terminal)"
 	@echo ""
-	$(BIN)/daphne -b $(HOST) -p $(PORT) chatsite.asgi:application
+	$(BIN)/daphne --ping-interval 5 --ping-timeout 5 -b $(HOST) -p $(PORT) chatsite.asgi:application
 
 # Asks for a name and a password; with DJANGO_SUPERUSER_USERNAME,
 # DJANGO_SUPERUSER_EMAIL and DJANGO_SUPERUSER_PASSWORD in the environment it

@@ -45,7 +45,7 @@ start_daphne() { # $1: index, $2: port. A loop restarts daphne when it dies.
   local index=$1 port=$2
   GENERATION_WORKER_NAME=daphne-$index nohup bash -c '
     while [ ! -e "$0/stopping" ]; do
-      "$1/daphne" --proxy-headers -b 127.0.0.1 -p "$2" --access-log "$0/daphne-$3.access.log" \
+      "$1/daphne" --proxy-headers --ping-interval 5 --ping-timeout 5 -b 127.0.0.1 -p "$2" --access-log "$0/daphne-$3.access.log" \
         chatsite.asgi:application >>"$0/daphne-$3.log" 2>&1 &
       echo $! >"$0/daphne-$3.pid"
       wait $! || true

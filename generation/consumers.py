@@ -10,6 +10,7 @@ handler starts; the socket stays free to receive `cancel` meanwhile.
 import asyncio
 import contextlib
 import logging
+import time
 
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
@@ -18,6 +19,7 @@ from django.contrib.auth.models import AnonymousUser
 from generation import events, services, watch
 from generation.models import Conversation, Message
 from generation.runtime.registry import get_service
+from generation.throttle import TokenBucket
 
 logger = logging.getLogger(__name__)
 
@@ -27,6 +29,21 @@ logger = logging.getLogger(__name__)
 DISCONNECT_GRACE_S = 5.0
 UNAUTHENTICATED = watch.UNAUTHENTICATED
 DELETED_TEXT = "This conversation was deleted, so its reply was stopped."
+# Client frames per socket, as a token bucket. A person sends a message or a
+# stop now and then, so a burst of 20 and 10 a second never touch the page;
+# a flood is dropped as it arrives instead of queuing work, and the socket's
+# close, behind it.
+FRAME_BURST = 20
+FRAME_RATE_PER_S = 10.0
+# However many frames are dropped, at most one error says so per interval.
+SLOW_DOWN_NOTICE_INTERVAL_S = 1.0
+SLOW_DOWN = "Too many frames: slow down. Frames over the limit are dropped."
+# Over the limit, frames this short are still read, so that a cancel is
+# always honoured; longer ones are dropped unread, which keeps a drop cheap.
+CANCEL_FRAME_MAX_CHARS = 256
+# Replies whose socket is gone run on until their cancel lands and they are
+# saved; the loop holds tasks only weakly, so they are held here.
+_orphaned_replies: set[asyncio.Task] = set()
 
 # Database helpers, wrapped once ------------------------------------------
 
@@ -54,6 +71,26 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
     # No channel layer: a reply streams inside one process, so a chat socket
     # never needs Redis and keeps working while Redis restarts.
     channel_layer_alias = None
+
+    # Until connect runs (and for an app that ends before it does).
+    closed = False
+    handle = None
+    reply: asyncio.Task | None = None
+    watched = None
+    next_notice_at = 0.0
+
+    async def __call__(self, scope, receive, send):
+        """Run one socket. However it ends (a disconnect, a crash, or the server
+        cancelling the app, as daphne does when a closed socket's app has not
+        ended within application_close_timeout), its reply is cancelled and
+        still saved: a reply never outlives its reader."""
+        try:
+            await super().__call__(scope, self.throttled(receive), send)
+        finally:
+            if self.reply is not None and not self.reply.done():
+                _orphaned_replies.add(self.reply)
+                self.reply.add_done_callback(_orphaned_replies.discard)
+            self.reader_gone()
 
     # WebSocket event handlers -----------------------------------------
 
@@ -93,19 +130,17 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             else:
                 await self.start_reply(command)
         except events.ClientError as error:
-            await self.send_json(events.error(None, error.code, error.message))
+            await self.emit(events.error(None, error.code, error.message))
         except Exception:
             logger.exception("Chat frame failed")
-            await self.send_json(events.error(None, "internal"))
+            await self.emit(events.error(None, "internal"))
 
     async def disconnect(self, code):
-        self.closed = True
-        watch.unregister(self.watched)
-        if self.reply is None or self.reply.done():
-            return
         # The reply is cancelled (a queued one leaves the queue, a running one
         # frees its slot) and its forwarding task saves what it got.
-        self.handle.cancel()
+        self.reader_gone()
+        if self.reply is None or self.reply.done():
+            return
         try:
             await asyncio.wait_for(asyncio.shield(self.reply), DISCONNECT_GRACE_S)
         except TimeoutError:
@@ -129,9 +164,10 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             messages=history,
             meta={"conversation": conversation_id, "message": message_id, "user": self.user.get_username()},
         )
+        # The task is made before anything is sent: from here on, a reader
+        # that goes away (a failed send included) finds a reply to cancel.
         self.handle = handle
         self.orphaned = False
-        await self.send_json(events.accepted(handle.id, conversation_id, message_id))
         self.reply = asyncio.create_task(self.forward_reply(handle, conversation_id, message_id))
         self.reply.add_done_callback(_log_failure)
         self.watched.conversation_id = conversation_id  # the watch stops it if deleted
@@ -167,6 +203,45 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         self.orphaned = True
         self.handle.cancel()
 
+    def reader_gone(self) -> None:
+        """Called as soon as the socket can no longer be written to (disconnect,
+        a refused send, the app ending): nothing more is sent, the socket
+        leaves the watch, and the reply is cancelled; its forwarding task
+        still saves it."""
+        self.closed = True
+        watch.unregister(self.watched)
+        self.cancel_reply()
+
+    def throttled(self, receive):
+        """Wrap the ASGI `receive` so that client frames over the rate limit
+        are dropped here, before Channels dispatches them (a database
+        housekeeping hop per frame): a flood then costs microseconds a frame,
+        and the close queued behind it is seen at once."""
+        bucket = TokenBucket(burst=FRAME_BURST, rate=FRAME_RATE_PER_S)
+
+        async def receive_within_limit():
+            while True:
+                message = await receive()
+                if message["type"] != "websocket.receive" or bucket.take():
+                    return message
+                await self.drop_frame(message)
+
+        return receive_within_limit
+
+    async def drop_frame(self, message: dict) -> None:
+        """A frame over the rate limit: a short `cancel` is still honoured;
+        anything else is dropped, with one `invalid` notice per interval."""
+        text = message.get("text")
+        if text is not None and len(text) <= CANCEL_FRAME_MAX_CHARS:
+            with contextlib.suppress(events.ClientError):
+                if isinstance(events.parse_client_frame(text, None), events.Cancel):
+                    self.cancel_reply()
+                    return
+        now = time.monotonic()
+        if now >= self.next_notice_at:
+            self.next_notice_at = now + SLOW_DOWN_NOTICE_INTERVAL_S
+            await self.emit(events.error(None, "invalid", SLOW_DOWN))
+
     async def forward_reply(self, handle, conversation_id: int, user_message_id: int) -> None:
         """Forward one reply's events and save it when it ends (runs as a task).
 
@@ -177,6 +252,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         reply_id = None
         parts: list[str] = []
         try:
+            await self.emit(events.accepted(handle.id, conversation_id, user_message_id))
             async for event in handle:
                 kind = event["type"]
                 if self.orphaned and kind not in ("done", "error"):
@@ -265,18 +341,18 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
     async def emit(self, frame: dict) -> None:
         """Send a frame unless the socket has closed (the reply still gets saved).
 
-        The client can close between our check and the send, before
-        `disconnect` runs; the server then refuses the send (each ASGI server
-        with its own exception). The reply must still end and be saved, and
-        `disconnect` will cancel it, so the frame is dropped.
+        The client can close before `disconnect` runs (which may be late, or
+        never, if the server drops the app); the server then refuses the send,
+        each ASGI server with its own exception. That refusal is news that the
+        reader is gone: the frame is dropped and the reply cancelled at once.
         """
         if self.closed:
             return
         try:
             await self.send_json(frame)
         except Exception:
-            self.closed = True
             logger.debug("Dropped a %s frame for a closed socket", frame["type"])
+            self.reader_gone()
 
 
 def _log_failure(task: asyncio.Task) -> None:

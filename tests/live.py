@@ -23,6 +23,9 @@ import redis
 from tests.polling import poll
 
 ROOT = Path(__file__).resolve().parents[1]
+# As deployed (Makefile, deploy/stack.sh, the systemd unit; docs/deploy.md).
+PING_INTERVAL_S = 5
+PING_TIMEOUT_S = 5
 
 
 def free_port() -> int:
@@ -52,6 +55,10 @@ def daphne(env: dict, log_path: Path):
         server = subprocess.Popen(
             [
                 str(Path(sys.executable).with_name("daphne")),
+                "--ping-interval",
+                str(PING_INTERVAL_S),
+                "--ping-timeout",
+                str(PING_TIMEOUT_S),
                 "-b",
                 "127.0.0.1",
                 "-p",

@@ -1,6 +1,7 @@
 """The /ws/chat/ consumer against the real generation service on the tiny model."""
 
 import json
+import time
 
 import pytest
 from channels.db import database_sync_to_async
@@ -12,6 +13,7 @@ from generation.models import Conversation, Message
 from generation.recovery import SweepOnFirstRequest
 from generation.runtime.service import default_worker_name
 from tests.generation.conftest import TIMEOUT, receive_until
+from tests.polling import wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -19,6 +21,20 @@ pytestmark = pytest.mark.django_db(transaction=True)
 @database_sync_to_async
 def messages_of(conversation_id):
     return list(Message.objects.filter(conversation_id=conversation_id).order_by("created", "id"))
+
+
+async def stored_status(message_id, status):
+    """The stored message if it has `status` now, else None."""
+    message = await Message.objects.aget(pk=message_id)
+    return message if message.status == status else None
+
+
+async def receive_until_either(communicator, *kinds: str) -> list[dict]:
+    """Frames received up to and including the first of any type in `kinds`."""
+    frames = []
+    while not frames or frames[-1]["type"] not in kinds:
+        frames.append(await communicator.receive_json_from(timeout=TIMEOUT))
+    return frames
 
 
 def send_frame(content="hello", conversation=None):
@@ -320,3 +336,70 @@ async def test_a_send_refused_by_a_closing_socket_still_saves_the_request(
     assert not any(request.user_id == bob.pk for request in [*service.queue, *service.running.values()])
     await first.send_json_to({"type": "cancel"})
     await receive_until(first, "done")
+
+
+async def test_a_dropped_app_still_cancels_its_reply(service, alice, connect_as):
+    """Daphne cancels an app that is still busy 10 s after its client left
+    (application_close_timeout), so `disconnect` never runs. The reply must
+    stop anyway: stored as cancelled, its slot freed, and the same person able
+    to chat again at once."""
+    service.update_limits(max_new_tokens=4000)
+    chat = await connect_as(alice)
+    await chat.send_json_to(send_frame())
+    started = (await receive_until(chat, "started"))[-1]
+    chat.future.cancel()  # what daphne's application_checker does
+
+    reply = await wait_for(lambda: stored_status(started["message"], "cancelled"), timeout=3)
+    assert reply.completion_tokens < 4000
+    assert not any(r.user_id == alice.pk for r in [*service.queue, *service.running.values()])
+    again = await connect_as(alice)
+    await again.send_json_to(send_frame("still there?"))
+    assert (await receive_until_either(again, "started", "error"))[-1]["type"] == "started"
+    await again.send_json_to({"type": "cancel"})
+    await receive_until(again, "done")
+
+
+async def test_a_failed_send_cancels_the_reply_at_once(service, alice, connect_as, monkeypatch):
+    """A send the server refuses means the reader is gone (fault injected
+    here; some servers raise on a closed socket); the reply is cancelled then,
+    without waiting for a disconnect that may come late or never."""
+    service.update_limits(max_new_tokens=4000)
+    original = consumers.ChatConsumer.send_json
+
+    async def refuse_tokens(self, content, close=False):
+        if content["type"] == "token":
+            raise ConnectionError("send on a closed socket")
+        return await original(self, content, close)
+
+    monkeypatch.setattr(consumers.ChatConsumer, "send_json", refuse_tokens)
+    chat = await connect_as(alice)
+    await chat.send_json_to(send_frame())
+    started = (await receive_until(chat, "started"))[-1]
+
+    reply = await wait_for(lambda: stored_status(started["message"], "cancelled"), timeout=3)
+    assert reply.completion_tokens < 4000
+    assert not any(r.user_id == alice.pk for r in service.running.values())
+
+
+async def test_a_frame_flood_is_dropped_with_one_notice_and_cancel_still_works(service, alice, connect_as):
+    """A socket may not queue unbounded work: frames over the rate limit are
+    dropped with at most one `invalid` notice per second, and a `cancel` sent
+    in the flood is still honoured."""
+    service.update_limits(max_new_tokens=4000)
+    chat = await connect_as(alice)
+    await chat.send_json_to(send_frame())
+    await receive_until(chat, "started")
+    began = time.monotonic()
+    for _ in range(2000):
+        await chat.send_input({"type": "websocket.receive", "text": "{}"})
+    await chat.send_json_to({"type": "cancel"})
+    frames = await receive_until(chat, "done")
+    elapsed = time.monotonic() - began
+    assert frames[-1]["finish_reason"] == "cancelled"
+    errors = [frame for frame in frames if frame["type"] == "error"]
+    assert all(error["code"] == "invalid" for error in errors)
+    # The burst's own errors, those of frames let through as the bucket
+    # refills, and one notice to slow down a second: never one per frame.
+    allowed = consumers.FRAME_BURST + (consumers.FRAME_RATE_PER_S + 1) * (elapsed + 1)
+    assert len(errors) <= allowed, (len(errors), elapsed)
+    assert any("slow down" in error["message"] for error in errors)
