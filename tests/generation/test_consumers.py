@@ -205,8 +205,10 @@ MALFORMED = [
 ]
 
 
-async def test_malformed_frames_get_invalid_and_socket_stays_usable(service, alice, connect_as):
+async def test_malformed_frames_get_invalid_and_socket_stays_usable(service, alice, connect_as, monkeypatch):
     """Every malformed frame gets an `invalid` error; the socket keeps working."""
+    # More frames than the rate limit's burst; the limit has its own test.
+    monkeypatch.setattr(consumers, "FRAME_BURST", len(MALFORMED) + 10)
     service.update_limits(max_new_tokens=2)
     chat = await connect_as(alice)
     for text in MALFORMED:
