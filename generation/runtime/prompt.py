@@ -55,6 +55,14 @@ def _plain_tokenizer(tokenizer):
     return plain
 
 
+def prepare_tokenizer(tokenizer) -> None:
+    """Build the tokenizer's plain copy now; called by the model thread right
+    after the model loads. Building it takes most of a second, with the GIL
+    held while the tokenizers library parses the vocabulary: done at the first
+    prompt, it would stall the event loop and every stream for that long."""
+    _plain_tokenizer(tokenizer)
+
+
 def _added_ids(tokenizer) -> frozenset[int]:
     return frozenset(tokenizer.added_tokens_decoder)
 
