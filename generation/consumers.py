@@ -19,7 +19,7 @@ from django.contrib.auth.models import AnonymousUser
 from generation import events, services, watch
 from generation.models import Conversation, Message
 from generation.runtime.registry import get_service
-from generation.throttle import TokenBucket
+from generation.throttle import limit_frames
 
 logger = logging.getLogger(__name__)
 
@@ -213,20 +213,9 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         self.cancel_reply()
 
     def throttled(self, receive):
-        """Wrap the ASGI `receive` so that client frames over the rate limit
-        are dropped here, before Channels dispatches them (a database
-        housekeeping hop per frame): a flood then costs microseconds a frame,
-        and the close queued behind it is seen at once."""
-        bucket = TokenBucket(burst=FRAME_BURST, rate=FRAME_RATE_PER_S)
-
-        async def receive_within_limit():
-            while True:
-                message = await receive()
-                if message["type"] != "websocket.receive" or bucket.take():
-                    return message
-                await self.drop_frame(message)
-
-        return receive_within_limit
+        """The ASGI `receive`, with client frames over the rate limit dropped
+        before Channels dispatches them (generation.throttle.limit_frames)."""
+        return limit_frames(receive, burst=FRAME_BURST, rate=FRAME_RATE_PER_S, on_drop=self.drop_frame)
 
     async def drop_frame(self, message: dict) -> None:
         """A frame over the rate limit: a short `cancel` is still honoured;

@@ -1,11 +1,12 @@
 """A token bucket, to bound how fast one socket's frames are handled.
 
-Used by the chat consumer (generation.consumers) on every client frame; it
-lives on the event loop and is never shared between sockets, so it needs no
-lock.
+Used by the chat consumer (generation.consumers) and the console consumer
+(queueadmin.consumers) on every client frame; a bucket lives on the event
+loop and is never shared between sockets, so it needs no lock.
 """
 
 import time
+from collections.abc import Awaitable, Callable
 
 
 class TokenBucket:
@@ -32,3 +33,28 @@ class TokenBucket:
             self.tokens -= 1
             return True
         return False
+
+
+def limit_frames(
+    receive: Callable[[], Awaitable[dict]],
+    *,
+    burst: int,
+    rate: float,
+    on_drop: Callable[[dict], Awaitable[None]],
+) -> Callable[[], Awaitable[dict]]:
+    """Wrap a socket's ASGI `receive` so that client frames over `burst` /
+    `rate` (frames, frames per second) never reach the consumer: each one is
+    handed to `on_drop(message)` instead. Called once per socket, before
+    Channels dispatches anything, so a flood costs microseconds a frame (no
+    database housekeeping hop each) and the close queued behind it is seen
+    at once. Connect and disconnect messages always pass."""
+    bucket = TokenBucket(burst=burst, rate=rate)
+
+    async def receive_within_limit() -> dict:
+        while True:
+            message = await receive()
+            if message["type"] != "websocket.receive" or bucket.take():
+                return message
+            await on_drop(message)
+
+    return receive_within_limit

@@ -58,7 +58,7 @@ def _cluster(tiny_model_dir, tmp_path, redis_port: int):
         "GENERATION_MODEL": str(tiny_model_dir),
         "GENERATION_DEVICE": "cpu",
         "GENERATION_MAX_CONCURRENCY": "1",
-        "GENERATION_MAX_NEW_TOKENS": "6000",  # a reply that runs until it is cancelled
+        "GENERATION_MAX_NEW_TOKENS": "4000",  # runs until cancelled; within the console's bound
         "GENERATION_TORCH_THREADS": "1",
         "QUEUEADMIN_SETTINGS_CHECK_S": "30",
     }

@@ -1,10 +1,13 @@
 """Untrusted input to the console and the admin forms: a clear answer, nothing stored."""
 
+import asyncio
 import json
+import time
 
 import pytest
 
 from generation import services
+from queueadmin import consumers
 from queueadmin.models import GenerationSettings
 from tests.queueadmin.conftest import LIMITS, LONG, next_answer
 
@@ -90,3 +93,27 @@ def test_conversation_admin_refuses_a_nul_title(client, admin_user):
     assert "Null characters are not allowed." in response.content.decode()
     conversation.refresh_from_db()
     assert conversation.title == "old"
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_console_socket_drops_a_flood_of_cancels_with_one_notice(live, staff, console_socket):
+    """A console socket may not queue unbounded work either: 2,000 cancels sent
+    at once are not each checked and broadcast; those over the rate limit are
+    dropped with one `invalid` notice a second, and the socket still answers."""
+    socket = await console_socket(staff)
+    began = time.monotonic()
+    for _ in range(2000):
+        await socket.send_json_to({"type": "cancel", "request": "ab" * 16})
+    answers = []
+    while time.monotonic() - began < 3:
+        try:
+            answers.append(await asyncio.wait_for(next_answer(socket), 0.5))
+        except TimeoutError:
+            break
+    elapsed = time.monotonic() - began
+    allowed = consumers.FRAME_BURST + (consumers.FRAME_RATE_PER_S + 1) * (elapsed + 1)
+    assert len(answers) <= allowed, (len(answers), elapsed)
+    assert any(a["type"] == "error" and "slow down" in a.get("message", "") for a in answers)
+    await asyncio.sleep(1.0)  # the bucket refills
+    await socket.send_json_to({"type": "cancel", "request": "cd" * 16})
+    assert await next_answer(socket) == {"type": "cancel.sent", "request": "cd" * 16}
