@@ -11,6 +11,7 @@ import time
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.admin import site
+from django.core.exceptions import PermissionDenied
 from django.http import HttpResponse, HttpResponseForbidden, JsonResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_GET, require_http_methods
@@ -22,10 +23,24 @@ from queueadmin.forms import GenerationSettingsForm
 HISTORY_S = 3600
 
 
+CHANGE_PERMISSION = "queueadmin.change_generationsettings"
+
+
 @require_http_methods(["GET", "POST"])
 def console(request):
-    """The live console, and the settings form that changes every process's limits."""
+    """The live console, and the settings form that changes every process's limits.
+
+    Every staff member may watch and cancel; saving the limits needs the same
+    permission as the Generation settings admin page (403 otherwise), so that
+    taking it away in the admin takes it away here too.
+    """
+    can_change = request.user.has_perm(CHANGE_PERMISSION)
+    if request.method == "POST" and not can_change:
+        raise PermissionDenied("Changing the limits needs the 'Can change generation settings' permission.")
     form = GenerationSettingsForm(request.POST or None, instance=selectors.generation_settings_get())
+    if not can_change:
+        for field in form.fields.values():
+            field.disabled = True
     if request.method == "POST" and form.is_valid():
         values = {name: form.cleaned_data[name] for name in form.Meta.fields}
         saved = services.generation_settings_update(user=request.user, values=values)
@@ -39,6 +54,7 @@ def console(request):
         **site.each_context(request),
         "title": "Queue console",
         "form": form,
+        "can_change": can_change,
         "changes": selectors.settings_changes_recent(),
         "settings_check_s": settings.QUEUEADMIN_SETTINGS_CHECK_S,
     }

@@ -20,7 +20,9 @@ import json
 from django.contrib.auth import get_user_model
 from generation.models import Conversation, Message
 user = get_user_model().objects.create_user({USERNAME!r}, password={PASSWORD!r})
-get_user_model().objects.create_user({STAFF_USERNAME!r}, password={STAFF_PASSWORD!r}, is_staff=True)
+from django.contrib.auth.models import Permission
+keeper = get_user_model().objects.create_user({STAFF_USERNAME!r}, password={STAFF_PASSWORD!r}, is_staff=True)
+keeper.user_permissions.add(Permission.objects.get(codename="change_generationsettings"))
 conversation = Conversation.objects.create(owner=user, title={XSS!r})
 Message.objects.create(conversation=conversation, role="user", content="show me markup")
 Message.objects.create(conversation=conversation, role="assistant", content={XSS!r}, status="complete")

@@ -31,8 +31,19 @@ async def next_answer(socket) -> dict:
 
 @pytest.fixture
 def staff(django_user_model):
-    """A staff member (not a superuser: staff is what the console asks for)."""
-    return django_user_model.objects.create_user(username="sam", password="pw-sam-123", is_staff=True)
+    """A staff member who may change the limits (not a superuser: staff status
+    and that one permission are what the console asks for)."""
+    from django.contrib.auth.models import Permission
+
+    user = django_user_model.objects.create_user(username="sam", password="pw-sam-123", is_staff=True)
+    user.user_permissions.add(Permission.objects.get(codename="change_generationsettings"))
+    return user
+
+
+@pytest.fixture
+def watcher(django_user_model):
+    """A staff member without the permission to change the limits."""
+    return django_user_model.objects.create_user(username="wes", password="pw-wes-123", is_staff=True)
 
 
 @pytest.fixture

@@ -138,3 +138,16 @@ def test_the_bound_follows_the_configured_model(staff, tiny_model_dir, settings)
     with pytest.raises(ValidationError, match="At most 512 tokens: the model reads 1024"):
         services.generation_settings_update(user=staff, values={**LIMITS, "max_new_tokens": 513})
     assert services.generation_settings_update(user=staff, values=LIMITS).max_new_tokens == 512
+
+
+def test_changing_the_limits_in_the_console_needs_the_admin_permission(client, watcher):
+    """A staff member without "Can change generation settings" (which the
+    admin's model page asks for) sees the limits read-only and cannot save
+    them by posting the form: nothing is saved."""
+    client.force_login(watcher)
+    page = client.get("/admin/queue/")
+    assert page.status_code == 200
+    assert b"settings-read-only" in page.content and b"save-settings" not in page.content
+    response = client.post("/admin/queue/", {**LIMITS, "max_concurrency": 2})
+    assert response.status_code == 403
+    assert not GenerationSettings.objects.exists()
