@@ -92,3 +92,10 @@ def test_admin_refuses_a_nul_title(client, admin_user, alice):
     assert "Null characters are not allowed." in response.content.decode()
     conversation.refresh_from_db()
     assert conversation.title == "old"
+
+
+def test_admin_list_filters_with_a_nul_answer_400(admin_client):
+    """The admin's list filters pass query parameters to PostgreSQL, which
+    raises on NUL (a 500); the request is refused with 400 first."""
+    assert admin_client.get("/admin/generation/conversation/?title=%00").status_code == 400
+    assert admin_client.get("/admin/generation/conversation/?title=ok").status_code == 200
