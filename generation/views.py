@@ -88,10 +88,12 @@ def conversation_rename(request, conversation_id: int):
     """
     conversation = _own_conversation(request, conversation_id)
     try:
-        # A non-UTF-8 body is a UnicodeDecodeError, a ValueError.
-        title = json.loads(request.body).get("title")
-    except (ValueError, AttributeError, RecursionError):
-        title = None
+        body = json.loads(request.body.decode("utf-8"))
+    except UnicodeDecodeError:
+        return JsonResponse({"error": "The request body must be UTF-8 JSON."}, status=400)
+    except (ValueError, RecursionError):
+        return JsonResponse({"error": 'The request body must be JSON: {"title": "..."}.'}, status=400)
+    title = body.get("title") if isinstance(body, dict) else None
     if not isinstance(title, str) or not title.strip():
         return JsonResponse({"error": "Give the conversation a title."}, status=400)
     try:

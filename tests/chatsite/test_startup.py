@@ -19,8 +19,6 @@ MODEL_STACK = {
     "generation.runtime.engine",
     "generation.runtime.kvcache",
     "generation.runtime.loading",
-    "generation.management.commands.bench_engine",
-    "generation.management.commands.generate",
 }
 
 IMPORT_EVERYTHING = f"""

@@ -158,8 +158,9 @@ FAMILY = "\U0001f468\u200d\U0001f469\u200d\U0001f467\u200d\U0001f466"
         (json.dumps({"title": ["a"]}), "Give the conversation a title"),
         (json.dumps({"title": None}), "Give the conversation a title"),
         (json.dumps(["title"]), "Give the conversation a title"),
-        ("\xff\xfe not UTF-8".encode("latin1"), "Give the conversation a title"),
-        ("[" * 100_000, "Give the conversation a title"),
+        ("\xff\xfe not UTF-8".encode("latin1"), "must be UTF-8 JSON"),
+        ('{"title": "a\xffb"}'.encode("latin1"), "must be UTF-8 JSON"),
+        ("[" * 100_000, "must be JSON"),
     ],
     ids=[
         "NUL",
@@ -172,6 +173,7 @@ FAMILY = "\U0001f468\u200d\U0001f469\u200d\U0001f467\u200d\U0001f466"
         "null",
         "not an object",
         "not UTF-8",
+        "invalid UTF-8 inside a title",
         "nested too deeply",
     ],
 )

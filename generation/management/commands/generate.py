@@ -11,7 +11,6 @@ import sys
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
-from generation.runtime.loading import ModelLoadError, load_model, resolve_device, resolve_source
 from generation.runtime.registry import default_limits
 from generation.runtime.service import GenerationService
 
@@ -26,6 +25,10 @@ class Command(BaseCommand):
         parser.add_argument("--top-p", type=float, default=1.0)
 
     def handle(self, *args, **options):
+        # Here, not at the top: torch takes seconds to import, and `--help` or
+        # a mistyped argument should not wait for it.
+        from generation.runtime.loading import ModelLoadError, load_model, resolve_device, resolve_source
+
         try:
             source = resolve_source(settings.GENERATION_MODEL)
             device = resolve_device(settings.GENERATION_DEVICE)
