@@ -8,3 +8,6 @@ class QueueAdminConfig(AppConfig):
 
     name = "queueadmin"
     default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self):
+        from queueadmin import checks  # noqa: F401 - registers the limits' system check
