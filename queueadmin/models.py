@@ -20,7 +20,9 @@ LIMIT_BOUNDS = {
     "max_queue_size": (1, 1000),
     "max_active_per_user": (1, 100),
     "queue_timeout_s": (1, 3600),
-    "max_new_tokens": (1, 8192),
+    # The real bound is half the configured model's context (clean());
+    # this one only catches an extra zero for models of up to 1M tokens.
+    "max_new_tokens": (1, 524_288),
 }
 LIMIT_FIELDS = tuple(LIMIT_BOUNDS)
 
