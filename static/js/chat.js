@@ -17,6 +17,10 @@ const els = {
 // code points, so an emoji is one character, not two UTF-16 units as
 // `String.length` would have it.
 const codePoints = (text) => [...text].length;
+// Blank as the server judges it (Python's str.isspace, generation/events.py):
+// JavaScript's trim() also drops U+FEFF and keeps U+001C-U+001F, so the page
+// would send what the server calls empty, or drop what it would store.
+const blank = (text) => /^[\t\n\v\f\r\x1c-\x1f \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*$/.test(text);
 
 // Fallback wording; the server's error frames carry their own message.
 const ERROR_TEXT = {
@@ -183,6 +187,7 @@ function scrollToEnd(force) {
 }
 
 function showNotice(text) {
+  delete els.notice.dataset.overLimit;
   els.notice.textContent = text;
   els.notice.hidden = !text;
 }
@@ -218,10 +223,11 @@ function sendMessage(content) {
 
 function submitInput() {
   const content = els.input.value;
-  if (!content.trim()) return;
+  if (blank(content)) return;
   // Text over the limit stays in the box, whole: only the person cuts it.
   if (codePoints(content) > config.maxChars) {
     showNotice(`Your message is longer than ${config.maxChars} characters. Please shorten it.`);
+    els.notice.dataset.overLimit = "1";
     return;
   }
   if (sendMessage(content)) {
@@ -236,6 +242,8 @@ function updateCount() {
   els.count.hidden = count < config.maxChars * 0.9;
   els.count.textContent = `${count} / ${config.maxChars}`;
   els.count.classList.toggle("over", count > config.maxChars);
+  // A notice that the text is too long goes once it is short enough.
+  if (count <= config.maxChars && els.notice.dataset.overLimit) showNotice("");
 }
 
 // A message the server never accepted goes back into the input box, so that
@@ -243,7 +251,7 @@ function updateCount() {
 function restorePending() {
   if (!state.pending) return;
   state.pending.el.remove();
-  if (!els.input.value.trim()) els.input.value = state.pending.content;
+  if (blank(els.input.value)) els.input.value = state.pending.content;
   state.pending = null;
   updateCount();
 }

@@ -99,7 +99,22 @@ def test_the_page_counts_characters_as_the_server_does(page):
     assert page.input_value("#input") == emoji * 8001
     assert page.text_content("#count") == "8001 / 8000"
     page.fill("#input", emoji * 8000)
+    assert page.is_hidden("#notice")  # short enough now: the warning goes
     page.press("#input", "Enter")
     page.wait_for_selector(".message.user")
     assert page.input_value("#input") == ""
     assert page.text_content(".message.user .body") == emoji * 8000
+
+
+def test_the_page_judges_blank_text_as_the_server_does(page):
+    """A message of U+FEFF is text to the server (Python's isspace), so the
+    page sends it rather than silently ignoring Enter; a message of U+001C is
+    blank to the server, so the page does not send it."""
+    page.fill("#input", "\x1c")
+    page.press("#input", "Enter")
+    page.wait_for_timeout(300)
+    assert page.locator(".message.user").count() == 0
+    page.fill("#input", "\ufeff")
+    page.press("#input", "Enter")
+    page.wait_for_selector(".message.user")
+    assert page.input_value("#input") == ""
