@@ -35,7 +35,7 @@ class Migration(migrations.Migration):
                 help_text="Longest reply, in tokens; at most half the model's context, so a question always has room.",
                 validators=[
                     django.core.validators.MinValueValidator(1),
-                    django.core.validators.MaxValueValidator(8192),
+                    django.core.validators.MaxValueValidator(524288),
                 ],
             ),
         ),
