@@ -10,7 +10,6 @@ handler starts; the socket stays free to receive `cancel` meanwhile.
 import asyncio
 import contextlib
 import logging
-import time
 
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
@@ -19,7 +18,7 @@ from django.contrib.auth.models import AnonymousUser
 from generation import events, services, watch
 from generation.models import Conversation, Message
 from generation.runtime.registry import get_service
-from generation.throttle import limit_frames
+from generation.throttle import FRAME_BURST, FRAME_RATE_PER_S, SLOW_DOWN, Notices, limit_frames
 
 logger = logging.getLogger(__name__)
 
@@ -29,15 +28,6 @@ logger = logging.getLogger(__name__)
 DISCONNECT_GRACE_S = 5.0
 UNAUTHENTICATED = watch.UNAUTHENTICATED
 DELETED_TEXT = "This conversation was deleted, so its reply was stopped."
-# Client frames per socket, as a token bucket. A person sends a message or a
-# stop now and then, so a burst of 20 and 10 a second never touch the page;
-# a flood is dropped as it arrives instead of queuing work, and the socket's
-# close, behind it.
-FRAME_BURST = 20
-FRAME_RATE_PER_S = 10.0
-# However many frames are dropped, at most one error says so per interval.
-SLOW_DOWN_NOTICE_INTERVAL_S = 1.0
-SLOW_DOWN = "Too many frames: slow down. Frames over the limit are dropped."
 # Over the limit, frames this short are still read, so that a cancel is
 # always honoured; longer ones are dropped unread, which keeps a drop cheap.
 CANCEL_FRAME_MAX_CHARS = 256
@@ -77,7 +67,6 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
     handle = None
     reply: asyncio.Task | None = None
     watched = None
-    next_notice_at = 0.0
 
     async def __call__(self, scope, receive, send):
         """Run one socket. However it ends (a disconnect, a crash, or the server
@@ -215,6 +204,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
     def throttled(self, receive):
         """The ASGI `receive`, with client frames over the rate limit dropped
         before Channels dispatches them (generation.throttle.limit_frames)."""
+        self.notices = Notices()
         return limit_frames(receive, burst=FRAME_BURST, rate=FRAME_RATE_PER_S, on_drop=self.drop_frame)
 
     async def drop_frame(self, message: dict) -> None:
@@ -226,9 +216,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
                 if isinstance(events.parse_client_frame(text, None), events.Cancel):
                     self.cancel_reply()
                     return
-        now = time.monotonic()
-        if now >= self.next_notice_at:
-            self.next_notice_at = now + SLOW_DOWN_NOTICE_INTERVAL_S
+        if self.notices.due():
             await self.emit(events.error(None, "invalid", SLOW_DOWN))
 
     async def forward_reply(self, handle, conversation_id: int, user_message_id: int) -> None:

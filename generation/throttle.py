@@ -8,6 +8,16 @@ loop and is never shared between sockets, so it needs no lock.
 import time
 from collections.abc import Awaitable, Callable
 
+# Client frames per socket, as a token bucket. A person sends a message, a
+# stop or a console Cancel now and then, so a burst of 20 and 10 a second
+# never touch the page; a flood is dropped as it arrives instead of queuing
+# work, and the socket's close, behind it.
+FRAME_BURST = 20
+FRAME_RATE_PER_S = 10.0
+# However many frames are dropped, at most one error says so per interval.
+SLOW_DOWN_NOTICE_INTERVAL_S = 1.0
+SLOW_DOWN = "Too many frames: slow down. Frames over the limit are dropped."
+
 
 class TokenBucket:
     """Allow bursts of up to `burst` events, refilled at `rate` per second.
@@ -33,6 +43,24 @@ class TokenBucket:
             self.tokens -= 1
             return True
         return False
+
+
+class Notices:
+    """Lets one notice through per `interval` seconds; `due()` is asked each
+    time a frame is dropped, and answers whether to tell the client now."""
+
+    def __init__(self, interval: float = SLOW_DOWN_NOTICE_INTERVAL_S, clock=time.monotonic):
+        self.interval = interval
+        self.clock = clock
+        self.next_at = 0.0
+
+    def due(self) -> bool:
+        """True at most once per interval."""
+        now = self.clock()
+        if now < self.next_at:
+            return False
+        self.next_at = now + self.interval
+        return True
 
 
 def limit_frames(

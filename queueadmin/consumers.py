@@ -15,14 +15,13 @@ import asyncio
 import json
 import logging
 import re
-import time
 
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.contrib.auth.models import AnonymousUser
 
 from generation import watch
 from generation.runtime.registry import get_service
-from generation.throttle import limit_frames
+from generation.throttle import FRAME_BURST, FRAME_RATE_PER_S, SLOW_DOWN, Notices, limit_frames
 from queueadmin import control
 
 logger = logging.getLogger(__name__)
@@ -32,13 +31,6 @@ UNAUTHENTICATED = watch.UNAUTHENTICATED
 FORBIDDEN = watch.FORBIDDEN
 REQUEST_ID = re.compile(r"[0-9a-f]{1,64}")  # fullmatch: "$" would let a trailing newline in
 MAX_FRAME_CHARS = 1000
-# Client frames per socket, as for /ws/chat/: a person clicks Cancel now and
-# then; a flood of cancels (each a database check and a broadcast to every
-# process) is dropped as it arrives, with one notice a second.
-FRAME_BURST = 20
-FRAME_RATE_PER_S = 10.0
-SLOW_DOWN_NOTICE_INTERVAL_S = 1.0
-SLOW_DOWN = "Too many frames: slow down. Frames over the limit are dropped."
 
 
 class QueueConsumer(AsyncJsonWebsocketConsumer):
@@ -49,18 +41,16 @@ class QueueConsumer(AsyncJsonWebsocketConsumer):
     # take channels-redis's one receive loop per process and starve the
     # control channel (queueadmin.control) of cancels, settings and statuses.
     channel_layer_alias = None
-    next_notice_at = 0.0
 
     async def __call__(self, scope, receive, send):
         """Run one socket, its client frames rate-limited (generation.throttle)."""
+        self.notices = Notices()
         limited = limit_frames(receive, burst=FRAME_BURST, rate=FRAME_RATE_PER_S, on_drop=self.drop_frame)
         await super().__call__(scope, limited, send)
 
     async def drop_frame(self, message: dict) -> None:
         """A frame over the rate limit: dropped, with one `invalid` notice per interval."""
-        now = time.monotonic()
-        if now >= self.next_notice_at:
-            self.next_notice_at = now + SLOW_DOWN_NOTICE_INTERVAL_S
+        if self.notices.due():
             await self.send_json({"type": "error", "code": "invalid", "message": SLOW_DOWN})
 
     # WebSocket event handlers -----------------------------------------
