@@ -120,9 +120,8 @@ class SocketWatch:
             self.failing = True
             return
         self.failing = False
-        for entry in entries:
-            if entry.conversation_id in gone and entry.conversation_gone is not None:
-                entry.conversation_gone(entry.conversation_id)
+        for conversation_id in gone:
+            self.cancel_conversation(conversation_id)
         for entry, code in verdicts.items():
             if entry in self.entries:
                 await self.revoke(entry, code)
