@@ -18,6 +18,7 @@ from django.contrib.auth.models import AnonymousUser
 from generation import events, services, watch
 from generation.models import Conversation, Message
 from generation.runtime.registry import get_service
+from generation.runtime.types import Done, Error, ErrorCode, FinishReason, Queued, Started, Token
 from generation.throttle import FRAME_BURST, FRAME_RATE_PER_S, SLOW_DOWN, Notices, limit_frames
 
 logger = logging.getLogger(__name__)
@@ -45,7 +46,7 @@ def _store_user_message(user, conversation_id, content):
             owner=user, conversation_id=conversation_id, content=content
         )
     except Conversation.DoesNotExist:
-        raise events.ClientError("not_found") from None
+        raise events.ClientError(ErrorCode.NOT_FOUND) from None
     return message.conversation_id, message.pk, history
 
 
@@ -122,7 +123,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             await self.emit(events.error(None, error.code, error.message))
         except Exception:
             logger.exception("Chat frame failed")
-            await self.emit(events.error(None, "internal"))
+            await self.emit(events.error(None, ErrorCode.INTERNAL))
 
     async def disconnect(self, code):
         # The reply is cancelled (a queued one leaves the queue, a running one
@@ -142,7 +143,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
     async def start_reply(self, command: events.Send) -> None:
         """Store the user's message, then ask for a reply and forward its events."""
         if self.reply is not None and not self.reply.done():
-            raise events.ClientError("busy")
+            raise events.ClientError(ErrorCode.BUSY)
         conversation_id, message_id, history = await _store_user_message(
             self.user, command.conversation, command.content
         )
@@ -217,7 +218,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
                     self.cancel_reply()
                     return
         if self.notices.due():
-            await self.emit(events.error(None, "invalid", SLOW_DOWN))
+            await self.emit(events.error(None, ErrorCode.INVALID, SLOW_DOWN))
 
     async def forward_reply(self, handle, conversation_id: int, user_message_id: int) -> None:
         """Forward one reply's events and save it when it ends (runs as a task).
@@ -231,12 +232,11 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         try:
             await self.emit(events.accepted(handle.id, conversation_id, user_message_id))
             async for event in handle:
-                kind = event["type"]
-                if self.orphaned and kind not in ("done", "error"):
+                if self.orphaned and not event.terminal:
                     continue
-                if kind == "queued":
-                    await self.emit(events.queued(handle.id, event["position"], event["waiting"]))
-                elif kind == "started":
+                if isinstance(event, Queued):
+                    await self.emit(events.queued(handle.id, event.position, event.waiting))
+                elif isinstance(event, Started):
                     try:
                         reply = await _start_reply(
                             conversation_id=conversation_id,
@@ -249,15 +249,15 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
                         continue
                     reply_id = reply.pk
                     await self.emit(events.started(handle.id, reply_id))
-                elif kind == "token":
-                    parts.append(event["text"])
-                    await self.emit(events.token(handle.id, event["text"]))
-                elif kind == "done":
+                elif isinstance(event, Token):
+                    parts.append(event.text)
+                    await self.emit(events.token(handle.id, event.text))
+                elif isinstance(event, Done):
                     # Cleared before saving: once saved, nothing may overwrite it.
                     saved, reply_id = reply_id, None
                     await self.save_done(saved, user_message_id, event)
                     await self.emit(self.ending(handle.id, events.done(handle.id, saved, event)))
-                elif kind == "error":
+                elif isinstance(event, Error):
                     saved, reply_id = reply_id, None
                     await self.save_error(saved, user_message_id, parts, event)
                     await self.emit(self.ending(handle.id, events.service_error(handle.id, event)))
@@ -275,9 +275,9 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
                     message_id=reply_id,
                     content="".join(parts),
                     status=Message.Status.ERROR,
-                    error_code="internal",
+                    error_code=ErrorCode.INTERNAL,
                 )
-            await self.emit(events.error(handle.id, "internal"))
+            await self.emit(events.error(handle.id, ErrorCode.INTERNAL))
             raise
         finally:
             if self.watched is not None:
@@ -285,34 +285,34 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
 
     def ending(self, request_id: str, frame: dict) -> dict:
         """The reply's last frame: `frame`, or not_found if its conversation was deleted."""
-        return events.error(request_id, "not_found", DELETED_TEXT) if self.orphaned else frame
+        return events.error(request_id, ErrorCode.NOT_FOUND, DELETED_TEXT) if self.orphaned else frame
 
-    async def save_done(self, reply_id: int | None, user_message_id: int, event: dict) -> None:
+    async def save_done(self, reply_id: int | None, user_message_id: int, event: Done) -> None:
         """Write the reply once, with its final status, counts and timings; a
         request cancelled while queued has no reply, so its question is marked."""
         if reply_id is None:
             await _cancel_user_message(message_id=user_message_id)
             return
-        cancelled = event["finish_reason"] == "cancelled"
+        cancelled = event.finish_reason is FinishReason.CANCELLED
         await _finish_reply(
             message_id=reply_id,
-            content=event["text"],
+            content=event.text,
             status=Message.Status.CANCELLED if cancelled else Message.Status.COMPLETE,
-            finish_reason=event["finish_reason"],
-            usage=event["usage"],
-            timings=event["timings"],
+            finish_reason=event.finish_reason,
+            usage=event.usage,
+            timings=event.timings,
         )
 
-    async def save_error(self, reply_id, user_message_id: int, parts: list[str], event: dict) -> None:
+    async def save_error(self, reply_id, user_message_id: int, parts: list[str], event: Error) -> None:
         """Record a failed reply: on the reply if it started, else on the question."""
         if reply_id is None:
-            await _fail_user_message(message_id=user_message_id, error_code=event["code"])
+            await _fail_user_message(message_id=user_message_id, error_code=event.code)
         else:
             await _finish_reply(
                 message_id=reply_id,
                 content="".join(parts),
                 status=Message.Status.ERROR,
-                error_code=event["code"],
+                error_code=event.code,
             )
 
     async def emit(self, frame: dict) -> None:

@@ -4,35 +4,27 @@ docs/protocol.md describes the same frames for people; keep the two in step.
 Every builder returns a JSON-safe dict; the consumer only sends them.
 """
 
+import dataclasses
 import json
 from dataclasses import dataclass
 
 from django.conf import settings
 
 from generation import text
+from generation.runtime.types import Done, Error, ErrorCode
 
-# Plain words for the errors people can meet, by code. The service sends its
-# own messages too; these are what the chat shows, so that one place words them.
-ERROR_TEXT = {
-    "queue_full": "The server is busy: too many people are waiting. Please try again in a moment.",
-    "busy": "A reply is already in progress. Wait for it to finish or stop it first.",
-    "queue_timeout": "Waited too long in the queue. Please try again.",
-    "too_long": "Your message is too long for the model to read. Please shorten it.",
-    "not_found": "That conversation does not exist.",
-    "internal": "Something went wrong on the server. Please try again.",
-}
-# The service's "unavailable" (the model failed to load) is an internal error
-# to the person chatting: there is nothing they can do differently.
-SERVICE_CODES = {"unavailable": "internal"}
+# Error codes are worded in one place: generation.runtime.types.ERROR_TEXT
+# (the page receives the same table, see generation.views.chat).
 
 
 class ClientError(Exception):
-    """A frame the server refuses; `code` and `message` go back as an error frame."""
+    """A frame the server refuses; `code` and `message` (default: the code's
+    words) go back as an error frame."""
 
-    def __init__(self, code: str, message: str | None = None):
-        super().__init__(message or ERROR_TEXT.get(code, code))
-        self.code = code
-        self.message = message or ERROR_TEXT.get(code, code)
+    def __init__(self, code: ErrorCode, message: str | None = None):
+        self.code = ErrorCode(code)
+        self.message = message or self.code.text
+        super().__init__(self.message)
 
 
 @dataclass(frozen=True)
@@ -118,30 +110,27 @@ def token(request: str, text: str) -> dict:
     return {"type": "token", "request": request, "text": text}
 
 
-def done(request: str, message: int | None, event: dict) -> dict:
+def done(request: str, message: int | None, event: Done) -> dict:
     """The reply ended (`message` is None when it was cancelled before starting)."""
     return {
         "type": "done",
         "request": request,
         "message": message,
-        "finish_reason": event["finish_reason"],
-        "usage": event["usage"],
-        "timings": event["timings"],
+        "finish_reason": str(event.finish_reason),
+        "usage": dataclasses.asdict(event.usage),
+        "timings": dataclasses.asdict(event.timings),
     }
 
 
-def error(request: str | None, code: str, message: str | None = None) -> dict:
-    """An error in plain words; `request` is None when no request was made."""
-    return {"type": "error", "request": request, "code": code, "message": message or ERROR_TEXT[code]}
+def error(request: str | None, code: ErrorCode, message: str | None = None) -> dict:
+    """An error in plain words (default: the code's); `request` is None when
+    no request was made."""
+    code = ErrorCode(code)
+    return {"type": "error", "request": request, "code": str(code), "message": message or code.text}
 
 
-def service_error(request: str, event: dict) -> dict:
-    """A service `error` event translated to the protocol's codes and words.
-
-    Internal failures keep the service's own sentence (it says whether the
-    model failed to load); the others use ERROR_TEXT.
-    """
-    code = SERVICE_CODES.get(event["code"], event["code"])
-    if code == "internal" or code not in ERROR_TEXT:
-        return error(request, code if code in ERROR_TEXT else "internal", event.get("message") or None)
-    return error(request, code)
+def service_error(request: str, event: Error) -> dict:
+    """A service `Error` event as a frame: its code, and the service's
+    sentence, which is the code's words or something more precise (how long
+    the message is, why the model is unavailable)."""
+    return error(request, event.code, event.message)

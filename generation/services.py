@@ -13,6 +13,7 @@ from django.utils import timezone
 
 from generation import selectors, text, watch
 from generation.models import Conversation, Message
+from generation.runtime.types import Timings, Usage
 
 TITLE_CHARS = 60
 TITLE_MAX_CHARS = Conversation._meta.get_field("title").max_length
@@ -144,8 +145,8 @@ def assistant_message_finish(
     status: str,
     finish_reason: str = "",
     error_code: str = "",
-    usage: dict | None = None,
-    timings: dict | None = None,
+    usage: Usage | None = None,
+    timings: Timings | None = None,
 ) -> None:
     """Write the reply once, at its end: text, final status, counts, timings.
 
@@ -153,7 +154,6 @@ def assistant_message_finish(
     process's startup sweep marked interrupted still gets its true ending.
     A reply whose conversation was deleted has no row left: nothing is written.
     """
-    usage, timings = usage or {}, timings or {}
     Message.objects.filter(pk=message_id).update(
         # The model's text is untrusted too, and a reply is never refused: what
         # the database cannot hold (a NUL token) is stored as U+FFFD.
@@ -161,11 +161,11 @@ def assistant_message_finish(
         status=status,
         finish_reason=finish_reason,
         error_code=error_code,
-        prompt_tokens=usage.get("prompt_tokens"),
-        completion_tokens=usage.get("completion_tokens"),
-        queue_ms=timings.get("queue_ms"),
-        ttft_ms=timings.get("ttft_ms"),
-        total_ms=timings.get("total_ms"),
+        prompt_tokens=usage.prompt_tokens if usage else None,
+        completion_tokens=usage.completion_tokens if usage else None,
+        queue_ms=timings.queue_ms if timings else None,
+        ttft_ms=timings.ttft_ms if timings else None,
+        total_ms=timings.total_ms if timings else None,
     )
 
 

@@ -15,6 +15,7 @@ from django.views.decorators.http import require_GET, require_POST
 
 from generation import selectors, services, text
 from generation.models import Conversation
+from generation.runtime.types import ERROR_TEXT
 
 
 def login_required_json(view):
@@ -51,6 +52,7 @@ def chat(request, conversation_id: int | None = None):
                 "conversation": conversation_id,
                 "maxChars": settings.CHAT_MAX_MESSAGE_CHARS,
                 "socketPath": "/ws/chat/",
+                "errorText": {str(code): text for code, text in ERROR_TEXT.items()},
             }
         },
     )

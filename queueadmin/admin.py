@@ -37,11 +37,10 @@ class GenerationSettingsAdmin(admin.ModelAdmin):
 
     def get_changeform_initial_data(self, request):
         # An unsaved row carries the environment's defaults.
-        return selectors.generation_settings_get().limits()
+        return selectors.generation_settings_get().limits().as_dict()
 
     def save_model(self, request, obj, form, change):
-        values = {name: form.cleaned_data[name] for name in LIMIT_FIELDS}
-        saved = services.generation_settings_update(user=request.user, values=values)
+        saved = services.generation_settings_update(user=request.user, limits=form.limits())
         obj.pk = saved.pk
 
 

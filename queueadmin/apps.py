@@ -10,4 +10,9 @@ class QueueAdminConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self):
+        from generation.runtime import registry
         from queueadmin import checks  # noqa: F401 - registers the limits' system check
+        from queueadmin.control import attach
+
+        # Live settings, the console and the statistics join every service.
+        registry.on_service_start(attach)

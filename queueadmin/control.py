@@ -1,7 +1,8 @@
 """Each generation service's link to the settings, the console and the statistics.
 
 `attach(service)` is called once by generation.runtime.registry when it
-starts a service, inside the running loop. It starts four tasks on that
+starts a service, inside the running loop (a start hook that
+QueueAdminConfig.ready registers). It starts four tasks on that
 loop:
 
 - follow: applies the saved settings row at once, whatever Redis does, and
@@ -27,6 +28,7 @@ import time
 
 from channels.layers import get_channel_layer
 
+from generation.runtime.types import RequestRecord
 from queueadmin import events, metrics, selectors
 from queueadmin.following import SettingsFollower
 from queueadmin.recorder import StatsRecorder, interrupted_record
@@ -121,7 +123,8 @@ class Control:
         """Apply one message from the control or status group."""
         kind = message.get("type")
         if kind == events.SETTINGS_CHANGED:
-            self.settings.apply(message["limits"], message["version"])
+            limits = events.settings_changed_limits(message, base=self.service.limits)
+            self.settings.apply(limits, message["version"])
         elif kind == events.REQUEST_CANCEL:
             self.service.cancel(str(message["request"]))
         elif kind == events.WORKER_STATUS:
@@ -220,6 +223,7 @@ class Control:
         metrics.observe_queue(
             running=running, waiting=waiting, cap=cap, new_tokens=tokens - self._tokens_seen
         )
+        metrics.observe_backend(service.backend_info, service.model_state)
         self._tokens_seen = tokens
         now = time.monotonic()
         if now - self._snapshot_at < SNAPSHOT_INTERVAL_S:
@@ -244,7 +248,7 @@ class Control:
 
     # Records -----------------------------------------------------------
 
-    def _on_record(self, record: dict) -> None:
+    def _on_record(self, record: RequestRecord) -> None:
         self.stats.observe(record)
         metrics.observe_record(record)
         self.recorder.add_record(record)

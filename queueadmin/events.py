@@ -7,6 +7,8 @@ that every process knows the whole cluster. Messages are plain JSON-safe
 dicts with dotted `type` names; group names come from `group_name` only.
 """
 
+from generation.runtime.types import Limits
+
 CONTROL = "control"
 STATUS = "status"
 
@@ -23,9 +25,16 @@ def group_name(kind: str) -> str:
     return f"queueadmin.{kind}"
 
 
-def settings_changed(*, limits: dict, version: int) -> dict:
-    """Tell every process to apply `limits` (unless it already has a newer version)."""
-    return {"type": SETTINGS_CHANGED, "limits": dict(limits), "version": version}
+def settings_changed(*, limits: Limits, version: int) -> dict:
+    """Tell every process to apply `limits` (unless it already has a newer
+    version); they travel as JSON (`Limits.as_dict`), read back by
+    `settings_changed_limits`."""
+    return {"type": SETTINGS_CHANGED, "limits": limits.as_dict(), "version": version}
+
+
+def settings_changed_limits(message: dict, *, base: Limits) -> Limits:
+    """The limits of a `settings.changed` message; missing ones keep `base`'s."""
+    return Limits.from_dict(message["limits"], base=base)
 
 
 def request_cancel(*, request_id: str, by: str) -> dict:

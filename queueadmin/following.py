@@ -17,8 +17,8 @@ import logging
 from channels.db import database_sync_to_async
 from django.conf import settings
 
+from generation.runtime.types import Limits
 from queueadmin import selectors
-from queueadmin.models import LIMIT_FIELDS
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +37,7 @@ class SettingsFollower:
         self.loaded = False  # the row has been read (or tried) once
         self._reload = asyncio.Event()  # wakes `run` to read the row now
 
-    def apply(self, limits: dict, version: int) -> None:
+    def apply(self, limits: Limits, version: int) -> None:
         """Apply saved limits unless a newer version is already in force.
 
         Called with a broadcast `settings.changed` and with each read of the row;
@@ -47,7 +47,7 @@ class SettingsFollower:
         if version <= self.version:
             return
         self.version = version
-        self.service.update_limits(**{name: limits[name] for name in LIMIT_FIELDS if name in limits})
+        self.service.update_limits(limits)
         logger.info("%s applies settings version %d: %s", self.service.worker_name, version, limits)
 
     def gap(self) -> None:

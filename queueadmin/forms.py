@@ -4,6 +4,7 @@ from django import forms
 from django.conf import settings
 
 from generation.runtime.context import model_context_tokens
+from generation.runtime.types import Limits
 from queueadmin.models import LIMIT_FIELDS, GenerationSettings, max_new_tokens_bound_text
 
 
@@ -25,3 +26,7 @@ class GenerationSettingsForm(forms.ModelForm):
         context = model_context_tokens(settings.GENERATION_MODEL)
         if context and "max_new_tokens" in self.fields:
             self.fields["max_new_tokens"].help_text = "Longest reply. " + max_new_tokens_bound_text(context)
+
+    def limits(self) -> Limits:
+        """The validated limits as one value (call after `is_valid()`)."""
+        return Limits(**{name: self.cleaned_data[name] for name in LIMIT_FIELDS})

@@ -13,8 +13,10 @@ import hmac
 import ipaddress
 
 from django.conf import settings
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Enum, Gauge, Histogram, Info, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from generation.runtime.types import BackendInfo, ModelState, Outcome, RequestRecord
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 PROXY_HEADERS = ("X-Forwarded-For", "X-Real-IP", "Forwarded")
@@ -56,15 +58,34 @@ REQUEST_SUCCESS = Counter(
 )
 
 
-def observe_record(record: dict) -> None:
+BACKEND = Info(
+    "chatsite_backend",
+    "What generates this process's replies: kind (local or openai), host (in-process or "
+    "the engine's URL) and model name.",
+    registry=REGISTRY,
+)
+MODEL_STATE = Enum(
+    "chatsite_model_state",
+    "Whether this process's backend can generate: loading, ready or failed.",
+    states=[str(state) for state in ModelState],
+    registry=REGISTRY,
+)
+
+
+def observe_record(record: RequestRecord) -> None:
     """Count one finished request (a record from GenerationService)."""
-    enqueued, started, first = record["enqueued_at"], record["started_at"], record["first_token_at"]
-    if started is not None:
-        REQUEST_QUEUE_TIME.observe(max(started - enqueued, 0))
-    if first is not None:
-        TIME_TO_FIRST_TOKEN.observe(max(first - enqueued, 0))
-    if record["outcome"] in ("completed", "cancelled") and record["finish_reason"]:
-        REQUEST_SUCCESS.labels(finished_reason=record["finish_reason"]).inc()
+    if record.started_at is not None:
+        REQUEST_QUEUE_TIME.observe(max(record.started_at - record.enqueued_at, 0))
+    if record.first_token_at is not None:
+        TIME_TO_FIRST_TOKEN.observe(max(record.first_token_at - record.enqueued_at, 0))
+    if record.outcome in (Outcome.COMPLETED, Outcome.CANCELLED) and record.finish_reason:
+        REQUEST_SUCCESS.labels(finished_reason=str(record.finish_reason)).inc()
+
+
+def observe_backend(info: BackendInfo, state: ModelState) -> None:
+    """Describe the backend and its state (set on every publish tick)."""
+    BACKEND.info({"kind": info.kind, "host": info.host, "model": info.model})
+    MODEL_STATE.state(str(state))
 
 
 def observe_queue(*, running: int, waiting: int, cap: int, new_tokens: int) -> None:

@@ -12,6 +12,7 @@ from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 
 from generation.runtime.context import model_context_tokens, reply_budget_bound
+from generation.runtime.types import Limits
 
 # Bounds for the live limits. The upper ones only catch typing mistakes (an
 # extra zero); they are far above what one process can usefully run.
@@ -24,7 +25,8 @@ LIMIT_BOUNDS = {
     # this one only catches an extra zero for models of up to 1M tokens.
     "max_new_tokens": (1, 524_288),
 }
-LIMIT_FIELDS = tuple(LIMIT_BOUNDS)
+LIMIT_FIELDS = Limits.FIELDS
+assert set(LIMIT_BOUNDS) == set(LIMIT_FIELDS), "every limit needs its bounds"
 
 
 def _bounded(name: str) -> list:
@@ -117,9 +119,9 @@ class GenerationSettings(models.Model):
         if context and self.max_new_tokens is not None and self.max_new_tokens > reply_budget_bound(context):
             raise ValidationError({"max_new_tokens": max_new_tokens_bound_text(context)})
 
-    def limits(self) -> dict:
-        """The five limits as a dict, as `GenerationService.update_limits` takes them."""
-        return {name: getattr(self, name) for name in LIMIT_FIELDS}
+    def limits(self) -> Limits:
+        """The row's limits as one value, as `GenerationService.update_limits` takes them."""
+        return Limits(**{name: getattr(self, name) for name in LIMIT_FIELDS})
 
 
 def max_new_tokens_bound_text(context: int) -> str:

@@ -12,6 +12,7 @@ import threading
 from channels.db import database_sync_to_async
 from django.db import connections
 
+from generation.runtime.types import Outcome, RequestRecord
 from queueadmin import services
 
 logger = logging.getLogger(__name__)
@@ -28,10 +29,10 @@ class StatsRecorder:
     """
 
     def __init__(self):
-        self.records: list[dict] = []
+        self.records: list[RequestRecord] = []
         self.snapshots: list[dict] = []
 
-    def add_record(self, record: dict) -> None:
+    def add_record(self, record: RequestRecord) -> None:
         """Queue a service record (see GenerationService) for writing."""
         self._append(self.records, record)
 
@@ -39,13 +40,13 @@ class StatsRecorder:
         """Queue a snapshot (see services.queue_snapshots_create) for writing."""
         self._append(self.snapshots, snapshot)
 
-    def _append(self, buffer: list, item: dict) -> None:
+    def _append(self, buffer: list, item) -> None:
         if len(buffer) >= MAX_BUFFERED:
             del buffer[: len(buffer) // 2]
             logger.warning("Statistics are not being written; dropped the oldest half")
         buffer.append(item)
 
-    def _take(self) -> tuple[list[dict], list[dict]]:
+    def _take(self) -> tuple[list[RequestRecord], list[dict]]:
         records, snapshots = self.records, self.snapshots
         self.records, self.snapshots = [], []
         return records, snapshots
@@ -74,28 +75,12 @@ class StatsRecorder:
             writer.join(FINAL_FLUSH_TIMEOUT_S)
 
 
-def interrupted_record(worker: str, request, finished_at: float) -> dict:
+def interrupted_record(worker: str, request, finished_at: float) -> RequestRecord:
     """A record for a request still queued or running when its service stopped."""
-    return {
-        "request": request.id,
-        "worker": worker,
-        "user": request.user_id,
-        "meta": request.meta,
-        "enqueued_at": request.enqueued_at,
-        "started_at": request.started_at,
-        "first_token_at": request.first_token_at,
-        "finished_at": finished_at,
-        "prompt_tokens": request.prompt_tokens,
-        "completion_tokens": request.completion_tokens,
-        "max_new_tokens": request.max_new_tokens,
-        "budget_shrunk": request.budget_shrunk,
-        "outcome": "interrupted",
-        "finish_reason": "",
-        "error_code": "",
-    }
+    return RequestRecord.of(request, worker=worker, finished_at=finished_at, outcome=Outcome.INTERRUPTED)
 
 
-def _write_now(records: list[dict], snapshots: list[dict]) -> None:
+def _write_now(records: list[RequestRecord], snapshots: list[dict]) -> None:
     try:
         services.stats_batch_create(records=records, snapshots=snapshots)
     except Exception as error:

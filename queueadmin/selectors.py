@@ -7,9 +7,10 @@ the console's WebSocket and status.json send; it reads memory only.
 import datetime
 import time
 
+from generation.runtime.types import Limits
+from generation.stats import summarize
 from queueadmin import events
-from queueadmin.models import LIMIT_FIELDS, GenerationSettings, QueueSnapshot, SettingsChange
-from queueadmin.stats import summarize
+from queueadmin.models import GenerationSettings, QueueSnapshot, SettingsChange
 
 
 def generation_settings_get() -> GenerationSettings:
@@ -18,7 +19,7 @@ def generation_settings_get() -> GenerationSettings:
     return row or GenerationSettings(pk=GenerationSettings.SINGLETON_PK)
 
 
-def generation_settings_saved() -> tuple[dict, int] | None:
+def generation_settings_saved() -> tuple[Limits, int] | None:
     """(limits, version) of the saved row, or None before it is first saved."""
     row = GenerationSettings.objects.filter(pk=GenerationSettings.SINGLETON_PK).first()
     return None if row is None else (row.limits(), row.version)
@@ -86,17 +87,18 @@ def console_payload(statuses: list[dict], *, local_worker: str | None = None, sa
     samples = {"ttft_ms": [], "queue_wait_ms": []}
     saved_version = max([saved_version, *(status.get("settings_version", 0) for status in statuses)])
     for status in statuses:
-        name, limits = status["worker"], status["limits"]
+        # Statuses are JSON (other processes publish them over the channel layer).
+        name, limits = status["worker"], Limits.from_dict(status["limits"])
         workers.append(
             {
                 "worker": name,
                 "local": name == local_worker,
                 "model": status["model"],
-                "limits": {key: limits[key] for key in LIMIT_FIELDS},
+                "limits": limits.as_dict(),
                 "running": len(status["running"]),
-                "cap": limits["max_concurrency"],
+                "cap": limits.max_concurrency,
                 "waiting": len(status["waiting"]),
-                "max_queue": limits["max_queue_size"],
+                "max_queue": limits.max_queue_size,
                 "tokens_per_s": status["tokens_per_s"],
                 "latency": status["latency"],
                 "published": status["published"],

@@ -15,9 +15,9 @@ from django.contrib.auth import get_user_model
 from django.db import transaction
 
 from generation.models import Conversation
+from generation.runtime.types import Limits, RequestRecord
 from queueadmin import events
 from queueadmin.models import (
-    LIMIT_FIELDS,
     GenerationRecord,
     GenerationSettings,
     QueueSnapshot,
@@ -40,16 +40,14 @@ def _broadcast_control(message: dict) -> None:
 
 
 @transaction.atomic
-def generation_settings_update(*, user, values: dict[str, int]) -> GenerationSettings:
+def generation_settings_update(*, user, limits: Limits) -> GenerationSettings:
     """Save new limits, record who changed what, and broadcast them after commit.
 
-    `values` maps some of LIMIT_FIELDS to new values; they must already be
-    validated (the forms do it), but the row is cleaned again so that no
-    caller can store a cap of 0. Saving unchanged values writes no audit entry.
+    `limits` should already be validated (the forms do it), but the row is
+    cleaned again so that no caller can store a cap of 0 (ValidationError).
+    Saving unchanged values writes no audit entry.
     """
-    unknown = set(values) - set(LIMIT_FIELDS)
-    if unknown:
-        raise ValueError(f"Unknown settings: {sorted(unknown)}")
+    values = limits.as_dict()
     row = GenerationSettings.objects.select_for_update().filter(pk=GenerationSettings.SINGLETON_PK).first()
     creating = row is None
     if creating:
@@ -75,6 +73,15 @@ def generation_settings_update(*, user, values: dict[str, int]) -> GenerationSet
     return row
 
 
+def generation_settings_change(*, user, **changes) -> GenerationSettings:
+    """Save the limits in force with some of them changed (keyword arguments
+    named as Limits' fields; TypeError for another name), as
+    `generation_settings_update` does. For scripts and benchmarks."""
+    from queueadmin.selectors import generation_settings_get
+
+    return generation_settings_update(user=user, limits=generation_settings_get().limits().replace(**changes))
+
+
 def _timestamp(value: float | None) -> datetime.datetime | None:
     return None if value is None else datetime.datetime.fromtimestamp(value, tz=datetime.UTC)
 
@@ -90,33 +97,33 @@ def _int_or_none(value) -> int | None:
 
 
 @transaction.atomic
-def generation_records_create(*, records: list[dict]) -> list[GenerationRecord]:
+def generation_records_create(*, records: list[RequestRecord]) -> list[GenerationRecord]:
     """Store a batch of service records (see GenerationService) in one insert."""
-    user_ids = {_int_or_none(r["user"]) for r in records} - {None}
-    conversation_ids = {_int_or_none(r["meta"].get("conversation")) for r in records} - {None}
+    user_ids = {_int_or_none(r.user_id) for r in records} - {None}
+    conversation_ids = {_int_or_none(r.meta.get("conversation")) for r in records} - {None}
     users = _existing(get_user_model(), user_ids)
     conversations = _existing(Conversation, conversation_ids)
     rows = []
     for record in records:
-        user_id = _int_or_none(record["user"])
-        conversation_id = _int_or_none(record["meta"].get("conversation"))
+        user_id = _int_or_none(record.user_id)
+        conversation_id = _int_or_none(record.meta.get("conversation"))
         rows.append(
             GenerationRecord(
-                request_id=record["request"],
+                request_id=record.request_id,
                 user_id=user_id if user_id in users else None,
                 conversation_id=conversation_id if conversation_id in conversations else None,
-                worker=record["worker"][:128],
-                enqueued_at=_timestamp(record["enqueued_at"]),
-                started_at=_timestamp(record["started_at"]),
-                first_token_at=_timestamp(record["first_token_at"]),
-                finished_at=_timestamp(record["finished_at"]),
-                prompt_tokens=record["prompt_tokens"],
-                completion_tokens=record["completion_tokens"],
-                max_new_tokens=record.get("max_new_tokens") or 0,
-                budget_shrunk=bool(record.get("budget_shrunk")),
-                outcome=record["outcome"],
-                finish_reason=record["finish_reason"] or "",
-                error_code=record["error_code"] or "",
+                worker=record.worker[:128],
+                enqueued_at=_timestamp(record.enqueued_at),
+                started_at=_timestamp(record.started_at),
+                first_token_at=_timestamp(record.first_token_at),
+                finished_at=_timestamp(record.finished_at),
+                prompt_tokens=record.prompt_tokens,
+                completion_tokens=record.completion_tokens,
+                max_new_tokens=record.max_new_tokens,
+                budget_shrunk=record.budget_shrunk,
+                outcome=record.outcome,
+                finish_reason=record.finish_reason or "",
+                error_code=record.error_code or "",
             )
         )
     return GenerationRecord.objects.bulk_create(rows)
@@ -136,7 +143,7 @@ def queue_snapshots_create(*, snapshots: list[dict]) -> list[QueueSnapshot]:
 
 
 @transaction.atomic
-def stats_batch_create(*, records: list[dict], snapshots: list[dict]) -> None:
+def stats_batch_create(*, records: list[RequestRecord], snapshots: list[dict]) -> None:
     """Store one flush of a process's statistics in a single transaction."""
     if records:
         generation_records_create(records=records)

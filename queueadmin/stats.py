@@ -6,25 +6,15 @@ and only touches memory.
 """
 
 import collections
-import math
 import time
+
+from generation.runtime.types import RequestRecord
+from generation.stats import percentile, summarize
+
+__all__ = ["LatencyWindow", "ServiceStats", "percentile", "summarize"]
 
 WINDOW_S = 300  # p50/p95 cover the last 5 minutes
 MAX_SAMPLES = 2000  # bounds memory and the size of published statuses
-
-
-def percentile(values: list[float], q: float) -> float | None:
-    """The nearest-rank `q` percentile (0-100) of `values`, or None if empty."""
-    if not values:
-        return None
-    ordered = sorted(values)
-    rank = max(math.ceil(q / 100 * len(ordered)), 1)
-    return ordered[rank - 1]
-
-
-def summarize(values: list[float]) -> dict:
-    """{"p50", "p95", "count"} of millisecond samples."""
-    return {"p50": percentile(values, 50), "p95": percentile(values, 95), "count": len(values)}
 
 
 class LatencyWindow:
@@ -53,14 +43,13 @@ class ServiceStats:
         self.queue_wait = LatencyWindow()
         self.finished_tokens = 0
 
-    def observe(self, record: dict) -> None:
+    def observe(self, record: RequestRecord) -> None:
         """Take one finished request's record into account."""
-        enqueued = record["enqueued_at"]
-        if record["started_at"] is not None:
-            self.queue_wait.add(record["started_at"] - enqueued)
-        if record["first_token_at"] is not None:
-            self.ttft.add(record["first_token_at"] - enqueued)
-        self.finished_tokens += record["completion_tokens"]
+        if record.started_at is not None:
+            self.queue_wait.add(record.started_at - record.enqueued_at)
+        if record.first_token_at is not None:
+            self.ttft.add(record.first_token_at - record.enqueued_at)
+        self.finished_tokens += record.completion_tokens
 
     def tokens_total(self, service) -> int:
         """Tokens generated so far: finished requests' plus the running ones'.

@@ -42,8 +42,7 @@ def console(request):
         for field in form.fields.values():
             field.disabled = True
     if request.method == "POST" and form.is_valid():
-        values = {name: form.cleaned_data[name] for name in form.Meta.fields}
-        saved = services.generation_settings_update(user=request.user, values=values)
+        saved = services.generation_settings_update(user=request.user, limits=form.limits())
         # Only each process knows what it runs: the table shows it, live.
         messages.success(
             request,

@@ -18,9 +18,10 @@ from channels.testing import WebsocketCommunicator
 from django.conf import settings as django_settings
 from django.test import AsyncClient
 
+from generation.runtime.backends.local import LocalBackend
 from generation.runtime.loading import cached_folder, resolve_source, shared_model
-from generation.runtime.requests import Limits
 from generation.runtime.service import GenerationService
+from generation.runtime.types import Limits
 
 
 def build_tiny_model(target: Path) -> Path:
@@ -83,7 +84,8 @@ async def make_service(tiny_model_dir):
     shared = functools.partial(shared_model, str(tiny_model_dir), "cpu", django_settings.GENERATION_CACHE_DIR)
 
     async def factory(*, strategy: str = "batched", load=None, **limits) -> GenerationService:
-        service = GenerationService(load=load or shared, limits=Limits(**limits), strategy=strategy)
+        backend = LocalBackend(load or shared, strategy)
+        service = GenerationService(backend=backend, limits=Limits(**limits))
         service.start()
         services.append(service)
         return service

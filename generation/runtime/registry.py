@@ -3,18 +3,26 @@
 Daphne has no ASGI lifespan, so the service cannot start with the app; the
 first consumer that needs it calls `get_service()` inside the running event
 loop. A service is bound to its loop: when a different loop asks (each test
-runs its own), the old service's thread is stopped and a new one starts,
-reusing the model already loaded in this process.
+runs its own), the old service is stopped and a new one starts, reusing the
+model already loaded in this process.
+
+Other apps join each new service through `on_service_start(hook)` (queueadmin
+registers its control from its AppConfig.ready()), so that generation never
+imports them.
 """
 
 import asyncio
+from collections.abc import Callable
 
 from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
 
-from generation.runtime.requests import Limits
+from generation.runtime.backends import Backend
 from generation.runtime.service import GenerationService
+from generation.runtime.types import Limits
 
 _service: GenerationService | None = None
+_start_hooks: list[Callable[[GenerationService], object]] = []
 
 
 def default_limits() -> Limits:
@@ -54,6 +62,39 @@ def configured_model_loader():
     return load
 
 
+def _local_backend() -> Backend:
+    from generation.runtime.backends.local import LocalBackend
+
+    return LocalBackend(configured_model_loader())
+
+
+# GENERATION_BACKEND → a factory of the configured backend; each factory
+# reads its own settings. The one place a backend is chosen.
+BACKENDS: dict[str, Callable[[], Backend]] = {
+    "local": _local_backend,
+}
+
+
+def make_backend() -> Backend:
+    """The backend settings.GENERATION_BACKEND names; ImproperlyConfigured for
+    an unknown name."""
+    name = settings.GENERATION_BACKEND
+    try:
+        factory = BACKENDS[name]
+    except KeyError:
+        choices = ", ".join(sorted(BACKENDS))
+        raise ImproperlyConfigured(f"GENERATION_BACKEND={name!r} is not one of: {choices}.") from None
+    return factory()
+
+
+def on_service_start(hook: Callable[[GenerationService], object]) -> None:
+    """Call `hook(service)` for every service this registry starts, inside
+    its loop, right after `start()`. Registered once, at app load; a hook
+    registered twice runs once."""
+    if hook not in _start_hooks:
+        _start_hooks.append(hook)
+
+
 def get_service() -> GenerationService:
     """Return this process's service, starting it in the running loop if needed."""
     global _service
@@ -61,9 +102,8 @@ def get_service() -> GenerationService:
     if _service is None or _service.loop is not loop:
         if _service is not None:
             _service.stop()
-        _service = GenerationService(load=configured_model_loader(), limits=default_limits())
+        _service = GenerationService(backend=make_backend(), limits=default_limits())
         _service.start()
-        from queueadmin.control import attach  # live settings, console and statistics
-
-        attach(_service)
+        for hook in _start_hooks:
+            hook(_service)
     return _service

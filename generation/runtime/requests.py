@@ -1,50 +1,29 @@
-"""Requests, their handles, and the service's limits.
+"""Requests and their handles.
 
 A `GenerationRequest` is created by `GenerationService.submit` and lives
-until its terminal event. Its events are plain JSON-safe dicts with a `type`:
+until its terminal event. Its events are the typed events of
+generation.runtime.types, in this order:
 
-- `queued`: {"position": n, "waiting": n}, on entering the queue and whenever
-  either number changes (position 1 is next to start).
-- `started`: {"prompt_tokens": n, "dropped_messages": n, "max_new_tokens": n,
-  "budget_shrunk": bool}, once the model thread has built the prompt and
-  begins the prefill. `max_new_tokens` is the reply's budget in effect: below
-  the asked one (and `budget_shrunk` true) when the newest message left less
-  room in the context, so that a `length` finish came sooner.
-- `token`: {"text": delta}, exact text deltas; their concatenation is the reply.
-- `done`: {"finish_reason": "stop"|"length"|"cancelled", "text": full reply,
-  "usage": {...}, "timings": {...}}: terminal.
-- `error`: {"code": ..., "message": text for people}: terminal. Codes:
-  queue_full, busy, queue_timeout, too_long, unavailable, internal.
+- `Queued(position, waiting)` on entering the queue and whenever either
+  number changes (position 1 is next to start); again if the engine was busy
+  and the request went back to the head of the queue.
+- `Started(prompt_tokens, dropped_messages, max_new_tokens, budget_shrunk)`
+  once the backend has built the prompt and begins the prefill.
+  `max_new_tokens` is the reply's budget in effect: below the asked one (and
+  `budget_shrunk` true) when the newest message left less room in the
+  context, so that a `length` finish came sooner.
+- `Token(text)`: exact text deltas; their concatenation is the reply.
+- `Done(finish_reason, text, usage, timings)` or `Error(code, message)`:
+  terminal.
 """
 
 import asyncio
-import enum
 import time
 import uuid
 from dataclasses import dataclass, field
 
 from generation.runtime.sampling import SamplingParams
-
-TERMINAL_EVENTS = frozenset({"done", "error"})
-
-
-@dataclass
-class Limits:
-    """The knobs staff turn at run time; validated where they are edited."""
-
-    max_concurrency: int = 4
-    max_queue_size: int = 32
-    max_active_per_user: int = 1
-    queue_timeout_s: float = 300
-    max_new_tokens: int = 512
-
-
-class State(enum.Enum):
-    """Where a request is in its life."""
-
-    QUEUED = "queued"
-    RUNNING = "running"
-    FINISHED = "finished"
+from generation.runtime.types import Event, RequestState, Timings, Usage
 
 
 @dataclass(eq=False)
@@ -56,7 +35,7 @@ class GenerationRequest:
     params: SamplingParams
     meta: dict
     id: str = field(default_factory=lambda: uuid.uuid4().hex)
-    state: State = State.QUEUED
+    state: RequestState = RequestState.QUEUED
     enqueued_at: float = field(default_factory=time.time)
     started_at: float | None = None
     first_token_at: float | None = None
@@ -68,33 +47,33 @@ class GenerationRequest:
     text: str = ""
     position: tuple[int, int] | None = None  # last (position, waiting) sent
     timeout: asyncio.TimerHandle | None = None
-    events: asyncio.Queue = field(default_factory=asyncio.Queue)
+    events: asyncio.Queue[Event] = field(default_factory=asyncio.Queue)
 
-    def emit(self, type_: str, **payload) -> None:
+    def emit(self, event: Event) -> None:
         """Queue an event for the handle's reader."""
-        self.events.put_nowait({"type": type_, **payload})
+        self.events.put_nowait(event)
 
-    def timings(self) -> dict:
+    def timings(self) -> Timings:
         """Milliseconds spent waiting, to the first token, and in total."""
 
         def since(start: float | None, end: float | None) -> int | None:
             return None if start is None or end is None else round((end - start) * 1000)
 
-        return {
-            "queue_ms": since(self.enqueued_at, self.started_at),
-            "ttft_ms": since(self.enqueued_at, self.first_token_at),
-            "total_ms": since(self.enqueued_at, self.finished_at),
-        }
+        return Timings(
+            queue_ms=since(self.enqueued_at, self.started_at),
+            ttft_ms=since(self.enqueued_at, self.first_token_at),
+            total_ms=since(self.enqueued_at, self.finished_at),
+        )
 
-    def usage(self) -> dict:
+    def usage(self) -> Usage:
         """Token counts of the prompt and the reply."""
-        return {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens}
+        return Usage(prompt_tokens=self.prompt_tokens, completion_tokens=self.completion_tokens)
 
 
 class GenerationHandle:
     """What `submit` returns: iterate it for events, or cancel the request.
 
-    Iteration ends after the terminal event (`done` or `error`).
+    Iteration ends after the terminal event (`Done` or `Error`).
     """
 
     def __init__(self, request: GenerationRequest, service):
@@ -118,5 +97,5 @@ class GenerationHandle:
         while True:
             event = await self.request.events.get()
             yield event
-            if event["type"] in TERMINAL_EVENTS:
+            if event.terminal:
                 return

@@ -1,12 +1,14 @@
 """The generation service: one per server process, living on its event loop.
 
 It owns the bounded FIFO queue, the concurrency cap, the per-user limit and
-the queue timeout, and hands admitted requests to the model thread
-(`ModelWorker`). All its state is touched only from the event loop; the
-model thread reports back through `call_soon_threadsafe`. Every finished
-request, rejected ones included, yields a record that listeners (the
-statistics writer) receive; listeners run on the loop and must not block.
-Stop listeners let such companions end with the service.
+the queue timeout, and hands admitted requests to a `Backend`
+(generation.runtime.backends): the in-process model thread, or a remote
+engine. All its state is touched only from the event loop; a backend
+reports back with typed reports (generation.runtime.types) that are applied
+in a later loop callback, never inside the backend's own call. Every
+finished request, rejected ones included, yields a `RequestRecord` that
+listeners (the statistics writer) receive; listeners run on the loop and
+must not block. Stop listeners let such companions end with the service.
 """
 
 import asyncio
@@ -16,26 +18,36 @@ import os
 import socket
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
-from generation.runtime.requests import GenerationHandle, GenerationRequest, Limits, State
+from generation.runtime.backends import Backend
+from generation.runtime.requests import GenerationHandle, GenerationRequest
 from generation.runtime.sampling import SamplingParams
-from generation.runtime.worker import ModelWorker, Report
-
-if TYPE_CHECKING:  # loading imports torch, which only the model thread needs
-    from generation.runtime.loading import LoadedModel
+from generation.runtime.types import (
+    BackendFailed,
+    BackendReady,
+    Done,
+    Error,
+    ErrorCode,
+    FinishReason,
+    Limits,
+    ModelState,
+    Outcome,
+    Queued,
+    Report,
+    RequestDeferred,
+    RequestFailed,
+    RequestFinished,
+    RequestRecord,
+    RequestStarted,
+    RequestState,
+    Started,
+    TextDelta,
+    Token,
+)
 
 logger = logging.getLogger(__name__)
 
 THROUGHPUT_WINDOW_S = 10
-
-REJECTIONS = {
-    "queue_full": "The server is busy: the queue is full. Please try again in a moment.",
-    "busy": "You already have a reply in progress. Wait for it to finish or stop it first.",
-    "queue_timeout": "Timed out waiting in the queue. Please try again.",
-    "unavailable": "The model could not be loaded, so no reply can be generated right now.",
-}
-OUTCOMES = {"queue_full": "rejected", "busy": "rejected", "too_long": "rejected", "queue_timeout": "timeout"}
 
 
 def default_worker_name() -> str:
@@ -44,49 +56,54 @@ def default_worker_name() -> str:
 
 
 class GenerationService:
-    """Schedules generation requests onto one model thread.
+    """Schedules generation requests onto one backend.
 
-    Create it, then call `start()` from inside the running event loop; it
-    loads the model in the background and queues what arrives meanwhile.
+    Create it, then call `start()` from inside the running event loop; the
+    backend loads or connects in the background and what arrives meanwhile
+    is queued.
     """
 
-    def __init__(
-        self,
-        *,
-        load: Callable[[], "LoadedModel"],
-        limits: Limits,
-        strategy: str = "batched",
-        worker_name: str | None = None,
-    ):
+    def __init__(self, *, backend: Backend, limits: Limits, worker_name: str | None = None):
         self.limits = limits
+        self.backend = backend
+        self.backend_info = backend.info()
         self.worker_name = worker_name or default_worker_name()
-        self.model_state = "loading"
+        self.model_state = ModelState.LOADING
         self.model_error = ""
-        self.model_name = ""
         self.loop: asyncio.AbstractEventLoop | None = None
         self.queue: collections.deque[GenerationRequest] = collections.deque()
         self.running: dict[str, GenerationRequest] = {}
-        self.record_listeners: list[Callable[[dict], None]] = []
+        self.record_listeners: list[Callable[[RequestRecord], None]] = []
         self.stop_listeners: list[Callable[[], None]] = []
-        self._tokens = collections.deque()  # (monotonic time, tokens) per step
-        self._worker = ModelWorker(load, self._deliver, strategy)
+        self._tokens = collections.deque()  # (monotonic time, tokens) per report batch
+        self._held_until = 0.0  # loop time before which nothing is admitted (engine busy)
+        self._resume: asyncio.TimerHandle | None = None
+
+    @property
+    def model_name(self) -> str:
+        """The backend's model, once known."""
+        return self.backend_info.model
 
     # Lifecycle ---------------------------------------------------------
 
     def start(self) -> None:
-        """Bind to the running loop and start loading the model."""
+        """Bind to the running loop and start the backend (load or connect)."""
         self.loop = asyncio.get_running_loop()
-        self._worker.start()
+        self.backend.start(self._deliver)
 
     def stop(self) -> None:
-        """Stop the model thread; used when a process or a test ends. Stop
+        """Stop the backend; used when a process or a test ends. Stop
         listeners run first, on the loop, while the service still has its state."""
         for listener in self.stop_listeners:
             listener()
-        self._worker.stop()
+        if self._resume is not None:
+            self._resume.cancel()
+        self.backend.stop()
 
-    def _deliver(self, reports: list[Report]) -> None:
-        """Called in the model thread: pass reports to the loop."""
+    def _deliver(self, reports: list) -> None:
+        """The backend's report channel; any thread, the loop's own included.
+        Always through call_soon_threadsafe, so that reports are applied in a
+        callback of their own, never inside a backend call such as `admit`."""
         if not self.loop.is_closed():
             self.loop.call_soon_threadsafe(self._apply_reports, reports)
 
@@ -105,7 +122,7 @@ class GenerationService:
     ) -> GenerationHandle:
         """Queue a reply to `messages` for `user_id` and return its handle.
 
-        Never blocks: a request the service cannot take gets its `error` event
+        Never blocks: a request the service cannot take gets its `Error` event
         at once (queue_full, busy, unavailable). `ignore_eos` is for
         benchmarks that need replies of a fixed length.
         """
@@ -116,12 +133,12 @@ class GenerationService:
         request = GenerationRequest(user_id=user_id, messages=messages, params=params, meta=meta or {})
         handle = GenerationHandle(request, self)
         active = sum(1 for r in self._active() if r.user_id == user_id)
-        if self.model_state == "failed":
-            self._reject(request, "unavailable")
+        if self.model_state is ModelState.FAILED:
+            self._fail(request, ErrorCode.UNAVAILABLE, self.model_error)
         elif active >= self.limits.max_active_per_user:
-            self._reject(request, "busy")
+            self._fail(request, ErrorCode.BUSY)
         elif len(self.queue) >= self.limits.max_queue_size and not self._has_free_slot():
-            self._reject(request, "queue_full")
+            self._fail(request, ErrorCode.QUEUE_FULL)
         else:
             self.queue.append(request)
             request.timeout = self.loop.call_later(self.limits.queue_timeout_s, self._expire, request)
@@ -131,22 +148,19 @@ class GenerationService:
     def cancel(self, request_id: str) -> None:
         """Cancel a queued or running request; unknown or finished ids are ignored."""
         if request_id in self.running:
-            self._worker.cancel(request_id)
+            self.backend.cancel(request_id)
             return
         for request in self.queue:
             if request.id == request_id:
                 self.queue.remove(request)
-                self._finish(request, "done", outcome="cancelled", finish_reason="cancelled")
+                self._end(request, Outcome.CANCELLED, finish_reason=FinishReason.CANCELLED)
                 self._publish_positions()
                 return
 
-    def update_limits(self, **changes) -> None:
+    def update_limits(self, limits: Limits) -> None:
         """Apply new limits now: a higher cap admits waiting requests at once, a
         lower one lets running requests finish, a smaller queue drops nobody."""
-        for name, value in changes.items():
-            if not hasattr(self.limits, name):
-                raise AttributeError(f"Unknown limit {name!r}")
-            setattr(self.limits, name, value)
+        self.limits = limits
         self._admit()
 
     def tokens_per_second(self) -> float:
@@ -156,10 +170,18 @@ class GenerationService:
 
     def status(self) -> dict:
         """A JSON-safe snapshot for the console, status.json and metrics."""
+        info = self.backend_info
         return {
             "worker": self.worker_name,
-            "model": {"name": self.model_name, "state": self.model_state, "error": self.model_error},
-            "limits": vars(self.limits).copy(),
+            "model": {
+                "name": info.model,
+                "state": str(self.model_state),
+                "error": self.model_error,
+                "backend": info.kind,
+                "host": info.host,
+                "context_tokens": info.context_tokens,
+            },
+            "limits": self.limits.as_dict(),
             "running": [
                 {
                     "request": r.id,
@@ -184,17 +206,21 @@ class GenerationService:
         yield from self.running.values()
 
     def _has_free_slot(self) -> bool:
-        return self.model_state == "ready" and len(self.running) < self.limits.max_concurrency
+        return (
+            self.model_state is ModelState.READY
+            and len(self.running) < self.limits.max_concurrency
+            and self.loop.time() >= self._held_until
+        )
 
     def _admit(self) -> None:
         """Move requests from the head of the queue into free slots."""
         while self.queue and self._has_free_slot():
             request = self.queue.popleft()
             request.timeout.cancel()
-            request.state = State.RUNNING
+            request.state = RequestState.RUNNING
             request.started_at = time.time()
             self.running[request.id] = request
-            self._worker.admit(request)
+            self.backend.admit(request)
         self._publish_positions()
 
     def _publish_positions(self) -> None:
@@ -203,100 +229,128 @@ class GenerationService:
         for position, request in enumerate(self.queue, start=1):
             if request.position != (position, waiting):
                 request.position = (position, waiting)
-                request.emit("queued", position=position, waiting=waiting)
+                request.emit(Queued(position=position, waiting=waiting))
 
     def _expire(self, request: GenerationRequest) -> None:
-        if request.state is State.QUEUED and request in self.queue:
+        if request.state is RequestState.QUEUED and request in self.queue:
             self.queue.remove(request)
-            self._fail(request, "queue_timeout", REJECTIONS["queue_timeout"])
+            self._fail(request, ErrorCode.QUEUE_TIMEOUT)
             self._publish_positions()
 
-    def _reject(self, request: GenerationRequest, code: str) -> None:
-        self._fail(request, code, REJECTIONS[code])
+    def _defer(self, request: GenerationRequest, retry_after_s: float) -> None:
+        """The engine was busy: put `request` back at the head of the queue, its
+        queue timeout re-armed for the time it has left, and admit nothing for
+        `retry_after_s` seconds (then `_admit` runs again by itself)."""
+        del self.running[request.id]
+        request.state, request.started_at, request.position = RequestState.QUEUED, None, None
+        self.queue.appendleft(request)
+        left = max(self.limits.queue_timeout_s - (time.time() - request.enqueued_at), 0)
+        request.timeout = self.loop.call_later(left, self._expire, request)
+        until = self.loop.time() + max(retry_after_s, 0)
+        if until > self._held_until:
+            self._held_until = until
+            if self._resume is not None:
+                self._resume.cancel()
+            self._resume = self.loop.call_at(until, self._admit)
 
-    # Reports from the model thread ------------------------------------
+    # Reports from the backend ------------------------------------------
 
     def _apply_reports(self, reports: list[Report]) -> None:
         now = time.time()
         generated = 0
         for report in reports:
-            kind = report[0]
-            if kind == "loaded":
-                self._on_loaded(report[1])
-                continue
-            if kind == "load_failed":
-                self._on_load_failed(report[1])
-                continue
-            request = self.running.get(report[1])
+            match report:
+                case BackendReady(info=info):
+                    self.model_state, self.model_error, self.backend_info = ModelState.READY, "", info
+                    continue
+                case BackendFailed(message=message):
+                    self._on_backend_failed(message)
+                    continue
+            request = self.running.get(report.request_id)
             if request is None:
                 continue
-            if kind == "started":
-                _, _, request.prompt_tokens, dropped, request.max_new_tokens, request.budget_shrunk = report
-                request.emit(
-                    "started",
-                    prompt_tokens=request.prompt_tokens,
-                    dropped_messages=dropped,
-                    max_new_tokens=request.max_new_tokens,
-                    budget_shrunk=request.budget_shrunk,
-                )
-            elif kind in ("token", "text"):
-                if kind == "token":
-                    generated += 1
-                    request.completion_tokens += 1
-                    request.first_token_at = request.first_token_at or now
-                if report[2]:
-                    request.text += report[2]
-                    request.emit("token", text=report[2])
-            elif kind == "finished":
-                outcome = "cancelled" if report[2] == "cancelled" else "completed"
-                self._finish(request, "done", outcome=outcome, finish_reason=report[2])
-            elif kind == "failed":
-                self._fail(request, report[2], report[3])
+            match report:
+                case RequestStarted():
+                    request.prompt_tokens = report.prompt_tokens
+                    request.max_new_tokens = report.max_new_tokens
+                    request.budget_shrunk = report.budget_shrunk
+                    request.emit(
+                        Started(
+                            prompt_tokens=report.prompt_tokens,
+                            dropped_messages=report.dropped_messages,
+                            max_new_tokens=report.max_new_tokens,
+                            budget_shrunk=report.budget_shrunk,
+                        )
+                    )
+                case TextDelta(text=text, tokens=tokens):
+                    generated += tokens
+                    request.completion_tokens += tokens
+                    if request.first_token_at is None and (tokens > 0 or text):
+                        request.first_token_at = now
+                    if text:
+                        request.text += text
+                        request.emit(Token(text=text))
+                case RequestFinished(finish_reason=reason):
+                    if report.prompt_tokens is not None:
+                        request.prompt_tokens = report.prompt_tokens
+                    if report.completion_tokens is not None:
+                        request.completion_tokens = report.completion_tokens
+                    cancelled = reason is FinishReason.CANCELLED
+                    self._end(
+                        request, Outcome.CANCELLED if cancelled else Outcome.COMPLETED, finish_reason=reason
+                    )
+                case RequestFailed(code=code, message=message):
+                    self._fail(request, code, message)
+                case RequestDeferred(retry_after_s=retry_after_s):
+                    self._defer(request, retry_after_s)
         if generated:
             self._tokens.append((time.monotonic(), generated))
             self._trim_throughput(time.monotonic())
         self._admit()
 
-    def _on_loaded(self, loaded: "LoadedModel") -> None:
-        self.model_state, self.model_name = "ready", loaded.name
-
-    def _on_load_failed(self, message: str) -> None:
-        self.model_state, self.model_error = "failed", message
+    def _on_backend_failed(self, message: str) -> None:
+        """The backend cannot generate: every waiting request ends with
+        `unavailable` in the backend's words. Running ones are the backend's
+        to fail."""
+        self.model_state, self.model_error = ModelState.FAILED, message
         while self.queue:
-            self._reject(self.queue.popleft(), "unavailable")
+            self._fail(self.queue.popleft(), ErrorCode.UNAVAILABLE, message)
 
     # Endings -----------------------------------------------------------
 
-    def _fail(self, request: GenerationRequest, code: str, message: str) -> None:
-        self._finish(request, "error", outcome=OUTCOMES.get(code, "error"), code=code, message=message)
+    def _fail(self, request: GenerationRequest, code: ErrorCode, message: str = "") -> None:
+        """End `request` with an `Error`; `message` defaults to the code's words."""
+        self._end(request, code.outcome, error_code=code, message=message or code.text)
 
-    def _finish(self, request: GenerationRequest, event: str, *, outcome: str, **payload) -> None:
-        """End a request: free its slot, send its terminal event, emit its record."""
+    def _end(
+        self,
+        request: GenerationRequest,
+        outcome: Outcome,
+        *,
+        finish_reason: FinishReason | None = None,
+        error_code: ErrorCode | None = None,
+        message: str = "",
+    ) -> None:
+        """End a request: free its slot, send its terminal event (`Error` when
+        `error_code` is given, else `Done`), hand its record to the listeners."""
         if request.timeout:
             request.timeout.cancel()
         self.running.pop(request.id, None)
-        request.state = State.FINISHED
+        request.state = RequestState.FINISHED
         request.finished_at = time.time()
-        if event == "done":
-            payload.update(text=request.text, usage=request.usage(), timings=request.timings())
-        request.emit(event, **payload)
-        record = {
-            "request": request.id,
-            "worker": self.worker_name,
-            "user": request.user_id,
-            "meta": request.meta,
-            "enqueued_at": request.enqueued_at,
-            "started_at": request.started_at,
-            "first_token_at": request.first_token_at,
-            "finished_at": request.finished_at,
-            "prompt_tokens": request.prompt_tokens,
-            "completion_tokens": request.completion_tokens,
-            "max_new_tokens": request.max_new_tokens,
-            "budget_shrunk": request.budget_shrunk,
-            "outcome": outcome,
-            "finish_reason": payload.get("finish_reason", ""),
-            "error_code": payload.get("code", ""),
-        }
+        if error_code is not None:
+            request.emit(Error(code=error_code, message=message))
+        else:
+            usage, timings = request.usage(), request.timings()
+            request.emit(Done(finish_reason=finish_reason, text=request.text, usage=usage, timings=timings))
+        record = RequestRecord.of(
+            request,
+            worker=self.worker_name,
+            finished_at=request.finished_at,
+            outcome=outcome,
+            finish_reason=finish_reason,
+            error_code=error_code,
+        )
         for listener in self.record_listeners:
             try:
                 listener(record)

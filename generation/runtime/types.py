@@ -36,6 +36,14 @@ class ModelState(enum.StrEnum):
     FAILED = "failed"
 
 
+class RequestState(enum.Enum):
+    """Where a request is in its life (GenerationRequest.state)."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    FINISHED = "finished"
+
+
 class FinishReason(enum.StrEnum):
     """Why a reply ended, as OpenAI and vLLM name it (plus our `cancelled`)."""
 

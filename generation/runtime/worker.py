@@ -3,8 +3,10 @@
 The service hands admitted requests and cancellations over through
 `ModelWorker.admit` and `ModelWorker.cancel`; the thread applies them at the
 next step boundary, runs one engine step, and reports what happened back to
-the event loop with ONE `call_soon_threadsafe` per step. The event loop thus
-never waits on a forward pass or a tokenizer call.
+the service with ONE `deliver` call per step (the typed reports of
+generation.runtime.types). The event loop thus never waits on a forward pass
+or a tokenizer call. generation.runtime.backends.local wraps it as the
+`local` backend.
 """
 
 import dataclasses
@@ -16,20 +18,26 @@ from typing import TYPE_CHECKING
 
 from generation.runtime.detokenizer import IncrementalDetokenizer
 from generation.runtime.prompt import PromptTooLong, build_prompt, prepare_tokenizer
+from generation.runtime.types import (
+    BackendFailed,
+    BackendInfo,
+    BackendReady,
+    ErrorCode,
+    FinishReason,
+    Report,
+    RequestFailed,
+    RequestFinished,
+    RequestStarted,
+    TextDelta,
+)
 
 if TYPE_CHECKING:  # the model stack is imported in the model thread only
     from generation.runtime.loading import LoadedModel
 
 logger = logging.getLogger(__name__)
 
-# Report tuples sent to the loop, in order:
-#   ("loaded", LoadedModel) | ("load_failed", message)
-#   ("started", request_id, prompt_tokens, dropped_messages, max_new_tokens, budget_shrunk)
-#   ("token", request_id, text_delta)   one generated token
-#   ("text", request_id, text)          held-back complete text at the end
-#   ("finished", request_id, finish_reason)
-#   ("failed", request_id, code, message)
-Report = tuple
+# More precise than ErrorCode.INTERNAL's words: the model itself failed.
+MODEL_FAILED = "The model failed on this reply. Please try again."
 
 
 def stop_token_ids(loaded: "LoadedModel") -> set[int]:
@@ -113,12 +121,15 @@ class ModelWorker:
             freeze_long_lived_objects()
         except Exception as error:  # any failure leaves the service unable to serve
             logger.exception("Model load failed")
-            self._deliver([("load_failed", str(error))])
+            self._deliver([BackendFailed(message=f"The model could not be loaded: {error}")])
             return
         self.context_tokens = loaded.model.config.max_position_embeddings
         engine = make_engine(self._strategy, loaded.model, stop_token_ids(loaded))
         detokenizers: dict[str, IncrementalDetokenizer] = {}
-        self._deliver([("loaded", loaded)])
+        info = BackendInfo(
+            kind="local", host="in-process", model=loaded.name, context_tokens=self.context_tokens
+        )
+        self._deliver([BackendReady(info=info)])
         while True:
             with self._wake:
                 while not (self._stopping or self._admitted or self._cancelled or len(engine)):
@@ -137,7 +148,7 @@ class ModelWorker:
             for request_id in cancelled:
                 if request_id in detokenizers:
                     engine.remove(request_id)
-                    reports += self._finish(detokenizers, request_id, "cancelled")
+                    reports += self._finish(detokenizers, request_id, FinishReason.CANCELLED)
             if len(engine):
                 try:
                     outputs = engine.step()
@@ -145,7 +156,7 @@ class ModelWorker:
                     logger.exception("Forward pass failed; failing the %d requests in the batch", len(engine))
                     for request_id in list(engine.sequences):
                         detokenizers.pop(request_id, None)
-                        reports.append(("failed", request_id, "internal", "The model failed on this reply."))
+                        reports.append(RequestFailed(request_id, ErrorCode.INTERNAL, MODEL_FAILED))
                     engine.clear()
                 else:
                     for output in outputs:
@@ -159,9 +170,15 @@ class ModelWorker:
                 tokenizer, request.messages, self.context_tokens, request.params.max_new_tokens
             )
         except PromptTooLong as error:
-            return [("failed", request.id, "too_long", f"{error} Shorten it and send it again.")]
-        started = (len(prompt.ids), prompt.dropped_messages, prompt.max_new_tokens, prompt.budget_shrunk)
-        reports: list[Report] = [("started", request.id, *started)]
+            return [RequestFailed(request.id, ErrorCode.TOO_LONG, f"{error} Shorten it and send it again.")]
+        started = RequestStarted(
+            request_id=request.id,
+            prompt_tokens=len(prompt.ids),
+            dropped_messages=prompt.dropped_messages,
+            max_new_tokens=prompt.max_new_tokens,
+            budget_shrunk=prompt.budget_shrunk,
+        )
+        reports: list[Report] = [started]
         params = dataclasses.replace(request.params, max_new_tokens=prompt.max_new_tokens)
         detokenizers[request.id] = IncrementalDetokenizer(tokenizer)
         try:
@@ -170,19 +187,19 @@ class ModelWorker:
             logger.exception("Prefill failed for request %s", request.id)
             engine.remove(request.id)
             detokenizers.pop(request.id)
-            return [*reports, ("failed", request.id, "internal", "The model failed on this reply.")]
+            return [*reports, RequestFailed(request.id, ErrorCode.INTERNAL, MODEL_FAILED)]
         return reports + self._token(detokenizers, output)
 
     def _token(self, detokenizers, output) -> list[Report]:
         delta = detokenizers[output.seq_id].push(output.token_id)
-        reports: list[Report] = [("token", output.seq_id, delta)]
+        reports: list[Report] = [TextDelta(output.seq_id, delta, 1)]
         if output.finish_reason:
-            reports += self._finish(detokenizers, output.seq_id, output.finish_reason)
+            reports += self._finish(detokenizers, output.seq_id, FinishReason(output.finish_reason))
         return reports
 
     @staticmethod
-    def _finish(detokenizers, request_id: str, reason: str) -> list[Report]:
+    def _finish(detokenizers, request_id: str, reason: FinishReason) -> list[Report]:
         # Complete text still held back goes out; the bytes of a character the
         # reply stopped in the middle of are dropped, never sent as U+FFFD.
         rest = detokenizers.pop(request_id).flush()
-        return [*([("text", request_id, rest)] if rest else []), ("finished", request_id, reason)]
+        return [*([TextDelta(request_id, rest, 0)] if rest else []), RequestFinished(request_id, reason)]

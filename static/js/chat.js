@@ -22,14 +22,9 @@ const codePoints = (text) => [...text].length;
 // would send what the server calls empty, or drop what it would store.
 const blank = (text) => /^[\t\n\v\f\r\x1c-\x1f \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*$/.test(text);
 
-// Fallback wording; the server's error frames carry their own message.
-const ERROR_TEXT = {
-  queue_full: "The server is busy: too many people are waiting. Please try again in a moment.",
-  busy: "A reply is already in progress. Wait for it to finish or stop it first.",
-  queue_timeout: "Waited too long in the queue. Please try again.",
-  too_long: "Your message is too long for the model to read. Please shorten it.",
-  internal: "Something went wrong on the server. Please try again.",
-};
+// The server's words for each error code (generation.runtime.types.ERROR_TEXT),
+// for stored failures; live error frames carry their own message.
+const ERROR_TEXT = config.errorText;
 const STATUS_TEXT = {
   cancelled: "Stopped.",
   interrupted: "Interrupted: the server stopped before this reply was finished.",

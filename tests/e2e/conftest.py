@@ -72,7 +72,7 @@ class Stack:
         self.manage(
             "shell",
             "-c",
-            f"from queueadmin.services import generation_settings_update as update; update(user=None, values={values!r})",
+            f"from queueadmin.services import generation_settings_change as change; change(user=None, **{values!r})",
         )
         for port in DAPHNE_PORTS:
             poll(lambda port=port: values.items() <= self.own_limits(port).items(), timeout=10)

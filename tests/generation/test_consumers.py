@@ -43,7 +43,7 @@ def send_frame(content="hello", conversation=None):
 
 async def test_full_event_sequence_and_persistence(service, alice, connect_as):
     """A reply goes accepted, started, tokens, done, and is stored once complete."""
-    service.update_limits(max_new_tokens=8)
+    service.update_limits(service.limits.replace(max_new_tokens=8))
     chat = await connect_as(alice)
     await chat.send_json_to(send_frame("hello"))
     frames = await receive_until(chat, "done")
@@ -76,7 +76,7 @@ async def test_full_event_sequence_and_persistence(service, alice, connect_as):
 
 async def test_follow_up_continues_the_conversation(service, alice, connect_as):
     """A send with a conversation id adds to it; the model sees the earlier turns."""
-    service.update_limits(max_new_tokens=4)
+    service.update_limits(service.limits.replace(max_new_tokens=4))
     chat = await connect_as(alice)
     await chat.send_json_to(send_frame("hello"))
     first = await receive_until(chat, "done")
@@ -90,7 +90,7 @@ async def test_follow_up_continues_the_conversation(service, alice, connect_as):
 async def test_queue_positions_with_one_slot(service, alice, bob, django_user_model, connect_as):
     """With one slot, the second and third clients see their live queue positions."""
     carol = await django_user_model.objects.acreate(username="carol")
-    service.update_limits(max_concurrency=1, max_new_tokens=4000)
+    service.update_limits(service.limits.replace(max_concurrency=1, max_new_tokens=4000))
     first, second, third = [await connect_as(user) for user in (alice, bob, carol)]
     await first.send_json_to(send_frame())
     await receive_until(first, "started")
@@ -122,7 +122,7 @@ async def test_queue_positions_with_one_slot(service, alice, bob, django_user_mo
 
 async def test_cancel_saves_partial_reply(service, alice, connect_as):
     """Cancel stops a running reply; what was sent is stored as cancelled."""
-    service.update_limits(max_new_tokens=4000)
+    service.update_limits(service.limits.replace(max_new_tokens=4000))
     chat = await connect_as(alice)
     await chat.send_json_to(send_frame())
     frames = await receive_until(chat, "token")
@@ -138,7 +138,7 @@ async def test_cancel_saves_partial_reply(service, alice, connect_as):
 
 async def test_disconnect_cancels_and_frees_the_slot(service, alice, bob, connect_as):
     """Closing the socket stops its reply and the next waiting request starts."""
-    service.update_limits(max_concurrency=1, max_new_tokens=4000)
+    service.update_limits(service.limits.replace(max_concurrency=1, max_new_tokens=4000))
     first, second = await connect_as(alice), await connect_as(bob)
     await first.send_json_to(send_frame())
     started = (await receive_until(first, "started"))[-1]
@@ -153,7 +153,7 @@ async def test_disconnect_cancels_and_frees_the_slot(service, alice, bob, connec
 
 async def test_second_send_while_replying_is_busy(service, alice, connect_as):
     """One reply at a time per socket; the extra message is refused, not stored."""
-    service.update_limits(max_new_tokens=4000)
+    service.update_limits(service.limits.replace(max_new_tokens=4000))
     chat = await connect_as(alice)
     await chat.send_json_to(send_frame())
     accepted = (await receive_until(chat, "started"))[0]
@@ -167,7 +167,7 @@ async def test_second_send_while_replying_is_busy(service, alice, connect_as):
 
 async def test_busy_from_another_tab_is_stored_as_failed(service, alice, connect_as):
     """A second tab of the same user gets `busy`; its message is kept, marked failed."""
-    service.update_limits(max_new_tokens=4000)
+    service.update_limits(service.limits.replace(max_new_tokens=4000))
     tab1, tab2 = await connect_as(alice), await connect_as(alice)
     await tab1.send_json_to(send_frame())
     await receive_until(tab1, "started")
@@ -209,7 +209,7 @@ async def test_malformed_frames_get_invalid_and_socket_stays_usable(service, ali
     """Every malformed frame gets an `invalid` error; the socket keeps working."""
     # More frames than the rate limit's burst; the limit has its own test.
     monkeypatch.setattr(consumers, "FRAME_BURST", len(MALFORMED) + 10)
-    service.update_limits(max_new_tokens=2)
+    service.update_limits(service.limits.replace(max_new_tokens=2))
     chat = await connect_as(alice)
     for text in MALFORMED:
         await chat.send_input({"type": "websocket.receive", "text": text})
@@ -228,7 +228,7 @@ async def test_a_message_at_the_limit_is_stored_exactly_however_it_is_escaped(se
     JSON (12 characters each), pass the frame guard and are stored exactly,
     as is text with RTL, zero-width and control characters; one emoji more
     is refused for its length, not as a too-large frame."""
-    service.update_limits(max_new_tokens=1)
+    service.update_limits(service.limits.replace(max_new_tokens=1))
     chat = await connect_as(alice)
     for content in [
         "\U0001f600" * 8000,
@@ -310,7 +310,7 @@ async def test_a_send_refused_by_a_closing_socket_still_saves_the_request(
     refuses the send (fault injected here). The request must still end, freeing
     its place, and be stored as cancelled once the disconnect arrives."""
     carol = await django_user_model.objects.acreate(username="carol")
-    service.update_limits(max_concurrency=1, max_new_tokens=4000)
+    service.update_limits(service.limits.replace(max_concurrency=1, max_new_tokens=4000))
     first, second, third = [await connect_as(user) for user in (alice, carol, bob)]
     await first.send_json_to(send_frame())
     await receive_until(first, "started")
@@ -345,7 +345,7 @@ async def test_a_dropped_app_still_cancels_its_reply(service, alice, connect_as)
     (application_close_timeout), so `disconnect` never runs. The reply must
     stop anyway: stored as cancelled, its slot freed, and the same person able
     to chat again at once."""
-    service.update_limits(max_new_tokens=4000)
+    service.update_limits(service.limits.replace(max_new_tokens=4000))
     chat = await connect_as(alice)
     await chat.send_json_to(send_frame())
     started = (await receive_until(chat, "started"))[-1]
@@ -365,7 +365,7 @@ async def test_a_failed_send_cancels_the_reply_at_once(service, alice, connect_a
     """A send the server refuses means the reader is gone (fault injected
     here; some servers raise on a closed socket); the reply is cancelled then,
     without waiting for a disconnect that may come late or never."""
-    service.update_limits(max_new_tokens=4000)
+    service.update_limits(service.limits.replace(max_new_tokens=4000))
     original = consumers.ChatConsumer.send_json
 
     async def refuse_tokens(self, content, close=False):
@@ -387,7 +387,7 @@ async def test_a_frame_flood_is_dropped_with_one_notice_and_cancel_still_works(s
     """A socket may not queue unbounded work: frames over the rate limit are
     dropped with at most one `invalid` notice per second, and a `cancel` sent
     in the flood is still honoured."""
-    service.update_limits(max_new_tokens=4000)
+    service.update_limits(service.limits.replace(max_new_tokens=4000))
     chat = await connect_as(alice)
     await chat.send_json_to(send_frame())
     await receive_until(chat, "started")

@@ -7,9 +7,10 @@ import time
 import pytest
 from django.conf import settings
 
+from generation.runtime.backends.local import LocalBackend
 from generation.runtime.loading import shared_model
-from generation.runtime.requests import Limits
 from generation.runtime.service import GenerationService
+from generation.runtime.types import Limits
 
 pytestmark = pytest.mark.real_model
 
@@ -17,7 +18,7 @@ pytestmark = pytest.mark.real_model
 @pytest.fixture
 async def real_service(real_model):
     service = GenerationService(
-        load=functools.partial(shared_model, "", "cpu", settings.GENERATION_CACHE_DIR),
+        backend=LocalBackend(functools.partial(shared_model, "", "cpu", settings.GENERATION_CACHE_DIR)),
         limits=Limits(max_concurrency=8, max_new_tokens=32),
     )
     service.start()
@@ -58,4 +59,4 @@ async def test_event_loop_never_waits_on_a_forward_pass(real_service):
 
 
 async def drain(handle):
-    return [event async for event in handle]
+    return [event.as_dict() async for event in handle]

@@ -21,7 +21,7 @@ async def started_then_cancel(handle, tokens=3):
     events = []
     async with asyncio.timeout(60):
         async for event in handle:
-            events.append(event)
+            events.append(event.as_dict())
             if sum(e["type"] == "token" for e in events) == tokens:
                 handle.cancel()
     return events
@@ -46,7 +46,7 @@ async def test_a_budget_near_the_context_still_gets_a_reply(make_service, text, 
     assert started["type"] == "started" and started["budget_shrunk"] is True
     assert started["max_new_tokens"] == CONTEXT - started["prompt_tokens"] < max_new_tokens
     assert done["type"] == "done" and done["text"]
-    assert records[0]["max_new_tokens"] == started["max_new_tokens"] and records[0]["budget_shrunk"] is True
+    assert records[0].max_new_tokens == started["max_new_tokens"] and records[0].budget_shrunk is True
 
 
 async def test_a_shrunk_budget_ends_with_an_honest_length(make_service, tiny_model_dir):
@@ -125,7 +125,7 @@ async def test_a_reply_cut_at_length_mid_character_has_no_replacement_character(
     loaded = tokyo_model(tiny_model_dir)
     service = await ready(await make_service(max_new_tokens=1, load=lambda: loaded))
     for max_new_tokens in range(1, len(TOKYO) + 1):
-        service.update_limits(max_new_tokens=max_new_tokens)
+        service.update_limits(service.limits.replace(max_new_tokens=max_new_tokens))
         events = await collect(service.submit(user_id=1, messages=[{"role": "user", "content": "Tokyo?"}]))
         done = events[-1]
         assert done["finish_reason"] == "length"

@@ -8,6 +8,7 @@ model thread reports anything.
 import asyncio
 
 from generation.runtime.loading import shared_model
+from generation.runtime.types import ErrorCode, Queued
 
 # The seeded tiny model does not stop on this prompt for thousands of tokens,
 # so a request with a large budget keeps its slot until it is cancelled.
@@ -27,15 +28,16 @@ async def ready(service):
 
 
 async def collect(handle, timeout=60):
+    """The request's events, as their JSON-safe dicts, through the terminal one."""
     async with asyncio.timeout(timeout):
-        return [event async for event in handle]
+        return [event.as_dict() async for event in handle]
 
 
 async def first(handle_events, type_, timeout=30):
     async with asyncio.timeout(timeout):
         async for event in handle_events:
-            if event["type"] == type_:
-                return event
+            if event.type == type_:
+                return event.as_dict()
     raise AssertionError(f"no {type_} event")
 
 
@@ -83,9 +85,9 @@ async def test_cap_is_never_exceeded(make_service):
     service.record_listeners.append(records.append)
     handles = [service.submit(user_id=i, messages=ask(f"Question {i}")) for i in range(8)]
     await asyncio.gather(*(collect(h) for h in handles))
-    assert [r["outcome"] for r in records] == ["completed"] * 8
+    assert [r.outcome for r in records] == ["completed"] * 8
     edges = sorted(
-        [(r["started_at"], 1) for r in records] + [(r["finished_at"], -1) for r in records],
+        [(r.started_at, 1) for r in records] + [(r.finished_at, -1) for r in records],
         key=lambda edge: (edge[0], edge[1]),
     )
     running, peak = 0, 0
@@ -100,7 +102,7 @@ async def test_fifo_order_and_live_positions(make_service):
     and start in the order they arrived."""
     service = await ready(await make_service(max_concurrency=1, max_new_tokens=5))
     records = {}
-    service.record_listeners.append(lambda r: records.__setitem__(r["request"], r))
+    service.record_listeners.append(lambda r: records.__setitem__(r.request_id, r))
     handles = [service.submit(user_id=i, messages=ask(f"Question {i}")) for i in range(4)]
     assert [r["position"] for r in service.status()["waiting"]] == [1, 2, 3]
     results = await asyncio.gather(*(collect(h) for h in handles))
@@ -114,7 +116,7 @@ async def test_fifo_order_and_live_positions(make_service):
         positions = [p for p, _ in queued]
         assert positions == sorted(positions, reverse=True)
         assert set(range(1, index + 1)) <= set(positions)
-    started = [records[h.id]["started_at"] for h in handles]
+    started = [records[h.id].started_at for h in handles]
     assert started == sorted(started)
 
 
@@ -125,10 +127,10 @@ async def test_queue_full_rejects_at_once(make_service):
     running = service.submit(user_id=1, messages=LONG)
     service.submit(user_id=2, messages=ask())
     rejected = service.submit(user_id=3, messages=ask())
-    event = await asyncio.wait_for(rejected.request.events.get(), 0.1)
+    event = (await asyncio.wait_for(rejected.request.events.get(), 0.1)).as_dict()
     assert event["type"] == "error" and event["code"] == "queue_full"
-    assert "queue is full" in event["message"]
-    assert records[-1]["outcome"] == "rejected"
+    assert event["message"] == ErrorCode.QUEUE_FULL.text
+    assert records[-1].outcome == "rejected"
     running.cancel()
 
 
@@ -154,7 +156,7 @@ async def test_queue_timeout(make_service):
     assert types(events) == ["queued", "error"]
     assert events[-1]["code"] == "queue_timeout"
     assert service.status()["waiting"] == []
-    assert records[-1]["outcome"] == "timeout"
+    assert records[-1].outcome == "timeout"
     running.cancel()
 
 
@@ -169,8 +171,8 @@ async def test_cancel_queued_moves_others_up(make_service):
     assert types(second_events) == ["queued", "queued", "done"]
     assert second_events[-1]["finish_reason"] == "cancelled"
     third_events = third.request.events
-    assert third_events.get_nowait() == {"type": "queued", "position": 2, "waiting": 2}
-    assert third_events.get_nowait() == {"type": "queued", "position": 1, "waiting": 1}
+    assert third_events.get_nowait() == Queued(position=2, waiting=2)
+    assert third_events.get_nowait() == Queued(position=1, waiting=1)
     running.cancel()
     third.cancel()
 
@@ -185,16 +187,16 @@ async def test_cancel_running_keeps_partial_text_and_frees_slot(make_service):
     received = []
     async with asyncio.timeout(30):
         async for event in events:
-            received.append(event)
+            received.append(event.as_dict())
             if sum(e["type"] == "token" for e in received) == 5:
                 break
     running.cancel()
-    received += [event async for event in events]
+    received += [event.as_dict() async for event in events]
     done = received[-1]
     assert done["type"] == "done" and done["finish_reason"] == "cancelled"
     assert done["text"] == "".join(e["text"] for e in received if e["type"] == "token")
     assert 5 <= done["usage"]["completion_tokens"] < LONG_TOKENS
-    assert records[0]["outcome"] == "cancelled"
+    assert records[0].outcome == "cancelled"
     # The slot went to the next in line.
     assert types(await collect(waiting))[-1] == "done"
 
@@ -203,7 +205,7 @@ async def test_raising_the_cap_admits_waiting_requests_at_once(make_service):
     service = await ready(await make_service(max_concurrency=1, max_new_tokens=LONG_TOKENS))
     handles = [service.submit(user_id=i, messages=LONG) for i in range(4)]
     assert len(service.running) == 1 and len(service.queue) == 3
-    service.update_limits(max_concurrency=3)
+    service.update_limits(service.limits.replace(max_concurrency=3))
     assert len(service.running) == 3 and len(service.queue) == 1
     assert service.queue[0].id == handles[3].id
     for handle in handles:
@@ -213,22 +215,22 @@ async def test_raising_the_cap_admits_waiting_requests_at_once(make_service):
 async def test_lowering_the_cap_lets_running_requests_finish(make_service):
     service = await ready(await make_service(max_concurrency=3, max_new_tokens=40))
     records = {}
-    service.record_listeners.append(lambda r: records.__setitem__(r["request"], r))
+    service.record_listeners.append(lambda r: records.__setitem__(r.request_id, r))
     handles = [service.submit(user_id=i, messages=ask(f"Question {i}")) for i in range(4)]
     assert len(service.running) == 3
-    service.update_limits(max_concurrency=1)
+    service.update_limits(service.limits.replace(max_concurrency=1))
     assert len(service.running) == 3, "running requests are not stopped"
     await asyncio.gather(*(collect(h) for h in handles))
     first_three = [records[h.id] for h in handles[:3]]
-    assert all(r["outcome"] == "completed" for r in records.values())
+    assert all(r.outcome == "completed" for r in records.values())
     # The fourth waited until running fell below the new cap of 1: until all three ended.
-    assert records[handles[3].id]["started_at"] >= max(r["finished_at"] for r in first_three)
+    assert records[handles[3].id].started_at >= max(r.finished_at for r in first_three)
 
 
 async def test_lowering_the_queue_size_drops_nobody(make_service):
     service = await ready(await make_service(max_concurrency=1, max_queue_size=5, max_new_tokens=LONG_TOKENS))
     handles = [service.submit(user_id=i, messages=LONG) for i in range(5)]
-    service.update_limits(max_queue_size=1)
+    service.update_limits(service.limits.replace(max_queue_size=1))
     assert len(service.queue) == 4
     rejected = await collect(service.submit(user_id=99, messages=ask()))
     assert rejected[0]["code"] == "queue_full"
@@ -259,7 +261,7 @@ async def test_a_failed_forward_pass_fails_its_batch_and_service_goes_on(make_se
     """Fault injection: the decode step raises once. The batch's requests get
     `internal`, the traceback is logged, and the next request is served."""
     service = await ready(await make_service(max_concurrency=2, max_new_tokens=LONG_TOKENS))
-    loaded = shared_model(*service._worker._load.args)
+    loaded = shared_model(*service.backend._load.args)
     original = loaded.model.forward
     calls = {"n": 0}
 
@@ -281,7 +283,7 @@ async def test_a_failed_forward_pass_fails_its_batch_and_service_goes_on(make_se
         assert events[-1]["type"] == "error" and events[-1]["code"] == "internal"
     assert "injected fault" in caplog.text
     assert service.running == {}
-    service.update_limits(max_new_tokens=5)
+    service.update_limits(service.limits.replace(max_new_tokens=5))
     assert types(await collect(service.submit(user_id=3, messages=ask())))[-1] == "done"
 
 
@@ -301,5 +303,14 @@ async def test_model_load_failure_is_reported(make_service):
     queued = service.submit(user_id=1, messages=ask())
     events = await collect(queued)
     assert events[-1]["code"] == "unavailable"
-    assert service.status()["model"] == {"name": "", "state": "failed", "error": "no such model"}
-    assert (await collect(service.submit(user_id=2, messages=ask())))[0]["code"] == "unavailable"
+    assert events[-1]["message"] == "The model could not be loaded: no such model"
+    assert service.status()["model"] == {
+        "name": "",
+        "state": "failed",
+        "error": "The model could not be loaded: no such model",
+        "backend": "local",
+        "host": "in-process",
+        "context_tokens": 0,
+    }
+    refused = await collect(service.submit(user_id=2, messages=ask()))
+    assert refused == [events[-1]]

@@ -7,6 +7,7 @@ from django.utils import timezone
 
 from generation import selectors, services, text
 from generation.models import Conversation, Message
+from generation.runtime.types import Timings, Usage
 
 pytestmark = pytest.mark.django_db
 
@@ -72,8 +73,8 @@ def test_assistant_message_is_written_once_at_the_end(alice):
         content="done text",
         status=Message.Status.COMPLETE,
         finish_reason="stop",
-        usage={"prompt_tokens": 5, "completion_tokens": 2},
-        timings={"queue_ms": 1, "ttft_ms": 3, "total_ms": 9},
+        usage=Usage(prompt_tokens=5, completion_tokens=2),
+        timings=Timings(queue_ms=1, ttft_ms=3, total_ms=9),
     )
     reply.refresh_from_db()
     assert (reply.status, reply.content, reply.completion_tokens, reply.ttft_ms) == (

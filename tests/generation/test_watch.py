@@ -35,7 +35,7 @@ async def test_logout_closes_the_socket_and_stops_its_reply(service, alice, chat
     """Logging out (the session row is deleted, as it is when another process
     serves the logout) closes the open socket with 4401 within a second; its
     reply stops and is saved as cancelled, and no frame follows the close."""
-    service.update_limits(max_new_tokens=4000)
+    service.update_limits(service.limits.replace(max_new_tokens=4000))
     client, chat = await chat_as()
     await chat.send_json_to(send_frame())
     started = (await receive_until(chat, "started"))[-1]
@@ -87,7 +87,7 @@ async def test_deleting_the_conversation_stops_its_streaming_reply(service, alic
     second: it ends with `not_found`, the slot is free, and the person can
     start a new chat at once (no `busy`). From the page (this process) or
     from another process (a plain delete this process only sees in the database)."""
-    service.update_limits(max_new_tokens=4000)
+    service.update_limits(service.limits.replace(max_new_tokens=4000))
     client, chat = await chat_as()
     await chat.send_json_to(send_frame())
     accepted = (await receive_until(chat, "started"))[0]
@@ -113,7 +113,7 @@ async def test_deleting_the_conversation_while_queued(service, alice, bob, chat_
     conversation ends it with `not_found`, not `internal`, and logs no error,
     also when the slot frees before the watch notices (another process's
     delete); its statistics record is still written."""
-    service.update_limits(max_concurrency=1, max_new_tokens=4000)
+    service.update_limits(service.limits.replace(max_concurrency=1, max_new_tokens=4000))
     holder = await connect_as(bob)
     await holder.send_json_to(send_frame())
     await receive_until(holder, "started")

@@ -10,6 +10,7 @@ import pytest
 from channels.db import database_sync_to_async
 from django.test import AsyncClient
 
+from generation.runtime.types import Limits
 from queueadmin import services
 from tests.polling import wait_for
 from tests.queueadmin.conftest import LIMITS as VALID_LIMITS
@@ -54,7 +55,7 @@ async def test_raising_the_cap_in_the_console_admits_waiting_requests(one_slot, 
     victim = handles[1].id
     await socket.send_json_to({"type": "cancel", "request": victim})
     assert await next_answer(socket) == {"type": "cancel.sent", "request": victim}
-    events = [event async for event in handles[1]]
+    events = [event.as_dict() async for event in handles[1]]
     assert events[-1]["type"] == "done" and events[-1]["finish_reason"] == "cancelled"
     await socket.send_json_to({"type": "cancel", "request": "<script>"})
     assert (await next_answer(socket))["type"] == "error"
@@ -62,16 +63,12 @@ async def test_raising_the_cap_in_the_console_admits_waiting_requests(one_slot, 
 
 async def test_lowering_the_cap_lets_running_requests_finish(one_slot, live, staff):
     """A cap lowered by a service call applies to the next admissions only."""
-    await database_sync_to_async(services.generation_settings_update)(
-        user=staff, values={"max_concurrency": 2}
-    )
+    await database_sync_to_async(services.generation_settings_change)(user=staff, max_concurrency=2)
     await wait_for(lambda: live.limits.max_concurrency == 2, timeout=1.0)
     for n in (1, 2, 3):
         live.submit(user_id=n, messages=LONG)
     assert (len(live.running), len(live.queue)) == (2, 1)
-    await database_sync_to_async(services.generation_settings_update)(
-        user=staff, values={"max_concurrency": 1}
-    )
+    await database_sync_to_async(services.generation_settings_change)(user=staff, max_concurrency=1)
     await wait_for(lambda: live.limits.max_concurrency == 1, timeout=1.0)
     assert (len(live.running), len(live.queue)) == (2, 1)  # nobody is stopped
 
@@ -79,7 +76,7 @@ async def test_lowering_the_cap_lets_running_requests_finish(one_slot, live, sta
 async def test_a_service_started_later_reads_the_saved_row(one_slot, staff, tiny_model):
     """A process that starts after the change applies the saved row, not the environment."""
     await database_sync_to_async(services.generation_settings_update)(
-        user=staff, values={**LIMITS, "max_concurrency": 5, "queue_timeout_s": 42}
+        user=staff, limits=Limits(**LIMITS).replace(max_concurrency=5, queue_timeout_s=42)
     )
     from generation.runtime.registry import get_service
     from queueadmin import control
@@ -112,9 +109,7 @@ async def test_a_lost_broadcast_is_healed_by_reading_the_saved_row(
     """A change saved while its broadcast fails is applied within the check
     interval; the console flags the process as behind until it is."""
     monkeypatch.setattr("queueadmin.services.get_channel_layer", RedisDown)
-    await database_sync_to_async(services.generation_settings_update)(
-        user=staff, values={"max_concurrency": 3}
-    )
+    await database_sync_to_async(services.generation_settings_change)(user=staff, max_concurrency=3)
     await wait_for(lambda: live.limits.max_concurrency == 3, timeout=2.5)
     from queueadmin import control
 
@@ -162,7 +157,7 @@ async def test_a_console_cancel_while_redis_is_down_says_so_and_still_applies_he
     answer = await next_answer(socket)
     assert (answer["type"], answer["code"], answer["request"]) == ("error", "unavailable", handle.id)
     assert "Redis" in answer["message"]
-    events = [event async for event in handle]
+    events = [event.as_dict() async for event in handle]
     assert events[-1]["type"] == "done" and events[-1]["finish_reason"] == "cancelled"
     await socket.send_json_to({"type": "cancel", "request": "ab"})  # the socket still answers
     assert (await next_answer(socket))["type"] in ("cancel.sent", "error")

@@ -17,7 +17,7 @@ SHORT = [{"role": "user", "content": "What is the capital of France?"}]
 
 
 async def finish(handle) -> dict:
-    return [event async for event in handle][-1]
+    return [event async for event in handle][-1].as_dict()
 
 
 @database_sync_to_async

@@ -19,7 +19,7 @@ from tests.live import ROOT, daphne, prepare_database, redis_server
 from tests.polling import poll
 from tests.queueadmin.test_two_processes import SEED, own_cap, status
 
-SAVE = "from queueadmin import services; services.generation_settings_update(user=None, values={'max_concurrency': 2})"
+SAVE = "from queueadmin import services; services.generation_settings_change(user=None, max_concurrency=2)"
 BOUND_S = 10  # after Redis is back, every process runs the saved version within this
 
 

@@ -8,6 +8,7 @@ from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 from django.core.exceptions import ValidationError
 
+from generation.runtime.types import Limits
 from queueadmin import events, selectors, services
 from queueadmin.models import GenerationSettings, SettingsChange
 from tests.queueadmin.conftest import LIMITS
@@ -50,7 +51,9 @@ def test_update_audits_and_broadcasts_after_commit(
 ):
     """A change is saved with a new version, audited old → new, and broadcast on commit."""
     with django_capture_on_commit_callbacks() as callbacks:
-        row = services.generation_settings_update(user=staff, values={**LIMITS, "max_concurrency": 3})
+        row = services.generation_settings_update(
+            user=staff, limits=Limits(**LIMITS).replace(max_concurrency=3)
+        )
     assert len(callbacks) == 1  # nothing is sent before the commit
     for callback in callbacks:
         callback()
@@ -66,7 +69,7 @@ def test_update_audits_and_broadcasts_after_commit(
     assert change.summary() == "max_concurrency 4 → 3"
 
     with django_capture_on_commit_callbacks(execute=True):
-        again = services.generation_settings_update(user=staff, values={"max_concurrency": 3})
+        again = services.generation_settings_change(user=staff, max_concurrency=3)
     assert again.version == row.version  # no change, no new version, no audit entry
     assert SettingsChange.objects.count() == 1
 
@@ -136,8 +139,8 @@ def test_the_bound_follows_the_configured_model(staff, tiny_model_dir, settings)
     (folder / "config.json").write_text(json.dumps({**config, "max_position_embeddings": 1024}))
     settings.GENERATION_MODEL = str(folder)
     with pytest.raises(ValidationError, match="At most 512 tokens: the model reads 1024"):
-        services.generation_settings_update(user=staff, values={**LIMITS, "max_new_tokens": 513})
-    assert services.generation_settings_update(user=staff, values=LIMITS).max_new_tokens == 512
+        services.generation_settings_update(user=staff, limits=Limits(**LIMITS).replace(max_new_tokens=513))
+    assert services.generation_settings_update(user=staff, limits=Limits(**LIMITS)).max_new_tokens == 512
 
 
 def test_changing_the_limits_in_the_console_needs_the_admin_permission(client, watcher):

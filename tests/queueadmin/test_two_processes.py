@@ -37,7 +37,7 @@ session[HASH_SESSION_KEY] = user.get_session_auth_hash()
 session.create()
 print(json.dumps({"session": session.session_key}))
 """
-CHANGE = "from queueadmin import services; services.generation_settings_update(user=None, values={'max_concurrency': 3})"
+CHANGE = "from queueadmin import services; services.generation_settings_change(user=None, max_concurrency=3)"
 
 
 @pytest.fixture(scope="module")

@@ -18,9 +18,10 @@ import time
 from django.conf import settings
 from django.core.management.base import BaseCommand
 
-from generation.runtime.requests import Limits
+from generation.runtime.backends.local import LocalBackend
 from generation.runtime.service import GenerationService
-from queueadmin.stats import percentile
+from generation.runtime.types import Done, Error, Limits, Token
+from generation.stats import percentile
 
 TOPICS = [
     "a lighthouse keeper",
@@ -48,9 +49,8 @@ def peak_rss_mb() -> float:
 async def run_one(strategy: str, concurrency: int, new_tokens: int, load) -> dict:
     """Run `concurrency` requests at once through a fresh service; return its figures."""
     service = GenerationService(
-        load=load,
+        backend=LocalBackend(load, strategy),
         limits=Limits(max_concurrency=concurrency, max_queue_size=concurrency, max_new_tokens=new_tokens),
-        strategy=strategy,
     )
     service.start()
     try:
@@ -85,12 +85,13 @@ async def drain(handle, started: float) -> dict:
     """Consume one request's events; return its token count and timings."""
     first_token = None
     async for event in handle:
-        if event["type"] == "token" and first_token is None:
+        if isinstance(event, Token) and first_token is None:
             first_token = time.perf_counter()
-        if event["type"] == "error":
-            raise RuntimeError(f"benchmark request failed: {event['code']}: {event['message']}")
+        if isinstance(event, Error):
+            raise RuntimeError(f"benchmark request failed: {event.code}: {event.message}")
     finished = time.perf_counter()
-    tokens = event["usage"]["completion_tokens"]
+    assert isinstance(event, Done)
+    tokens = event.usage.completion_tokens
     return {
         "tokens": tokens,
         "ttft_ms": (first_token - started) * 1000,
@@ -108,7 +109,7 @@ class Command(BaseCommand):
         parser.add_argument("--json", dest="json_path", help="Write the results to this file.")
 
     def handle(self, *args, **options):
-        # Imported here: bench_chat imports this module for its prompts and
+        # Imported here: queueadmin's bench_chat imports this module for its prompts and
         # never runs the model, so it should not pay for importing torch.
         import torch
 

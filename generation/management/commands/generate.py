@@ -11,8 +11,10 @@ import sys
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
+from generation.runtime.backends.local import LocalBackend
 from generation.runtime.registry import default_limits
 from generation.runtime.service import GenerationService
+from generation.runtime.types import Done, Error, Token
 
 
 class Command(BaseCommand):
@@ -39,19 +41,19 @@ class Command(BaseCommand):
         )
         self._progress(f"Loading model {source.label} on {device}")
         event = asyncio.run(self._generate(load, options))
-        if event["type"] == "error":
-            raise CommandError(event["message"])
+        if isinstance(event, Error):
+            raise CommandError(event.message)
         self.stdout.write("")
-        timings = event["timings"]
+        timings = event.timings
         self._progress(
-            f"[{event['usage']['completion_tokens']} tokens, first token after {timings['ttft_ms']} ms, "
-            f"{timings['total_ms']} ms in total, finish reason {event['finish_reason']}]"
+            f"[{event.usage.completion_tokens} tokens, first token after {timings.ttft_ms} ms, "
+            f"{timings.total_ms} ms in total, finish reason {event.finish_reason}]"
         )
 
-    async def _generate(self, load, options) -> dict:
+    async def _generate(self, load, options) -> Done | Error:
         limits = default_limits()
-        limits.max_new_tokens = options["max_new_tokens"] or limits.max_new_tokens
-        service = GenerationService(load=load, limits=limits)
+        limits = limits.replace(max_new_tokens=options["max_new_tokens"] or limits.max_new_tokens)
+        service = GenerationService(backend=LocalBackend(load), limits=limits)
         service.start()
         try:
             handle = service.submit(
@@ -61,8 +63,8 @@ class Command(BaseCommand):
                 top_p=options["top_p"],
             )
             async for event in handle:
-                if event["type"] == "token":
-                    self.stdout.write(event["text"], ending="")
+                if isinstance(event, Token):
+                    self.stdout.write(event.text, ending="")
                     self.stdout.flush()
             return event
         finally:

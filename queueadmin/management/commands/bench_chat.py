@@ -20,10 +20,10 @@ from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand
 
 from generation.management.commands.bench_engine import prompt
+from generation.stats import summarize
 from generation.wsclient import ChatSocket, login
 from queueadmin.selectors import generation_settings_get
 from queueadmin.services import generation_settings_update
-from queueadmin.stats import summarize
 
 SETTLE_S = 1.5  # every process applies a settings change within 1 s
 
@@ -104,32 +104,25 @@ class Command(BaseCommand):
     def handle(self, *args, **options):
         levels = [int(level) for level in options["clients"].split(",")]
         users = bench_users(max(*levels, options["warmup"]))
-        saved = generation_settings_get()
-        keep = {
-            field: getattr(saved, field) for field in ("max_concurrency", "max_queue_size", "max_new_tokens")
-        }
+        keep = generation_settings_get().limits()
         rows = []
         try:
             # Untimed: nginx spreads these over the processes, so each loads its
             # model replica before any timed run.
-            generation_settings_update(user=None, values={"max_new_tokens": 8})
+            generation_settings_update(user=None, limits=keep.replace(max_new_tokens=8))
             asyncio.run(run_level(options["url"], users, min(options["warmup"], len(users))))
             for level in levels:
                 cap = options["cap"] or level
-                generation_settings_update(
-                    user=None,
-                    values={
-                        "max_concurrency": cap,
-                        "max_queue_size": max(level, 1),
-                        "max_new_tokens": options["new_tokens"],
-                    },
+                limits = keep.replace(
+                    max_concurrency=cap, max_queue_size=max(level, 1), max_new_tokens=options["new_tokens"]
                 )
+                generation_settings_update(user=None, limits=limits)
                 time.sleep(SETTLE_S)
                 row = asyncio.run(run_level(options["url"], users, level))
                 rows.append({**row, "cap": cap, "new_tokens": options["new_tokens"]})
                 self.stderr.write(f"  done: {level} clients: {row['aggregate_tok_s']} tok/s")
         finally:
-            generation_settings_update(user=None, values=keep)
+            generation_settings_update(user=None, limits=keep)
         columns = ["clients", "cap", "aggregate_tok_s", "ttft_p50_ms", "ttft_p95_ms"]
         columns += ["queue_wait_p50_ms", "queue_wait_p95_ms", "mean_reply_tokens", "errors"]
         self.stdout.write(" | ".join(columns))

@@ -1,0 +1,52 @@
+"""The `local` backend: the in-process model thread and its batched engine.
+
+The embedded default. It wraps `ModelWorker` (generation.runtime.worker),
+which loads the model in its own thread, runs one engine step at a time and
+reports each step's typed reports through `deliver`.
+"""
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from generation.runtime.backends import Backend, Deliver
+from generation.runtime.types import BackendInfo
+from generation.runtime.worker import ModelWorker
+
+if TYPE_CHECKING:  # loading imports torch, which only the model thread needs
+    from generation.runtime.loading import LoadedModel
+
+
+class LocalBackend(Backend):
+    """Generates in this process. `load` returns the model (called in the
+    model thread); `strategy` is the engine's: "batched" (continuous
+    batching) or "interleave" (the one-at-a-time baseline)."""
+
+    kind = "local"
+
+    def __init__(self, load: Callable[[], "LoadedModel"], strategy: str = "batched"):
+        self._load = load
+        self._strategy = strategy
+        self._worker: ModelWorker | None = None
+
+    def start(self, deliver: Deliver) -> None:
+        """Start the model thread; it reports BackendReady once loaded."""
+        self._worker = ModelWorker(self._load, deliver, self._strategy)
+        self._worker.start()
+
+    def admit(self, request) -> None:
+        """Hand `request` to the model thread, which prefills it at its next step."""
+        self._worker.admit(request)
+
+    def cancel(self, request_id: str) -> None:
+        """Ask the model thread to stop `request_id` before its next step."""
+        self._worker.cancel(request_id)
+
+    def stop(self) -> None:
+        """End the model thread after its current step and wait for it."""
+        if self._worker is not None:
+            self._worker.stop()
+
+    def info(self) -> BackendInfo:
+        """In-process; the model's name and context once loaded."""
+        context = self._worker.context_tokens if self._worker is not None else 0
+        return BackendInfo(kind="local", host="in-process", context_tokens=context)
