@@ -74,6 +74,10 @@
       const tr = document.createElement("tr");
       tr.dataset.worker = w.worker;
       cell(tr, w.worker + (w.local ? " (this process)" : ""), "name");
+      // What generates: "local, in-process" or "openai, http://gpu-1:8000/v1",
+      // then the model's name once the backend has loaded or reached it.
+      const backend = [w.model.backend, w.model.host].filter(Boolean).join(", ");
+      cell(tr, backend + (w.model.name ? ": " + w.model.name : ""), "backend");
       const model = cell(tr, w.model.state + (w.model.error ? ": " + w.model.error : ""), "model");
       if (w.model.state === "failed") model.classList.add("model-failed");
       cell(tr, w.running + " / " + w.cap, "num running");
@@ -89,7 +93,7 @@
       if (w.behind) settings.classList.add("behind");
       return tr;
     });
-    fillBody(root.querySelector("#workers"), rows, "No server process has reported yet.", 8);
+    fillBody(root.querySelector("#workers"), rows, "No server process has reported yet.", 9);
     const total = payload.total;
     const foot = root.querySelector("#total");
     foot.querySelector(".model").textContent = total.workers + " process" + (total.workers === 1 ? "" : "es");

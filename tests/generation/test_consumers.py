@@ -405,3 +405,25 @@ async def test_a_frame_flood_is_dropped_with_one_notice_and_cancel_still_works(s
     allowed = consumers.FRAME_BURST + (consumers.FRAME_RATE_PER_S + 1) * (elapsed + 1)
     assert len(errors) <= allowed, (len(errors), elapsed)
     assert any("slow down" in error["message"] for error in errors)
+
+
+async def test_a_model_that_cannot_load_is_unavailable_in_the_services_words(
+    alice, connect_as, settings, tmp_path
+):
+    """The chat gets `unavailable` with the service's sentence (why the model
+    is not there), not a generic internal error; the question is marked."""
+    from generation.runtime.registry import get_service
+
+    settings.GENERATION_MODEL = str(tmp_path / "no-such-model")
+    chat = await connect_as(alice)
+    try:
+        await chat.send_json_to(send_frame("hello"))
+        frames = await receive_until(chat, "error")
+        error = frames[-1]
+        assert error["code"] == "unavailable"
+        assert error["message"].startswith("The model could not be loaded: ")
+        assert "no-such-model" in error["message"]
+        question = await Message.objects.aget(pk=frames[0]["user_message"])
+        assert question.error_code == "unavailable"
+    finally:
+        get_service().stop()

@@ -5,6 +5,7 @@ from django.test import AsyncClient
 
 from queueadmin.consumers import FORBIDDEN, UNAUTHENTICATED
 from queueadmin.metrics import metrics_allowed
+from tests.polling import wait_for
 from tests.queueadmin.conftest import TIMEOUT
 
 
@@ -54,6 +55,9 @@ async def test_status_json_for_staff(live, staff):
     [worker] = payload["workers"]
     assert worker["worker"] == live.worker_name and worker["local"]
     assert worker["model"]["state"] == "ready"
+    model = worker["model"]
+    assert (model["backend"], model["host"], model["name"]) == ("local", "in-process", live.model_name)
+    assert model["context_tokens"] == 8192  # the tiny model's
     assert payload["total"]["cap"] == live.limits.max_concurrency
     assert set(payload["total"]["latency"]) == {"ttft_ms", "queue_wait_ms"}
 
@@ -87,6 +91,15 @@ async def test_metrics_from_loopback(live):
     assert response.status_code == 200
     assert response["Content-Type"].startswith("text/plain")
     assert b"chatsite_num_requests_running" in response.content
+    # The backend and its state, from the control's next publish tick.
+    backend = f'chatsite_backend_info{{host="in-process",kind="local",model="{live.model_name}"}} 1.0'
+
+    async def described():
+        body = (await client.get("/metrics")).content.decode()
+        return body if backend in body else None
+
+    text = await wait_for(described, timeout=TIMEOUT)
+    assert 'chatsite_model_state{chatsite_model_state="ready"} 1.0' in text
     proxied = await client.get("/metrics", headers={"X-Forwarded-For": "203.0.113.9"})
     assert proxied.status_code == 403
 
