@@ -20,7 +20,7 @@ from django.core.management.base import BaseCommand
 
 from generation.runtime.backends.local import LocalBackend
 from generation.runtime.service import GenerationService
-from generation.runtime.types import Done, Error, Limits, Token
+from generation.runtime.types import Done, Error, Limits, ModelState, Token
 from generation.stats import percentile
 
 TOPICS = [
@@ -54,7 +54,7 @@ async def run_one(strategy: str, concurrency: int, new_tokens: int, load) -> dic
     )
     service.start()
     try:
-        while service.model_state == "loading":
+        while service.model_state is ModelState.LOADING:
             await asyncio.sleep(0.01)
         started = time.perf_counter()
         handles = [
