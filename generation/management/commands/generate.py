@@ -1,7 +1,8 @@
 """`manage.py generate "PROMPT"`: a quick proof that the configured model works.
 
-It goes through the same generation service the chat uses, printing loading
-progress to stderr and streaming the reply to stdout.
+It goes through the same generation service and backend (GENERATION_BACKEND)
+the chat uses, printing the local model's loading progress to stderr and
+streaming the reply to stdout.
 """
 
 import asyncio
@@ -12,7 +13,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
 from generation.runtime.backends.local import LocalBackend
-from generation.runtime.registry import default_limits
+from generation.runtime.registry import default_limits, make_backend
 from generation.runtime.service import GenerationService
 from generation.runtime.types import Done, Error, Token
 
@@ -27,6 +28,19 @@ class Command(BaseCommand):
         parser.add_argument("--top-p", type=float, default=1.0)
 
     def handle(self, *args, **options):
+        backend = self._local_backend() if settings.GENERATION_BACKEND == "local" else make_backend()
+        event = asyncio.run(self._generate(backend, options))
+        if isinstance(event, Error):
+            raise CommandError(event.message)
+        self.stdout.write("")
+        timings = event.timings
+        self._progress(
+            f"[{event.usage.completion_tokens} tokens, first token after {timings.ttft_ms} ms, "
+            f"{timings.total_ms} ms in total, finish reason {event.finish_reason}]"
+        )
+
+    def _local_backend(self) -> LocalBackend:
+        """The configured model, loaded with progress lines on stderr."""
         # Here, not at the top: torch takes seconds to import, and `--help` or
         # a mistyped argument should not wait for it.
         from generation.runtime.loading import ModelLoadError, load_model, resolve_device, resolve_source
@@ -40,20 +54,12 @@ class Command(BaseCommand):
             load_model, source, device, settings.GENERATION_CACHE_DIR, progress=self._progress
         )
         self._progress(f"Loading model {source.label} on {device}")
-        event = asyncio.run(self._generate(load, options))
-        if isinstance(event, Error):
-            raise CommandError(event.message)
-        self.stdout.write("")
-        timings = event.timings
-        self._progress(
-            f"[{event.usage.completion_tokens} tokens, first token after {timings.ttft_ms} ms, "
-            f"{timings.total_ms} ms in total, finish reason {event.finish_reason}]"
-        )
+        return LocalBackend(load)
 
-    async def _generate(self, load, options) -> Done | Error:
+    async def _generate(self, backend, options) -> Done | Error:
         limits = default_limits()
         limits = limits.replace(max_new_tokens=options["max_new_tokens"] or limits.max_new_tokens)
-        service = GenerationService(backend=LocalBackend(load), limits=limits)
+        service = GenerationService(backend=backend, limits=limits)
         service.start()
         try:
             handle = service.submit(
