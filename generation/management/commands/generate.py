@@ -10,6 +10,7 @@ import functools
 import sys
 
 from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
 from django.core.management.base import BaseCommand, CommandError
 
 from generation.runtime.backends.local import LocalBackend
@@ -28,7 +29,10 @@ class Command(BaseCommand):
         parser.add_argument("--top-p", type=float, default=1.0)
 
     def handle(self, *args, **options):
-        backend = self._local_backend() if settings.GENERATION_BACKEND == "local" else make_backend()
+        try:
+            backend = self._local_backend() if settings.GENERATION_BACKEND == "local" else make_backend()
+        except ImproperlyConfigured as error:
+            raise CommandError(str(error)) from None
         event = asyncio.run(self._generate(backend, options))
         if isinstance(event, Error):
             raise CommandError(event.message)
