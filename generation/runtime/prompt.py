@@ -159,3 +159,11 @@ def build_prompt(tokenizer, messages: list[dict], context_tokens: int, max_new_t
             f"leaving no room for a reply."
         )
     return Prompt(ids, start, room, budget_shrunk=True)
+
+
+def kept_messages(messages: list[dict], prompt: Prompt) -> list[dict]:
+    """The messages `prompt` holds, for an engine that applies the chat
+    template itself: the system message (if any) and the turns after the
+    `prompt.dropped_messages` oldest, as `build_prompt` kept them."""
+    system = [m for m in messages[:1] if m["role"] == "system"]
+    return system + messages[len(system) + prompt.dropped_messages :]
