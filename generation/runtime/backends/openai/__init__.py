@@ -94,6 +94,7 @@ class OpenAIBackend(Backend):
         self._failure = "The model server has not been reached yet."
         self._tasks: dict[str, asyncio.Task] = {}  # running requests by id
         self._probe: asyncio.Task | None = None
+        self._tokenizer_load: asyncio.Future | None = None
         self._stopped = False
 
     # Backend interface -----------------------------------------------------
@@ -145,21 +146,16 @@ class OpenAIBackend(Backend):
     # Connecting ------------------------------------------------------------
 
     async def _connect(self) -> None:
-        try:
-            self._tokenizer = await asyncio.to_thread(load_tokenizer, self.config)
-        except Exception as error:
-            logger.exception("Cannot load the tokenizer for the openai backend")
-            where = self.config.tokenizer or "the bundled model's folder"
-            self._send(
-                BackendFailed(f"Cannot load a tokenizer from {where} (GENERATION_OPENAI_TOKENIZER): {error}")
-            )
-            return
+        # The tokenizer loads while the engine is probed, so that an engine
+        # that is down is reported at once, not after the load.
+        self._tokenizer_load = asyncio.ensure_future(asyncio.to_thread(load_tokenizer, self.config))
         await self._probe_until_ready()
 
     async def _probe_until_ready(self, reported: str | None = None) -> None:
         """GET /models every PROBE_INTERVAL_S until the engine answers with a
         usable model; BackendFailed when the reason changes from `reported`
-        (the last one sent), then BackendReady once."""
+        (the last one sent); then, once the tokenizer is loaded, BackendReady.
+        A tokenizer that cannot load fails the backend for good."""
         while True:
             try:
                 card = await remote.aread_model_card(self._client, self.config)
@@ -171,15 +167,23 @@ class OpenAIBackend(Backend):
                     self._send(BackendFailed(message))
                 await asyncio.sleep(PROBE_INTERVAL_S)
                 continue
-            self._card = card
-            logger.info(
-                "Model server %s ready: %s, %d context tokens",
-                self.config.base_url,
-                card.model,
-                card.context_tokens,
-            )
-            self._send(BackendReady(self.info()))
+            break
+        try:
+            self._tokenizer = await self._tokenizer_load
+        except Exception as error:
+            logger.exception("Cannot load the tokenizer for the openai backend")
+            where = self.config.tokenizer or "the bundled model's folder"
+            self._failure = f"Cannot load a tokenizer from {where} (GENERATION_OPENAI_TOKENIZER): {error}"
+            self._send(BackendFailed(self._failure))
             return
+        self._card = card
+        logger.info(
+            "Model server %s ready: %s, %d context tokens",
+            self.config.base_url,
+            card.model,
+            card.context_tokens,
+        )
+        self._send(BackendReady(self.info()))
 
     async def _check_engine(self) -> None:
         """After a connection broke mid-reply: one probe; if the engine is

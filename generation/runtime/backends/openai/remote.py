@@ -145,15 +145,22 @@ def unusable_message(config: RemoteConfig, error: Exception) -> str:
 
 
 def connection_reason(error: Exception, config: RemoteConfig) -> str:
-    """Why a connection failed, in a few words: the transport's own message
-    (e.g. "[Errno 111] Connection refused") or which timeout ran out."""
+    """Why a connection failed, in a few words: which timeout ran out, that
+    the connection was refused, or the transport's own message (e.g.
+    "[Errno -2] Name or service not known")."""
     cause = error.__cause__ or error
     if isinstance(cause, httpx2.ConnectTimeout):
         return f"no connection within {config.connect_timeout_s:g} s"
     if isinstance(cause, httpx2.TimeoutException):
         return f"no answer within {config.read_timeout_s:g} s"
-    text = str(cause).strip() or type(cause).__name__
-    return text
+    # httpcore words a refusal "All connection attempts failed"; the refusal
+    # itself is further down the chain.
+    link = cause
+    while link is not None:
+        if isinstance(link, ConnectionRefusedError):
+            return "connection refused"
+        link = link.__cause__ or link.__context__
+    return str(cause).strip() or type(cause).__name__
 
 
 def is_connect_error(error: Exception) -> bool:
