@@ -5,6 +5,7 @@ it, and its reports are collected; the happy path against a real vLLM is in
 the end-to-end test."""
 
 import asyncio
+import json
 import logging
 import time
 
@@ -67,7 +68,7 @@ async def engine():
 
 
 @pytest.fixture
-def start_backend(tiny_model_dir):
+async def start_backend(tiny_model_dir):
     """Start OpenAIBackends on the tiny model's (SmolLM2's) tokenizer; each
     call returns the backend and its reports. Stopped at teardown."""
     started = []
@@ -84,6 +85,7 @@ def start_backend(tiny_model_dir):
     yield factory
     for backend in started:
         backend.stop()
+    await asyncio.sleep(0.05)  # the clients close
 
 
 async def ready(start_backend, engine, **config) -> tuple[OpenAIBackend, Reports]:
@@ -235,6 +237,44 @@ async def test_an_unreachable_engine_fails_in_words_and_recovers(start_backend):
         await reports.until(lambda r: reports.count_of(BackendReady) > readies)
     finally:
         await engine.stop()
+
+
+async def broken_mid_reply(reader, writer):
+    """A chunked body cut off inside a chunk: the connection broke."""
+    await write_head(writer, 200, {"Content-Type": "text/event-stream", "Transfer-Encoding": "chunked"})
+    event = f"data: {json.dumps(chunk('Once'))}\n\n".encode()
+    writer.write(b"%x\r\n%s\r\n" % (len(event), event) + b"100\r\ndata: {")
+    await writer.drain()
+
+
+async def stalled(reader, writer):
+    """Headers, then nothing: the engine hangs."""
+    await write_head(writer, 200, {"Content-Type": "text/event-stream"})
+    await reader.read()
+
+
+@pytest.mark.parametrize(
+    ("reply", "reason"),
+    [(broken_mid_reply, "peer closed connection"), (stalled, "no answer within 0.5 s")],
+    ids=["broken", "stalled"],
+)
+async def test_a_reply_cut_off_mid_way_fails_unavailable(start_backend, engine, reply, reason):
+    """A connection that breaks or stalls after the reply began fails that
+    request `unavailable`, in words naming the URL; the engine still answers
+    GET /models, so the backend stays ready and the next request runs."""
+    engine.replies["story"] = reply
+    backend, reports = await ready(start_backend, engine, read_timeout_s=0.5)
+    request = ask("story")
+    backend.admit(request)
+    failed = await reports.ended(request.id)
+    assert failed.code == ErrorCode.UNAVAILABLE
+    assert failed.message.startswith(f"The model server at {engine.base_url} stopped answering (")
+    assert reason in failed.message
+    await asyncio.sleep(0.3)  # the check of the engine that follows
+    assert not any(isinstance(r, BackendFailed) for r in reports)
+    following = ask("Hello")
+    backend.admit(following)
+    assert isinstance(await reports.ended(following.id), RequestFinished)
 
 
 async def test_cancel_frees_the_slot_at_once_and_closes_the_stream(start_backend, engine):

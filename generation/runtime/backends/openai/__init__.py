@@ -24,7 +24,6 @@ empty. How the engine's answers map onto reports:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 
@@ -94,13 +93,14 @@ class OpenAIBackend(Backend):
         self._failure = "The model server has not been reached yet."
         self._tasks: dict[str, asyncio.Task] = {}  # running requests by id
         self._probe: asyncio.Task | None = None
+        self._background: set[asyncio.Task] = set()  # engine checks; the loop holds tasks weakly
         self._tokenizer_load: asyncio.Future | None = None
         self._stopped = False
 
     # Backend interface -----------------------------------------------------
 
     def start(self, deliver: Deliver) -> None:
-        """Load the tokenizer (in a thread), then probe the engine until it
+        """Load the tokenizer (in a thread) while probing the engine until it
         answers; reports BackendReady, or BackendFailed on the way."""
         self._deliver = deliver
         self._client = remote.async_client(self.config)
@@ -123,15 +123,19 @@ class OpenAIBackend(Backend):
 
     def stop(self) -> None:
         """Cancel every request and the probe, and close the client."""
+        if self._stopped:
+            return
         self._stopped = True
-        for task in [*self._tasks.values(), self._probe]:
+        for task in [*self._tasks.values(), *self._background, self._probe]:
             if task is not None:
                 task.cancel()
         self._tasks.clear()
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:  # called off the loop: the sockets close with the process
+            return
         if self._client is not None:
-            # Without a running loop the sockets close with the process.
-            with contextlib.suppress(RuntimeError):
-                asyncio.get_running_loop().create_task(self._client.close())
+            self._spawn(self._client.close())
 
     def info(self) -> BackendInfo:
         """The engine's URL, and its model and context once it answered."""
@@ -239,14 +243,15 @@ class OpenAIBackend(Backend):
                 self._internal(rid, f"HTTP {error.status_code}", remote.excerpt(error.response), end)
         except openai.APIConnectionError as error:
             reason = remote.connection_reason(error, self.config)
-            message = f"The model server at {self.config.base_url} cannot be reached ({reason})."
-            if not remote.is_connect_error(error):
-                message = f"The connection to the model server at {self.config.base_url} broke ({reason})."
-            end(RequestFailed(rid, ErrorCode.UNAVAILABLE, message))
             if remote.is_connect_error(error):
+                message = f"The model server at {self.config.base_url} cannot be reached ({reason})."
+                end(RequestFailed(rid, ErrorCode.UNAVAILABLE, message))
                 self._lose(message)
-            elif self._card is not None:
-                asyncio.get_running_loop().create_task(self._check_engine())
+            else:  # it broke or stalled mid-reply: is the engine still there?
+                message = f"The model server at {self.config.base_url} stopped answering ({reason})."
+                end(RequestFailed(rid, ErrorCode.UNAVAILABLE, message))
+                if self._card is not None:
+                    self._spawn(self._check_engine())
         except MalformedStream as error:
             self._internal(rid, str(error), remote.excerpt(None, error.body), end)
         except json.JSONDecodeError as error:
@@ -269,6 +274,11 @@ class OpenAIBackend(Backend):
             body,
         )
         end(RequestFailed(rid, ErrorCode.INTERNAL, ErrorCode.INTERNAL.text))
+
+    def _spawn(self, coroutine) -> None:
+        task = asyncio.get_running_loop().create_task(coroutine)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     def _send(self, *reports: Report) -> None:
         if not self._stopped and self._deliver is not None:

@@ -121,7 +121,7 @@ def choose_model(config: RemoteConfig, listed: list) -> ModelCard:
 async def aread_model_card(client: openai.AsyncOpenAI, config: RemoteConfig) -> ModelCard:
     """Ask the engine what it serves. Raises openai.APIError (no answer, or
     an HTTP error) or EngineUnusable."""
-    page = await client.with_options(timeout=openai.Timeout(config.connect_timeout_s)).models.list()
+    page = await client.models.list(timeout=openai.Timeout(config.connect_timeout_s))
     return choose_model(config, list(page.data))
 
 
