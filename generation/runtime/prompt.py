@@ -136,7 +136,8 @@ def build_prompt(tokenizer, messages: list[dict], context_tokens: int, max_new_t
     """Fit `messages` and a reply of `max_new_tokens` into `context_tokens`.
 
     `messages` are {"role", "content"} dicts, oldest first, ending with the
-    user's new message. Called in the model thread, since it tokenises.
+    user's new message. Called off the event loop (the model thread, or a
+    worker thread for the openai backend), since it tokenises.
     Raises PromptTooLong when the newest message alone leaves fewer than
     MIN_REPLY_TOKENS for the reply.
     """

@@ -265,9 +265,10 @@ class OpenAIBackend(Backend):
             end(RequestFailed(rid, ErrorCode.INTERNAL, ErrorCode.INTERNAL.text))
 
     def _internal(self, rid: str, what: str, body: str, end) -> None:
-        """Fail one request `internal` for a bad answer, logging what came."""
+        """Fail one request `internal` for an answer that is not a reply
+        (a malformed stream, an HTTP error), logging what came."""
         logger.error(
-            "Model server %s gave request %s a malformed answer: %s. Response: %s",
+            "Model server %s gave request %s an answer that is not a reply: %s. Response: %s",
             self.config.base_url,
             rid,
             what,
