@@ -48,6 +48,50 @@ def env_int(name: str, default: int) -> int:
         raise ImproperlyConfigured(f"{name} must be an integer, not {value!r}") from None
 
 
+def env_float(name: str, default: float, minimum: float = 0) -> float:
+    """Read a number variable (seconds, say) above `minimum`, failing loudly on anything else."""
+    value = os.environ.get(name)
+    if value is None or value == "":
+        return default
+    try:
+        number = float(value)
+    except ValueError:
+        raise ImproperlyConfigured(f"{name} must be a number, not {value!r}") from None
+    if not number > minimum:  # also refuses nan
+        raise ImproperlyConfigured(f"{name} must be above {minimum:g}, not {value!r}")
+    return number
+
+
+def env_http_url(name: str, default: str = "") -> str:
+    """Read an http:// or https:// URL variable, such as a server's base URL.
+
+    Refused: another scheme, no host, a bad port, a query or fragment, and
+    anything beyond printable ASCII (spaces, control characters, unicode
+    lookalikes; an international host name is written in its xn-- form).
+    Whether the URL answers is checked later, by a system check.
+    """
+    from urllib.parse import urlsplit
+
+    value = os.environ.get(name, default).strip()
+    if not value:
+        return ""
+    example = "such as http://127.0.0.1:8100/v1"
+    if not value.isascii() or not value.isprintable() or " " in value:
+        raise ImproperlyConfigured(
+            f"{name} must be a plain ASCII http:// or https:// URL ({example}), not {value!r}"
+        )
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 - parses the port, raising ValueError when it is not one
+    except ValueError as error:
+        raise ImproperlyConfigured(f"{name} is not a URL ({error}): {value!r}") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ImproperlyConfigured(f"{name} must be an http:// or https:// URL ({example}), not {value!r}")
+    if parts.query or parts.fragment:
+        raise ImproperlyConfigured(f"{name} must not have a query or fragment: {value!r}")
+    return value.rstrip("/")
+
+
 def env_list(name: str, default: list[str]) -> list[str]:
     """Read a comma-separated list variable."""
     value = os.environ.get(name)
@@ -188,6 +232,28 @@ GENERATION_MAX_QUEUE = env_int("GENERATION_MAX_QUEUE", 32)
 GENERATION_MAX_NEW_TOKENS = env_int("GENERATION_MAX_NEW_TOKENS", 512)
 GENERATION_MAX_ACTIVE_PER_USER = env_int("GENERATION_MAX_ACTIVE_PER_USER", 1)
 GENERATION_QUEUE_TIMEOUT_S = env_int("GENERATION_QUEUE_TIMEOUT_S", 300)
+# What generates the replies: "local" (the model thread, on GENERATION_MODEL)
+# or "openai" (a remote OpenAI-compatible engine such as vLLM).
+GENERATION_BACKEND = os.environ.get("GENERATION_BACKEND", "local").strip().lower() or "local"
+if GENERATION_BACKEND not in ("local", "openai"):
+    raise ImproperlyConfigured(f"GENERATION_BACKEND must be local or openai, not {GENERATION_BACKEND!r}")
+# The remote engine, when GENERATION_BACKEND is openai (README, settings table).
+GENERATION_OPENAI_BASE_URL = env_http_url("GENERATION_OPENAI_BASE_URL")
+if GENERATION_BACKEND == "openai" and not GENERATION_OPENAI_BASE_URL:
+    raise ImproperlyConfigured(
+        "GENERATION_OPENAI_BASE_URL must be set when GENERATION_BACKEND is openai "
+        "(the engine's OpenAI API, such as http://127.0.0.1:8100/v1)."
+    )
+GENERATION_OPENAI_API_KEY = os.environ.get("GENERATION_OPENAI_API_KEY", "")
+GENERATION_OPENAI_MODEL = os.environ.get("GENERATION_OPENAI_MODEL", "").strip()  # "": the first one listed
+GENERATION_OPENAI_CONTEXT_TOKENS = env_int("GENERATION_OPENAI_CONTEXT_TOKENS", 0)  # 0: as the engine says
+if GENERATION_OPENAI_CONTEXT_TOKENS < 0:
+    raise ImproperlyConfigured("GENERATION_OPENAI_CONTEXT_TOKENS must be 0 (ask the engine) or more.")
+# A folder with the remote model's tokenizer, to trim conversations to its
+# context exactly; "" means the bundled SmolLM2's (the model `make vllm` serves).
+GENERATION_OPENAI_TOKENIZER = os.environ.get("GENERATION_OPENAI_TOKENIZER", "")
+GENERATION_OPENAI_CONNECT_TIMEOUT_S = env_float("GENERATION_OPENAI_CONNECT_TIMEOUT_S", 5)
+GENERATION_OPENAI_READ_TIMEOUT_S = env_float("GENERATION_OPENAI_READ_TIMEOUT_S", 120)
 # How often each process reads the saved settings row, in case it missed a
 # broadcast (Redis down or restarted): the longest a process can lag a save.
 QUEUEADMIN_SETTINGS_CHECK_S = env_int("QUEUEADMIN_SETTINGS_CHECK_S", 5)

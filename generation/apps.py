@@ -12,4 +12,7 @@ class GenerationConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self):
-        from generation import signals  # noqa: F401 - connects the login log receivers
+        from generation import (
+            checks,  # noqa: F401 - registers the remote engine's system check
+            signals,  # noqa: F401 - connects the login log receivers
+        )

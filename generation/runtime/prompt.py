@@ -136,7 +136,8 @@ def build_prompt(tokenizer, messages: list[dict], context_tokens: int, max_new_t
     """Fit `messages` and a reply of `max_new_tokens` into `context_tokens`.
 
     `messages` are {"role", "content"} dicts, oldest first, ending with the
-    user's new message. Called in the model thread, since it tokenises.
+    user's new message. Called off the event loop (the model thread, or a
+    worker thread for the openai backend), since it tokenises.
     Raises PromptTooLong when the newest message alone leaves fewer than
     MIN_REPLY_TOKENS for the reply.
     """
@@ -159,3 +160,11 @@ def build_prompt(tokenizer, messages: list[dict], context_tokens: int, max_new_t
             f"leaving no room for a reply."
         )
     return Prompt(ids, start, room, budget_shrunk=True)
+
+
+def kept_messages(messages: list[dict], prompt: Prompt) -> list[dict]:
+    """The messages `prompt` holds, for an engine that applies the chat
+    template itself: the system message (if any) and the turns after the
+    `prompt.dropped_messages` oldest, as `build_prompt` kept them."""
+    system = [m for m in messages[:1] if m["role"] == "system"]
+    return system + messages[len(system) + prompt.dropped_messages :]

@@ -1,0 +1,141 @@
+"""One admitted request, streamed from the remote engine.
+
+The conversation is trimmed to the engine's context exactly as the local
+backend trims it (generation.runtime.prompt.build_prompt, with the remote
+model's tokenizer), and the kept messages are sent: the engine applies the
+chat template itself. The reply streams as chat-completion chunks, parsed by
+the openai package; `include_usage` asks for a last chunk with the engine's
+own token counts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+import openai
+
+from generation.runtime.prompt import build_prompt, kept_messages
+from generation.runtime.types import FinishReason, Report, RequestFinished, RequestStarted, TextDelta
+
+from .remote import ModelCard
+
+
+class MalformedStream(Exception):
+    """The engine answered 200 with something that is not a chat-completion
+    stream; `body` is what it sent (or what we saw of it), for the log."""
+
+    def __init__(self, what: str, body: str | bytes = ""):
+        super().__init__(what)
+        self.body = body
+
+
+def finish_reason(value) -> FinishReason:
+    """The engine's finish reason as ours: "length" is the reply budget
+    running out; everything else ("stop", "abort", "tool_calls", an engine's
+    own word) ends the reply as the model's own stop."""
+    return FinishReason.LENGTH if value == "length" else FinishReason.STOP
+
+
+def read_chunk(chunk) -> tuple[str, str | None, object | None]:
+    """A chunk's (text, finish reason, usage). The openai package builds
+    chunks without validating them, so their shape is checked here: each
+    has a list of choices (empty in the usage chunk) whose delta may hold
+    text. Raises MalformedStream otherwise."""
+    choices = getattr(chunk, "choices", None)
+    if not isinstance(choices, list):
+        raise MalformedStream("a chunk without a list of choices", _dump(chunk))
+    usage = getattr(chunk, "usage", None)
+    if not choices:
+        return "", None, usage
+    delta = getattr(choices[0], "delta", None)
+    text = getattr(delta, "content", None) if delta is not None else None
+    if text is not None and not isinstance(text, str):
+        raise MalformedStream("a chunk whose content is not text", _dump(chunk))
+    return text or "", getattr(choices[0], "finish_reason", None), usage
+
+
+def _dump(chunk) -> str:
+    try:
+        return chunk.to_json(indent=None)
+    except Exception:
+        return repr(chunk)
+
+
+async def stream_reply(
+    client: openai.AsyncOpenAI,
+    card: ModelCard,
+    tokenizer,
+    request,
+    report: Callable[[Report], None],
+) -> None:
+    """Generate `request`'s reply (a GenerationRequest) on the engine,
+    reporting RequestStarted once the engine answered 200, a TextDelta per
+    chunk with text (counted as one token each), and RequestFinished with the
+    usage chunk's counts when the engine sent one.
+
+    Raises PromptTooLong before sending anything; openai.APIStatusError
+    when the engine refused the request (429 and 503 among them);
+    openai.APIConnectionError when it cannot be reached or the connection
+    broke; MalformedStream, json.JSONDecodeError or another openai.APIError
+    when what came back is not a chat-completion stream. Cancelling the task
+    closes the HTTP stream, which makes vLLM and Ollama abort the sequence.
+    """
+    params = request.params
+    # Tokenising a long conversation takes milliseconds to tens of them: off the loop.
+    prompt = await asyncio.to_thread(
+        build_prompt, tokenizer, request.messages, card.context_tokens, params.max_new_tokens
+    )
+    extra = {"extra_body": {"ignore_eos": True}} if params.ignore_eos else {}
+    stream = await client.chat.completions.create(
+        model=card.model,
+        messages=kept_messages(request.messages, prompt),
+        max_tokens=prompt.max_new_tokens,
+        temperature=params.temperature,
+        top_p=params.top_p,
+        stream=True,
+        stream_options={"include_usage": True},
+        **extra,
+    )
+    try:
+        response = stream.response
+        content_type = response.headers.get("content-type", "")
+        if not content_type.startswith("text/event-stream"):
+            body = await response.aread()
+            raise MalformedStream(
+                f"HTTP {response.status_code} {content_type or 'without a content type'}", body
+            )
+        report(
+            RequestStarted(
+                request.id,
+                prompt_tokens=len(prompt.ids),
+                dropped_messages=prompt.dropped_messages,
+                max_new_tokens=prompt.max_new_tokens,
+                budget_shrunk=prompt.budget_shrunk,
+            )
+        )
+        counted, reason, usage = 0, None, None
+        async for chunk in stream:
+            text, chunk_reason, chunk_usage = read_chunk(chunk)
+            if text:
+                counted += 1
+                report(TextDelta(request.id, text, tokens=1))
+            reason = chunk_reason or reason
+            usage = chunk_usage or usage
+        if reason is None:
+            raise MalformedStream("the stream ended without a finish reason", f"{counted} chunks of text")
+        report(
+            RequestFinished(
+                request.id,
+                finish_reason(reason),
+                prompt_tokens=_count(usage, "prompt_tokens"),
+                completion_tokens=_count(usage, "completion_tokens"),
+            )
+        )
+    finally:
+        await stream.close()
+
+
+def _count(usage, name: str) -> int | None:
+    value = getattr(usage, name, None)
+    return value if isinstance(value, int) and value >= 0 else None

@@ -1,0 +1,304 @@
+"""The openai backend against engine faults a real vLLM will not produce on
+demand, served by a small fake OpenAI server on a real socket
+(fake_openai.py). The backend is driven directly, as the service drives
+it, and its reports are collected; the happy path against a real vLLM is in
+the end-to-end test."""
+
+import asyncio
+import json
+import logging
+import time
+
+import pytest
+
+from generation.runtime.backends import openai as backend_module
+from generation.runtime.backends.openai import OpenAIBackend
+from generation.runtime.backends.openai.remote import RemoteConfig
+from generation.runtime.requests import GenerationRequest
+from generation.runtime.sampling import SamplingParams
+from generation.runtime.types import (
+    BackendFailed,
+    BackendReady,
+    ErrorCode,
+    FinishReason,
+    RequestDeferred,
+    RequestFailed,
+    RequestFinished,
+    RequestStarted,
+    TextDelta,
+)
+from tests.generation.fake_openai import FakeEngine, chunk, free_port, respond, sse, usage_chunk, write_head
+
+TIMEOUT = 10
+
+
+class Reports(list):
+    """What the backend delivered, in order."""
+
+    def count_of(self, kind: type) -> int:
+        return sum(isinstance(r, kind) for r in self)
+
+    def of(self, request_id: str) -> list:
+        return [r for r in self if getattr(r, "request_id", None) == request_id]
+
+    async def until(self, predicate, timeout: float = TIMEOUT):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            found = [r for r in self if predicate(r)]
+            if found:
+                return found[-1]
+            await asyncio.sleep(0.01)
+        raise AssertionError(f"no such report within {timeout} s; got {list(self)}")
+
+    async def ended(self, request_id: str):
+        terminal = (RequestFinished, RequestFailed, RequestDeferred)
+        return await self.until(lambda r: isinstance(r, terminal) and r.request_id == request_id)
+
+
+@pytest.fixture(autouse=True)
+def fast_probes(monkeypatch):
+    monkeypatch.setattr(backend_module, "PROBE_INTERVAL_S", 0.1)
+
+
+@pytest.fixture
+async def engine():
+    server = await FakeEngine().start()
+    yield server
+    await server.stop()
+
+
+@pytest.fixture
+async def start_backend(tiny_model_dir):
+    """Start OpenAIBackends on the tiny model's (SmolLM2's) tokenizer; each
+    call returns the backend and its reports. Stopped at teardown."""
+    started = []
+
+    def factory(base_url: str, **config) -> tuple[OpenAIBackend, Reports]:
+        backend = OpenAIBackend(
+            RemoteConfig(base_url=base_url, tokenizer=str(tiny_model_dir), connect_timeout_s=2, **config)
+        )
+        reports = Reports()
+        backend.start(reports.extend)
+        started.append(backend)
+        return backend, reports
+
+    yield factory
+    for backend in started:
+        backend.stop()
+    await asyncio.sleep(0.05)  # the clients close
+
+
+async def ready(start_backend, engine, **config) -> tuple[OpenAIBackend, Reports]:
+    backend, reports = start_backend(engine.base_url, **config)
+    await reports.until(lambda r: isinstance(r, BackendReady))
+    return backend, reports
+
+
+def ask(text: str, history: tuple = (), **params) -> GenerationRequest:
+    messages = [*history, {"role": "user", "content": text}]
+    return GenerationRequest(
+        user_id=1, messages=messages, params=SamplingParams(**{"max_new_tokens": 8, **params}), meta={}
+    )
+
+
+async def test_a_reply_streams_and_the_usage_chunk_counts_win(start_backend, engine):
+    """The engine's own counts replace the counted chunks; the request
+    asks for them and sends the conversation for the engine to template."""
+    engine.default = sse([chunk("The capital"), chunk(" is Paris."), chunk(None, "stop"), usage_chunk(42, 7)])
+    backend, reports = await ready(start_backend, engine)
+    assert backend.info().model == "smollm2" and backend.info().context_tokens == 2048
+    request = ask("What is the capital of France?")
+    backend.admit(request)
+    finished = await reports.ended(request.id)
+    started, *deltas, _ = reports.of(request.id)
+    assert isinstance(started, RequestStarted) and started.prompt_tokens > 0 and started.max_new_tokens == 8
+    assert [d.text for d in deltas] == ["The capital", " is Paris."]
+    assert all(isinstance(d, TextDelta) and d.tokens == 1 for d in deltas)
+    assert finished == RequestFinished(request.id, FinishReason.STOP, prompt_tokens=42, completion_tokens=7)
+    sent = engine.requests[0]
+    assert sent["messages"] == request.messages and sent["model"] == "smollm2" and sent["max_tokens"] == 8
+    assert sent["stream"] is True and sent["stream_options"] == {"include_usage": True}
+    assert "ignore_eos" not in sent
+
+
+async def test_without_a_usage_chunk_the_counted_tokens_stand(start_backend, engine):
+    """An engine that sends no usage leaves the counts to the service's own
+    (one per chunk with text); "length" stays a length finish."""
+    engine.default = sse([chunk("a"), chunk("b", "length")])
+    backend, reports = await ready(start_backend, engine)
+    request = ask("Count", ignore_eos=True)
+    backend.admit(request)
+    assert await reports.ended(request.id) == RequestFinished(request.id, FinishReason.LENGTH)
+    assert engine.requests[0]["ignore_eos"] is True
+
+
+async def test_old_turns_are_dropped_to_fit_the_engines_context(start_backend, engine):
+    """Trimmed as the local backend trims: the oldest turns go (the system
+    message stays) and the reply's budget shrinks; a message that leaves no
+    room for a reply is refused as too long without reaching the engine."""
+    backend, reports = await ready(start_backend, engine, context_tokens=120)
+    system = {"role": "system", "content": "Be brief."}
+    history = (system, {"role": "user", "content": "word " * 60}, {"role": "assistant", "content": "ok"})
+    request = ask("Hello", history, max_new_tokens=110)
+    backend.admit(request)
+    await reports.ended(request.id)
+    started = reports.of(request.id)[0]
+    assert started.dropped_messages == 2 and started.budget_shrunk
+    assert engine.requests[0]["messages"] == [system, {"role": "user", "content": "Hello"}]
+    assert engine.requests[0]["max_tokens"] == started.max_new_tokens < 110
+
+    long = ask("word " * 200)
+    backend.admit(long)
+    failed = await reports.ended(long.id)
+    assert failed.code == ErrorCode.TOO_LONG and len(engine.requests) == 1
+
+
+@pytest.mark.parametrize(
+    ("reply", "logged"),
+    [
+        (sse(['{"choices": [{"delta": {"content": "Hi"']), '{"choices": [{"delta": {"content": "Hi"'),
+        (sse([{"id": "x", "object": "chat.completion.chunk"}]), '"object":"chat.completion.chunk"'),
+        (respond(200, "<html><body>Bad gateway</body></html>", {"Content-Type": "text/html"}), "Bad gateway"),
+        (respond(500, '{"error": {"message": "engine crashed"}}'), "engine crashed"),
+        (sse([chunk("Hi")], done=False), "without a finish reason"),
+    ],
+    ids=["invalid-json", "no-choices", "html-body", "http-500", "no-finish"],
+)
+async def test_a_malformed_answer_fails_only_its_request(start_backend, engine, caplog, reply, logged):
+    """Whatever the engine sent instead of a stream, that request fails
+    `internal`, the log shows what came, and the request beside it and the
+    backend go on."""
+    engine.replies["bad"] = reply
+    backend, reports = await ready(start_backend, engine)
+    bad, good = ask("bad"), ask("good")
+    with caplog.at_level(logging.ERROR):
+        backend.admit(bad)
+        backend.admit(good)
+        failed = await reports.ended(bad.id)
+        finished = await reports.ended(good.id)
+    assert failed == RequestFailed(bad.id, ErrorCode.INTERNAL, ErrorCode.INTERNAL.text)
+    assert isinstance(finished, RequestFinished) and finished.finish_reason == FinishReason.STOP
+    assert any(logged in record.getMessage() and bad.id in record.getMessage() for record in caplog.records)
+    assert not any(isinstance(r, BackendFailed) for r in reports)
+
+
+@pytest.mark.parametrize(
+    ("status", "retry_after", "wait"), [(429, "2", 2.0), (503, None, 1.0), (429, "3600", 30.0)]
+)
+async def test_a_busy_engine_defers_the_request(start_backend, engine, status, retry_after, wait):
+    """429 and 503 are not failures: the request goes back to the queue for
+    the engine's Retry-After (a short default; at most 30 s), unstarted."""
+    headers = {"Retry-After": retry_after} if retry_after else {}
+    engine.replies["busy"] = respond(status, '{"error": {"message": "busy"}}', headers)
+    backend, reports = await ready(start_backend, engine)
+    request = ask("busy")
+    backend.admit(request)
+    assert await reports.ended(request.id) == RequestDeferred(request.id, retry_after_s=wait)
+    assert reports.of(request.id) == [RequestDeferred(request.id, retry_after_s=wait)]
+
+
+def test_retry_after_as_an_http_date():
+    """Retry-After may be a date (RFC 9110 §10.2.3)."""
+    from generation.runtime.backends.openai.remote import retry_after_s
+
+    assert retry_after_s({"retry-after": "Sun, 06 Nov 1994 08:49:40 GMT"}, now=784111770.0) == 10.0
+    assert retry_after_s({"retry-after": "soon"}) == 1.0
+
+
+async def test_an_unreachable_engine_fails_in_words_and_recovers(start_backend):
+    """Nothing listens: BackendFailed names the URL; once the engine
+    answers, BackendReady follows without a restart."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/v1"
+    backend, reports = start_backend(url)
+    failed = await reports.until(lambda r: isinstance(r, BackendFailed))
+    assert failed.message == f"The model server at {url} cannot be reached (connection refused)."
+    refused = ask("Hello")
+    backend.admit(refused)
+    assert (await reports.ended(refused.id)).code == ErrorCode.UNAVAILABLE
+
+    engine = await FakeEngine().start(port)
+    try:
+        await reports.until(lambda r: isinstance(r, BackendReady))
+        request = ask("Hello")
+        backend.admit(request)
+        assert isinstance(await reports.ended(request.id), RequestFinished)
+
+        # The engine goes away mid-session: its next request fails in words,
+        # the backend fails, and comes back with the engine.
+        await engine.stop()
+        lost = ask("Hello again")
+        backend.admit(lost)
+        failed = await reports.ended(lost.id)
+        assert failed.code == ErrorCode.UNAVAILABLE and url in failed.message
+        assert isinstance(reports[-1], BackendFailed) and url in reports[-1].message
+        readies = reports.count_of(BackendReady)
+        engine = await FakeEngine().start(port)
+        await reports.until(lambda r: reports.count_of(BackendReady) > readies)
+    finally:
+        await engine.stop()
+
+
+async def broken_mid_reply(reader, writer):
+    """A chunked body cut off inside a chunk: the connection broke."""
+    await write_head(writer, 200, {"Content-Type": "text/event-stream", "Transfer-Encoding": "chunked"})
+    event = f"data: {json.dumps(chunk('Once'))}\n\n".encode()
+    writer.write(b"%x\r\n%s\r\n" % (len(event), event) + b"100\r\ndata: {")
+    await writer.drain()
+
+
+async def stalled(reader, writer):
+    """Headers, then nothing: the engine hangs."""
+    await write_head(writer, 200, {"Content-Type": "text/event-stream"})
+    await reader.read()
+
+
+@pytest.mark.parametrize(
+    ("reply", "reason"),
+    [(broken_mid_reply, "peer closed connection"), (stalled, "no answer within 0.5 s")],
+    ids=["broken", "stalled"],
+)
+async def test_a_reply_cut_off_mid_way_fails_unavailable(start_backend, engine, reply, reason):
+    """A connection that breaks or stalls after the reply began fails that
+    request `unavailable`, in words naming the URL; the engine still answers
+    GET /models, so the backend stays ready and the next request runs."""
+    engine.replies["story"] = reply
+    backend, reports = await ready(start_backend, engine, read_timeout_s=0.5)
+    request = ask("story")
+    backend.admit(request)
+    failed = await reports.ended(request.id)
+    assert failed.code == ErrorCode.UNAVAILABLE
+    assert failed.message.startswith(f"The model server at {engine.base_url} stopped answering (")
+    assert reason in failed.message
+    await asyncio.sleep(0.3)  # the check of the engine that follows
+    assert not any(isinstance(r, BackendFailed) for r in reports)
+    following = ask("Hello")
+    backend.admit(following)
+    assert isinstance(await reports.ended(following.id), RequestFinished)
+
+
+async def test_cancel_frees_the_slot_at_once_and_closes_the_stream(start_backend, engine):
+    """Cancel reports the finish at once, and the engine sees its
+    connection closed (which makes vLLM abort the sequence)."""
+    first_chunk_sent, connection_closed = asyncio.Event(), asyncio.Event()
+
+    async def endless(reader, writer):
+        await write_head(writer, 200, {"Content-Type": "text/event-stream"})
+        writer.write(b'data: {"choices": [{"index": 0, "delta": {"content": "Once"}}]}\n\n')
+        await writer.drain()
+        first_chunk_sent.set()
+        try:
+            await reader.read()  # returns at end of file: the client closed
+        finally:
+            connection_closed.set()
+
+    engine.replies["story"] = endless
+    backend, reports = await ready(start_backend, engine)
+    request = ask("story")
+    backend.admit(request)
+    await reports.until(lambda r: isinstance(r, TextDelta) and r.request_id == request.id)
+    backend.cancel(request.id)
+    assert reports[-1] == RequestFinished(request.id, FinishReason.CANCELLED)
+    await asyncio.wait_for(connection_closed.wait(), 2)
+    await asyncio.sleep(0.1)
+    assert reports.of(request.id)[-1] == RequestFinished(request.id, FinishReason.CANCELLED)
