@@ -61,6 +61,8 @@ class VllmServer:
         self.port = port or free_port()
         self.max_num_seqs = max_num_seqs
         self.process: subprocess.Popen | None = None
+        # Seconds the last start() waited for vLLM to answer.
+        self.start_seconds: float | None = None
 
     @property
     def base_url(self) -> str:
@@ -129,14 +131,17 @@ class VllmServer:
             return False
 
     def metrics(self) -> dict[str, float]:
-        """vLLM's Prometheus /metrics, each sample's name to its value summed
-        over its labels (one model, one engine here), e.g.
-        `vllm:num_requests_running` and `vllm:num_requests_waiting`."""
+        """vLLM's Prometheus /metrics: each gauge's and counter's sample name
+        to its value summed over its labels (one model, one engine here), e.g.
+        `vllm:num_requests_running` and `vllm:num_requests_waiting`; histogram
+        buckets are left out."""
         with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=5) as response:
             text = response.read().decode()
         values: dict[str, float] = {}
         for family in text_string_to_metric_families(text):
             for sample in family.samples:
+                if "le" in sample.labels or "quantile" in sample.labels:
+                    continue
                 values[sample.name] = values.get(sample.name, 0.0) + sample.value
         return values
 
