@@ -216,9 +216,6 @@ if env_bool("SECURE_PROXY_SSL_HEADER", False):
 
 # Generation service. GenerationSettings rows in the database override the
 # limits at run time; these are the defaults until staff first save them.
-# What generates: "local" (the in-process model thread) or "openai" (a remote
-# OpenAI-compatible engine); see generation.runtime.registry.
-GENERATION_BACKEND = os.environ.get("GENERATION_BACKEND", "local")
 GENERATION_MODEL = os.environ.get("GENERATION_MODEL", "")
 GENERATION_DEVICE = os.environ.get("GENERATION_DEVICE", "auto")
 # 0 keeps torch's default (every core); set cores / processes when several

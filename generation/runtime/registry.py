@@ -68,10 +68,17 @@ def _local_backend() -> Backend:
     return LocalBackend(configured_model_loader())
 
 
+def _openai_backend() -> Backend:
+    from generation.runtime.backends.openai import OpenAIBackend
+
+    return OpenAIBackend()
+
+
 # GENERATION_BACKEND → a factory of the configured backend; each factory
 # reads its own settings. The one place a backend is chosen.
 BACKENDS: dict[str, Callable[[], Backend]] = {
     "local": _local_backend,
+    "openai": _openai_backend,
 }
 
 

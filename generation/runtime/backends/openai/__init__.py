@@ -73,9 +73,9 @@ def bundled_tokenizer_folder() -> str:
     serves), written to the model cache on first use."""
     from django.conf import settings
 
-    from generation.runtime.loading import cached_folder, resolve_source
+    from generation.runtime.modelfolder import model_folder
 
-    return str(cached_folder(resolve_source(""), settings.GENERATION_CACHE_DIR)[0])
+    return str(model_folder("", settings.GENERATION_CACHE_DIR))
 
 
 class OpenAIBackend(Backend):
