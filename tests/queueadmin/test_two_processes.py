@@ -160,7 +160,7 @@ async def test_a_console_socket_does_not_starve_its_process(cluster):
         assert event["type"] == "done" and event["finish_reason"] == "cancelled", event
 
         target = own_cap(urls["alpha"], session) + 1
-        change = CHANGE.replace("'max_concurrency': 3", f"'max_concurrency': {target}")
+        change = CHANGE.replace("max_concurrency=3", f"max_concurrency={target}")
         await asyncio.to_thread(
             subprocess.run,
             [sys.executable, str(ROOT / "manage.py"), "shell", "-c", change],
