@@ -16,9 +16,11 @@ from dataclasses import dataclass
 import httpx2
 import openai
 
+from generation.runtime.context import DEFAULT_REMOTE_CONTEXT_TOKENS
+
 # The context window when neither GENERATION_OPENAI_CONTEXT_TOKENS nor the
-# engine says (vLLM reports `max_model_len`; most others report nothing).
-DEFAULT_CONTEXT_TOKENS = 4096
+# engine says; the console's bound on the reply budget assumes it too.
+DEFAULT_CONTEXT_TOKENS = DEFAULT_REMOTE_CONTEXT_TOKENS
 # Retry-After bounds, in seconds. The default is the wait when a busy engine
 # gives none; the floor keeps a "0" or a past date from a busy loop of
 # retries; the ceiling keeps one odd header from stalling the queue for long.
