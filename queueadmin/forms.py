@@ -1,9 +1,8 @@
 """The console's settings form."""
 
 from django import forms
-from django.conf import settings
 
-from generation.runtime.context import model_context_tokens
+from generation.runtime.context import backend_context_tokens
 from generation.runtime.types import Limits
 from queueadmin.models import LIMIT_FIELDS, GenerationSettings, max_new_tokens_bound_text
 
@@ -23,7 +22,7 @@ class GenerationSettingsForm(forms.ModelForm):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        context = model_context_tokens(settings.GENERATION_MODEL)
+        context = backend_context_tokens()
         if context and "max_new_tokens" in self.fields:
             self.fields["max_new_tokens"].help_text = "Longest reply. " + max_new_tokens_bound_text(context)
 

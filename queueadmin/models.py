@@ -11,7 +11,7 @@ from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 
-from generation.runtime.context import model_context_tokens, reply_budget_bound
+from generation.runtime.context import backend_context_tokens, reply_budget_bound
 from generation.runtime.types import Limits
 
 # Bounds for the live limits. The upper ones only catch typing mistakes (an
@@ -112,10 +112,11 @@ class GenerationSettings(models.Model):
         return "Generation settings"
 
     def clean(self) -> None:
-        """Check the limits against each other and the configured model: the
-        reply's budget may take at most half of the model's context."""
+        """Check the limits against each other and the model that generates:
+        the reply's budget may take at most half of its context (the remote
+        engine's with GENERATION_BACKEND=openai; `backend_context_tokens`)."""
         super().clean()
-        context = model_context_tokens(settings.GENERATION_MODEL)
+        context = backend_context_tokens()
         if context and self.max_new_tokens is not None and self.max_new_tokens > reply_budget_bound(context):
             raise ValidationError({"max_new_tokens": max_new_tokens_bound_text(context)})
 

@@ -2,10 +2,12 @@
 
 Settings that share the context with the prompt (the reply's token budget)
 are validated where staff edit them, in processes that may not hold the
-model. This reads the number from the model's files: `config.json` of a
-Hugging Face folder, or the `<arch>.context_length` key of a GGUF header.
-It imports neither torch nor transformers. At run time the generation service
-uses the loaded model's own config instead (`ModelWorker.context_tokens`).
+model. `backend_context_tokens()` says which context bounds them: the
+remote engine's with GENERATION_BACKEND=openai, else the local model's,
+read from its files (`config.json` of a Hugging Face folder, or the
+`<arch>.context_length` key of a GGUF header). It imports neither torch nor
+transformers. At run time the generation service uses the loaded model's
+own config instead (`ModelWorker.context_tokens`).
 """
 
 import functools
@@ -15,6 +17,11 @@ import struct
 from pathlib import Path
 
 logger = logging.getLogger(__name__)
+
+# The context window the openai backend assumes when neither
+# GENERATION_OPENAI_CONTEXT_TOKENS nor the engine says (vLLM reports
+# `max_model_len`; most others report nothing).
+DEFAULT_REMOTE_CONTEXT_TOKENS = 4096
 
 # Names transformers' configs use for the longest sequence, most common first.
 CONFIG_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length", "n_ctx")
@@ -29,6 +36,33 @@ def reply_budget_bound(context_tokens: int) -> int:
     """The largest max_new_tokens staff may set: half the context, so that
     a question of the same size always fits beside the reply."""
     return context_tokens // 2
+
+
+def backend_context_tokens() -> int | None:
+    """The context window, in tokens, of the model that generates the
+    replies, for bounding the reply budget (`reply_budget_bound`): the
+    console's settings form, GenerationSettings.clean and the system check.
+
+    With GENERATION_BACKEND=openai: GENERATION_OPENAI_CONTEXT_TOKENS when
+    set; else what the engine reported to this process's generation service
+    once it was ready (BackendInfo.context_tokens); else
+    DEFAULT_REMOTE_CONTEXT_TOKENS, as the backend assumes. Otherwise the
+    local model's (`model_context_tokens`), None when its files do not say.
+    Neither asks the engine nor loads a model, so it may be called from
+    any thread, in any process.
+    """
+    from django.conf import settings
+
+    if settings.GENERATION_BACKEND != "openai":
+        return model_context_tokens(settings.GENERATION_MODEL)
+    if settings.GENERATION_OPENAI_CONTEXT_TOKENS:
+        return settings.GENERATION_OPENAI_CONTEXT_TOKENS
+    from generation.runtime.registry import running_backend_info
+
+    info = running_backend_info()
+    if info is not None and info.kind == "openai" and info.context_tokens > 0:
+        return info.context_tokens
+    return DEFAULT_REMOTE_CONTEXT_TOKENS
 
 
 def folder_context_tokens(folder: Path) -> int | None:

@@ -19,7 +19,7 @@ from django.core.exceptions import ImproperlyConfigured
 
 from generation.runtime.backends import Backend
 from generation.runtime.service import GenerationService
-from generation.runtime.types import Limits
+from generation.runtime.types import BackendInfo, Limits
 
 _service: GenerationService | None = None
 _start_hooks: list[Callable[[GenerationService], object]] = []
@@ -100,6 +100,15 @@ def on_service_start(hook: Callable[[GenerationService], object]) -> None:
     registered twice runs once."""
     if hook not in _start_hooks:
         _start_hooks.append(hook)
+
+
+def running_backend_info() -> BackendInfo | None:
+    """What this process's service last heard from its backend (its
+    `backend_info`: the engine's model and context once ready), or None
+    when no service has started here. Read-only; callable from any thread
+    (a sync view reads it for the console's bound on the reply budget)."""
+    service = _service
+    return service.backend_info if service is not None else None
 
 
 def get_service() -> GenerationService:

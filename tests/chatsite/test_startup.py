@@ -33,9 +33,13 @@ for package in ("chatsite", "generation", "queueadmin"):
     for info in pkgutil.walk_packages(module.__path__, package + "."):
         if info.name not in {sorted(MODEL_STACK)!r} and ".migrations." not in info.name:
             importlib.import_module(info.name)
-# Validating the console's settings reads the model's context from its files.
-from generation.runtime.context import model_context_tokens
-assert model_context_tokens("") > 0
+# Validating the console's settings reads the model's context from its files,
+# or the remote engine's as this process's service heard it.
+from django.conf import settings
+from generation.runtime.context import backend_context_tokens, model_context_tokens
+assert model_context_tokens("") > 0 and backend_context_tokens() > 0
+settings.GENERATION_BACKEND = "openai"
+assert backend_context_tokens() > 0
 print(",".join(name for name in {HEAVY!r} if name in sys.modules))
 """
 

@@ -182,6 +182,34 @@ async def test_a_malformed_answer_fails_only_its_request(start_backend, engine, 
     assert not any(isinstance(r, BackendFailed) for r in reports)
 
 
+# What engines answer a prompt beyond the context that our count let through
+# (their chat template adds a few tokens to ours): vLLM's OpenAI server and
+# SGLang's, word for word.
+VLLM_TOO_LONG = (
+    "This model's maximum context length is 4096 tokens. However, you requested 4100 tokens "
+    "(4000 in the messages, 100 in the completion). Please reduce the length of the messages or completion."
+)
+SGLANG_TOO_LONG = "The input (4100 tokens) is longer than the model's context length (4096 tokens)."
+
+
+@pytest.mark.parametrize(
+    "message", [VLLM_TOO_LONG, SGLANG_TOO_LONG, "Prompt is TOO LONG"], ids=["vllm", "sglang", "other"]
+)
+async def test_an_engine_refusing_a_prompt_as_too_long_fails_it_too_long(start_backend, engine, message):
+    """The engine's HTTP 400 about the context length reaches the user as
+    the usual "too long" (shorten your message), not as a server error; the
+    backend stays ready. Another 400 stays `internal`."""
+    engine.replies["long"] = respond(400, json.dumps({"error": {"message": message, "code": 400}}))
+    engine.replies["odd"] = respond(400, '{"error": {"message": "temperature must be positive"}}')
+    backend, reports = await ready(start_backend, engine)
+    long, odd = ask("long"), ask("odd")
+    backend.admit(long)
+    backend.admit(odd)
+    assert await reports.ended(long.id) == RequestFailed(long.id, ErrorCode.TOO_LONG, ErrorCode.TOO_LONG.text)
+    assert await reports.ended(odd.id) == RequestFailed(odd.id, ErrorCode.INTERNAL, ErrorCode.INTERNAL.text)
+    assert not any(isinstance(r, BackendFailed) for r in reports)
+
+
 @pytest.mark.parametrize(
     ("status", "retry_after", "wait"), [(429, "2", 2.0), (503, None, 1.0), (429, "3600", 30.0)]
 )

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.generation.fake_openai import free_port
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -38,3 +40,18 @@ def test_contradicting_limits_from_the_environment_are_refused(variable, value, 
 def test_the_default_limits_pass():
     result = check()
     assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize(("context", "bound"), [("1024", 512), ("0", 2048)])
+def test_with_a_remote_engine_the_reply_budget_is_checked_against_its_context(context, bound):
+    """With GENERATION_BACKEND=openai the check bounds GENERATION_MAX_NEW_TOKENS
+    by the remote engine's context (GENERATION_OPENAI_CONTEXT_TOKENS, else the
+    4096 the backend assumes), not by the local model's 8192."""
+    result = check(
+        GENERATION_BACKEND="openai",
+        GENERATION_OPENAI_BASE_URL=f"http://127.0.0.1:{free_port()}/v1",  # not asked for the bound
+        GENERATION_OPENAI_CONTEXT_TOKENS=context,
+        GENERATION_MAX_NEW_TOKENS="3000",
+    )
+    assert result.returncode != 0
+    assert f"GENERATION_MAX_NEW_TOKENS=3000: At most {bound} tokens" in result.stderr, result.stderr

@@ -7,10 +7,14 @@ import pytest
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 from django.core.exceptions import ValidationError
+from django.test import AsyncClient
 
+from generation.runtime import registry
 from generation.runtime.types import Limits
 from queueadmin import events, selectors, services
 from queueadmin.models import GenerationSettings, SettingsChange
+from tests.generation.fake_openai import FakeEngine
+from tests.polling import wait_for
 from tests.queueadmin.conftest import LIMITS
 
 pytestmark = pytest.mark.django_db
@@ -141,6 +145,55 @@ def test_the_bound_follows_the_configured_model(staff, tiny_model_dir, settings)
     with pytest.raises(ValidationError, match="At most 512 tokens: the model reads 1024"):
         services.generation_settings_update(user=staff, limits=Limits(**LIMITS).replace(max_new_tokens=513))
     assert services.generation_settings_update(user=staff, limits=Limits(**LIMITS)).max_new_tokens == 512
+
+
+def test_with_a_remote_engine_the_bound_follows_its_context_setting(staff_client, settings, monkeypatch):
+    """With GENERATION_BACKEND=openai the bound is half the remote engine's
+    context, not the local model's: GENERATION_OPENAI_CONTEXT_TOKENS when
+    set; else, before the engine has answered, the 4096 the backend assumes."""
+    settings.GENERATION_BACKEND = "openai"
+    settings.GENERATION_OPENAI_CONTEXT_TOKENS = 1024
+    assert (
+        "At most 512 tokens: the model reads 1024 tokens"
+        in staff_client.get("/admin/queue/").content.decode()
+    )
+    response = staff_client.post("/admin/queue/", {**LIMITS, "max_new_tokens": 513})
+    assert (
+        response.status_code == 400
+        and "At most 512 tokens" in response.context["form"].errors["max_new_tokens"][0]
+    )
+
+    settings.GENERATION_OPENAI_CONTEXT_TOKENS = 0
+    monkeypatch.setattr(registry, "_service", None)  # no service in this process has asked the engine
+    assert (
+        "At most 2048 tokens: the model reads 4096 tokens"
+        in staff_client.get("/admin/queue/").content.decode()
+    )
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_with_a_remote_engine_the_bound_follows_the_context_it_reported(
+    staff, settings, tiny_model_dir
+):
+    """Once this process's service has heard from the engine (vLLM's
+    max_model_len, 2048 here), the console bounds the reply by that."""
+    engine = await FakeEngine().start()
+    settings.GENERATION_BACKEND = "openai"
+    settings.GENERATION_OPENAI_BASE_URL = engine.base_url
+    settings.GENERATION_OPENAI_TOKENIZER = str(tiny_model_dir)
+    service = registry.get_service()
+    try:
+        await wait_for(lambda: service.model_state == "ready", timeout=30)
+        client = AsyncClient()
+        await client.aforce_login(staff)
+        page = (await client.get("/admin/queue/")).content.decode()
+        assert "At most 1024 tokens: the model reads 2048 tokens" in page
+        response = await client.post("/admin/queue/", {**LIMITS, "max_new_tokens": 1025})
+        assert response.status_code == 400
+        assert (await client.post("/admin/queue/", {**LIMITS, "max_new_tokens": 1024})).status_code == 302
+    finally:
+        service.stop()
+        await engine.stop()
 
 
 def test_changing_the_limits_in_the_console_needs_the_admin_permission(client, watcher):

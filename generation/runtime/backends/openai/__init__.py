@@ -16,6 +16,8 @@ empty. How the engine's answers map onto reports:
   then GET /models every PROBE_INTERVAL_S until the engine answers, and
   BackendReady. A connection that breaks or stalls mid-reply fails that
   request `unavailable` and probes once: if the engine is gone, the same.
+- 400 about the context length (the engine's chat template counted a few
+  tokens more than our tokenizer): that request fails `too_long`.
 - Anything else (another HTTP error, invalid JSON, a chunk without
   choices, a body that is not an event stream): that request alone fails
   `internal`, logged with the engine's status and the start of its body.
@@ -239,6 +241,11 @@ class OpenAIBackend(Backend):
                     "Model server busy (HTTP %d): request %s waits %g s", error.status_code, rid, wait
                 )
                 end(RequestDeferred(rid, retry_after_s=wait))
+            elif remote.is_context_length_error(error):
+                logger.info(
+                    "Model server refused request %s as too long: %s", rid, remote.excerpt(error.response)
+                )
+                end(RequestFailed(rid, ErrorCode.TOO_LONG, ErrorCode.TOO_LONG.text))
             else:
                 self._internal(rid, f"HTTP {error.status_code}", remote.excerpt(error.response), end)
         except openai.APIConnectionError as error:

@@ -16,9 +16,11 @@ from dataclasses import dataclass
 import httpx2
 import openai
 
+from generation.runtime.context import DEFAULT_REMOTE_CONTEXT_TOKENS
+
 # The context window when neither GENERATION_OPENAI_CONTEXT_TOKENS nor the
-# engine says (vLLM reports `max_model_len`; most others report nothing).
-DEFAULT_CONTEXT_TOKENS = 4096
+# engine says; the console's bound on the reply budget assumes it too.
+DEFAULT_CONTEXT_TOKENS = DEFAULT_REMOTE_CONTEXT_TOKENS
 # Retry-After bounds, in seconds. The default is the wait when a busy engine
 # gives none; the floor keeps a "0" or a past date from a busy loop of
 # retries; the ceiling keeps one odd header from stalling the queue for long.
@@ -27,6 +29,11 @@ MIN_RETRY_AFTER_S = 0.25
 MAX_RETRY_AFTER_S = 30.0
 # How much of an engine's response goes into a log line.
 EXCERPT_CHARS = 500
+# What engines say, with HTTP 400, of a prompt and reply budget beyond the
+# model's context, matched case-insensitively: vLLM "This model's maximum
+# context length is 4096 tokens. However, you requested ...", SGLang "...
+# is longer than the model's context length ...", others "too long".
+CONTEXT_LENGTH_WORDS = ("context length", "maximum context", "too long")
 
 
 @dataclass(frozen=True)
@@ -187,6 +194,21 @@ def retry_after_s(headers, now: float | None = None) -> float:
     if seconds is None or seconds != seconds:  # absent, unreadable or nan
         return DEFAULT_RETRY_AFTER_S
     return min(max(seconds, MIN_RETRY_AFTER_S), MAX_RETRY_AFTER_S)
+
+
+def is_context_length_error(error: openai.APIStatusError) -> bool:
+    """Whether the engine refused a request because its prompt and reply
+    budget exceed the model's context: HTTP 400 whose body holds one of
+    CONTEXT_LENGTH_WORDS. Our count (generation.runtime.prompt) lets such a
+    prompt through when the engine's chat template adds a few tokens."""
+    if error.status_code != 400:
+        return False
+    try:
+        body = error.response.text
+    except httpx2.ResponseNotRead:
+        body = ""
+    text = f"{error.message} {body}".lower()
+    return any(words in text for words in CONTEXT_LENGTH_WORDS)
 
 
 def excerpt(response, body: str | bytes | None = None) -> str:
