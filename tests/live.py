@@ -46,6 +46,27 @@ def prepare_database(env: dict, seed: str) -> dict:
     return json.loads(seeded.stdout.strip().splitlines()[-1])
 
 
+def seed_logged_in_users(users: list[str], staff: list[str] = ()) -> str:
+    """Code for `prepare_database`'s seed: create `users` (and `staff`, with
+    is_staff) and a logged-in session for each; it prints {name: session key}.
+    A session made this way is what the login form makes, without the form."""
+    return f"""
+import json
+from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY, get_user_model
+from django.contrib.sessions.backends.db import SessionStore
+sessions = {{}}
+for name, is_staff in [*((name, False) for name in {list(users)!r}), *((name, True) for name in {list(staff)!r})]:
+    user = get_user_model().objects.create_user(name, password="pw-" + name + "-4821", is_staff=is_staff)
+    session = SessionStore()
+    session[SESSION_KEY] = str(user.pk)
+    session[BACKEND_SESSION_KEY] = "django.contrib.auth.backends.ModelBackend"
+    session[HASH_SESSION_KEY] = user.get_session_auth_hash()
+    session.create()
+    sessions[name] = session.session_key
+print(json.dumps(sessions))
+"""
+
+
 @contextmanager
 def daphne(env: dict, log_path: Path):
     """Run chatsite under daphne on a free port; yield its base URL once it

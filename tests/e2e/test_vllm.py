@@ -28,7 +28,7 @@ from django.conf import settings
 from generation.runtime.modelfolder import model_folder
 from generation.runtime.types import ErrorCode
 from generation.wsclient import TERMINAL, ChatSocket
-from tests.live import ROOT, daphne, prepare_database
+from tests.live import ROOT, daphne, prepare_database, seed_logged_in_users
 from tests.polling import poll
 from tests.vllm_server import VllmServer, vllm_python
 
@@ -40,28 +40,7 @@ CAP = 2
 QUESTION = "What is the capital of France?"
 # Long enough that a reply is still running while the test looks.
 STORY = "Write a very long story, of at least twenty paragraphs, about a dragon who learns to cook."
-SEED = f"""
-import json
-from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY, get_user_model
-from django.contrib.sessions.backends.db import SessionStore
-sessions = {{}}
-for name in {USERS!r}:
-    user = get_user_model().objects.create_user(name, password="pw-" + name + "-4821")
-    session = SessionStore()
-    session[SESSION_KEY] = str(user.pk)
-    session[BACKEND_SESSION_KEY] = "django.contrib.auth.backends.ModelBackend"
-    session[HASH_SESSION_KEY] = user.get_session_auth_hash()
-    session.create()
-    sessions[name] = session.session_key
-staff = get_user_model().objects.create_user("staff", password="pw-staff-4821", is_staff=True)
-session = SessionStore()
-session[SESSION_KEY] = str(staff.pk)
-session[BACKEND_SESSION_KEY] = "django.contrib.auth.backends.ModelBackend"
-session[HASH_SESSION_KEY] = staff.get_session_auth_hash()
-session.create()
-sessions["staff"] = session.session_key
-print(json.dumps(sessions))
-"""
+SEED = seed_logged_in_users(USERS, staff=["staff"])
 
 
 class Site:

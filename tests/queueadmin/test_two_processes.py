@@ -22,21 +22,10 @@ import pytest
 import websockets
 
 from generation.wsclient import TERMINAL, ChatSocket
-from tests.live import ROOT, daphne, prepare_database, redis_server
+from tests.live import ROOT, daphne, prepare_database, redis_server, seed_logged_in_users
 from tests.polling import poll
 
-SEED = """
-import json
-from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY, get_user_model
-from django.contrib.sessions.backends.db import SessionStore
-user = get_user_model().objects.create_user("boss", password="pw-boss-123", is_staff=True)
-session = SessionStore()
-session[SESSION_KEY] = str(user.pk)
-session[BACKEND_SESSION_KEY] = "django.contrib.auth.backends.ModelBackend"
-session[HASH_SESSION_KEY] = user.get_session_auth_hash()
-session.create()
-print(json.dumps({"session": session.session_key}))
-"""
+SEED = seed_logged_in_users([], staff=["boss"])
 CHANGE = "from queueadmin import services; services.generation_settings_change(user=None, max_concurrency=3)"
 
 
@@ -62,7 +51,7 @@ def _cluster(tiny_model_dir, tmp_path, redis_port: int):
         "GENERATION_TORCH_THREADS": "1",
         "QUEUEADMIN_SETTINGS_CHECK_S": "30",
     }
-    session = prepare_database(env, SEED)["session"]
+    session = prepare_database(env, SEED)["boss"]
     with (
         daphne({**env, "GENERATION_WORKER_NAME": "alpha"}, tmp_path / "alpha.log") as alpha,
         daphne({**env, "GENERATION_WORKER_NAME": "beta"}, tmp_path / "beta.log") as beta,
