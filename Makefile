@@ -46,7 +46,11 @@ setup-dev: $(DEV_STAMP)
 migrate: setup
 	$(BIN)/python manage.py migrate --noinput
 
+# The engine check first (with GENERATION_BACKEND=openai, the engine must
+# answer GET /models; generation/checks.py): a dead engine stops here, naming
+# GENERATION_OPENAI_BASE_URL, instead of serving a chat whose replies all fail.
 run: migrate
+	$(BIN)/python manage.py check --deploy --tag engine
 	@echo ""
 	@echo "chatsite: serving on http://$(HOST):$(PORT)/ (another port: make run PORT=8001 HOST=0.0.0.0)."
 	@echo "The model starts loading when the chat page opens: a minute or two the first time."

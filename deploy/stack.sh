@@ -109,6 +109,9 @@ refuse_busy_ports() {
 start() {
   stack_env
   refuse_busy_ports
+  # Before anything starts: with GENERATION_BACKEND=openai, an engine that does
+  # not answer stops the start here, naming GENERATION_OPENAI_BASE_URL.
+  "$BIN/python" "$ROOT/manage.py" check --deploy --tag engine
   rm -f "$STACK_DIR/stopping"
   start_postgres
   redis-server --daemonize yes --bind 127.0.0.1 --port "$STACK_REDIS_PORT" --save "" --appendonly no \

@@ -1,21 +1,31 @@
 """System checks for the generation service's settings.
 
 With GENERATION_BACKEND=openai, the remote engine must answer before
-chatsite starts: `manage.py check` and `migrate` (so `make run`, which
-migrates before starting daphne) stop with an error naming
-GENERATION_OPENAI_BASE_URL and the reason, rather than serving a site whose
-every reply fails. A malformed URL never gets here: the settings module
-refuses it. Once running, the backend probes on its own and recovers when
-the engine comes back.
+chatsite serves. This is a deployment check with the tag "engine", so it
+runs only when asked for: `manage.py check --deploy --tag engine` runs it
+alone (Django runs only the checks with a given --tag, and deploy=True
+checks only with --deploy; a plain `check --deploy` runs it with the rest).
+The documented ways of starting (`make run`, deploy/stack.sh start and the
+systemd unit's ExecStartPre) run that command before daphne, and stop with an
+error naming GENERATION_OPENAI_BASE_URL and the reason rather than serve a
+site whose every reply fails. Other commands (`migrate`, `createsuperuser`,
+`model_folder`, which `make vllm` runs before the engine exists) do not ask
+the engine, so they work while it is down. A malformed URL never gets here:
+the settings module refuses it. Once running, the backend probes on its own
+and recovers when the engine comes back.
 """
 
 from django.core import checks
 
+# The tag that selects the engine check: `manage.py check --deploy --tag engine`.
+ENGINE_TAG = "engine"
 
-@checks.register()
+
+@checks.register(ENGINE_TAG, deploy=True)
 def check_openai_engine(app_configs=None, **kwargs) -> list[checks.CheckMessage]:
     """GET {GENERATION_OPENAI_BASE_URL}/models, waiting at most the connect
-    timeout; an error unless it lists a model we can use."""
+    timeout; an error unless it lists a model we can use. Nothing to check
+    with another backend."""
     from django.conf import settings
 
     if settings.GENERATION_BACKEND != "openai":

@@ -1,9 +1,13 @@
 """A bad GENERATION_OPENAI_BASE_URL stops chatsite before it serves: a
-malformed one when the settings load, an unreachable one at `manage.py
-check` (and `migrate`, so `make run`), each naming the variable."""
+malformed one when the settings load, an unreachable one at the engine check
+(`manage.py check --deploy --tag engine`, which `make run`, deploy/stack.sh
+and the systemd unit run before daphne), each naming the variable. The
+commands that do not serve (`migrate`, `model_folder`) work while the engine
+is down."""
 
 import asyncio
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -14,23 +18,42 @@ from chatsite.settings import env_http_url
 from tests.generation.fake_openai import FakeEngine, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
+ENGINE_CHECK = ("manage.py", "check", "--deploy", "--tag", "engine")
 
 
-async def manage_check(**variables) -> tuple[int, str]:
-    """Run `manage.py check` with `variables`; the loop stays free to serve
-    a fake engine meanwhile."""
+async def run_in_checkout(*command: str, **variables) -> tuple[int, str, str]:
+    """Run `command` in the checkout with `variables` added to the
+    environment; returns (exit status, stdout, stderr). The loop stays free
+    to serve a fake engine meanwhile. A command still running after 120 s
+    (a server that started when it should have been refused) is killed with
+    its children and fails the test."""
     env = {**os.environ, "DJANGO_SETTINGS_MODULE": "chatsite.settings", **variables}
     process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "manage.py",
-        "check",
+        *command,
         cwd=ROOT,
         env=env,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
+        start_new_session=True,
     )
-    _, stderr = await asyncio.wait_for(process.communicate(), 120)
-    return process.returncode, stderr.decode()
+    try:
+        stdout, stderr = await asyncio.wait_for(process.communicate(), 120)
+    except TimeoutError:
+        os.killpg(process.pid, signal.SIGTERM)
+        await process.wait()
+        pytest.fail(f"{' '.join(command)} was still running after 120 s")
+    return process.returncode, stdout.decode(), stderr.decode()
+
+
+async def manage_check(**variables) -> tuple[int, str]:
+    """Run the engine check with `variables`; (exit status, stderr)."""
+    code, _, stderr = await run_in_checkout(sys.executable, *ENGINE_CHECK, **variables)
+    return code, stderr
+
+
+def unreachable_url() -> str:
+    """An engine URL on a loopback port where nothing listens."""
+    return f"http://127.0.0.1:{free_port()}/v1"
 
 
 @pytest.mark.parametrize(
@@ -68,10 +91,10 @@ async def test_manage_py_refuses_a_malformed_base_url():
     assert "GENERATION_OPENAI_BASE_URL must be an http:// or https:// URL" in stderr, stderr
 
 
-async def test_manage_py_check_refuses_an_unreachable_engine_and_passes_a_running_one():
+async def test_the_engine_check_refuses_an_unreachable_engine_and_passes_a_running_one():
     """The check asks GET /models: nothing listening is an error naming the
     variable, its URL and why; an engine that answers passes."""
-    url = f"http://127.0.0.1:{free_port()}/v1"
+    url = unreachable_url()
     code, stderr = await manage_check(GENERATION_BACKEND="openai", GENERATION_OPENAI_BASE_URL=url)
     assert code != 0
     assert (
@@ -87,3 +110,61 @@ async def test_manage_py_check_refuses_an_unreachable_engine_and_passes_a_runnin
         assert code == 0, stderr
     finally:
         await engine.stop()
+
+
+async def test_commands_that_do_not_serve_work_while_the_engine_is_down(tmp_path, tiny_model_dir):
+    """`migrate`, a plain `check` and `model_folder` (which `make vllm` runs
+    before the engine it starts exists) do not ask the engine."""
+    down = {
+        "GENERATION_BACKEND": "openai",
+        "GENERATION_OPENAI_BASE_URL": unreachable_url(),
+        "DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite3'}",
+        "GENERATION_MODEL": str(tiny_model_dir),
+    }
+    for command in (("migrate", "--noinput"), ("check",), ("model_folder",)):
+        code, stdout, stderr = await run_in_checkout(sys.executable, "manage.py", *command, **down)
+        assert code == 0, f"manage.py {' '.join(command)}: {stderr}"
+    assert stdout.strip() == str(tiny_model_dir)
+
+
+async def test_make_run_refuses_an_unreachable_engine_before_serving(tmp_path):
+    """`make run` migrates, then stops at the engine check with the variable
+    named; daphne never starts. (-o setup: the tests' venv is installed
+    already; make must not reinstall it.)"""
+    url = unreachable_url()
+    port = free_port()
+    code, stdout, stderr = await run_in_checkout(
+        "make",
+        "-o",
+        "setup",
+        "run",
+        f"PORT={port}",
+        GENERATION_BACKEND="openai",
+        GENERATION_OPENAI_BASE_URL=url,
+        DATABASE_URL=f"sqlite:///{tmp_path / 'db.sqlite3'}",
+    )
+    assert code != 0
+    assert f"GENERATION_OPENAI_BASE_URL={url}: The model server at {url} cannot be reached" in stderr, stderr
+    assert "manage.py check --deploy --tag engine" in stdout, stdout
+    assert "daphne" not in stdout.split("check --deploy --tag engine", 1)[1]
+
+
+async def test_stack_start_refuses_an_unreachable_engine_before_starting_anything(tmp_path):
+    """deploy/stack.sh start asks the engine before it starts PostgreSQL,
+    Redis, daphne or nginx: refused with the variable named, nothing left
+    running."""
+    url = unreachable_url()
+    code, _, stderr = await run_in_checkout(
+        "deploy/stack.sh",
+        "start",
+        GENERATION_BACKEND="openai",
+        GENERATION_OPENAI_BASE_URL=url,
+        STACK_DIR=str(tmp_path),
+        STACK_PORT=str(free_port()),
+        STACK_DAPHNE_PORTS=f"{free_port()} {free_port()}",
+        STACK_REDIS_PORT=str(free_port()),
+        DATABASE_URL=f"sqlite:///{tmp_path / 'db.sqlite3'}",
+    )
+    assert code != 0
+    assert f"GENERATION_OPENAI_BASE_URL={url}: The model server at {url} cannot be reached" in stderr, stderr
+    assert not list(tmp_path.glob("*.pid")), "something was started"

@@ -13,6 +13,9 @@ class Command(BaseCommand):
         "bundled SmolLM2 by default), writing the dequantised cache first if it is missing. "
         "`make vllm` serves this folder."
     )
+    # No system checks: `make vllm` runs this before the engine it serves exists,
+    # and printing a folder needs neither the database nor the engine.
+    requires_system_checks = []
 
     def handle(self, *args, **options):
         try:
