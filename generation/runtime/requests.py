@@ -28,12 +28,14 @@ from generation.runtime.types import Event, RequestState, Timings, Usage
 
 @dataclass(eq=False)
 class GenerationRequest:
-    """One reply to generate, with its timings and its event queue."""
+    """One reply to generate, with its timings and its event queue.
+    `user_id` and `meta` are as the submitter gave them (shapes: see
+    RequestRecord)."""
 
-    user_id: object
+    user_id: int | str
     messages: list[dict]
     params: SamplingParams
-    meta: dict
+    meta: dict[str, object]
     id: str = field(default_factory=lambda: uuid.uuid4().hex)
     state: RequestState = RequestState.QUEUED
     enqueued_at: float = field(default_factory=time.time)

@@ -103,12 +103,12 @@ class GenerationService(ReportsMixin):
     def submit(
         self,
         *,
-        user_id,
+        user_id: int | str,
         messages: list[dict],
         max_new_tokens: int | None = None,
         temperature: float = 0.0,
         top_p: float = 1.0,
-        meta: dict | None = None,
+        meta: dict[str, object] | None = None,
         ignore_eos: bool = False,
     ) -> GenerationHandle:
         """Queue a reply to `messages` for `user_id` and return its handle.

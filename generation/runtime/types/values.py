@@ -1,0 +1,162 @@
+"""The values that travel across the generation runtime's seams: the enums
+(`ModelState`, `RequestState`, `FinishReason`, `Outcome`, `ErrorCode`),
+`ERROR_TEXT` (the one place that words the error codes for people), and the
+plain values `Limits`, `BackendInfo`, `Usage` and `Timings`. Imported through
+generation.runtime.types."""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from dataclasses import dataclass
+from typing import ClassVar
+
+# Enums ----------------------------------------------------------------------
+
+
+class ModelState(enum.StrEnum):
+    """Whether the backend can generate: loading (or connecting), ready, failed."""
+
+    LOADING = "loading"
+    READY = "ready"
+    FAILED = "failed"
+
+
+class RequestState(enum.Enum):
+    """Where a request is in its life (GenerationRequest.state)."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    FINISHED = "finished"
+
+
+class FinishReason(enum.StrEnum):
+    """Why a reply ended, as OpenAI and vLLM name it (plus our `cancelled`)."""
+
+    STOP = "stop"  # the model ended its turn
+    LENGTH = "length"  # the reply budget (max_new_tokens) was reached
+    CANCELLED = "cancelled"  # the user, the console or a closed socket stopped it
+
+
+class Outcome(enum.StrEnum):
+    """How a request ended, as statistics count it (GenerationRecord.outcome)."""
+
+    COMPLETED = "completed"
+    CANCELLED = "cancelled"
+    REJECTED = "rejected"
+    TIMEOUT = "timeout"
+    ERROR = "error"
+    INTERRUPTED = "interrupted"  # still queued or running when its service stopped
+
+
+class ErrorCode(enum.StrEnum):
+    """Every error code a person or a client can meet; `ERROR_TEXT` words them."""
+
+    QUEUE_FULL = "queue_full"
+    BUSY = "busy"
+    QUEUE_TIMEOUT = "queue_timeout"
+    TOO_LONG = "too_long"
+    UNAVAILABLE = "unavailable"
+    INTERNAL = "internal"
+    # Raised by the chat protocol, not by the runtime:
+    INVALID = "invalid"
+    NOT_FOUND = "not_found"
+
+    @property
+    def outcome(self) -> Outcome:
+        """The statistics outcome of a request that ended with this code."""
+        if self in (ErrorCode.QUEUE_FULL, ErrorCode.BUSY, ErrorCode.TOO_LONG):
+            return Outcome.REJECTED
+        if self is ErrorCode.QUEUE_TIMEOUT:
+            return Outcome.TIMEOUT
+        return Outcome.ERROR
+
+    @property
+    def text(self) -> str:
+        """The code in plain words, for people."""
+        return ERROR_TEXT[self]
+
+
+# The one place that words the error codes. The page receives this table
+# (generation.views), and error events carry their own sentence, which may be
+# more precise (which engine is unreachable, how long the message is).
+ERROR_TEXT: dict[ErrorCode, str] = {
+    ErrorCode.QUEUE_FULL: "The server is busy: too many people are waiting. Please try again in a moment.",
+    ErrorCode.BUSY: "A reply is already in progress. Wait for it to finish or stop it first.",
+    ErrorCode.QUEUE_TIMEOUT: "Waited too long in the queue. Please try again.",
+    ErrorCode.TOO_LONG: "Your message is too long for the model to read. Please shorten it.",
+    ErrorCode.UNAVAILABLE: "The model is not available right now, so no reply can be written. Please try again later.",
+    ErrorCode.INTERNAL: "Something went wrong on the server. Please try again.",
+    ErrorCode.INVALID: "That request was not understood.",
+    ErrorCode.NOT_FOUND: "That conversation does not exist.",
+}
+
+
+# Values ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Limits:
+    """The knobs staff turn at run time, as one value from the console form to
+    the scheduler. Validated where they are edited (queueadmin's model);
+    `replace` makes a changed copy."""
+
+    max_concurrency: int = 4
+    max_queue_size: int = 32
+    max_active_per_user: int = 1
+    queue_timeout_s: float = 300
+    max_new_tokens: int = 512
+
+    FIELDS: ClassVar[tuple[str, ...]] = (
+        "max_concurrency",
+        "max_queue_size",
+        "max_active_per_user",
+        "queue_timeout_s",
+        "max_new_tokens",
+    )
+
+    def as_dict(self) -> dict:
+        """JSON-safe form, for the channel layer and status payloads."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict, *, base: Limits | None = None) -> Limits:
+        """Read limits from JSON; missing keys keep `base`'s value (or the
+        defaults), unknown keys are ignored."""
+        known = {name: data[name] for name in cls.FIELDS if name in data}
+        return dataclasses.replace(base or cls(), **known)
+
+    def replace(self, **changes) -> Limits:
+        """A copy with `changes`; raises TypeError for an unknown limit."""
+        return dataclasses.replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class BackendInfo:
+    """What generates the replies, for the console, status.json and /metrics:
+    `kind` ("local" or "openai"), `host` (where the engine runs: "in-process"
+    or the base URL), `model` (its name, once known) and `context_tokens`
+    (its context window, 0 while unknown)."""
+
+    kind: str
+    host: str
+    model: str = ""
+    context_tokens: int = 0
+
+
+@dataclass(frozen=True)
+class Usage:
+    """Token counts of one request's prompt and reply."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+@dataclass(frozen=True)
+class Timings:
+    """Milliseconds from enqueue to start (queue wait), to the first token
+    (TTFT) and to the end; None where the request never got there."""
+
+    queue_ms: int | None = None
+    ttft_ms: int | None = None
+    total_ms: int | None = None
