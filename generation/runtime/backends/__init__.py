@@ -16,17 +16,24 @@ thread; the service applies the reports later on its loop, never inside the
 backend's own call.
 """
 
+from __future__ import annotations
+
 import abc
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from generation.runtime.types import BackendInfo, Report
+
+if TYPE_CHECKING:  # requests imports the types; typing only, no import at run time
+    from generation.runtime.requests import GenerationRequest
 
 Deliver = Callable[[list[Report]], None]
 
 
 class Backend(abc.ABC):
     """The interface the service drives. All methods are called on the
-    service's event loop and must not block it."""
+    service's event loop and must not block it, except `stop`, which runs
+    only at shutdown and may wait for the step in progress."""
 
     kind: str  # "local" or "openai"
 
@@ -36,9 +43,9 @@ class Backend(abc.ABC):
         `BackendFailed` through `deliver` when known. Called once."""
 
     @abc.abstractmethod
-    def admit(self, request) -> None:
-        """Start generating for `request` (a GenerationRequest the service
-        has admitted); report `RequestStarted`, `TextDelta`s, and then one of
+    def admit(self, request: GenerationRequest) -> None:
+        """Start generating for `request`, which the service has admitted
+        (it is running and counts against the cap); report `RequestStarted`, `TextDelta`s, and then one of
         `RequestFinished`, `RequestFailed` or `RequestDeferred`."""
 
     @abc.abstractmethod
@@ -49,8 +56,12 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     def stop(self) -> None:
-        """Release the model thread or the connections; called when the
-        service stops. Nothing is reported afterwards."""
+        """Release the model thread or the connections; called once, when the
+        service stops (the process shuts down, or a test's loop ends). It may
+        block: the local backend waits for its model thread to finish the
+        step or model load in progress (at most 30 s), so that no forward
+        pass outlives the process; the openai backend only cancels and
+        closes. Nothing is reported afterwards."""
 
     @abc.abstractmethod
     def info(self) -> BackendInfo:

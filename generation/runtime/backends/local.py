@@ -14,6 +14,7 @@ from generation.runtime.worker import ModelWorker
 
 if TYPE_CHECKING:  # loading imports torch, which only the model thread needs
     from generation.runtime.loading import LoadedModel
+    from generation.runtime.requests import GenerationRequest
 
 
 class LocalBackend(Backend):
@@ -33,7 +34,7 @@ class LocalBackend(Backend):
         self._worker = ModelWorker(self._load, deliver, self._strategy)
         self._worker.start()
 
-    def admit(self, request) -> None:
+    def admit(self, request: "GenerationRequest") -> None:
         """Hand `request` to the model thread, which prefills it at its next step."""
         self._worker.admit(request)
 
@@ -42,7 +43,9 @@ class LocalBackend(Backend):
         self._worker.cancel(request_id)
 
     def stop(self) -> None:
-        """End the model thread after its current step and wait for it."""
+        """End the model thread after its current step (or model load) and
+        wait for it, at most 30 s: this blocks the loop, which the interface
+        allows for `stop` alone (shutdown)."""
         if self._worker is not None:
             self._worker.stop()
 
