@@ -53,35 +53,35 @@ def max_frame_chars() -> int:
 
 
 def parse_client_frame(text_data: str | None, bytes_data: bytes | None) -> Send | Cancel:
-    """Validate one client frame; raises ClientError("invalid") with the reason."""
+    """Validate one client frame; raises ClientError(ErrorCode.INVALID) with the reason."""
     if text_data is None:
-        raise ClientError("invalid", "Frames must be JSON text, not binary.")
+        raise ClientError(ErrorCode.INVALID, "Frames must be JSON text, not binary.")
     if len(text_data) > max_frame_chars():
-        raise ClientError("invalid", "The frame is too large.")
+        raise ClientError(ErrorCode.INVALID, "The frame is too large.")
     try:
         frame = json.loads(text_data)
     except (ValueError, RecursionError):
-        raise ClientError("invalid", "The frame is not valid JSON.") from None
+        raise ClientError(ErrorCode.INVALID, "The frame is not valid JSON.") from None
     if not isinstance(frame, dict):
-        raise ClientError("invalid", "The frame must be a JSON object.")
+        raise ClientError(ErrorCode.INVALID, "The frame must be a JSON object.")
     kind = frame.get("type")
     if kind == "cancel":
         return Cancel()
     if kind != "send":
-        raise ClientError("invalid", "Unknown frame type; expected 'send' or 'cancel'.")
+        raise ClientError(ErrorCode.INVALID, "Unknown frame type; expected 'send' or 'cancel'.")
     conversation = frame.get("conversation")
     # bool is an int subclass; true is not a conversation id.
     if conversation is not None and (type(conversation) is not int or conversation < 1):
-        raise ClientError("invalid", "'conversation' must be a conversation id or null.")
+        raise ClientError(ErrorCode.INVALID, "'conversation' must be a conversation id or null.")
     content = frame.get("content")
     if not isinstance(content, str):
-        raise ClientError("invalid", "'content' must be a string.")
+        raise ClientError(ErrorCode.INVALID, "'content' must be a string.")
     if not content.strip():
-        raise ClientError("invalid", "The message is empty.")
+        raise ClientError(ErrorCode.INVALID, "The message is empty.")
     try:
         text.check(content, what="message", limit=settings.CHAT_MAX_MESSAGE_CHARS)
     except text.TextRefused as refused:
-        raise ClientError("invalid", str(refused)) from None
+        raise ClientError(ErrorCode.INVALID, str(refused)) from None
     return Send(conversation=conversation, content=content)
 
 

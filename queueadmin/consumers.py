@@ -21,6 +21,7 @@ from django.contrib.auth.models import AnonymousUser
 
 from generation import watch
 from generation.runtime.registry import get_service
+from generation.runtime.types import ErrorCode
 from generation.throttle import FRAME_BURST, FRAME_RATE_PER_S, SLOW_DOWN, Notices, limit_frames
 from queueadmin import control
 
@@ -31,6 +32,11 @@ UNAUTHENTICATED = watch.UNAUTHENTICATED
 FORBIDDEN = watch.FORBIDDEN
 REQUEST_ID = re.compile(r"[0-9a-f]{1,64}")  # fullmatch: "$" would let a trailing newline in
 MAX_FRAME_CHARS = 1000
+# More precise than the `unavailable` code's words (which speak of the model):
+# here only the broadcast failed, and the cancel did reach this process.
+CANCEL_NOT_SENT = (
+    "Redis is unreachable, so the cancel reached this server process only. Try again when Redis is back."
+)
 
 
 class QueueConsumer(AsyncJsonWebsocketConsumer):
@@ -51,7 +57,7 @@ class QueueConsumer(AsyncJsonWebsocketConsumer):
     async def drop_frame(self, message: dict) -> None:
         """A frame over the rate limit: dropped, with one `invalid` notice per interval."""
         if self.notices.due():
-            await self.send_json({"type": "error", "code": "invalid", "message": SLOW_DOWN})
+            await self.send_error(ErrorCode.INVALID, SLOW_DOWN)
 
     # WebSocket event handlers -----------------------------------------
 
@@ -84,7 +90,7 @@ class QueueConsumer(AsyncJsonWebsocketConsumer):
         except ValueError:
             frame = None
         if not isinstance(frame, dict) or frame.get("type") != "cancel":
-            await self.send_json({"type": "error", "code": "invalid"})
+            await self.send_error(ErrorCode.INVALID)
             return
         await self.cancel_request(frame.get("request"))
 
@@ -98,7 +104,7 @@ class QueueConsumer(AsyncJsonWebsocketConsumer):
     async def cancel_request(self, request_id) -> None:
         """Cancel a queued or running request on whichever process has it."""
         if not isinstance(request_id, str) or not REQUEST_ID.fullmatch(request_id):
-            await self.send_json({"type": "error", "code": "invalid"})
+            await self.send_error(ErrorCode.INVALID)
             return
         code = await watch.averify(self.watched)
         if code is not None:
@@ -107,17 +113,14 @@ class QueueConsumer(AsyncJsonWebsocketConsumer):
         try:
             await control.acancel(request_id=request_id, by=self.user.get_username())
         except control.CancelNotSent:
-            await self.send_json(
-                {
-                    "type": "error",
-                    "code": "unavailable",
-                    "request": request_id,
-                    "message": "Redis is unreachable, so the cancel reached this server process only. "
-                    "Try again when Redis is back.",
-                }
-            )
+            await self.send_error(ErrorCode.UNAVAILABLE, CANCEL_NOT_SENT, request=request_id)
             return
         await self.send_json({"type": "cancel.sent", "request": request_id})
+
+    async def send_error(self, code: ErrorCode, message: str | None = None, **fields) -> None:
+        """Send an error frame: `code`, and `message` for the console to show
+        (default: the code's words, ERROR_TEXT), plus `fields` (`request`)."""
+        await self.send_json({"type": "error", "code": code, "message": message or code.text, **fields})
 
     async def revoke(self, code: int) -> None:
         """Called by the watch when this socket's access ended: stop pushing

@@ -7,6 +7,7 @@ import time
 import pytest
 
 from generation import services
+from generation.runtime.types import ERROR_TEXT, ErrorCode
 from queueadmin import consumers
 from queueadmin.models import GenerationSettings
 from tests.queueadmin.conftest import LIMITS, LONG, next_answer
@@ -16,8 +17,9 @@ BAD_NUMBERS = ["1\x00", "\U0001f600", "9" * 5000, "1e400", "", "1; DROP TABLE"]
 
 @pytest.mark.django_db(transaction=True)
 async def test_console_socket_refuses_malformed_cancels(live, staff, console_socket):
-    """Every malformed cancel gets `invalid`, including a request id with a
-    trailing newline; the request it names keeps running; the socket stays usable."""
+    """Every malformed cancel gets `invalid` with its words for the console's
+    status line, including a request id with a trailing newline; the request
+    it names keeps running; the socket stays usable."""
     handle = live.submit(user_id=1, messages=LONG)
     socket = await console_socket(staff)
     frames = [
@@ -31,11 +33,12 @@ async def test_console_socket_refuses_malformed_cancels(live, staff, console_soc
         "not json",
         "[" * 500 + "]" * 500,
     ]
+    invalid = {"type": "error", "code": "invalid", "message": ERROR_TEXT[ErrorCode.INVALID]}
     for frame in frames:
         await socket.send_to(text_data=frame)
-        assert (await next_answer(socket))["code"] == "invalid", frame[:40]
+        assert await next_answer(socket) == invalid, frame[:40]
     await socket.send_to(bytes_data=b"\x00\x01")
-    assert (await next_answer(socket))["code"] == "invalid"
+    assert await next_answer(socket) == invalid
     assert handle.id in live.running
     await socket.send_json_to({"type": "cancel", "request": handle.id})
     assert await next_answer(socket) == {"type": "cancel.sent", "request": handle.id}
