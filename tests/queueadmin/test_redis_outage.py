@@ -45,7 +45,7 @@ def test_limits_saved_while_redis_is_down_reach_every_process(own_redis, tiny_mo
         "GENERATION_MAX_CONCURRENCY": "4",
         "QUEUEADMIN_SETTINGS_CHECK_S": "60",
     }
-    session = prepare_database(env, SEED)["session"]
+    session = prepare_database(env, SEED)["boss"]
     manage = [sys.executable, str(ROOT / "manage.py")]
 
     def peers(base: str) -> list:
