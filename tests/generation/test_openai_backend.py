@@ -13,6 +13,7 @@ import pytest
 
 from generation.runtime.backends import openai as backend_module
 from generation.runtime.backends.openai import OpenAIBackend
+from generation.runtime.backends.openai import stall as stall_module
 from generation.runtime.backends.openai.remote import RemoteConfig
 from generation.runtime.requests import GenerationRequest
 from generation.runtime.sampling import SamplingParams
@@ -330,3 +331,66 @@ async def test_cancel_frees_the_slot_at_once_and_closes_the_stream(start_backend
     await asyncio.wait_for(connection_closed.wait(), 2)
     await asyncio.sleep(0.1)
     assert reports.of(request.id)[-1] == RequestFinished(request.id, FinishReason.CANCELLED)
+
+
+@pytest.fixture
+def quick_stall_probe(monkeypatch):
+    monkeypatch.setattr(stall_module, "STALL_PROBE_S", 0.5)
+
+
+async def test_an_engine_that_stops_listening_mid_reply_fails_it_at_once(
+    start_backend, engine, quick_stall_probe
+):
+    """vLLM stopped with SIGTERM closes its listening socket and leaves the
+    streams open, silent. The silent stream makes the backend ask the
+    engine, which cannot be reached: the reply fails `unavailable` in
+    seconds, not after the read timeout, the backend fails naming the URL,
+    and the stream is closed."""
+    stopped_listening, connection_closed = asyncio.Event(), asyncio.Event()
+
+    async def stops_listening(reader, writer):
+        await write_head(writer, 200, {"Content-Type": "text/event-stream"})
+        for word in ("Once", " upon", " a"):
+            writer.write(f"data: {json.dumps(chunk(word))}\n\n".encode())
+            await writer.drain()
+        engine.server.close()  # no new connections; this one stays open, silent
+        stopped_listening.set()
+        try:
+            await reader.read()  # returns at end of file: the client closed
+        finally:
+            connection_closed.set()
+
+    engine.replies["story"] = stops_listening
+    backend, reports = await ready(start_backend, engine, read_timeout_s=60)
+    request = ask("story")
+    backend.admit(request)
+    await stopped_listening.wait()
+    began = time.monotonic()
+    failed = await reports.ended(request.id)
+    assert time.monotonic() - began < 3
+    assert failed.code == ErrorCode.UNAVAILABLE
+    assert failed.message == f"The model server at {engine.base_url} cannot be reached (connection refused)."
+    assert [r.text for r in reports.of(request.id) if isinstance(r, TextDelta)] == ["Once", " upon", " a"]
+    assert any(isinstance(r, BackendFailed) and engine.base_url in r.message for r in reports)
+    await asyncio.wait_for(connection_closed.wait(), 2)
+
+
+async def test_a_slow_engine_that_still_answers_is_left_alone(start_backend, engine, quick_stall_probe):
+    """A stream silent for longer than the probe's wait, from an engine that
+    still answers GET /models (a long prefill, a busy engine), goes on to
+    its end; nothing fails."""
+
+    async def slow(reader, writer):
+        await write_head(writer, 200, {"Content-Type": "text/event-stream"})
+        writer.write(f"data: {json.dumps(chunk('Once'))}\n\n".encode())
+        await writer.drain()
+        await asyncio.sleep(2)
+        writer.write(f"data: {json.dumps(chunk(' upon', 'stop'))}\n\ndata: [DONE]\n\n".encode())
+        await writer.drain()
+
+    engine.replies["story"] = slow
+    backend, reports = await ready(start_backend, engine)
+    request = ask("story")
+    backend.admit(request)
+    assert await reports.ended(request.id) == RequestFinished(request.id, FinishReason.STOP)
+    assert not any(isinstance(r, BackendFailed) for r in reports)

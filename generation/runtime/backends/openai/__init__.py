@@ -16,6 +16,10 @@ empty. How the engine's answers map onto reports:
   then GET /models every PROBE_INTERVAL_S until the engine answers, and
   BackendReady. A connection that breaks or stalls mid-reply fails that
   request `unavailable` and probes once: if the engine is gone, the same.
+  A stream silent for a few seconds makes the engine be probed too
+  (stall.py): an engine stopped with SIGTERM closes its listening socket
+  but not the streams, and is lost at once rather than after the read
+  timeout.
 - 400 about the context length (the engine's chat template counted a few
   tokens more than our tokenizer): that request fails `too_long`.
 - Anything else (another HTTP error, invalid JSON, a chunk without
@@ -47,6 +51,7 @@ from generation.runtime.types import (
 
 from . import remote
 from .remote import RemoteConfig
+from .stall import StallWatch
 from .stream import MalformedStream, stream_reply
 
 logger = logging.getLogger(__name__)
@@ -94,6 +99,7 @@ class OpenAIBackend(Backend):
         self._card: remote.ModelCard | None = None  # None while not ready
         self._failure = "The model server has not been reached yet."
         self._tasks: dict[str, asyncio.Task] = {}  # running requests by id
+        self._stalls = StallWatch(lambda: self._tasks, self._probe_once, self._lose_to)
         self._probe: asyncio.Task | None = None
         self._background: set[asyncio.Task] = set()  # engine checks; the loop holds tasks weakly
         self._tokenizer_load: asyncio.Future | None = None
@@ -115,6 +121,7 @@ class OpenAIBackend(Backend):
             return
         task = asyncio.get_running_loop().create_task(self._run(request), name=f"openai-{request.id}")
         self._tasks[request.id] = task
+        self._stalls.heard(request.id)
 
     def cancel(self, request_id: str) -> None:
         """Free the slot now and close the request's HTTP stream."""
@@ -128,6 +135,7 @@ class OpenAIBackend(Backend):
         if self._stopped:
             return
         self._stopped = True
+        self._stalls.stop()
         for task in [*self._tasks.values(), *self._background, self._probe]:
             if task is not None:
                 task.cancel()
@@ -195,9 +203,15 @@ class OpenAIBackend(Backend):
         """After a connection broke mid-reply: one probe; if the engine is
         gone, lose it (which probes on until it is back)."""
         try:
-            await remote.aread_model_card(self._client, self.config)
+            await self._probe_once()
         except (openai.APIError, remote.EngineUnusable) as error:
-            self._lose(remote.unusable_message(self.config, error))
+            self._lose_to(error)
+
+    async def _probe_once(self) -> remote.ModelCard:
+        return await remote.aread_model_card(self._client, self.config)
+
+    def _lose_to(self, error: Exception) -> None:
+        self._lose(remote.unusable_message(self.config, error))
 
     def _lose(self, message: str) -> None:
         """The engine cannot be used: fail the running requests, report
@@ -221,6 +235,7 @@ class OpenAIBackend(Backend):
 
         def report(item: Report) -> None:
             if self._tasks.get(rid) is not None:  # not cancelled, not lost
+                self._stalls.heard(rid)
                 self._send(item)
 
         def end(item: Report) -> None:
