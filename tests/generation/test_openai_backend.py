@@ -154,6 +154,23 @@ async def test_old_turns_are_dropped_to_fit_the_engines_context(start_backend, e
     assert failed.code == ErrorCode.TOO_LONG and len(engine.requests) == 1
 
 
+async def test_a_context_setting_beyond_the_engines_is_cut_to_the_engines(start_backend, engine, caplog):
+    """GENERATION_OPENAI_CONTEXT_TOKENS larger than the max_model_len the
+    engine reports would fail every long conversation at the engine: the
+    engine's number is used, with a warning naming both. A smaller setting
+    stands."""
+    with caplog.at_level(logging.WARNING):
+        backend, _ = await ready(start_backend, engine, context_tokens=8192)
+    assert backend.info().context_tokens == 2048
+    assert any(
+        "GENERATION_OPENAI_CONTEXT_TOKENS=8192" in record.getMessage() and "2048" in record.getMessage()
+        for record in caplog.records
+        if record.levelno == logging.WARNING
+    )
+    smaller, _ = await ready(start_backend, engine, context_tokens=1024)
+    assert smaller.info().context_tokens == 1024
+
+
 @pytest.mark.parametrize(
     ("reply", "logged"),
     [

@@ -191,6 +191,8 @@ class OpenAIBackend(Backend):
             self._send(BackendFailed(self._failure))
             return
         self._card = card
+        if shortfall := remote.context_shortfall(self.config, card):
+            logger.warning(shortfall)
         logger.info(
             "Model server %s ready: %s, %d context tokens",
             self.config.base_url,

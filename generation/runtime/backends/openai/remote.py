@@ -116,13 +116,27 @@ def choose_model(config: RemoteConfig, listed: list) -> ModelCard:
             f"it does not serve GENERATION_OPENAI_MODEL={wanted!r}; it serves {', '.join(ids)}"
         )
     reported = getattr(listed[ids.index(wanted)], "max_model_len", None)
-    if config.context_tokens:
-        context = config.context_tokens
-    elif isinstance(reported, int) and reported > 0:
-        context = reported
+    if not isinstance(reported, int) or reported <= 0:
+        reported = None
+    if config.context_tokens and reported:
+        # More than the engine holds would fail every long conversation at
+        # the engine; the backend logs the difference (`context_shortfall`).
+        context = min(config.context_tokens, reported)
     else:
-        context = DEFAULT_CONTEXT_TOKENS
+        context = config.context_tokens or reported or DEFAULT_CONTEXT_TOKENS
     return ModelCard(wanted, context)
+
+
+def context_shortfall(config: RemoteConfig, card: ModelCard) -> str | None:
+    """A warning when GENERATION_OPENAI_CONTEXT_TOKENS is more than the
+    engine's reported max_model_len (`card` holds the smaller), else None."""
+    if config.context_tokens > card.context_tokens:
+        return (
+            f"GENERATION_OPENAI_CONTEXT_TOKENS={config.context_tokens} is more than the "
+            f"{card.context_tokens} tokens the model server at {config.base_url} reports "
+            f"(max_model_len); using {card.context_tokens}."
+        )
+    return None
 
 
 async def aread_model_card(client: openai.AsyncOpenAI, config: RemoteConfig) -> ModelCard:
