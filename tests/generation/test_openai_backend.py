@@ -285,6 +285,20 @@ async def test_an_unreachable_engine_fails_in_words_and_recovers(start_backend):
         await engine.stop()
 
 
+@pytest.mark.parametrize("status", [401, 403])
+async def test_an_engine_refusing_the_key_says_which_setting_to_check(start_backend, engine, status):
+    """An engine that wants another key (vLLM's --api-key) fails the backend
+    in words that point to GENERATION_OPENAI_API_KEY."""
+    engine.listing = respond(status, '{"error": {"message": "Unauthorized"}}')
+    _, reports = start_backend(engine.base_url, api_key="wrong")
+    failed = await reports.until(lambda r: isinstance(r, BackendFailed))
+    assert failed.message.startswith(
+        f"The model server at {engine.base_url} answered GET /models with HTTP {status}: "
+        "check GENERATION_OPENAI_API_KEY ("
+    )
+    assert "Unauthorized" in failed.message
+
+
 async def broken_mid_reply(reader, writer):
     """A chunked body cut off inside a chunk: the connection broke."""
     await write_head(writer, 200, {"Content-Type": "text/event-stream", "Transfer-Encoding": "chunked"})

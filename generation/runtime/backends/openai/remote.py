@@ -155,6 +155,11 @@ def read_model_card(config: RemoteConfig) -> ModelCard:
 def unusable_message(config: RemoteConfig, error: Exception) -> str:
     """Words for people on why the engine cannot be used, naming its URL:
     BackendFailed's message, shown on the console and to users."""
+    if isinstance(error, openai.APIStatusError) and error.status_code in (401, 403):
+        return (
+            f"The model server at {config.base_url} answered GET /models with HTTP "
+            f"{error.status_code}: check GENERATION_OPENAI_API_KEY ({excerpt(error.response)})."
+        )
     if isinstance(error, openai.APIStatusError):
         return (
             f"The model server at {config.base_url} answered GET /models with HTTP "
