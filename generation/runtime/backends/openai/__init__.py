@@ -61,30 +61,6 @@ PROBE_INTERVAL_S = 2.0
 BUSY_STATUSES = (429, 503)
 
 
-def load_tokenizer(config: RemoteConfig):
-    """The remote model's tokenizer, for counting prompt tokens exactly.
-    Blocking (a second or so; minutes on the very first start, when the
-    bundled model's cache is written): called in a thread."""
-    from transformers import AutoTokenizer
-
-    from generation.runtime.prompt import prepare_tokenizer
-
-    folder = config.tokenizer or bundled_tokenizer_folder()
-    tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
-    prepare_tokenizer(tokenizer)
-    return tokenizer
-
-
-def bundled_tokenizer_folder() -> str:
-    """The bundled SmolLM2's Hugging Face folder (the model `make vllm`
-    serves), written to the model cache on first use."""
-    from django.conf import settings
-
-    from generation.runtime.modelfolder import model_folder
-
-    return str(model_folder("", settings.GENERATION_CACHE_DIR))
-
-
 class OpenAIBackend(Backend):
     """A remote OpenAI-compatible engine behind the service's queue. All
     methods run on the service's loop; `config` defaults to the settings."""
@@ -162,7 +138,7 @@ class OpenAIBackend(Backend):
     async def _connect(self) -> None:
         # The tokenizer loads while the engine is probed, so that an engine
         # that is down is reported at once, not after the load.
-        self._tokenizer_load = asyncio.ensure_future(asyncio.to_thread(load_tokenizer, self.config))
+        self._tokenizer_load = asyncio.ensure_future(asyncio.to_thread(remote.load_tokenizer, self.config))
         await self._probe_until_ready()
 
     async def _probe_until_ready(self, reported: str | None = None) -> None:

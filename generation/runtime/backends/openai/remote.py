@@ -1,5 +1,5 @@
 """Talking to a remote OpenAI-compatible engine: its settings, the client,
-what `GET /models` says, and how its errors read.
+what `GET /models` says, how its errors read, and its model's tokenizer.
 
 Shared by the backend (generation.runtime.backends.openai) and the system
 check (generation.checks). The client is the official `openai` package with
@@ -89,6 +89,30 @@ def sync_client(config: RemoteConfig) -> openai.OpenAI:
         max_retries=0,
         timeout=openai.Timeout(config.connect_timeout_s),
     )
+
+
+def load_tokenizer(config: RemoteConfig):
+    """The remote model's tokenizer, for counting prompt tokens exactly.
+    Blocking (a second or so; minutes on the very first start, when the
+    bundled model's cache is written): called in a thread."""
+    from transformers import AutoTokenizer
+
+    from generation.runtime.prompt import prepare_tokenizer
+
+    folder = config.tokenizer or bundled_tokenizer_folder()
+    tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    prepare_tokenizer(tokenizer)
+    return tokenizer
+
+
+def bundled_tokenizer_folder() -> str:
+    """The bundled SmolLM2's Hugging Face folder (the model `make vllm`
+    serves), written to the model cache on first use."""
+    from django.conf import settings
+
+    from generation.runtime.modelfolder import model_folder
+
+    return str(model_folder("", settings.GENERATION_CACHE_DIR))
 
 
 class EngineUnusable(Exception):
