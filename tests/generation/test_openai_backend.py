@@ -299,6 +299,38 @@ async def test_an_engine_refusing_the_key_says_which_setting_to_check(start_back
     assert "Unauthorized" in failed.message
 
 
+# What vLLM 0.32 sends in each open stream when it is stopped with SIGTERM
+# mid-reply (its engine core is shut down under the requests), then [DONE].
+VLLM_ENGINE_DEAD = {
+    "error": {
+        "message": "EngineCore encountered an issue. See stack trace (above) for the root cause.",
+        "type": "InternalServerError",
+        "param": None,
+        "code": 500,
+    }
+}
+
+
+async def test_an_engine_that_dies_mid_reply_fails_it_unavailable(start_backend, engine):
+    """vLLM says in the stream that its engine died: the person hears
+    `unavailable` (the model server stopped), not a server error, and the
+    backend fails and probes until the engine is back. Another error event
+    stays `internal`."""
+    engine.replies["story"] = sse([chunk("Once"), VLLM_ENGINE_DEAD])
+    engine.replies["odd"] = sse([chunk("Once"), {"error": {"message": "bad logits", "code": 500}}])
+    backend, reports = await ready(start_backend, engine)
+    odd = ask("odd")
+    backend.admit(odd)
+    assert await reports.ended(odd.id) == RequestFailed(odd.id, ErrorCode.INTERNAL, ErrorCode.INTERNAL.text)
+    request = ask("story")
+    backend.admit(request)
+    failed = await reports.ended(request.id)
+    assert failed.code == ErrorCode.UNAVAILABLE
+    assert failed.message.startswith(f"The model server at {engine.base_url} stopped (EngineCore encountered")
+    assert any(isinstance(r, BackendFailed) for r in reports)
+    await reports.until(lambda r: reports.count_of(BackendReady) == 2)  # it answers again
+
+
 async def broken_mid_reply(reader, writer):
     """A chunked body cut off inside a chunk: the connection broke."""
     await write_head(writer, 200, {"Content-Type": "text/event-stream", "Transfer-Encoding": "chunked"})

