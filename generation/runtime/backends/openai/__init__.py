@@ -144,10 +144,11 @@ class OpenAIBackend(Backend):
         await self._probe_until_ready()
 
     async def _probe_until_ready(self, reported: str | None = None, wait_s: float = 0.0) -> None:
-        """After `wait_s`, GET /models every PROBE_INTERVAL_S until the engine
-        answers with a usable model; BackendFailed when the reason changes from `reported`
-        (the last one sent); then, once the tokenizer is loaded, BackendReady.
-        A tokenizer that cannot load fails the backend for good."""
+        """After `wait_s`, GET /models every PROBE_INTERVAL_S until the
+        engine answers with a usable model; BackendFailed when the reason
+        changes from `reported` (the last one sent); then, once the tokenizer
+        is loaded, BackendReady. A tokenizer that cannot load fails the
+        backend for good."""
         await asyncio.sleep(wait_s)
         while True:
             try:
