@@ -62,13 +62,16 @@ def env_float(name: str, default: float, minimum: float = 0) -> float:
     return number
 
 
-def env_http_url(name: str, default: str = "") -> str:
+def env_http_url(name: str, default: str = "", *, key_variable: str = "") -> str:
     """Read an http:// or https:// URL variable, such as a server's base URL.
 
     Refused: another scheme, no host, a bad port, a query or fragment, and
     anything beyond printable ASCII (spaces, control characters, unicode
     lookalikes; an international host name is written in its xn-- form).
-    Whether the URL answers is checked later, by a system check.
+    Also refused: a user name or password in it (user:secret@host), since
+    the URL is shown on the console, in status.json, /metrics and logs; the
+    message names `key_variable`, where a key belongs, and does not repeat
+    the value. Whether the URL answers is checked later, by a system check.
     """
     from urllib.parse import urlsplit
 
@@ -85,6 +88,9 @@ def env_http_url(name: str, default: str = "") -> str:
         parts.port  # noqa: B018 - parses the port, raising ValueError when it is not one
     except ValueError as error:
         raise ImproperlyConfigured(f"{name} is not a URL ({error}): {value!r}") from None
+    if parts.username is not None or parts.password is not None:
+        where = f"; put the engine's key in {key_variable} instead" if key_variable else ""
+        raise ImproperlyConfigured(f"{name} must not hold a user name or password (user:secret@host){where}.")
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ImproperlyConfigured(f"{name} must be an http:// or https:// URL ({example}), not {value!r}")
     if parts.query or parts.fragment:
@@ -235,7 +241,9 @@ GENERATION_BACKEND = os.environ.get("GENERATION_BACKEND", "local").strip().lower
 if GENERATION_BACKEND not in ("local", "openai"):
     raise ImproperlyConfigured(f"GENERATION_BACKEND must be local or openai, not {GENERATION_BACKEND!r}")
 # The remote engine, when GENERATION_BACKEND is openai (README, settings table).
-GENERATION_OPENAI_BASE_URL = env_http_url("GENERATION_OPENAI_BASE_URL")
+GENERATION_OPENAI_BASE_URL = env_http_url(
+    "GENERATION_OPENAI_BASE_URL", key_variable="GENERATION_OPENAI_API_KEY"
+)
 if GENERATION_BACKEND == "openai" and not GENERATION_OPENAI_BASE_URL:
     raise ImproperlyConfigured(
         "GENERATION_OPENAI_BASE_URL must be set when GENERATION_BACKEND is openai "

@@ -43,10 +43,11 @@ def backend_context_tokens() -> int | None:
     replies, for bounding the reply budget (`reply_budget_bound`): the
     console's settings form, GenerationSettings.clean and the system check.
 
-    With GENERATION_BACKEND=openai: GENERATION_OPENAI_CONTEXT_TOKENS when
-    set; else what the engine reported to this process's generation service
-    once it was ready (BackendInfo.context_tokens); else
-    DEFAULT_REMOTE_CONTEXT_TOKENS, as the backend assumes. Otherwise the
+    With GENERATION_BACKEND=openai: the context this process's generation
+    service uses once its engine was ready (BackendInfo.context_tokens:
+    GENERATION_OPENAI_CONTEXT_TOKENS, or less when the engine reports a
+    smaller max_model_len); before that, GENERATION_OPENAI_CONTEXT_TOKENS
+    when set, else DEFAULT_REMOTE_CONTEXT_TOKENS, as the backend assumes. Otherwise the
     local model's (`model_context_tokens`), None when its files do not say.
     Neither asks the engine nor loads a model, so it may be called from
     any thread, in any process.
@@ -55,14 +56,12 @@ def backend_context_tokens() -> int | None:
 
     if settings.GENERATION_BACKEND != "openai":
         return model_context_tokens(settings.GENERATION_MODEL)
-    if settings.GENERATION_OPENAI_CONTEXT_TOKENS:
-        return settings.GENERATION_OPENAI_CONTEXT_TOKENS
     from generation.runtime.registry import running_backend_info
 
     info = running_backend_info()
     if info is not None and info.kind == "openai" and info.context_tokens > 0:
         return info.context_tokens
-    return DEFAULT_REMOTE_CONTEXT_TOKENS
+    return settings.GENERATION_OPENAI_CONTEXT_TOKENS or DEFAULT_REMOTE_CONTEXT_TOKENS
 
 
 def folder_context_tokens(folder: Path) -> int | None:

@@ -235,11 +235,18 @@ def test_the_cap_is_what_runs_at_the_engine(site, vllm):
     assert all(ending["type"] == "done" for ending in endings), endings
 
 
+# How soon a person whose reply was streaming hears that vLLM stopped: the
+# backend probes the engine after 3 s of silence (stall.py), then fails it.
+STOPPED_MID_REPLY_WITHIN_S = 10
+
+
 def test_engine_down_is_unavailable_in_words_and_recovers_by_itself(site, vllm):
-    """vLLM stops: a message gets `unavailable` in plain words and is kept,
-    and the console says the model failed, naming the engine's URL. vLLM
-    starts again: the same chatsite process answers again, with no restart,
-    and the console says ready."""
+    """vLLM stops (SIGTERM) while a reply streams: the person gets
+    `unavailable` within seconds, not after the read timeout, and the part
+    that came is kept as an error. While it is down a message gets
+    `unavailable` in plain words and is kept, and the console says the model
+    failed, naming the engine's URL. vLLM starts again: the same chatsite
+    process answers again, with no restart, and the console says ready."""
 
     async def ask(user: str, content: str) -> dict:
         socket = await site.socket(user)
@@ -248,7 +255,39 @@ def test_engine_down_is_unavailable_in_words_and_recovers_by_itself(site, vllm):
         finally:
             await socket.close()
 
-    vllm.stop()
+    async def stop_mid_reply() -> tuple[dict, str, float]:
+        socket = await site.socket(USERS[2])
+        try:
+            await socket.send(STORY)
+            started = await until_started_or_queued(socket)
+            assert started["type"] == "started", started
+            texts = []
+            while len(texts) < 5:
+                event = await socket.receive(timeout=120)
+                assert event["type"] == "token", event
+                texts.append(event["text"])
+            stopping = asyncio.ensure_future(asyncio.to_thread(vllm.stop))
+            stopped_at = time.monotonic()
+            while True:
+                event = await socket.receive(timeout=STOPPED_MID_REPLY_WITHIN_S + 60)
+                if event["type"] in TERMINAL:
+                    break
+                texts.append(event["text"])
+            heard_after = time.monotonic() - stopped_at
+            await stopping
+            return event | {"reply": started["message"]}, "".join(texts), heard_after
+        finally:
+            await socket.close()
+
+    ending, streamed, heard_after = asyncio.run(stop_mid_reply())
+    assert ending["type"] == "error" and ending["code"] == "unavailable", ending
+    assert ending["message"] == ErrorCode.UNAVAILABLE.text
+    assert heard_after < STOPPED_MID_REPLY_WITHIN_S, f"told {heard_after:.1f} s after vLLM stopped"
+    [(content, status, error_code)] = site.rows(
+        "SELECT content, status, error_code FROM generation_message WHERE id = ?", ending["reply"]
+    )
+    assert (content, status, error_code) == (streamed, "error", "unavailable")
+    assert len(content) > 5
     refused = asyncio.run(ask(USERS[3], QUESTION))
     assert refused["type"] == "error"
     assert refused["code"] == "unavailable"

@@ -4,7 +4,7 @@ connection closed by the client. A test double only for those; the happy
 path runs against a real vLLM in the end-to-end test.
 
 Plain asyncio streams, one request per connection ("Connection: close"),
-running on the test's own loop. `GET /v1/models` lists `models`; each
+running on the test's own loop. `GET /v1/models` lists `models` (or is answered by `listing`); each
 `POST /v1/chat/completions` is answered by the handler registered under
 the content of the request's last message (`reply`), else by `default`.
 """
@@ -87,6 +87,7 @@ class FakeEngine:
         self.replies: dict[str, Handler] = {}
         self.default: Handler = sse([chunk("Hi", "stop"), usage_chunk(5, 1)])
         self.requests: list[dict] = []
+        self.listing: Handler | None = None  # answers GET /v1/models instead of `models`
         self.server: asyncio.Server | None = None
         self.port = 0
         self._writers: set[asyncio.StreamWriter] = set()
@@ -115,7 +116,9 @@ class FakeEngine:
             headers = dict(line.split(": ", 1) for line in head.split("\r\n")[1:] if ": " in line)
             length = int({k.lower(): v for k, v in headers.items()}.get("content-length", 0))
             body = json.loads(await reader.readexactly(length)) if length else None
-            if method == "GET" and path.endswith("/models"):
+            if method == "GET" and path.endswith("/models") and self.listing:
+                await self.listing(reader, writer)
+            elif method == "GET" and path.endswith("/models"):
                 await respond(200, json.dumps({"object": "list", "data": self.models}))(reader, writer)
             elif method == "POST" and path.endswith("/chat/completions"):
                 self.requests.append(body)

@@ -13,6 +13,7 @@ import pytest
 
 from generation.runtime.backends import openai as backend_module
 from generation.runtime.backends.openai import OpenAIBackend
+from generation.runtime.backends.openai import stall as stall_module
 from generation.runtime.backends.openai.remote import RemoteConfig
 from generation.runtime.requests import GenerationRequest
 from generation.runtime.sampling import SamplingParams
@@ -153,6 +154,23 @@ async def test_old_turns_are_dropped_to_fit_the_engines_context(start_backend, e
     assert failed.code == ErrorCode.TOO_LONG and len(engine.requests) == 1
 
 
+async def test_a_context_setting_beyond_the_engines_is_cut_to_the_engines(start_backend, engine, caplog):
+    """GENERATION_OPENAI_CONTEXT_TOKENS larger than the max_model_len the
+    engine reports would fail every long conversation at the engine: the
+    engine's number is used, with a warning naming both. A smaller setting
+    stands."""
+    with caplog.at_level(logging.WARNING):
+        backend, _ = await ready(start_backend, engine, context_tokens=8192)
+    assert backend.info().context_tokens == 2048
+    assert any(
+        "GENERATION_OPENAI_CONTEXT_TOKENS=8192" in record.getMessage() and "2048" in record.getMessage()
+        for record in caplog.records
+        if record.levelno == logging.WARNING
+    )
+    smaller, _ = await ready(start_backend, engine, context_tokens=1024)
+    assert smaller.info().context_tokens == 1024
+
+
 @pytest.mark.parametrize(
     ("reply", "logged"),
     [
@@ -267,6 +285,52 @@ async def test_an_unreachable_engine_fails_in_words_and_recovers(start_backend):
         await engine.stop()
 
 
+@pytest.mark.parametrize("status", [401, 403])
+async def test_an_engine_refusing_the_key_says_which_setting_to_check(start_backend, engine, status):
+    """An engine that wants another key (vLLM's --api-key) fails the backend
+    in words that point to GENERATION_OPENAI_API_KEY."""
+    engine.listing = respond(status, '{"error": {"message": "Unauthorized"}}')
+    _, reports = start_backend(engine.base_url, api_key="wrong")
+    failed = await reports.until(lambda r: isinstance(r, BackendFailed))
+    assert failed.message.startswith(
+        f"The model server at {engine.base_url} answered GET /models with HTTP {status}: "
+        "check GENERATION_OPENAI_API_KEY ("
+    )
+    assert "Unauthorized" in failed.message
+
+
+# What vLLM 0.32 sends in each open stream when it is stopped with SIGTERM
+# mid-reply (its engine core is shut down under the requests), then [DONE].
+VLLM_ENGINE_DEAD = {
+    "error": {
+        "message": "EngineCore encountered an issue. See stack trace (above) for the root cause.",
+        "type": "InternalServerError",
+        "param": None,
+        "code": 500,
+    }
+}
+
+
+async def test_an_engine_that_dies_mid_reply_fails_it_unavailable(start_backend, engine):
+    """vLLM says in the stream that its engine died: the person hears
+    `unavailable` (the model server stopped), not a server error, and the
+    backend fails and probes until the engine is back. Another error event
+    stays `internal`."""
+    engine.replies["story"] = sse([chunk("Once"), VLLM_ENGINE_DEAD])
+    engine.replies["odd"] = sse([chunk("Once"), {"error": {"message": "bad logits", "code": 500}}])
+    backend, reports = await ready(start_backend, engine)
+    odd = ask("odd")
+    backend.admit(odd)
+    assert await reports.ended(odd.id) == RequestFailed(odd.id, ErrorCode.INTERNAL, ErrorCode.INTERNAL.text)
+    request = ask("story")
+    backend.admit(request)
+    failed = await reports.ended(request.id)
+    assert failed.code == ErrorCode.UNAVAILABLE
+    assert failed.message.startswith(f"The model server at {engine.base_url} stopped (EngineCore encountered")
+    assert any(isinstance(r, BackendFailed) for r in reports)
+    await reports.until(lambda r: reports.count_of(BackendReady) == 2)  # it answers again
+
+
 async def broken_mid_reply(reader, writer):
     """A chunked body cut off inside a chunk: the connection broke."""
     await write_head(writer, 200, {"Content-Type": "text/event-stream", "Transfer-Encoding": "chunked"})
@@ -330,3 +394,66 @@ async def test_cancel_frees_the_slot_at_once_and_closes_the_stream(start_backend
     await asyncio.wait_for(connection_closed.wait(), 2)
     await asyncio.sleep(0.1)
     assert reports.of(request.id)[-1] == RequestFinished(request.id, FinishReason.CANCELLED)
+
+
+@pytest.fixture
+def quick_stall_probe(monkeypatch):
+    monkeypatch.setattr(stall_module, "STALL_PROBE_S", 0.5)
+
+
+async def test_an_engine_that_stops_listening_mid_reply_fails_it_at_once(
+    start_backend, engine, quick_stall_probe
+):
+    """vLLM stopped with SIGTERM closes its listening socket and leaves the
+    streams open, silent. The silent stream makes the backend ask the
+    engine, which cannot be reached: the reply fails `unavailable` in
+    seconds, not after the read timeout, the backend fails naming the URL,
+    and the stream is closed."""
+    stopped_listening, connection_closed = asyncio.Event(), asyncio.Event()
+
+    async def stops_listening(reader, writer):
+        await write_head(writer, 200, {"Content-Type": "text/event-stream"})
+        for word in ("Once", " upon", " a"):
+            writer.write(f"data: {json.dumps(chunk(word))}\n\n".encode())
+            await writer.drain()
+        engine.server.close()  # no new connections; this one stays open, silent
+        stopped_listening.set()
+        try:
+            await reader.read()  # returns at end of file: the client closed
+        finally:
+            connection_closed.set()
+
+    engine.replies["story"] = stops_listening
+    backend, reports = await ready(start_backend, engine, read_timeout_s=60)
+    request = ask("story")
+    backend.admit(request)
+    await stopped_listening.wait()
+    began = time.monotonic()
+    failed = await reports.ended(request.id)
+    assert time.monotonic() - began < 3
+    assert failed.code == ErrorCode.UNAVAILABLE
+    assert failed.message == f"The model server at {engine.base_url} cannot be reached (connection refused)."
+    assert [r.text for r in reports.of(request.id) if isinstance(r, TextDelta)] == ["Once", " upon", " a"]
+    assert any(isinstance(r, BackendFailed) and engine.base_url in r.message for r in reports)
+    await asyncio.wait_for(connection_closed.wait(), 2)
+
+
+async def test_a_slow_engine_that_still_answers_is_left_alone(start_backend, engine, quick_stall_probe):
+    """A stream silent for longer than the probe's wait, from an engine that
+    still answers GET /models (a long prefill, a busy engine), goes on to
+    its end; nothing fails."""
+
+    async def slow(reader, writer):
+        await write_head(writer, 200, {"Content-Type": "text/event-stream"})
+        writer.write(f"data: {json.dumps(chunk('Once'))}\n\n".encode())
+        await writer.drain()
+        await asyncio.sleep(2)
+        writer.write(f"data: {json.dumps(chunk(' upon', 'stop'))}\n\ndata: [DONE]\n\n".encode())
+        await writer.drain()
+
+    engine.replies["story"] = slow
+    backend, reports = await ready(start_backend, engine)
+    request = ask("story")
+    backend.admit(request)
+    assert await reports.ended(request.id) == RequestFinished(request.id, FinishReason.STOP)
+    assert not any(isinstance(r, BackendFailed) for r in reports)

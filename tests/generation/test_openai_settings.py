@@ -83,6 +83,31 @@ def test_a_base_url_is_read_without_its_trailing_slash(monkeypatch):
     assert env_http_url("GENERATION_OPENAI_BASE_URL") == "https://vllm.internal:8000/v1"
 
 
+@pytest.mark.parametrize(
+    "url",
+    ["http://user:secret@127.0.0.1:8100/v1", "https://secret@vllm.internal/v1", "http://:secret@host/v1"],
+)
+def test_credentials_in_the_base_url_are_refused_pointing_to_the_key_setting(monkeypatch, url):
+    """The URL is shown on the console, in status.json, /metrics and logs: a
+    password in it is refused, the message points to the API key setting
+    and does not repeat the secret."""
+    monkeypatch.setenv("GENERATION_OPENAI_BASE_URL", url)
+    with pytest.raises(ImproperlyConfigured) as refused:
+        env_http_url("GENERATION_OPENAI_BASE_URL", key_variable="GENERATION_OPENAI_API_KEY")
+    message = str(refused.value)
+    assert "GENERATION_OPENAI_BASE_URL" in message and "GENERATION_OPENAI_API_KEY" in message
+    assert "secret" not in message.replace("user:secret@host", "")
+
+
+async def test_manage_py_refuses_credentials_in_the_base_url():
+    code, stderr = await manage_check(
+        GENERATION_BACKEND="openai", GENERATION_OPENAI_BASE_URL="http://admin:hunter2@127.0.0.1:8100/v1"
+    )
+    assert code != 0
+    assert "GENERATION_OPENAI_BASE_URL must not hold a user name or password" in stderr, stderr
+    assert "GENERATION_OPENAI_API_KEY" in stderr and "hunter2" not in stderr
+
+
 async def test_manage_py_refuses_a_malformed_base_url():
     code, stderr = await manage_check(
         GENERATION_BACKEND="openai", GENERATION_OPENAI_BASE_URL="ftp://127.0.0.1/v1"

