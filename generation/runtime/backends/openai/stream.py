@@ -3,9 +3,11 @@
 The conversation is trimmed to the engine's context exactly as the local
 backend trims it (generation.runtime.prompt.build_prompt, with the remote
 model's tokenizer), and the kept messages are sent: the engine applies the
-chat template itself. The reply streams as chat-completion chunks, parsed by
-the openai package; `include_usage` asks for a last chunk with the engine's
-own token counts.
+chat template itself. Before counting, the spellings of control tokens in
+the messages are broken (prompt.neutralise_control_tokens): the engine would
+read them as control tokens. The reply streams as chat-completion chunks,
+parsed by the openai package; `include_usage` asks for a last chunk with the
+engine's own token counts.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from collections.abc import Callable
 
 import openai
 
-from generation.runtime.prompt import build_prompt, kept_messages
+from generation.runtime.prompt import Prompt, build_prompt, kept_messages, neutralise_control_tokens
 from generation.runtime.types import FinishReason, Report, RequestFinished, RequestStarted, TextDelta
 
 from .remote import ModelCard
@@ -83,13 +85,13 @@ async def stream_reply(
     """
     params = request.params
     # Tokenising a long conversation takes milliseconds to tens of them: off the loop.
-    prompt = await asyncio.to_thread(
-        build_prompt, tokenizer, request.messages, card.context_tokens, params.max_new_tokens
+    messages, prompt = await asyncio.to_thread(
+        _prepare, tokenizer, request.messages, card.context_tokens, params.max_new_tokens
     )
     extra = {"extra_body": {"ignore_eos": True}} if params.ignore_eos else {}
     stream = await client.chat.completions.create(
         model=card.model,
-        messages=kept_messages(request.messages, prompt),
+        messages=messages,
         max_tokens=prompt.max_new_tokens,
         temperature=params.temperature,
         top_p=params.top_p,
@@ -134,6 +136,16 @@ async def stream_reply(
         )
     finally:
         await stream.close()
+
+
+def _prepare(
+    tokenizer, messages: list[dict], context_tokens: int, max_new_tokens: int
+) -> tuple[list[dict], Prompt]:
+    """The messages to send, control tokens broken and trimmed to fit, and
+    their Prompt (counted on exactly those). Raises PromptTooLong."""
+    safe = neutralise_control_tokens(messages, tokenizer)
+    prompt = build_prompt(tokenizer, safe, context_tokens, max_new_tokens)
+    return kept_messages(safe, prompt), prompt
 
 
 def _count(usage, name: str) -> int | None:
