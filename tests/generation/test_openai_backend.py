@@ -228,6 +228,33 @@ async def test_a_malformed_answer_fails_only_its_request(start_backend, engine, 
     assert not any(isinstance(r, BackendFailed) for r in reports)
 
 
+@pytest.mark.parametrize(
+    ("reason", "code"), [("abort", ErrorCode.UNAVAILABLE), ("content_filter", ErrorCode.INTERNAL)]
+)
+async def test_a_reply_the_engine_ended_short_fails_with_its_text_so_far(
+    start_backend, engine, caplog, reason, code
+):
+    """vLLM ends the sequences it aborts itself (shutting down, pausing)
+    with finish_reason "abort": the text so far is not stored as a whole
+    reply; the request fails `unavailable` after its text streamed (the
+    consumer keeps it on the failed reply), with a log line naming the
+    engine's word. Any other unknown word fails `internal`. The backend
+    stays ready."""
+    engine.replies["story"] = sse([chunk("Once upon"), chunk(" a time", reason), usage_chunk(9, 2)])
+    backend, reports = await ready(start_backend, engine)
+    request = ask("story")
+    with caplog.at_level(logging.WARNING):
+        backend.admit(request)
+        failed = await reports.ended(request.id)
+    assert isinstance(failed, RequestFailed) and failed.code == code
+    assert f"finish_reason {reason!r}" in failed.message and engine.base_url in failed.message
+    assert [r.text for r in reports.of(request.id) if isinstance(r, TextDelta)] == ["Once upon", " a time"]
+    assert any(
+        reason in record.getMessage() and request.id in record.getMessage() for record in caplog.records
+    )
+    assert not any(isinstance(r, BackendFailed) for r in reports)
+
+
 # What engines answer a prompt beyond the context that our count let through
 # (their chat template adds a few tokens to ours): vLLM's OpenAI server and
 # SGLang's, word for word.
