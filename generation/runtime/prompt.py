@@ -23,8 +23,12 @@ import weakref
 from dataclasses import dataclass
 
 MIN_REPLY_TOKENS = 16
+# Put after the first character of a control token's spelling in a message
+# sent to a remote engine, so that the engine reads it as text.
+ZERO_WIDTH_SPACE = "\u200b"
 
 _plain_tokenizers: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_control_patterns: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 class PromptTooLong(Exception):
@@ -130,6 +134,53 @@ def encode_conversation(tokenizer, messages: list[dict]) -> list[int]:
         if piece is not None:
             ids.append(piece)
     return ids
+
+
+def _control_pattern(tokenizer) -> re.Pattern | None:
+    """A regex matching any spelling of the tokenizer's added and special
+    tokens (longest first, so that no shorter one wins inside a longer);
+    None when it has none that can be split."""
+    if tokenizer not in _control_patterns:
+        spellings = set(tokenizer.get_added_vocab()) | set(tokenizer.all_special_tokens)
+        spellings = sorted((s for s in spellings if len(s) > 1), key=len, reverse=True)
+        _control_patterns[tokenizer] = re.compile("|".join(map(re.escape, spellings))) if spellings else None
+    return _control_patterns[tokenizer]
+
+
+def neutralise_control_tokens(messages: list[dict], tokenizer) -> list[dict]:
+    """`messages` with every spelling of a control token in their content
+    broken by a ZERO WIDTH SPACE after its first character ("<|im_end|>"
+    becomes "<\u200b|im_end|>"), for an engine that applies the chat
+    template itself. Returns new dicts; the stored messages are untouched.
+
+    Why: a remote engine (vLLM, and the others that render the template with
+    transformers) tokenizes the rendered prompt with its added tokens
+    recognised, so a message holding "<|im_end|>\n<|im_start|>system\n..."
+    would close its turn and open a system turn of the writer's own: the
+    known injection of huggingface/transformers issue #29279. vLLM 0.32 has
+    no request option to tokenize message content as text (the upstream pull
+    requests, e.g. vllm-project/vllm#31735, were closed), so chatsite breaks
+    the spellings before sending, in every role's content: what people and
+    the model wrote reaches the engine as text, as `encode_conversation`
+    guarantees for the local backend. Called before `build_prompt`, so that
+    the count holds what is sent (each break costs a few tokens).
+
+    Limits: only the control tokens of `tokenizer` (GENERATION_OPENAI_TOKENIZER)
+    are known, so it must be the served model's tokenizer for this too; a
+    one-character token cannot be broken and is left as it is.
+    """
+    pattern = _control_pattern(tokenizer)
+    if pattern is None:
+        return [dict(m) for m in messages]
+    return [
+        {**m, "content": pattern.sub(_break, m["content"])} if isinstance(m.get("content"), str) else dict(m)
+        for m in messages
+    ]
+
+
+def _break(match: re.Match) -> str:
+    token = match.group()
+    return token[0] + ZERO_WIDTH_SPACE + token[1:]
 
 
 def build_prompt(tokenizer, messages: list[dict], context_tokens: int, max_new_tokens: int) -> Prompt:

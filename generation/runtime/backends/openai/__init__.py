@@ -22,6 +22,8 @@ empty. How the engine's answers map onto reports:
   (stall.py): an engine stopped with SIGTERM closes its listening socket
   but not the streams, and is lost at once rather than after the read
   timeout.
+- A finish reason other than "stop" or "length" (vLLM's "abort"): the
+  request fails, `unavailable` for "abort", else `internal` (stream.py).
 - 400 about the context length (the engine's chat template counted a few
   tokens more than our tokenizer): that request fails `too_long`.
 - Anything else (another HTTP error, invalid JSON, a chunk without
@@ -54,7 +56,7 @@ from generation.runtime.types import (
 from . import remote
 from .remote import RemoteConfig
 from .stall import StallWatch
-from .stream import MalformedStream, stream_reply
+from .stream import MalformedStream, UnfinishedReply, stream_reply
 
 logger = logging.getLogger(__name__)
 
@@ -259,6 +261,10 @@ class OpenAIBackend(Backend):
                 end(RequestFailed(rid, ErrorCode.UNAVAILABLE, message))
                 if self._card is not None:
                     self._spawn(self._check_engine())
+        except UnfinishedReply as error:
+            logger.warning("Model server %s ended request %s short: %s", self.config.base_url, rid, error)
+            message = f"The model server at {self.config.base_url} ended the reply unfinished ({error})."
+            end(RequestFailed(rid, error.code, message))
         except MalformedStream as error:
             self._internal(rid, str(error), remote.excerpt(None, error.body), end)
         except json.JSONDecodeError as error:

@@ -3,9 +3,11 @@
 The conversation is trimmed to the engine's context exactly as the local
 backend trims it (generation.runtime.prompt.build_prompt, with the remote
 model's tokenizer), and the kept messages are sent: the engine applies the
-chat template itself. The reply streams as chat-completion chunks, parsed by
-the openai package; `include_usage` asks for a last chunk with the engine's
-own token counts.
+chat template itself. Before counting, the spellings of control tokens in
+the messages are broken (prompt.neutralise_control_tokens): the engine would
+read them as control tokens. The reply streams as chat-completion chunks,
+parsed by the openai package; `include_usage` asks for a last chunk with the
+engine's own token counts.
 """
 
 from __future__ import annotations
@@ -15,8 +17,15 @@ from collections.abc import Callable
 
 import openai
 
-from generation.runtime.prompt import build_prompt, kept_messages
-from generation.runtime.types import FinishReason, Report, RequestFinished, RequestStarted, TextDelta
+from generation.runtime.prompt import Prompt, build_prompt, kept_messages, neutralise_control_tokens
+from generation.runtime.types import (
+    ErrorCode,
+    FinishReason,
+    Report,
+    RequestFinished,
+    RequestStarted,
+    TextDelta,
+)
 
 from .remote import ModelCard
 
@@ -30,11 +39,37 @@ class MalformedStream(Exception):
         self.body = body
 
 
+class UnfinishedReply(Exception):
+    """The engine ended the reply with a finish reason that is neither the
+    model's own stop nor the reply budget running out: the text so far is
+    not a whole reply. `reason` is the engine's word; `code` is how the
+    request fails (see `finish_reason`)."""
+
+    def __init__(self, reason: object, code: ErrorCode):
+        super().__init__(f"the engine ended the reply with finish_reason {reason!r}")
+        self.reason, self.code = reason, code
+
+
 def finish_reason(value) -> FinishReason:
-    """The engine's finish reason as ours: "length" is the reply budget
-    running out; everything else ("stop", "abort", "tool_calls", an engine's
-    own word) ends the reply as the model's own stop."""
-    return FinishReason.LENGTH if value == "length" else FinishReason.STOP
+    """The engine's finish reason as ours: "stop" is the model's own stop,
+    "length" the reply budget running out. Raises UnfinishedReply for any
+    other word, since the reply may be cut short:
+
+    - "abort" fails `unavailable`: vLLM 0.32 (vllm/v1/engine/core.py) aborts
+      the sequences in flight when it shuts down, pauses (mode "abort") or
+      recovers from a fault in its engine loop, so the engine is going away
+      or busy with itself, and "try again later" is the right advice, as for
+      a connection that breaks mid-reply. Our own cancel closes the stream
+      first, so it never reads as an "abort" here.
+    - anything else ("error", vLLM's retryable internal error, "repetition",
+      "content_filter", "tool_calls", a word of some other engine) fails
+      `internal`, as any answer that is not a plain reply does.
+    """
+    if value == "stop":
+        return FinishReason.STOP
+    if value == "length":
+        return FinishReason.LENGTH
+    raise UnfinishedReply(value, ErrorCode.UNAVAILABLE if value == "abort" else ErrorCode.INTERNAL)
 
 
 def read_chunk(chunk) -> tuple[str, str | None, object | None]:
@@ -77,19 +112,20 @@ async def stream_reply(
     Raises PromptTooLong before sending anything; openai.APIStatusError
     when the engine refused the request (429 and 503 among them);
     openai.APIConnectionError when it cannot be reached or the connection
-    broke; MalformedStream, json.JSONDecodeError or another openai.APIError
-    when what came back is not a chat-completion stream. Cancelling the task
+    broke; UnfinishedReply when it ended the reply short; MalformedStream,
+    json.JSONDecodeError or another openai.APIError when what came back is
+    not a chat-completion stream. Cancelling the task
     closes the HTTP stream, which makes vLLM and Ollama abort the sequence.
     """
     params = request.params
     # Tokenising a long conversation takes milliseconds to tens of them: off the loop.
-    prompt = await asyncio.to_thread(
-        build_prompt, tokenizer, request.messages, card.context_tokens, params.max_new_tokens
+    messages, prompt = await asyncio.to_thread(
+        _prepare, tokenizer, request.messages, card.context_tokens, params.max_new_tokens
     )
     extra = {"extra_body": {"ignore_eos": True}} if params.ignore_eos else {}
     stream = await client.chat.completions.create(
         model=card.model,
-        messages=kept_messages(request.messages, prompt),
+        messages=messages,
         max_tokens=prompt.max_new_tokens,
         temperature=params.temperature,
         top_p=params.top_p,
@@ -134,6 +170,16 @@ async def stream_reply(
         )
     finally:
         await stream.close()
+
+
+def _prepare(
+    tokenizer, messages: list[dict], context_tokens: int, max_new_tokens: int
+) -> tuple[list[dict], Prompt]:
+    """The messages to send, control tokens broken and trimmed to fit, and
+    their Prompt (counted on exactly those). Raises PromptTooLong."""
+    safe = neutralise_control_tokens(messages, tokenizer)
+    prompt = build_prompt(tokenizer, safe, context_tokens, max_new_tokens)
+    return kept_messages(safe, prompt), prompt
 
 
 def _count(usage, name: str) -> int | None:
