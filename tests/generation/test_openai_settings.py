@@ -1,9 +1,8 @@
 """A bad GENERATION_OPENAI_BASE_URL stops chatsite before it serves: a
 malformed one when the settings load, an unreachable one at the engine check
-(`manage.py check --deploy --tag engine`, which `make run`, deploy/stack.sh
-run before daphne), each naming the variable. The
-commands that do not serve (`migrate`, `model_folder`) work while the engine
-is down."""
+(`manage.py check --deploy --tag engine`, which `make run` and
+deploy/stack.sh run before daphne), each naming the variable. The commands
+that do not serve (`migrate`, `model_folder`) work while the engine is down."""
 
 import asyncio
 import os
