@@ -136,6 +136,29 @@ async def test_the_engine_check_refuses_an_unreachable_engine_and_passes_a_runni
         await engine.stop()
 
 
+async def test_the_engine_check_warns_of_a_context_setting_beyond_the_engines():
+    """GENERATION_OPENAI_CONTEXT_TOKENS above the engine's max_model_len
+    (2048 here) is named at the check, with the number that will be used;
+    a setting within it says nothing."""
+    engine = await FakeEngine().start()
+    try:
+        code, stderr = await manage_check(
+            GENERATION_BACKEND="openai",
+            GENERATION_OPENAI_BASE_URL=engine.base_url,
+            GENERATION_OPENAI_CONTEXT_TOKENS="8192",
+        )
+        assert code == 0, stderr
+        assert "generation.W001" in stderr and "CONTEXT_TOKENS=8192" in stderr and "using 2048" in stderr
+        code, stderr = await manage_check(
+            GENERATION_BACKEND="openai",
+            GENERATION_OPENAI_BASE_URL=engine.base_url,
+            GENERATION_OPENAI_CONTEXT_TOKENS="1024",
+        )
+        assert code == 0 and "W001" not in stderr, stderr
+    finally:
+        await engine.stop()
+
+
 async def test_commands_that_do_not_serve_work_while_the_engine_is_down(tmp_path, tiny_model_dir):
     """`migrate`, a plain `check` and `model_folder` (which `make vllm` runs
     before the engine it starts exists) do not ask the engine."""
