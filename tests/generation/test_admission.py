@@ -179,6 +179,20 @@ async def test_a_slot_granted_to_another_process_is_not_taken(make_admission):
     assert await admission.claim("p2", local_free=1) == ["older"]
 
 
+async def test_a_deferred_request_goes_back_to_the_head(make_admission):
+    """The engine was busy: the running request waits again at position 1,
+    its slot free, and starts again when its process claims."""
+    admission = make_admission()
+    limits = await setup(admission, max_concurrency=1)
+    assert await admission.enqueue("t0", "p1", "u0", limits, local_free=1) == Admitted()
+    await admission.enqueue("t1", "p2", "u1", limits, local_free=0)
+    assert await admission.defer("t0") is True
+    assert await admission.positions("p1") == {"t0": (1, 2)}
+    assert await admission.positions("p2") == {"t1": (2, 2)}
+    assert await admission.defer("t0") is False
+    assert await admission.claim("p1", local_free=1) == ["t0"]
+
+
 async def test_a_dead_process_loses_its_slot_after_the_lease(make_admission):
     """p1 holds the only slot and stops renewing (killed); p2 renews its
     waiting ticket, which starts once p1's lease has run out, not before."""

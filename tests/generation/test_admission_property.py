@@ -1,7 +1,7 @@
 """A property test of site-wide admission (issue #11), on a real Redis.
 
 Hypothesis draws sequences of arrivals, claims, finished replies, cancels,
-cap changes and process deaths on three simulated processes and runs each
+deferrals (engine busy), cap changes and process deaths on three simulated processes and runs each
 on RedisAdmission (a redis-server of this module's own, flushed before every
 example) and on LocalAdmission (the reference model, on a clock the test
 advances). After every step both must agree, and the test's own
@@ -39,19 +39,19 @@ LEASE_S = 0.5  # short, so that a death costs 0.6 s of sleep; steps take millise
 QUEUE_SIZE, PER_USER = 5, 2
 
 process = st.integers(min_value=0, max_value=PROCESSES - 1)  # which of the three
-room = st.integers(min_value=0, max_value=3)
 # One operation: its kind drawn by weight (arrivals and claims make the
 # queues that the others act on; a death costs 0.6 s of sleep), then its
 # arguments.
 ARGUMENTS = {
-    "enqueue": st.tuples(process, st.sampled_from(USERS), room),
-    "claim": st.tuples(process, room),
+    "enqueue": st.tuples(process, st.sampled_from(USERS)),
+    "claim": st.tuples(process),
     "finish": st.tuples(st.integers(min_value=0, max_value=9)),
     "cancel": st.tuples(st.integers(min_value=0, max_value=9)),
+    "defer": st.tuples(st.integers(min_value=0, max_value=9)),
     "cap": st.tuples(st.integers(min_value=0, max_value=4)),
     "die": st.tuples(process),
 }
-WEIGHTS = {"enqueue": 4, "claim": 4, "finish": 2, "cancel": 1, "cap": 1, "die": 1}
+WEIGHTS = {"enqueue": 4, "claim": 4, "finish": 2, "cancel": 1, "defer": 1, "cap": 1, "die": 1}
 operation = st.sampled_from([kind for kind, weight in WEIGHTS.items() for _ in range(weight)]).flatmap(
     lambda kind: ARGUMENTS[kind].map(lambda args: (kind, *args))
 )
@@ -75,7 +75,7 @@ class Clock:
 class Site:
     """Both admissions plus the test's own bookkeeping of every ticket."""
 
-    def __init__(self, client, cap: int):
+    def __init__(self, client, cap: int, capacities: list[int]):
         self.clock = Clock()
         self.redis = RedisAdmission(client, prefix="property", lease_s=LEASE_S)
         self.model = LocalAdmission(lease_s=LEASE_S, clock=self.clock)
@@ -85,6 +85,7 @@ class Site:
         self.owner: dict[str, tuple[str, str]] = {}  # ticket -> (process, user)
         self.room: dict[str, int] = {}  # process -> room it last reported, less what it started
         self.names = [f"p{i}" for i in range(PROCESSES)]  # the living, by slot
+        self.capacities = capacities  # how many each slot's process can run itself
         self.dead: set[str] = set()
         self.serial = 0
 
@@ -104,8 +105,8 @@ class Site:
 
     async def step(self, op: tuple) -> None:
         match op:
-            case ("enqueue", slot, user, free):
-                process = self.names[slot]
+            case ("enqueue", slot, user):
+                process, free = self.names[slot], self.local_free(slot)
                 self.serial += 1
                 ticket = f"t{self.serial}"
                 self.order.append(ticket)
@@ -118,20 +119,34 @@ class Site:
                     assert len(self.held("running", alive=False)) <= self.limits.max_concurrency
                 else:
                     self.state[ticket] = "waiting" if isinstance(result, Waiting) else "refused"
-            case ("claim", slot, free):
-                await self.claim(self.names[slot], free)
+            case ("claim", slot):
+                await self.claim(self.names[slot], self.local_free(slot))
             case ("finish", index) | ("cancel", index):
                 tickets = self.held("running" if op[0] == "finish" else "waiting")
                 if tickets:
                     ticket = tickets[index % len(tickets)]
                     assert await self.both("release", ticket) is True
                     self.state[ticket] = "ended"
+            case ("defer", index):
+                tickets = self.held("running")
+                if tickets:
+                    ticket = tickets[index % len(tickets)]
+                    assert await self.both("defer", ticket) is True
+                    self.state[ticket] = "waiting"
+                    self.order.remove(ticket)  # back to the head of the queue
+                    self.order.insert(0, ticket)
             case ("cap", cap):
                 self.limits = self.limits.replace(max_concurrency=cap)
                 await self.both("set_limits", self.limits)
             case ("die", slot) if len(self.dead) < 2:  # at most two, for time
                 await self.die(slot)
         await self.check()
+
+    def local_free(self, slot: int) -> int:
+        """What the process in `slot` can start now: its own capacity less
+        what it runs, as GenerationService would tell."""
+        running = [t for t in self.held("running") if self.owner[t][0] == self.names[slot]]
+        return self.capacities[slot] - len(running)
 
     async def claim(self, process: str, free: int) -> None:
         waiting_before = self.held("waiting", alive=False)
@@ -207,13 +222,17 @@ class Site:
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
-@given(cap=st.integers(min_value=1, max_value=3), ops=st.lists(operation, min_size=8, max_size=40))
-def test_admission_keeps_its_promises(redis_port, cap, ops):
+@given(
+    cap=st.integers(min_value=1, max_value=3),
+    capacities=st.lists(st.integers(min_value=0, max_value=2), min_size=PROCESSES, max_size=PROCESSES),
+    ops=st.lists(operation, min_size=8, max_size=40),
+)
+def test_admission_keeps_its_promises(redis_port, cap, capacities, ops):
     async def run():
         client = redis.asyncio.Redis(port=redis_port)
         try:
             await client.flushdb()
-            site = Site(client, cap)
+            site = Site(client, cap, capacities)
             await site.both("set_limits", site.limits)
             began = time.monotonic()
             for op in ops:

@@ -122,6 +122,13 @@ class Admission(abc.ABC):
         the ticket was unknown (already released or reaped)."""
 
     @abc.abstractmethod
+    async def defer(self, ticket: str) -> bool:
+        """Put a running ticket back at the head of the waiting tickets (the
+        engine was busy: RequestDeferred), freeing its slot; it starts again
+        through `claim`. False when it was not running (unknown, reaped or
+        waiting)."""
+
+    @abc.abstractmethod
     async def renew(self, process: str, tickets: Iterable[str]) -> list[str]:
         """Extend the leases of `process`'s `tickets` (all it holds, waiting
         and running) by `lease_s` from now, and the process's own lease.

@@ -93,6 +93,16 @@ class LocalAdmission(Admission):
         self._reap()
         return self._tickets.pop(ticket, None) is not None
 
+    async def defer(self, ticket: str) -> bool:
+        self._reap()
+        held = self._tickets.get(ticket)
+        if held is None or not held.running:
+            return False
+        held.running = False
+        # Arrival order is insertion order: re-insert it ahead of all waiting.
+        self._tickets = {ticket: self._tickets.pop(ticket), **self._tickets}
+        return True
+
     async def renew(self, process: str, tickets: Iterable[str]) -> list[str]:
         now = self._reap()
         if process in self._room:

@@ -58,7 +58,16 @@ class RedisAdmission(Admission):
         self.wake_channel = f"{{{prefix}}}:wake"
         self._scripts = {
             name: client.register_script(scripts.PRELUDE + getattr(scripts, name.upper()))
-            for name in ("enqueue", "claim", "release", "renew", "positions", "set_limits", "snapshot")
+            for name in (
+                "enqueue",
+                "claim",
+                "release",
+                "defer",
+                "renew",
+                "positions",
+                "set_limits",
+                "snapshot",
+            )
         }
 
     async def _run(self, name: str, *args) -> object:
@@ -92,6 +101,9 @@ class RedisAdmission(Admission):
 
     async def release(self, ticket: str) -> bool:
         return bool(await self._run("release", ticket))
+
+    async def defer(self, ticket: str) -> bool:
+        return bool(await self._run("defer", ticket))
 
     async def renew(self, process: str, tickets: Iterable[str]) -> list[str]:
         return [_text(ticket) for ticket in await self._run("renew", process, *tickets)]

@@ -132,6 +132,19 @@ end
 return 0
 """
 
+# ARGV 3 ticket. Back to the head of the queue: one below the lowest waiting
+# sequence number (sequence numbers may go below 1). Returns 1 when it was running.
+DEFER = """
+local ticket = ARGV[3]
+if not redis.call('ZSCORE', K_RUNNING, ticket) then return 0 end
+local head = redis.call('ZRANGE', K_QUEUE, 0, 0, 'WITHSCORES')
+local seq = head[2] and tonumber(head[2]) - 1 or redis.call('INCR', K_SEQ)
+redis.call('ZREM', K_RUNNING, ticket)
+redis.call('ZADD', K_QUEUE, seq, ticket)
+redis.call('PUBLISH', WAKE, 'deferred')
+return 1
+"""
+
 # ARGV 3 process, 4... its tickets. Returns those that are not its any more.
 RENEW = """
 local process = ARGV[3]
