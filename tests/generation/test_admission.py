@@ -203,14 +203,13 @@ async def test_a_dead_process_loses_its_slot_after_the_lease(make_admission):
     assert await admission.enqueue("alive", "p2", "u1", limits, local_free=1) == Waiting(1, 1)
     started = []
     while not started:
-        assert time.monotonic() - began < SHORT_LEASE_S + 2, "the dead process kept its slot"
+        assert time.monotonic() - began < SHORT_LEASE_S + 0.5, "the dead process kept its slot"
+        await asyncio.sleep(0.05)
         assert await admission.renew("p2", ["alive"]) == []
         started = await admission.claim("p2", local_free=1)
-        if not started:
-            assert time.monotonic() - began < SHORT_LEASE_S
-        await asyncio.sleep(0.1)
     assert started == ["alive"]
-    assert time.monotonic() - began >= SHORT_LEASE_S
+    # Redis counts whole milliseconds: allow one.
+    assert time.monotonic() - began >= SHORT_LEASE_S - 0.001, "the slot came back before the lease ran out"
     assert set((await admission.snapshot()).running) == {"alive"}
 
 
