@@ -203,7 +203,8 @@ async def test_a_dead_process_loses_its_slot_after_the_lease(make_admission):
     assert await admission.enqueue("alive", "p2", "u1", limits, local_free=1) == Waiting(1, 1)
     started = []
     while not started:
-        assert time.monotonic() - began < SHORT_LEASE_S + 0.5, "the dead process kept its slot"
+        # Generous: the point is that the slot comes back, not how fast a busy machine polls.
+        assert time.monotonic() - began < SHORT_LEASE_S + 10, "the dead process kept its slot"
         await asyncio.sleep(0.05)
         assert await admission.renew("p2", ["alive"]) == []
         started = await admission.claim("p2", local_free=1)
