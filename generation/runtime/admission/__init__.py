@@ -1,0 +1,37 @@
+"""Admission: which generation requests may run, per process or site-wide.
+
+- base.py: the `Admission` interface, its results (`Admitted`, `Waiting`,
+  `Refused`, `Snapshot`) and the rules, including the one for a process
+  that is locally full.
+- local.py: `LocalAdmission`, in-process, the reference model.
+- redis_backed.py and scripts.py: `RedisAdmission`, the same rules in Redis
+  for every process of the site (issue #11), one Lua script per operation.
+
+Nothing here imports Django. Not yet used by GenerationService (the wiring
+is the next step of issue #11).
+"""
+
+from generation.runtime.admission.base import (
+    DEFAULT_LEASE_S,
+    Admission,
+    Admitted,
+    Enqueued,
+    Refused,
+    Snapshot,
+    Waiting,
+)
+from generation.runtime.admission.local import LocalAdmission
+from generation.runtime.admission.redis_backed import DEFAULT_PREFIX, RedisAdmission
+
+__all__ = [
+    "DEFAULT_LEASE_S",
+    "DEFAULT_PREFIX",
+    "Admission",
+    "Admitted",
+    "Enqueued",
+    "LocalAdmission",
+    "RedisAdmission",
+    "Refused",
+    "Snapshot",
+    "Waiting",
+]

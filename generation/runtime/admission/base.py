@@ -1,0 +1,152 @@
+"""The admission interface and its typed results.
+
+An `Admission` decides which generation requests may run, for one process
+(`LocalAdmission`) or for the whole site (`RedisAdmission`). It knows
+requests only by their ticket (the request id), the process that holds them
+and the user they count against; it never generates anything and never
+imports Django.
+
+The rules, the same in both implementations (issue #11):
+
+- `max_concurrency` (the cap): the site never runs more tickets than this.
+  A lower cap lets running tickets finish; it starts nothing new until the
+  running ones are below it.
+- `max_active_per_user`: a user's waiting and running tickets together, on
+  every process; one more is refused `busy`.
+- `max_queue_size`: the site-wide number waiting; one more is refused
+  `queue_full` (unless it can start at once).
+- FIFO with one exception, the rule for a locally full process: a claim walks
+  the waiting tickets in arrival order and grants a site slot to each ticket
+  whose process has room (as that process last reported in `enqueue` or
+  `claim`); a ticket whose process is full is passed over and keeps its
+  place. The claiming process starts its own granted tickets; a ticket
+  granted to another process keeps its slot reserved until that process
+  claims it, so no later ticket can take it (no overtaking among tickets
+  that could all start). A process's report of its room lasts as long as its
+  lease, so a dead one holds reservations for at most one lease.
+- Leases: every ticket has a deadline, `lease_s` after it was enqueued or
+  last renewed. A ticket past its deadline is dropped (its slot and its
+  user's count come back) by the next operation of any process: a process
+  that dies holds slots only for one lease. The pattern is the fair counting
+  semaphore with refreshed leases of Redis in Action, §6.3 (Josiah Carlson,
+  2013), extended with a FIFO of waiting tickets as in
+  ../shared/design/global-queue.md.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from generation.runtime.types import ErrorCode, Limits
+
+DEFAULT_LEASE_S = 5.0
+"""How long a ticket survives without a renewal, in seconds. A process
+renews its tickets every third of this (the research note's heartbeat), so
+one lost or late heartbeat costs nothing; a killed process's slots come back
+within this time after its last renewal."""
+
+
+@dataclass(frozen=True)
+class Admitted:
+    """The ticket may start now; it holds a site slot until released."""
+
+
+@dataclass(frozen=True)
+class Waiting:
+    """The ticket waits at `position` (1 is next) of `waiting` site-wide.
+    (Named apart from the `Queued` event, which carries the same numbers to
+    the client.)"""
+
+    position: int
+    waiting: int
+
+
+@dataclass(frozen=True)
+class Refused:
+    """The ticket was not taken: `code` is ErrorCode.QUEUE_FULL or
+    ErrorCode.BUSY. Nothing is held."""
+
+    code: ErrorCode
+
+
+Enqueued = Admitted | Waiting | Refused
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """The whole admission state, for tests and the console: `waiting` in
+    arrival order as (ticket, process, user), `running` as {ticket: (process,
+    user)}, `users` as {user: waiting + running count}, and the cap in
+    effect. Users are strings (a Redis hash field)."""
+
+    waiting: tuple[tuple[str, str, str], ...]
+    running: dict[str, tuple[str, str]]
+    users: dict[str, int]
+    cap: int
+
+
+class Admission(abc.ABC):
+    """Site-wide (or process-wide) admission of tickets. All methods are
+    coroutines, called on the process's event loop; `RedisAdmission` raises
+    redis.RedisError when Redis cannot be reached (the caller falls back to
+    a `LocalAdmission`)."""
+
+    lease_s: float
+
+    @abc.abstractmethod
+    async def enqueue(
+        self, ticket: str, process: str, user: str, limits: Limits, *, local_free: int = 0
+    ) -> Enqueued:
+        """Take a new ticket. `local_free` is how many more requests
+        `process` can run now; `limits` is this process's view of the limits,
+        used only where none were set site-wide (`set_limits`). The ticket
+        starts at once (`Admitted`) only when nobody waits, the site is under
+        the cap and `local_free` > 0; otherwise it waits (`Waiting`, and the
+        caller calls `claim` when it has room) or is `Refused` (busy is
+        checked before queue_full, as the per-process queue did). Raises
+        ValueError for a ticket already known."""
+
+    @abc.abstractmethod
+    async def claim(self, process: str, local_free: int) -> list[str]:
+        """The waiting tickets of `process` that start now, in arrival order
+        (at most `local_free`; see the module's FIFO rule). They become
+        running; the caller starts them. Also records `local_free` minus
+        those started as the process's room."""
+
+    @abc.abstractmethod
+    async def release(self, ticket: str) -> bool:
+        """Drop a waiting or running ticket (done, cancelled, timed out,
+        disconnected) and free its slot and user count at once. False when
+        the ticket was unknown (already released or reaped)."""
+
+    @abc.abstractmethod
+    async def defer(self, ticket: str) -> bool:
+        """Put a running ticket back at the head of the waiting tickets (the
+        engine was busy: RequestDeferred), freeing its slot; it starts again
+        through `claim`. False when it was not running (unknown, reaped or
+        waiting)."""
+
+    @abc.abstractmethod
+    async def renew(self, process: str, tickets: Iterable[str]) -> list[str]:
+        """Extend the leases of `process`'s `tickets` (all it holds, waiting
+        and running) by `lease_s` from now, and the process's own lease.
+        Returns those of `tickets` that are gone: reaped because their lease
+        ran out (the process was paused or cut off) or never known. The
+        caller must stop them (a running one no longer holds a slot: the
+        fence)."""
+
+    @abc.abstractmethod
+    async def positions(self, process: str) -> dict[str, tuple[int, int]]:
+        """{ticket: (position, waiting)} for `process`'s waiting tickets,
+        positions site-wide in arrival order."""
+
+    @abc.abstractmethod
+    async def set_limits(self, limits: Limits) -> None:
+        """Make `limits` (cap, queue size, per-user limit) the site's, at once;
+        called when the console saves them."""
+
+    @abc.abstractmethod
+    async def snapshot(self) -> Snapshot:
+        """The whole state (see Snapshot), after dropping expired tickets."""

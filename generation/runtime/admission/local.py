@@ -1,0 +1,162 @@
+"""Admission inside one process: the reference model of the rules.
+
+`LocalAdmission` keeps the state in plain Python structures and follows the
+rules of generation.runtime.admission.base step for step, as
+`RedisAdmission`'s scripts do in Redis; the property test runs both on the
+same operations and compares them. Used by one process alone (`process`
+always the same name) it behaves as the per-process queue of
+GenerationService: FIFO, the cap, the per-user limit and queue_full.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from generation.runtime.admission.base import (
+    DEFAULT_LEASE_S,
+    Admission,
+    Admitted,
+    Enqueued,
+    Refused,
+    Snapshot,
+    Waiting,
+)
+from generation.runtime.types import ErrorCode, Limits
+
+
+@dataclass
+class _Ticket:
+    process: str
+    user: str
+    deadline: float
+    running: bool = False
+
+
+class LocalAdmission(Admission):
+    """Admission of one process's (or, in tests, several simulated
+    processes') tickets. `clock` returns seconds (time.monotonic by default;
+    tests pass a clock they advance); `lease_s` as in DEFAULT_LEASE_S."""
+
+    def __init__(self, *, lease_s: float = DEFAULT_LEASE_S, clock: Callable[[], float] = time.monotonic):
+        self.lease_s = lease_s
+        self.clock = clock
+        self.limits: Limits | None = None
+        self._tickets: dict[str, _Ticket] = {}  # insertion order is arrival order
+        self._room: dict[str, tuple[int, float]] = {}  # process -> (room, lease deadline)
+
+    # The operations ----------------------------------------------------
+
+    async def enqueue(
+        self, ticket: str, process: str, user: str, limits: Limits, *, local_free: int = 0
+    ) -> Enqueued:
+        now = self._reap()
+        if ticket in self._tickets:
+            raise ValueError(f"ticket {ticket} is already known")
+        if self.limits is None:
+            self.limits = limits
+        self._room[process] = (local_free, now + self.lease_s)
+        if self._count(user) >= self.limits.max_active_per_user:
+            return Refused(ErrorCode.BUSY)
+        waiting = self._waiting()
+        if not waiting and self._running() < self.limits.max_concurrency and local_free > 0:
+            self._tickets[ticket] = _Ticket(process, user, now + self.lease_s, running=True)
+            self._room[process] = (local_free - 1, now + self.lease_s)
+            return Admitted()
+        if len(waiting) >= self.limits.max_queue_size:
+            return Refused(ErrorCode.QUEUE_FULL)
+        self._tickets[ticket] = _Ticket(process, user, now + self.lease_s)
+        return Waiting(position=len(waiting) + 1, waiting=len(waiting) + 1)
+
+    async def claim(self, process: str, local_free: int) -> list[str]:
+        now = self._reap()
+        started = []
+        slots = self.limits.max_concurrency - self._running() if self.limits else 0
+        room = {p: r for p, (r, _) in self._room.items()}
+        room[process] = local_free
+        for name in self._waiting():
+            if slots <= 0:
+                break
+            owner = self._tickets[name].process
+            if room.get(owner, 0) > 0:
+                room[owner] -= 1
+                slots -= 1
+                if owner == process:
+                    started.append(name)
+        for name in started:
+            self._tickets[name].running = True
+        self._room[process] = (local_free - len(started), now + self.lease_s)
+        return started
+
+    async def release(self, ticket: str) -> bool:
+        self._reap()
+        return self._tickets.pop(ticket, None) is not None
+
+    async def defer(self, ticket: str) -> bool:
+        self._reap()
+        held = self._tickets.get(ticket)
+        if held is None or not held.running:
+            return False
+        held.running = False
+        # Arrival order is insertion order: re-insert it ahead of all waiting.
+        self._tickets = {ticket: self._tickets.pop(ticket), **self._tickets}
+        return True
+
+    async def renew(self, process: str, tickets: Iterable[str]) -> list[str]:
+        now = self._reap()
+        if process in self._room:
+            self._room[process] = (self._room[process][0], now + self.lease_s)
+        gone = []
+        for name in tickets:
+            held = self._tickets.get(name)
+            if held is None or held.process != process:
+                gone.append(name)
+            else:
+                held.deadline = now + self.lease_s
+        return gone
+
+    async def positions(self, process: str) -> dict[str, tuple[int, int]]:
+        self._reap()
+        waiting = self._waiting()
+        return {
+            name: (position, len(waiting))
+            for position, name in enumerate(waiting, start=1)
+            if self._tickets[name].process == process
+        }
+
+    async def set_limits(self, limits: Limits) -> None:
+        self.limits = limits
+
+    async def snapshot(self) -> Snapshot:
+        self._reap()
+        users: dict[str, int] = {}
+        for held in self._tickets.values():
+            users[held.user] = users.get(held.user, 0) + 1
+        return Snapshot(
+            waiting=tuple((n, t.process, t.user) for n, t in self._tickets.items() if not t.running),
+            running={n: (t.process, t.user) for n, t in self._tickets.items() if t.running},
+            users=users,
+            cap=self.limits.max_concurrency if self.limits else 0,
+        )
+
+    # State -------------------------------------------------------------
+
+    def _reap(self) -> float:
+        """Drop tickets and room reports whose lease ran out; return now.
+        A deadline equal to now counts as passed, as in the scripts."""
+        now = self.clock()
+        for name in [n for n, t in self._tickets.items() if t.deadline <= now]:
+            del self._tickets[name]
+        for process in [p for p, (_, deadline) in self._room.items() if deadline <= now]:
+            del self._room[process]
+        return now
+
+    def _waiting(self) -> list[str]:
+        return [name for name, held in self._tickets.items() if not held.running]
+
+    def _running(self) -> int:
+        return sum(1 for held in self._tickets.values() if held.running)
+
+    def _count(self, user: str) -> int:
+        return sum(1 for held in self._tickets.values() if held.user == user)

@@ -1,0 +1,198 @@
+"""The Lua scripts of RedisAdmission, one per operation.
+
+Each script is the shared PRELUDE followed by its body. The prelude reads
+Redis's own clock (`TIME`, milliseconds) and first drops every ticket whose
+lease deadline has passed (deadline <= now) and the room report of every
+process whose own lease has passed; so a killed process's slots come back
+with the next operation of any process, and no process compares its own
+clock with another's. Scripts run atomically, and Redis 7 replicates them by
+their effects, so reading `TIME` in them is safe (Redis docs, "Scripting
+with Lua"). The algorithm is Redis in Action §6.3's fair semaphore with
+refreshed leases, plus a FIFO of waiting tickets
+(../shared/design/global-queue.md); the rules are those of
+generation.runtime.admission.base, mirrored by LocalAdmission.
+
+KEYS (all under one hash tag, built by RedisAdmission):
+  1 queue    sorted set  waiting ticket -> arrival sequence number
+  2 running  sorted set  running ticket -> start time (ms)
+  3 leases   sorted set  ticket -> lease deadline (ms), waiting and running
+  4 owner    hash        ticket -> process
+  5 user     hash        ticket -> user
+  6 users    hash        user -> waiting + running tickets
+  7 seq      string      the last arrival sequence number
+  8 limits   hash        max_concurrency, max_queue_size, max_active_per_user
+  9 rooms    hash        process -> room it last reported (requests it can start)
+ 10 procs    sorted set  process -> lease deadline (ms) of its room report
+ARGV: 1 the wake-up channel, 2 the lease (ms), then the operation's own.
+"""
+
+PRELUDE = """
+local K_QUEUE, K_RUNNING, K_LEASES, K_OWNER, K_USER = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local K_USERS, K_SEQ, K_LIMITS, K_ROOMS, K_PROCS = KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10]
+local WAKE, LEASE = ARGV[1], tonumber(ARGV[2])
+
+local function limit(name)
+  return tonumber(redis.call('HGET', K_LIMITS, name) or '0')
+end
+
+local function drop(ticket)
+  local user = redis.call('HGET', K_USER, ticket)
+  if not user then return false end
+  redis.call('HDEL', K_OWNER, ticket)
+  redis.call('HDEL', K_USER, ticket)
+  redis.call('ZREM', K_QUEUE, ticket)
+  redis.call('ZREM', K_RUNNING, ticket)
+  redis.call('ZREM', K_LEASES, ticket)
+  if redis.call('HINCRBY', K_USERS, user, -1) <= 0 then redis.call('HDEL', K_USERS, user) end
+  return true
+end
+
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local expired = redis.call('ZRANGEBYSCORE', K_LEASES, '-inf', now)
+for _, ticket in ipairs(expired) do drop(ticket) end
+for _, process in ipairs(redis.call('ZRANGEBYSCORE', K_PROCS, '-inf', now)) do
+  redis.call('HDEL', K_ROOMS, process)
+  redis.call('ZREM', K_PROCS, process)
+end
+if #expired > 0 then redis.call('PUBLISH', WAKE, 'reaped') end
+local deadline = now + LEASE
+"""
+
+# ARGV 3 ticket, 4 process, 5 user, 6 local room, 7-9 the caller's cap, queue
+# size and per-user limit (used only where the limits key lacks them).
+# Returns {'admitted'}, {'waiting', position, waiting}, {'busy'},
+# {'queue_full'} or {'known'}.
+ENQUEUE = """
+local ticket, process, user, free = ARGV[3], ARGV[4], ARGV[5], tonumber(ARGV[6])
+if redis.call('HEXISTS', K_OWNER, ticket) == 1 then return {'known'} end
+redis.call('HSETNX', K_LIMITS, 'max_concurrency', ARGV[7])
+redis.call('HSETNX', K_LIMITS, 'max_queue_size', ARGV[8])
+redis.call('HSETNX', K_LIMITS, 'max_active_per_user', ARGV[9])
+redis.call('HSET', K_ROOMS, process, free)
+redis.call('ZADD', K_PROCS, deadline, process)
+if tonumber(redis.call('HGET', K_USERS, user) or '0') >= limit('max_active_per_user') then
+  return {'busy'}
+end
+local waiting = redis.call('ZCARD', K_QUEUE)
+local function hold()
+  redis.call('HSET', K_OWNER, ticket, process)
+  redis.call('HSET', K_USER, ticket, user)
+  redis.call('HINCRBY', K_USERS, user, 1)
+  redis.call('ZADD', K_LEASES, deadline, ticket)
+end
+if waiting == 0 and free > 0 and redis.call('ZCARD', K_RUNNING) < limit('max_concurrency') then
+  hold()
+  redis.call('ZADD', K_RUNNING, now, ticket)
+  redis.call('HSET', K_ROOMS, process, free - 1)
+  return {'admitted'}
+end
+if waiting >= limit('max_queue_size') then return {'queue_full'} end
+hold()
+redis.call('ZADD', K_QUEUE, redis.call('INCR', K_SEQ), ticket)
+redis.call('PUBLISH', WAKE, 'enqueued')
+return {'waiting', waiting + 1, waiting + 1}
+"""
+
+# ARGV 3 process, 4 its room now. Returns the tickets it starts, in order.
+CLAIM = """
+local process, free = ARGV[3], tonumber(ARGV[4])
+local started = {}
+local slots = limit('max_concurrency') - redis.call('ZCARD', K_RUNNING)
+local room = {[process] = free}
+if slots > 0 then
+  for _, ticket in ipairs(redis.call('ZRANGE', K_QUEUE, 0, -1)) do
+    local owner = redis.call('HGET', K_OWNER, ticket)
+    local left = room[owner]
+    if left == nil then left = tonumber(redis.call('HGET', K_ROOMS, owner) or '0') end
+    if left > 0 then
+      left = left - 1
+      slots = slots - 1
+      if owner == process then started[#started + 1] = ticket end
+    end
+    room[owner] = left
+    if slots <= 0 then break end
+  end
+end
+for _, ticket in ipairs(started) do
+  redis.call('ZREM', K_QUEUE, ticket)
+  redis.call('ZADD', K_RUNNING, now, ticket)
+end
+redis.call('HSET', K_ROOMS, process, free - #started)
+redis.call('ZADD', K_PROCS, deadline, process)
+return started
+"""
+
+# ARGV 3 ticket. Returns 1 when it was known, else 0.
+RELEASE = """
+if drop(ARGV[3]) then
+  redis.call('PUBLISH', WAKE, 'released')
+  return 1
+end
+return 0
+"""
+
+# ARGV 3 ticket. Back to the head of the queue: one below the lowest waiting
+# sequence number (sequence numbers may go below 1). Returns 1 when it was running.
+DEFER = """
+local ticket = ARGV[3]
+if not redis.call('ZSCORE', K_RUNNING, ticket) then return 0 end
+local head = redis.call('ZRANGE', K_QUEUE, 0, 0, 'WITHSCORES')
+local seq = head[2] and tonumber(head[2]) - 1 or redis.call('INCR', K_SEQ)
+redis.call('ZREM', K_RUNNING, ticket)
+redis.call('ZADD', K_QUEUE, seq, ticket)
+redis.call('PUBLISH', WAKE, 'deferred')
+return 1
+"""
+
+# ARGV 3 process, 4... its tickets. Returns those that are not its any more.
+RENEW = """
+local process = ARGV[3]
+if redis.call('HEXISTS', K_ROOMS, process) == 1 then redis.call('ZADD', K_PROCS, deadline, process) end
+local gone = {}
+for i = 4, #ARGV do
+  if redis.call('HGET', K_OWNER, ARGV[i]) == process then
+    redis.call('ZADD', K_LEASES, deadline, ARGV[i])
+  else
+    gone[#gone + 1] = ARGV[i]
+  end
+end
+return gone
+"""
+
+# ARGV 3 process. Returns {waiting, {ticket, position, ...}}.
+POSITIONS = """
+local queue = redis.call('ZRANGE', K_QUEUE, 0, -1)
+local mine = {}
+for i, ticket in ipairs(queue) do
+  if redis.call('HGET', K_OWNER, ticket) == ARGV[3] then
+    mine[#mine + 1] = ticket
+    mine[#mine + 1] = i
+  end
+end
+return {#queue, mine}
+"""
+
+# ARGV 3-5 cap, queue size, per-user limit.
+SET_LIMITS = """
+redis.call('HSET', K_LIMITS, 'max_concurrency', ARGV[3], 'max_queue_size', ARGV[4],
+  'max_active_per_user', ARGV[5])
+redis.call('PUBLISH', WAKE, 'limits')
+return 1
+"""
+
+# Returns {{ticket, process, user, ...} waiting in order, {...} running,
+# {user, count, ...}, cap}.
+SNAPSHOT = """
+local function owned(tickets)
+  local out = {}
+  for _, ticket in ipairs(tickets) do
+    out[#out + 1] = ticket
+    out[#out + 1] = redis.call('HGET', K_OWNER, ticket)
+    out[#out + 1] = redis.call('HGET', K_USER, ticket)
+  end
+  return out
+end
+return {owned(redis.call('ZRANGE', K_QUEUE, 0, -1)), owned(redis.call('ZRANGE', K_RUNNING, 0, -1)),
+  redis.call('HGETALL', K_USERS), limit('max_concurrency')}
+"""
