@@ -251,12 +251,12 @@ class OpenAIBackend(Backend):
             else:
                 self._internal(rid, f"HTTP {error.status_code}", remote.excerpt(error.response), end)
         except openai.APIConnectionError as error:
-            reason = remote.connection_reason(error, self.config)
             if remote.is_connect_error(error):
-                message = f"The model server at {self.config.base_url} cannot be reached ({reason})."
+                message = remote.unusable_message(self.config, error)
                 end(RequestFailed(rid, ErrorCode.UNAVAILABLE, message))
                 self._lose(message)
             else:  # it broke or stalled mid-reply: is the engine still there?
+                reason = remote.connection_reason(error, self.config)
                 message = f"The model server at {self.config.base_url} stopped answering ({reason})."
                 end(RequestFailed(rid, ErrorCode.UNAVAILABLE, message))
                 if self._card is not None:
