@@ -36,6 +36,8 @@ if TYPE_CHECKING:  # the model stack is imported in the model thread only
 
 logger = logging.getLogger(__name__)
 
+# The `local` backend's BackendInfo before the model is loaded.
+LOCAL_INFO = BackendInfo(kind="local", host="in-process")
 # More precise than ErrorCode.INTERNAL's words: the model itself failed.
 MODEL_FAILED = "The model failed on this reply. Please try again."
 
@@ -84,6 +86,8 @@ class ModelWorker:
         self._stopping = False
         self._thread = threading.Thread(target=self._run, name="generation-model", daemon=True)
         self.context_tokens = 0
+        # What the status shows: kind and host now, the model once loaded.
+        self.info = LOCAL_INFO
 
     def start(self) -> None:
         """Start the thread; it loads the model first."""
@@ -126,10 +130,8 @@ class ModelWorker:
         self.context_tokens = loaded.model.config.max_position_embeddings
         engine = make_engine(self._strategy, loaded.model, stop_token_ids(loaded))
         detokenizers: dict[str, IncrementalDetokenizer] = {}
-        info = BackendInfo(
-            kind="local", host="in-process", model=loaded.name, context_tokens=self.context_tokens
-        )
-        self._deliver([BackendReady(info=info)])
+        self.info = dataclasses.replace(LOCAL_INFO, model=loaded.name, context_tokens=self.context_tokens)
+        self._deliver([BackendReady(info=self.info)])
         while True:
             with self._wake:
                 while not (self._stopping or self._admitted or self._cancelled or len(engine)):

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 from generation.runtime.backends import Backend, Deliver
 from generation.runtime.types import BackendInfo
-from generation.runtime.worker import ModelWorker
+from generation.runtime.worker import LOCAL_INFO, ModelWorker
 
 if TYPE_CHECKING:  # loading imports torch, which only the model thread needs
     from generation.runtime.loading import LoadedModel
@@ -51,5 +51,4 @@ class LocalBackend(Backend):
 
     def info(self) -> BackendInfo:
         """In-process; the model's name and context once loaded."""
-        context = self._worker.context_tokens if self._worker is not None else 0
-        return BackendInfo(kind="local", host="in-process", context_tokens=context)
+        return self._worker.info if self._worker is not None else LOCAL_INFO
