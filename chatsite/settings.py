@@ -235,6 +235,20 @@ GENERATION_MAX_QUEUE = env_int("GENERATION_MAX_QUEUE", 32)
 GENERATION_MAX_NEW_TOKENS = env_int("GENERATION_MAX_NEW_TOKENS", 512)
 GENERATION_MAX_ACTIVE_PER_USER = env_int("GENERATION_MAX_ACTIVE_PER_USER", 1)
 GENERATION_QUEUE_TIMEOUT_S = env_int("GENERATION_QUEUE_TIMEOUT_S", 300)
+# The most replies one process's engine runs at once, under the site-wide cap
+# (0: the cap alone). Matters with several processes on the local backend,
+# where each process runs its own model.
+GENERATION_PROCESS_MAX_CONCURRENCY = env_int("GENERATION_PROCESS_MAX_CONCURRENCY", 0)
+if GENERATION_PROCESS_MAX_CONCURRENCY < 0:
+    raise ImproperlyConfigured("GENERATION_PROCESS_MAX_CONCURRENCY must be 0 (the cap alone) or more.")
+# One queue for the whole site (issue #11): with REDIS_URL set, every process
+# admits through the same Redis keys (generation.runtime.sitequeue).
+GENERATION_SITE_QUEUE = env_bool("GENERATION_SITE_QUEUE", True)
+GENERATION_ADMISSION_PREFIX = os.environ.get("GENERATION_ADMISSION_PREFIX", "chatsite:admission")
+# A killed process's slots come back within this many seconds.
+GENERATION_ADMISSION_LEASE_S = env_float("GENERATION_ADMISSION_LEASE_S", 5.0)
+# A Redis call that takes longer sends the process to its own queue.
+GENERATION_ADMISSION_TIMEOUT_S = env_float("GENERATION_ADMISSION_TIMEOUT_S", 1.0)
 # What generates the replies: "local" (the model thread, on GENERATION_MODEL)
 # or "openai" (a remote OpenAI-compatible engine such as vLLM).
 GENERATION_BACKEND = os.environ.get("GENERATION_BACKEND", "local").strip().lower() or "local"

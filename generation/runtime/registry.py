@@ -94,6 +94,30 @@ def make_backend() -> Backend:
     return factory()
 
 
+def make_site_queue(service: GenerationService):
+    """The site-wide queue for `service` (a SiteQueue on a RedisAdmission)
+    when REDIS_URL is set and GENERATION_SITE_QUEUE is on; else None, and
+    the service keeps its own queue and cap. Redis is not contacted here."""
+    if not (settings.REDIS_URL and settings.GENERATION_SITE_QUEUE):
+        return None
+    import redis.asyncio as redis
+
+    from generation.runtime.admission import RedisAdmission
+    from generation.runtime.sitequeue import SiteQueue
+
+    # Short timeouts: a Redis that does not answer must send the process
+    # to its own queue within a second or two, not after redis-py's default.
+    client = redis.Redis.from_url(
+        settings.REDIS_URL,
+        socket_timeout=settings.GENERATION_ADMISSION_TIMEOUT_S,
+        socket_connect_timeout=settings.GENERATION_ADMISSION_TIMEOUT_S,
+    )
+    admission = RedisAdmission(
+        client, prefix=settings.GENERATION_ADMISSION_PREFIX, lease_s=settings.GENERATION_ADMISSION_LEASE_S
+    )
+    return SiteQueue(service, admission, process=service.worker_name)
+
+
 def on_service_start(hook: Callable[[GenerationService], object]) -> None:
     """Call `hook(service)` for every service this registry starts, inside
     its loop, right after `start()`. Registered once, at app load; a hook
@@ -118,8 +142,15 @@ def get_service() -> GenerationService:
     if _service is None or _service.loop is not loop:
         if _service is not None:
             _service.stop()
-        _service = GenerationService(backend=make_backend(), limits=default_limits())
+        _service = GenerationService(
+            backend=make_backend(),
+            limits=default_limits(),
+            process_max_concurrency=settings.GENERATION_PROCESS_MAX_CONCURRENCY,
+        )
+        _service.site = make_site_queue(_service)
         _service.start()
+        if _service.site is not None:
+            _service.site.start()
         for hook in _start_hooks:
             hook(_service)
     return _service

@@ -51,6 +51,8 @@ class ReportsMixin:
         del self.running[request.id]
         request.state, request.started_at, request.position = RequestState.QUEUED, None, None
         self.queue.appendleft(request)
+        if self.site is not None:
+            self.site.defer(request)
         left = max(self.limits.queue_timeout_s - (time.time() - request.enqueued_at), 0)
         request.timeout = self.loop.call_later(left, self._expire, request)
         until = self.loop.time() + max(retry_after_s, 0)

@@ -54,8 +54,21 @@ class GenerationService(ReportsMixin):
     is queued.
     """
 
-    def __init__(self, *, backend: Backend, limits: Limits, worker_name: str | None = None):
+    def __init__(
+        self,
+        *,
+        backend: Backend,
+        limits: Limits,
+        worker_name: str | None = None,
+        process_max_concurrency: int = 0,
+    ):
         self.limits = limits
+        # The most replies this process's engine runs at once, under the cap;
+        # 0: the cap alone (GENERATION_PROCESS_MAX_CONCURRENCY).
+        self.process_max_concurrency = process_max_concurrency
+        # The site-wide queue (generation.runtime.sitequeue), when the site
+        # shares a Redis; None: this process's own queue and cap.
+        self.site = None
         self.backend = backend
         self.backend_info = backend.info()
         self.worker_name = worker_name or default_worker_name()
@@ -87,6 +100,8 @@ class GenerationService(ReportsMixin):
         listeners run first, on the loop, while the service still has its state."""
         for listener in self.stop_listeners:
             listener()
+        if self.site is not None:
+            self.site.stop()
         if self._resume is not None:
             self._resume.cancel()
         self.backend.stop()
@@ -126,13 +141,16 @@ class GenerationService(ReportsMixin):
         active = sum(1 for r in self._active() if r.user_id == user_id)
         if self.model_state is ModelState.FAILED:
             self._fail(request, ErrorCode.UNAVAILABLE, self.model_error)
+        elif self._site_wide():
+            # The site decides busy, queue_full and the start (SiteQueue).
+            self._wait(request)
+            self.site.enqueue(request)
         elif active >= self.limits.max_active_per_user:
             self._fail(request, ErrorCode.BUSY)
         elif len(self.queue) >= self.limits.max_queue_size and not self._has_free_slot():
             self._fail(request, ErrorCode.QUEUE_FULL)
         else:
-            self.queue.append(request)
-            request.timeout = self.loop.call_later(self.limits.queue_timeout_s, self._expire, request)
+            self._wait(request)
             self._admit()
         return handle
 
@@ -150,8 +168,11 @@ class GenerationService(ReportsMixin):
 
     def update_limits(self, limits: Limits) -> None:
         """Apply new limits now: a higher cap admits waiting requests at once, a
-        lower one lets running requests finish, a smaller queue drops nobody."""
+        lower one lets running requests finish, a smaller queue drops nobody.
+        With a site queue, they become the site's too."""
         self.limits = limits
+        if self.site is not None:
+            self.site.set_limits(limits)
         self._admit()
 
     def tokens_per_second(self) -> float:
@@ -173,6 +194,10 @@ class GenerationService(ReportsMixin):
                 "context_tokens": info.context_tokens,
             },
             "limits": self.limits.as_dict(),
+            "process_max_concurrency": self.process_max_concurrency,
+            "admission": self.site.status()
+            if self.site is not None
+            else {"scope": "process", "fallback": False, "error": ""},
             "running": [
                 {
                     "request": r.id,
@@ -184,7 +209,13 @@ class GenerationService(ReportsMixin):
                 for r in self.running.values()
             ],
             "waiting": [
-                {"request": r.id, "position": i, "user": r.user_id, "meta": r.meta, "since": r.enqueued_at}
+                {
+                    "request": r.id,
+                    "position": r.position[0] if self._site_wide() and r.position else i,
+                    "user": r.user_id,
+                    "meta": r.meta,
+                    "since": r.enqueued_at,
+                }
                 for i, r in enumerate(self.queue, start=1)
             ],
             "tokens_per_s": round(self.tokens_per_second(), 2),
@@ -196,31 +227,88 @@ class GenerationService(ReportsMixin):
         yield from self.queue
         yield from self.running.values()
 
+    def _site_wide(self) -> bool:
+        return self.site is not None and self.site.active
+
+    def local_room(self) -> int:
+        """How many more requests this process can start now: 0 while the
+        backend is not ready or asked to wait, else its own bound
+        (`process_max_concurrency`, or the cap) minus those running."""
+        if self.model_state is not ModelState.READY or self.loop.time() < self._held_until:
+            return 0
+        bound = self.limits.max_concurrency
+        if self.process_max_concurrency:
+            bound = min(bound, self.process_max_concurrency)
+        return max(bound - len(self.running), 0)
+
     def _has_free_slot(self) -> bool:
-        return (
-            self.model_state is ModelState.READY
-            and len(self.running) < self.limits.max_concurrency
-            and self.loop.time() >= self._held_until
-        )
+        return self.local_room() > 0
+
+    def _wait(self, request: GenerationRequest) -> None:
+        self.queue.append(request)
+        request.timeout = self.loop.call_later(self.limits.queue_timeout_s, self._expire, request)
 
     def _admit(self) -> None:
-        """Move requests from the head of the queue into free slots."""
+        """Start what may start: with a site queue, ask it to claim when this
+        process has room; else move requests from the head of the queue into
+        free slots."""
+        if self._site_wide():
+            if self.queue and self.local_room() > 0:
+                self.site.wake()
+            return
         while self.queue and self._has_free_slot():
-            request = self.queue.popleft()
-            request.timeout.cancel()
-            request.state = RequestState.RUNNING
-            request.started_at = time.time()
-            self.running[request.id] = request
-            self.backend.admit(request)
+            self.start_waiting(self.queue[0])
         self._publish_positions()
 
     def _publish_positions(self) -> None:
-        """Tell every waiting request its (position, waiting) when it changed."""
+        """Tell every waiting request its (position, waiting) when it changed
+        (with a site queue, the site's numbers, which it reads itself)."""
+        if self._site_wide():
+            self.site.wake()
+            return
         waiting = len(self.queue)
         for position, request in enumerate(self.queue, start=1):
-            if request.position != (position, waiting):
-                request.position = (position, waiting)
-                request.emit(Queued(position=position, waiting=waiting))
+            self.show_position(request, position, waiting)
+
+    # What the site queue calls (generation.runtime.sitequeue) ---------
+
+    def start_waiting(self, request: GenerationRequest) -> None:
+        """Start `request`, which waits in this process's queue, on the backend."""
+        self.queue.remove(request)
+        request.timeout.cancel()
+        request.state = RequestState.RUNNING
+        request.started_at = time.time()
+        self.running[request.id] = request
+        self.backend.admit(request)
+
+    def show_position(self, request: GenerationRequest, position: int, waiting: int) -> None:
+        """Send `request` a `Queued` event when its (position, waiting) changed."""
+        if request.position != (position, waiting):
+            request.position = (position, waiting)
+            request.emit(Queued(position=position, waiting=waiting))
+
+    def reject_waiting(self, request: GenerationRequest, code: ErrorCode) -> None:
+        """The site refused `request` (busy, queue_full): it leaves the queue
+        with that error."""
+        self.queue.remove(request)
+        self._fail(request, code)
+
+    def stop_lost(self, request: GenerationRequest) -> None:
+        """The site no longer holds `request`'s ticket (its lease ran out
+        while this process was paused): stop it, waiting or running, with
+        `lease_lost`, so that no slot is used twice."""
+        if request.id in self.running:
+            self.backend.cancel(request.id)
+        elif request in self.queue:
+            self.queue.remove(request)
+        else:
+            return
+        self._fail(request, ErrorCode.LEASE_LOST)
+
+    def admit_locally(self) -> None:
+        """The site queue cannot be reached: what waits here is admitted by
+        this process's own rules from now on."""
+        self._admit()
 
     def _expire(self, request: GenerationRequest) -> None:
         if request.state is RequestState.QUEUED and request in self.queue:
@@ -248,6 +336,8 @@ class GenerationService(ReportsMixin):
         if request.timeout:
             request.timeout.cancel()
         self.running.pop(request.id, None)
+        if self.site is not None:
+            self.site.ended(request)
         request.state = RequestState.FINISHED
         request.finished_at = time.time()
         if error_code is not None:

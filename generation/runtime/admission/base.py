@@ -36,7 +36,8 @@ The rules, the same in both implementations (issue #11):
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterable
+import asyncio
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 
 from generation.runtime.types import ErrorCode, Limits
@@ -97,7 +98,14 @@ class Admission(abc.ABC):
 
     @abc.abstractmethod
     async def enqueue(
-        self, ticket: str, process: str, user: str, limits: Limits, *, local_free: int = 0
+        self,
+        ticket: str,
+        process: str,
+        user: str,
+        limits: Limits,
+        *,
+        local_free: int = 0,
+        rejoin: bool = False,
     ) -> Enqueued:
         """Take a new ticket. `local_free` is how many more requests
         `process` can run now; `limits` is this process's view of the limits,
@@ -105,8 +113,10 @@ class Admission(abc.ABC):
         starts at once (`Admitted`) only when nobody waits, the site is under
         the cap and `local_free` > 0; otherwise it waits (`Waiting`, and the
         caller calls `claim` when it has room) or is `Refused` (busy is
-        checked before queue_full, as the per-process queue did). Raises
-        ValueError for a ticket already known."""
+        checked before queue_full, as the per-process queue did). `rejoin`
+        is for a request the process took while the site's admission was
+        unreachable: it was accepted then, so it is never refused now (it
+        joins the tail). Raises ValueError for a ticket already known."""
 
     @abc.abstractmethod
     async def claim(self, process: str, local_free: int) -> list[str]:
@@ -150,3 +160,13 @@ class Admission(abc.ABC):
     @abc.abstractmethod
     async def snapshot(self) -> Snapshot:
         """The whole state (see Snapshot), after dropping expired tickets."""
+
+    async def wakeups(self) -> AsyncIterator[str]:
+        """Yield a word (what happened: 'enqueued', 'released', ...) each
+        time another process may have changed what this one could claim or
+        the positions it shows. Runs until cancelled; raises as the other
+        methods do when the shared state cannot be reached. This default
+        never yields: alone in its process, an Admission changes only
+        through its own caller."""
+        await asyncio.Future()
+        yield ""  # pragma: no cover - never reached; makes this an async generator

@@ -49,7 +49,14 @@ class LocalAdmission(Admission):
     # The operations ----------------------------------------------------
 
     async def enqueue(
-        self, ticket: str, process: str, user: str, limits: Limits, *, local_free: int = 0
+        self,
+        ticket: str,
+        process: str,
+        user: str,
+        limits: Limits,
+        *,
+        local_free: int = 0,
+        rejoin: bool = False,
     ) -> Enqueued:
         now = self._reap()
         if ticket in self._tickets:
@@ -57,14 +64,14 @@ class LocalAdmission(Admission):
         if self.limits is None:
             self.limits = limits
         self._room[process] = (local_free, now + self.lease_s)
-        if self._count(user) >= self.limits.max_active_per_user:
+        if not rejoin and self._count(user) >= self.limits.max_active_per_user:
             return Refused(ErrorCode.BUSY)
         waiting = self._waiting()
         if not waiting and self._running() < self.limits.max_concurrency and local_free > 0:
             self._tickets[ticket] = _Ticket(process, user, now + self.lease_s, running=True)
             self._room[process] = (local_free - 1, now + self.lease_s)
             return Admitted()
-        if len(waiting) >= self.limits.max_queue_size:
+        if not rejoin and len(waiting) >= self.limits.max_queue_size:
             return Refused(ErrorCode.QUEUE_FULL)
         self._tickets[ticket] = _Ticket(process, user, now + self.lease_s)
         return Waiting(position=len(waiting) + 1, waiting=len(waiting) + 1)

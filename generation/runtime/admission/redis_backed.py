@@ -15,7 +15,7 @@ retried here, the caller falls back to its own LocalAdmission.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
 
 import redis.asyncio as redis
 
@@ -75,7 +75,14 @@ class RedisAdmission(Admission):
         return await self._scripts[name](keys=self.keys, args=[self.wake_channel, lease_ms, *args])
 
     async def enqueue(
-        self, ticket: str, process: str, user: str, limits: Limits, *, local_free: int = 0
+        self,
+        ticket: str,
+        process: str,
+        user: str,
+        limits: Limits,
+        *,
+        local_free: int = 0,
+        rejoin: bool = False,
     ) -> Enqueued:
         reply = await self._run(
             "enqueue",
@@ -86,6 +93,7 @@ class RedisAdmission(Admission):
             limits.max_concurrency,
             limits.max_queue_size,
             limits.max_active_per_user,
+            int(rejoin),
         )
         kind = _text(reply[0])
         if kind == "admitted":
@@ -116,6 +124,19 @@ class RedisAdmission(Admission):
         await self._run(
             "set_limits", limits.max_concurrency, limits.max_queue_size, limits.max_active_per_user
         )
+
+    async def wakeups(self) -> AsyncIterator[str]:
+        """Yield the word of each PUBLISH on the wake-up channel (SUBSCRIBE on
+        a connection of its own). Raises redis.RedisError when the connection
+        breaks; the caller subscribes again."""
+        pubsub = self.client.pubsub()
+        try:
+            await pubsub.subscribe(self.wake_channel)
+            async for message in pubsub.listen():
+                if message["type"] == "message":
+                    yield _text(message["data"])
+        finally:
+            await pubsub.aclose()
 
     async def snapshot(self) -> Snapshot:
         waiting, running, users, cap = await self._run("snapshot")

@@ -60,18 +60,20 @@ local deadline = now + LEASE
 """
 
 # ARGV 3 ticket, 4 process, 5 user, 6 local room, 7-9 the caller's cap, queue
-# size and per-user limit (used only where the limits key lacks them).
+# size and per-user limit (used only where the limits key lacks them), 10 '1'
+# for a request taken while Redis was away (no busy or queue_full check).
 # Returns {'admitted'}, {'waiting', position, waiting}, {'busy'},
 # {'queue_full'} or {'known'}.
 ENQUEUE = """
 local ticket, process, user, free = ARGV[3], ARGV[4], ARGV[5], tonumber(ARGV[6])
+local rejoin = ARGV[10] == '1'
 if redis.call('HEXISTS', K_OWNER, ticket) == 1 then return {'known'} end
 redis.call('HSETNX', K_LIMITS, 'max_concurrency', ARGV[7])
 redis.call('HSETNX', K_LIMITS, 'max_queue_size', ARGV[8])
 redis.call('HSETNX', K_LIMITS, 'max_active_per_user', ARGV[9])
 redis.call('HSET', K_ROOMS, process, free)
 redis.call('ZADD', K_PROCS, deadline, process)
-if tonumber(redis.call('HGET', K_USERS, user) or '0') >= limit('max_active_per_user') then
+if not rejoin and tonumber(redis.call('HGET', K_USERS, user) or '0') >= limit('max_active_per_user') then
   return {'busy'}
 end
 local waiting = redis.call('ZCARD', K_QUEUE)
@@ -87,7 +89,7 @@ if waiting == 0 and free > 0 and redis.call('ZCARD', K_RUNNING) < limit('max_con
   redis.call('HSET', K_ROOMS, process, free - 1)
   return {'admitted'}
 end
-if waiting >= limit('max_queue_size') then return {'queue_full'} end
+if not rejoin and waiting >= limit('max_queue_size') then return {'queue_full'} end
 hold()
 redis.call('ZADD', K_QUEUE, redis.call('INCR', K_SEQ), ticket)
 redis.call('PUBLISH', WAKE, 'enqueued')

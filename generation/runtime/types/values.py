@@ -58,6 +58,7 @@ class ErrorCode(enum.StrEnum):
     TOO_LONG = "too_long"
     UNAVAILABLE = "unavailable"
     INTERNAL = "internal"
+    LEASE_LOST = "lease_lost"  # the site queue gave this request's slot away (sitequeue)
     # Raised by the chat protocol, not by the runtime:
     INVALID = "invalid"
     NOT_FOUND = "not_found"
@@ -87,6 +88,7 @@ ERROR_TEXT: dict[ErrorCode, str] = {
     ErrorCode.TOO_LONG: "Your message is too long for the model to read. Please shorten it.",
     ErrorCode.UNAVAILABLE: "The model is not available right now, so no reply can be written. Please try again later.",
     ErrorCode.INTERNAL: "Something went wrong on the server. Please try again.",
+    ErrorCode.LEASE_LOST: "The server lost this reply's place in the queue and stopped it. Please send it again.",
     ErrorCode.INVALID: "That request was not understood.",
     ErrorCode.NOT_FOUND: "That conversation does not exist.",
 }

@@ -1,0 +1,274 @@
+"""One process's place in the site-wide queue (issue #11).
+
+When the site shares a Redis, each process's GenerationService admits its
+requests through a `SiteQueue`, which talks to the site's `Admission`
+(generation.runtime.admission): the cap, the FIFO, the positions and the
+per-user limit are then the site's, not the process's. Requests stay in the
+service's own queue and running set; the SiteQueue only decides when each
+waiting one starts and what position it shows.
+
+How it runs, all on the service's loop:
+
+- Every call to the Admission goes through one task, in the order the
+  service asked (so requests reach the site queue in the order people sent
+  them, and a release never overtakes the claim it answers).
+- A claim is made when this process may have room (a reply ended, the cap
+  rose, the backend became ready) and whenever another process says the
+  queue moved (the Admission's `wakeups`, Redis PUB/SUB), and at least
+  every POLL_S while requests wait here, so a lost wake-up costs latency,
+  never a stuck queue. The positions are read with each claim.
+- Every third of the lease, the leases of all this process's tickets are
+  renewed. A ticket the site no longer knows (this process was paused past
+  its lease and its slot was given away) is stopped with `lease_lost`: the
+  fence the design note asks for.
+- When the Admission cannot be reached, the process falls back to its own
+  queue and cap (the service's per-process rules), says so in its status,
+  and tries again every PROBE_S. Once back, the requests still waiting here
+  join the site queue's tail (never refused: they were accepted), new ones
+  go to the site queue, and the tickets it held before the outage are
+  released. Requests that started during the outage finish without a site
+  slot, so for their remaining time the site may run that many more than
+  its cap; nothing is lost and no request is counted twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+
+from redis.exceptions import RedisError
+
+from generation.runtime.admission import Admission, Admitted, Refused, Waiting
+from generation.runtime.requests import GenerationRequest
+from generation.runtime.types import RequestState
+
+logger = logging.getLogger(__name__)
+
+POLL_S = 1.0
+"""Seconds between claims while requests wait here and no wake-up came."""
+PROBE_S = 2.0
+"""Seconds between attempts to reach the Admission again after an outage."""
+# What an unreachable Redis raises: redis-py's errors, and the OS's own
+# when a connection is refused or reset before redis-py wraps it.
+UNREACHABLE = (RedisError, OSError, TimeoutError)
+
+
+class SiteQueue:
+    """Admits `service`'s requests through the site-wide `admission`, as
+    `process` (the service's worker name: unique per process on the site).
+    Create it, set it as `service.site`, then `start()` it on the loop."""
+
+    def __init__(
+        self,
+        service,
+        admission: Admission,
+        *,
+        process: str,
+        poll_s: float = POLL_S,
+        probe_s: float = PROBE_S,
+    ):
+        self.service = service
+        self.admission = admission
+        self.process = process
+        self.poll_s = poll_s
+        self.probe_s = probe_s
+        self.active = True  # False while fallen back to the process's own queue
+        self.error = ""  # why it fell back, for the console
+        self.tickets: dict[str, GenerationRequest] = {}  # registered at the site
+        self._ops: asyncio.Queue[Callable[[], Awaitable[None]]] = asyncio.Queue()
+        self._refresh_queued = False
+        self._stale: set[str] = set()  # tickets held when the outage began
+        self._tasks: list[asyncio.Task] = []
+        self._listener: asyncio.Task | None = None
+
+    # Lifecycle ---------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the operations task, the heartbeat, the poll and the
+        wake-up listener on the running loop."""
+        loop = asyncio.get_running_loop()
+        for run in (self._work, self._heartbeat, self._poll):
+            self._tasks.append(loop.create_task(run(), name=f"sitequeue-{run.__name__.strip('_')}"))
+        self._listen()
+
+    def stop(self) -> None:
+        """Stop the tasks (the service is stopping). Tickets still held are
+        left to their leases: the loop may be closing, and a lease is short."""
+        for task in [*self._tasks, self._listener]:
+            if task is not None:
+                task.cancel()
+
+    def status(self) -> dict:
+        """JSON-safe: `scope` is "site" (the site's cap and queue apply) or
+        "process" (fallen back: this process's own), `error` says why."""
+        return {
+            "scope": "site" if self.active else "process",
+            "fallback": not self.active,
+            "error": self.error,
+            "lease_s": self.admission.lease_s,
+        }
+
+    # What the service calls, on the loop; never blocks -----------------
+
+    def enqueue(self, request: GenerationRequest) -> None:
+        """A new request, already in the service's queue: send it to the site queue."""
+        self._ops.put_nowait(lambda: self._enqueue(request))
+
+    def ended(self, request: GenerationRequest) -> None:
+        """`request` ended (done, cancelled, timed out, failed): free its
+        ticket at the site at once."""
+        if self.tickets.pop(request.id, None) is not None:
+            self._ops.put_nowait(lambda: self._release(request.id))
+
+    def defer(self, request: GenerationRequest) -> None:
+        """The engine was busy: `request` goes back to the head of the site queue."""
+        if request.id in self.tickets:
+            self._ops.put_nowait(lambda: self._call(self.admission.defer(request.id)))
+
+    def set_limits(self, limits) -> None:
+        """The console saved new limits: make them the site's."""
+        self._ops.put_nowait(lambda: self._call(self.admission.set_limits(limits)))
+
+    def wake(self) -> None:
+        """Claim what may start here and refresh positions, soon (at most one pending)."""
+        if not self._refresh_queued:
+            self._refresh_queued = True
+            self._ops.put_nowait(self._refresh)
+
+    # The operations, one at a time -------------------------------------
+
+    async def _work(self) -> None:
+        while True:
+            operation = await self._ops.get()
+            try:
+                await operation()
+            except UNREACHABLE as error:
+                self._fall_back(error)
+            except Exception:
+                logger.exception("Site queue operation failed")
+
+    async def _call(self, awaitable) -> None:
+        if self.active:
+            await awaitable
+        else:
+            awaitable.close()
+
+    def _waiting_here(self, request: GenerationRequest) -> bool:
+        return request.state is RequestState.QUEUED and request in self.service.queue
+
+    async def _enqueue(self, request: GenerationRequest, *, rejoin: bool = False) -> None:
+        if not self.active or not self._waiting_here(request):
+            return  # the service's own queue has it, or it already ended
+        service = self.service
+        result = await self.admission.enqueue(
+            request.id,
+            self.process,
+            str(request.user_id),
+            service.limits,
+            local_free=service.local_room(),
+            rejoin=rejoin,
+        )
+        if isinstance(result, Refused):
+            if self._waiting_here(request):
+                service.reject_waiting(request, result.code)
+            return
+        self.tickets[request.id] = request
+        if not self._waiting_here(request):  # cancelled or timed out meanwhile
+            self.ended(request)
+        elif isinstance(result, Admitted):
+            service.start_waiting(request)
+        elif isinstance(result, Waiting):
+            service.show_position(request, result.position, result.waiting)
+
+    async def _release(self, ticket: str) -> None:
+        if self.active:
+            await self.admission.release(ticket)
+
+    async def _refresh(self) -> None:
+        self._refresh_queued = False
+        if not self.active:
+            return
+        waiting = [r for r in self.service.queue if r.id in self.tickets]
+        if not waiting:
+            return
+        room = self.service.local_room()
+        for ticket in await self.admission.claim(self.process, room):
+            request = self.tickets.get(ticket)
+            if request is not None and self._waiting_here(request):
+                self.service.start_waiting(request)
+            elif request is not None:
+                self.ended(request)
+            # else it ended before the claim answered, and its release is queued
+        if any(r.id in self.tickets and self._waiting_here(r) for r in waiting):
+            for ticket, (position, total) in (await self.admission.positions(self.process)).items():
+                request = self.tickets.get(ticket)
+                if request is not None and self._waiting_here(request):
+                    self.service.show_position(request, position, total)
+
+    async def _renew(self) -> None:
+        if not self.active:
+            return
+        held = dict(self.tickets)
+        for ticket in await self.admission.renew(self.process, list(held)):
+            request = held[ticket]
+            if self.tickets.pop(ticket, None) is not None:
+                logger.warning("Request %s lost its place at the site (lease ran out); stopping it", ticket)
+                self.service.stop_lost(request)
+
+    async def _probe(self) -> None:
+        if self.active:
+            return
+        await self.admission.renew(self.process, [])  # raises while still unreachable
+        self.active, self.error = True, ""
+        logger.warning("%s: the site queue is reachable again; rejoining it", self.process)
+        for ticket in self._stale:
+            await self.admission.release(ticket)
+        self._stale.clear()
+        await self.admission.set_limits(self.service.limits)
+        for request in list(self.service.queue):
+            await self._enqueue(request, rejoin=True)
+        self._listen()
+        self.wake()
+
+    def _fall_back(self, error: BaseException) -> None:
+        if not self.active:
+            return
+        self.active = False
+        self.error = f"The site queue (Redis) cannot be reached: {error or type(error).__name__}"
+        self._stale.update(self.tickets)
+        self.tickets.clear()
+        logger.warning("%s: %s; limits are per process until it is back", self.process, self.error)
+        self.service.admit_locally()
+
+    # Background tasks --------------------------------------------------
+
+    async def _heartbeat(self) -> None:
+        while True:
+            if self.active:
+                await asyncio.sleep(self.admission.lease_s / 3)
+                self._ops.put_nowait(self._renew)
+            else:
+                await asyncio.sleep(self.probe_s)
+                self._ops.put_nowait(self._probe)
+
+    async def _poll(self) -> None:
+        while True:
+            await asyncio.sleep(self.poll_s)
+            if self.active and self.service.queue:
+                self.wake()
+
+    def _listen(self) -> None:
+        if self._listener is not None:
+            self._listener.cancel()
+        self._listener = asyncio.get_running_loop().create_task(self._wakeups(), name="sitequeue-wakeups")
+
+    async def _wakeups(self) -> None:
+        while self.active:
+            try:
+                async for _ in self.admission.wakeups():
+                    if self.service.queue:
+                        self.wake()
+            except UNREACHABLE as error:
+                logger.info("Site queue wake-ups interrupted (%s); the poll goes on", error)
+                await asyncio.sleep(self.probe_s)

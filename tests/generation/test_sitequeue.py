@@ -1,0 +1,129 @@
+"""GenerationServices sharing one site queue (SiteQueue on a real Redis).
+
+Several services on one event loop stand for several daphne processes: each
+has its own tiny-model backend and its own process name, and all admit
+through one RedisAdmission under a key prefix of this test's own. What a
+person would notice is checked: the site-wide cap, the site-wide positions
+in `queued` events, `busy` for a second request of one user on another
+process, and chat going on through a Redis outage and back.
+"""
+
+import asyncio
+import uuid
+
+import pytest
+import redis.asyncio as redis
+
+from generation.runtime.admission import RedisAdmission
+from generation.runtime.sitequeue import SiteQueue
+from generation.runtime.types import ErrorCode, Queued, Started
+from tests.generation.test_service import LONG, LONG_TOKENS, collect, ready
+from tests.live import redis_server
+
+LEASE_S = 1.5
+
+
+async def on_site(make_service, url: str, prefix: str, name: str, **limits):
+    """A started service admitting through the site queue at `url`/`prefix`."""
+    service = await make_service(**limits)
+    service.worker_name = name
+    client = redis.Redis.from_url(url, socket_timeout=1, socket_connect_timeout=1)
+    admission = RedisAdmission(client, prefix=prefix, lease_s=LEASE_S)
+    service.site = SiteQueue(service, admission, process=name, poll_s=0.2, probe_s=0.3)
+    service.site.start()
+    return await ready(service)
+
+
+async def until(predicate, timeout=30):
+    async with asyncio.timeout(timeout):
+        while not predicate():
+            await asyncio.sleep(0.01)
+
+
+async def next_of(handle, kind, timeout=30):
+    async with asyncio.timeout(timeout):
+        while True:
+            event = await handle.request.events.get()
+            if isinstance(event, kind) or event.terminal:
+                return event
+
+
+@pytest.fixture
+def prefix():
+    return f"test:{uuid.uuid4().hex}"
+
+
+async def test_the_cap_and_the_positions_are_the_sites(make_service, prefix):
+    """Three processes with cap 2: two replies run in all, the others wait
+    with site-wide positions 1..4 in arrival order, and a cancel frees a
+    slot for the head of the site queue, wherever it waits."""
+    url = "redis://127.0.0.1:6379/0"
+    limits = dict(max_concurrency=2, max_new_tokens=LONG_TOKENS, max_queue_size=10)
+    services = [await on_site(make_service, url, prefix, f"p{i}", **limits) for i in range(3)]
+    handles = []
+    for index in range(6):
+        handles.append(services[index % 3].submit(user_id=index, messages=LONG))
+        await asyncio.sleep(0.05)  # arrival order is submit order
+    await until(lambda: sum(len(s.running) for s in services) == 2)
+    for handle in handles[:2]:
+        assert isinstance(await next_of(handle, Started), Started)
+    positions = [await next_of(handle, Queued) for handle in handles[2:]]
+    await until(lambda: all(h.request.position and h.request.position[1] == 4 for h in handles[2:]))
+    assert [h.request.position for h in handles[2:]] == [(1, 4), (2, 4), (3, 4), (4, 4)]
+    assert all(isinstance(event, Queued) for event in positions)
+    await asyncio.sleep(0.5)
+    assert sum(len(s.running) for s in services) == 2  # still, after polls and wake-ups
+
+    handles[0].cancel()
+    assert isinstance(await next_of(handles[2], Started), Started)  # the head, on another process
+    await until(lambda: handles[3].request.position == (1, 3))
+    assert sum(len(s.running) for s in services) == 2
+    for handle in handles:
+        handle.cancel()
+
+
+async def test_one_user_on_two_processes_is_busy_on_the_second(make_service, prefix):
+    url = "redis://127.0.0.1:6379/0"
+    first, second = [
+        await on_site(make_service, url, prefix, name, max_concurrency=4, max_new_tokens=LONG_TOKENS)
+        for name in ("a", "b")
+    ]
+    running = first.submit(user_id=7, messages=LONG)
+    assert isinstance(await next_of(running, Started), Started)
+    refused = await collect(second.submit(user_id=7, messages=LONG))
+    assert refused == [{"type": "error", "code": "busy", "message": ErrorCode.BUSY.text}]
+    running.cancel()
+    assert (await collect(running))[-1]["finish_reason"] == "cancelled"
+    # The slot and the user's count came back: the same user may ask again.
+    again = second.submit(user_id=7, messages=LONG)
+    assert isinstance(await next_of(again, Started), Started)
+    again.cancel()
+
+
+async def test_chat_goes_on_through_a_redis_outage(make_service, tmp_path, prefix):
+    """Redis stops: each process falls back to its own cap and says so;
+    replies still complete. Redis back: they rejoin the site queue by
+    themselves, and the cap is the site's again."""
+    with redis_server(tmp_path) as server:
+        url = f"redis://127.0.0.1:{server.port}/0"
+        limits = dict(max_concurrency=1, max_new_tokens=LONG_TOKENS)
+        services = [await on_site(make_service, url, prefix, name, **limits) for name in ("a", "b")]
+        short = dict(messages=LONG, max_new_tokens=5)
+        assert (await collect(services[0].submit(user_id=1, **short)))[-1]["type"] == "done"
+
+        server.stop()
+        outage = [services[i % 2].submit(user_id=10 + i, **short) for i in range(4)]
+        ends = [(await collect(handle))[-1] for handle in outage]
+        assert [end["type"] for end in ends] == ["done"] * 4
+        assert all(s.status()["admission"]["scope"] == "process" for s in services)
+        assert "cannot be reached" in services[0].status()["admission"]["error"]
+
+        server.start()
+        await until(lambda: all(s.status()["admission"]["scope"] == "site" for s in services))
+        first = services[0].submit(user_id=20, messages=LONG)
+        assert isinstance(await next_of(first, Started), Started)
+        second = services[1].submit(user_id=21, messages=LONG)
+        assert await next_of(second, Queued) == Queued(position=1, waiting=1)  # the site's cap of 1
+        first.cancel()
+        assert isinstance(await next_of(second, Started), Started)
+        second.cancel()
