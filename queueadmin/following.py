@@ -89,3 +89,8 @@ class SettingsFollower:
             return
         if saved is not None:
             self.apply(*saved)
+        elif not self.loaded:
+            # Never saved: the environment's limits rule. Applying them once
+            # also makes them the site queue's, replacing whatever an
+            # earlier deployment left in Redis.
+            self.service.update_limits(self.service.limits)
