@@ -7,8 +7,10 @@
 - redis_backed.py and scripts.py: `RedisAdmission`, the same rules in Redis
   for every process of the site (issue #11), one Lua script per operation.
 
-Nothing here imports Django. Not yet used by GenerationService (the wiring
-is the next step of issue #11).
+Nothing here imports Django. GenerationService uses a RedisAdmission
+through generation.runtime.sitequeue when REDIS_URL is set; alone, it keeps
+its own queue (LocalAdmission is the reference the property test checks
+RedisAdmission against).
 """
 
 from generation.runtime.admission.base import (
