@@ -133,9 +133,7 @@ class VllmServer:
     def metrics(self) -> dict[str, float]:
         """vLLM's Prometheus /metrics: each gauge's and counter's sample name
         to its value summed over its labels (one model, one engine here), e.g.
-        `vllm:num_requests_running` and `vllm:num_requests_waiting`, and the
-        same per value of each other label, as `name{label=value}`, e.g.
-        `vllm:request_success_total{finished_reason=abort}`; histogram
+        `vllm:num_requests_running` and `vllm:num_requests_waiting`; histogram
         buckets are left out."""
         with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=5) as response:
             text = response.read().decode()
@@ -145,10 +143,6 @@ class VllmServer:
                 if "le" in sample.labels or "quantile" in sample.labels:
                     continue
                 values[sample.name] = values.get(sample.name, 0.0) + sample.value
-                for label, value in sample.labels.items():
-                    if label not in ("model_name", "engine"):
-                        key = f"{sample.name}{{{label}={value}}}"
-                        values[key] = values.get(key, 0.0) + sample.value
         return values
 
     def log_tail(self, lines: int = 60) -> str:

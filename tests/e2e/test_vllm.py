@@ -105,16 +105,26 @@ def site(vllm, tmp_path_factory):
     }
     sessions = prepare_database(env, SEED)
     with daphne(env, folder / "daphne.log") as url:
-        yield Site(url, env, database, sessions)
+        site = Site(url, env, database, sessions)
+        # The service starts with the first socket; each test may run alone.
+        asyncio.run(_open_and_close(site))
+        poll(lambda: site.model()["state"] == "ready", timeout=60)
+        yield site
+
+
+async def _open_and_close(site: Site) -> None:
+    socket = await site.socket(USERS[0])
+    await socket.close()
 
 
 def running_at_engine(vllm: VllmServer) -> float:
     return vllm.metrics()["vllm:num_requests_running"]
 
 
-def aborted_at_engine(vllm: VllmServer) -> float:
-    """How many requests vLLM has counted as aborted (cancelled, not finished)."""
-    return vllm.metrics().get("vllm:request_success_total{finished_reason=abort}", 0.0)
+def finished_at_engine(vllm: VllmServer) -> float:
+    """How many requests vLLM has run to their end (stop or length); a
+    request aborted by its client is not counted (vLLM 0.32)."""
+    return vllm.metrics().get("vllm:request_success_total", 0.0)
 
 
 async def until_started_or_queued(socket: ChatSocket) -> dict:
@@ -225,10 +235,11 @@ def test_no_control_token_can_be_written_into_the_engines_prompt(site, vllm):
 
 
 def test_cancel_of_a_running_reply_aborts_it_at_the_engine(site, vllm):
-    """Two replies run at vLLM; stopping one aborts it there (vLLM counts it
-    as aborted, not finished, and its running count drops to 1), and the
-    other goes on streaming. How soon vLLM dropped it is printed, not
-    asserted: this machine is shared and noisy."""
+    """Two replies run at vLLM; stopping one aborts it there (vLLM's running
+    count drops to 1 while its count of finished requests stays put: the
+    reply did not run to its end), and the other goes on streaming. How soon
+    vLLM dropped it is printed, not asserted: this machine is shared and
+    noisy."""
 
     async def scenario():
         sockets = [await site.socket(user) for user in USERS[:2]]
@@ -237,14 +248,14 @@ def test_cancel_of_a_running_reply_aborts_it_at_the_engine(site, vllm):
                 await socket.send(STORY)
                 assert (await until_started_or_queued(socket))["type"] == "started"
             await asyncio.to_thread(poll, lambda: running_at_engine(vllm) == 2, timeout=30)
-            aborted_before = aborted_at_engine(vllm)
+            finished_before = finished_at_engine(vllm)
             await sockets[0].send_frame({"type": "cancel"})
             cancelled_at = time.monotonic()
-            await asyncio.to_thread(poll, lambda: aborted_at_engine(vllm) == aborted_before + 1, timeout=60)
+            await asyncio.to_thread(poll, lambda: running_at_engine(vllm) == 1, timeout=30)
             print(
-                f"vLLM aborted the cancelled reply {time.monotonic() - cancelled_at:.2f} s after the cancel"
+                f"vLLM dropped the cancelled reply {time.monotonic() - cancelled_at:.2f} s after the cancel"
             )
-            assert running_at_engine(vllm) == 1
+            assert finished_at_engine(vllm) == finished_before
             ending = await until_terminal(sockets[0])
             assert ending["type"] == "done" and ending["finish_reason"] == "cancelled"
             assert (await sockets[1].receive(timeout=30))["type"] == "token"  # the other goes on
