@@ -221,9 +221,14 @@ class Control:
         running, waiting = len(service.running), len(service.queue)
         cap = service.limits.max_concurrency
         metrics.observe_queue(
-            running=running, waiting=waiting, cap=cap, new_tokens=tokens - self._tokens_seen
+            running=running,
+            waiting=waiting,
+            cap=cap,
+            new_tokens=tokens - self._tokens_seen,
+            process_max_concurrency=service.process_max_concurrency,
         )
         metrics.observe_backend(service.backend_info, service.model_state)
+        metrics.observe_admission(service.site.status() if service.site is not None else selectors.OWN_QUEUE)
         self._tokens_seen = tokens
         now = time.monotonic()
         if now - self._snapshot_at < SNAPSHOT_INTERVAL_S:

@@ -29,10 +29,21 @@ RUNNING = Gauge(
     "chatsite_num_requests_running", "Requests generating right now in this process.", registry=REGISTRY
 )
 WAITING = Gauge(
-    "chatsite_num_requests_waiting", "Requests waiting in this process's queue.", registry=REGISTRY
+    "chatsite_num_requests_waiting",
+    "Requests waiting in this process's queue (with the site queue: this process's share of the site's).",
+    registry=REGISTRY,
 )
 MAX_CONCURRENCY = Gauge(
-    "chatsite_max_concurrency", "The concurrency cap this process applies now.", registry=REGISTRY
+    "chatsite_max_concurrency",
+    "The concurrency cap this process applies now: the whole site's while chatsite_admission_scope "
+    "is site, this process's own otherwise.",
+    registry=REGISTRY,
+)
+PROCESS_MAX_CONCURRENCY = Gauge(
+    "chatsite_process_max_concurrency",
+    "The most replies this process's engine runs at once under the cap "
+    "(GENERATION_PROCESS_MAX_CONCURRENCY; 0: the cap alone).",
+    registry=REGISTRY,
 )
 TIME_TO_FIRST_TOKEN = Histogram(
     "chatsite_time_to_first_token_seconds",
@@ -64,6 +75,19 @@ BACKEND = Info(
     "the engine's URL) and model name.",
     registry=REGISTRY,
 )
+ADMISSION_SCOPE = Enum(
+    "chatsite_admission_scope",
+    "Whose limits this process admits by: site (the site queue in Redis, shared by every process) "
+    "or process (its own queue and cap: no site queue, or Redis cannot be reached).",
+    states=["process", "site"],  # the first is the state before the first tick
+    registry=REGISTRY,
+)
+ADMISSION_FALLBACK = Gauge(
+    "chatsite_admission_fallback",
+    "1 while this process has a site queue but cannot reach Redis, so it admits by its own "
+    "queue and cap; 0 otherwise.",
+    registry=REGISTRY,
+)
 MODEL_STATE = Enum(
     "chatsite_model_state",
     "Whether this process's backend can generate: loading, ready or failed.",
@@ -88,11 +112,21 @@ def observe_backend(info: BackendInfo, state: ModelState) -> None:
     MODEL_STATE.state(str(state))
 
 
-def observe_queue(*, running: int, waiting: int, cap: int, new_tokens: int) -> None:
+def observe_admission(admission: dict) -> None:
+    """Say how this process admits (its service status's `admission`:
+    `scope` "site" or "process", `fallback`), set on every publish tick."""
+    ADMISSION_SCOPE.state("site" if admission.get("scope") == "site" else "process")
+    ADMISSION_FALLBACK.set(1 if admission.get("fallback") else 0)
+
+
+def observe_queue(
+    *, running: int, waiting: int, cap: int, new_tokens: int, process_max_concurrency: int = 0
+) -> None:
     """Set the gauges from this process's queue and count newly generated tokens."""
     RUNNING.set(running)
     WAITING.set(waiting)
     MAX_CONCURRENCY.set(cap)
+    PROCESS_MAX_CONCURRENCY.set(process_max_concurrency)
     if new_tokens > 0:
         GENERATION_TOKENS.inc(new_tokens)
 

@@ -71,6 +71,12 @@ def _request_row(worker: str, item: dict) -> dict:
     return row
 
 
+# What a process that publishes no `admission` (one started before issue #11,
+# during a rolling deploy) does: its own queue and cap.
+OWN_QUEUE = {"scope": "process", "fallback": False, "error": ""}
+FALLBACK_WARNING = "Redis cannot be reached: limits apply per process until it is back."
+
+
 def console_payload(statuses: list[dict], *, local_worker: str | None = None, saved_version: int = 0) -> dict:
     """The console's view of every process and of all together.
 
@@ -82,6 +88,14 @@ def console_payload(statuses: list[dict], *, local_worker: str | None = None, sa
     Each worker's latencies are its own; the totals' are computed over all
     processes' samples. Times are epoch seconds; `time` is the server's now,
     so a browser can show "waited 12 s" without trusting its own clock.
+
+    Each worker says how it admits (`admission`, as its service reports it:
+    `scope` "site" or "process", `fallback`, `error`), its `cap` (the limits'
+    max_concurrency: the site's while its scope is "site"),
+    `process_max_concurrency` (its own engine's bound, 0 = the cap alone) and
+    `bound` (the most it runs at once: the smaller of the two). The top-level
+    `admission` sums them up (see `admission_summary`); `total` counts each
+    request once (see `_total`).
     """
     workers, running, waiting = [], [], []
     samples = {"ttft_ms": [], "queue_wait_ms": []}
@@ -89,14 +103,18 @@ def console_payload(statuses: list[dict], *, local_worker: str | None = None, sa
     for status in statuses:
         # Statuses are JSON (other processes publish them over the channel layer).
         name, limits = status["worker"], Limits.from_dict(status["limits"])
+        own = status.get("process_max_concurrency", 0)
         workers.append(
             {
                 "worker": name,
                 "local": name == local_worker,
                 "model": status["model"],
                 "limits": limits.as_dict(),
+                "admission": status.get("admission", OWN_QUEUE),
                 "running": len(status["running"]),
                 "cap": limits.max_concurrency,
+                "process_max_concurrency": own,
+                "bound": min(limits.max_concurrency, own) if own else limits.max_concurrency,
                 "waiting": len(status["waiting"]),
                 "max_queue": limits.max_queue_size,
                 "tokens_per_s": status["tokens_per_s"],
@@ -115,16 +133,54 @@ def console_payload(statuses: list[dict], *, local_worker: str | None = None, sa
         "type": events.CONSOLE_STATUS,
         "time": time.time(),
         "settings_version": saved_version,
+        "admission": admission_summary(workers),
         "workers": workers,
         "total": {
-            "workers": len(workers),
-            "running": sum(w["running"] for w in workers),
-            "cap": sum(w["cap"] for w in workers),
-            "waiting": sum(w["waiting"] for w in workers),
-            "max_queue": sum(w["max_queue"] for w in workers),
-            "tokens_per_s": round(sum(w["tokens_per_s"] for w in workers), 2),
+            **_total(workers),
             "latency": {key: summarize(values) for key, values in samples.items()},
         },
         "running": sorted(running, key=lambda row: row["since"] or 0),
         "waiting": waiting,
+    }
+
+
+def admission_summary(workers: list[dict]) -> dict:
+    """How the limits apply across `workers` (console_payload's rows).
+
+    `scope` is "site" when every process admits through the site queue,
+    "process" when none does (no Redis, or all fell back), else "mixed".
+    `fallback` names the processes that have a site queue but cannot reach
+    Redis, and `message` is then the console's warning (empty otherwise);
+    each worker's own `admission.error` says why. Staff only: an error may
+    name Redis's host.
+    """
+    scopes = {w["admission"].get("scope", "process") for w in workers}
+    fallback = [w["worker"] for w in workers if w["admission"].get("fallback")]
+    return {
+        "scope": scopes.pop() if len(scopes) == 1 else ("mixed" if scopes else "process"),
+        "fallback": fallback,
+        "message": FALLBACK_WARNING if fallback else "",
+    }
+
+
+def _total(workers: list[dict]) -> dict:
+    """The headline numbers. Each request runs or waits in exactly one
+    process, so running and waiting are sums. The caps are not: processes
+    admitting through the site queue share one cap and one queue (the
+    site's, from the newest settings any of them runs), bounded also by the
+    sum of their own bounds; a process on its own queue (no Redis, or fallen
+    back) adds its own. So `cap` is the most that can run at once right now,
+    and `site_cap` the site's cap (None without a site queue)."""
+    site = [w for w in workers if w["admission"].get("scope") == "site"]
+    alone = [w for w in workers if w["admission"].get("scope") != "site"]
+    newest = max(site, key=lambda w: w["settings_version"], default=None)
+    site_cap = newest["cap"] if newest else None
+    return {
+        "workers": len(workers),
+        "running": sum(w["running"] for w in workers),
+        "cap": (min(site_cap, sum(w["bound"] for w in site)) if site else 0) + sum(w["bound"] for w in alone),
+        "site_cap": site_cap,
+        "waiting": sum(w["waiting"] for w in workers),
+        "max_queue": (newest["max_queue"] if newest else 0) + sum(w["max_queue"] for w in alone),
+        "tokens_per_s": round(sum(w["tokens_per_s"] for w in workers), 2),
     }

@@ -80,7 +80,11 @@
       cell(tr, backend + (w.model.name ? ": " + w.model.name : ""), "backend");
       const model = cell(tr, w.model.state + (w.model.error ? ": " + w.model.error : ""), "model");
       if (w.model.state === "failed") model.classList.add("model-failed");
-      cell(tr, w.running + " / " + w.cap, "num running");
+      const limits = cell(tr, LIMITS[w.admission.fallback ? "fallback" : w.admission.scope] || w.admission.scope, "limits");
+      if (w.admission.fallback) limits.classList.add("fallback");
+      // `bound` is the cap, or the process's own bound when that is lower.
+      cell(tr, w.running + " / " + w.bound, "num running");
+      cell(tr, w.process_max_concurrency ? w.process_max_concurrency : "the cap", "num own-bound");
       cell(tr, w.waiting + " / " + w.max_queue, "num waiting");
       cell(tr, w.tokens_per_s.toFixed(1), "num tokens");
       cell(tr, pair(w.latency.ttft_ms), "num ttft");
@@ -93,16 +97,43 @@
       if (w.behind) settings.classList.add("behind");
       return tr;
     });
-    fillBody(root.querySelector("#workers"), rows, "No server process has reported yet.", 9);
+    fillBody(root.querySelector("#workers"), rows, "No server process has reported yet.", 11);
     const total = payload.total;
     const foot = root.querySelector("#total");
     foot.querySelector(".model").textContent = total.workers + " process" + (total.workers === 1 ? "" : "es");
+    const scope = payload.admission.scope;
+    foot.querySelector(".limits").textContent =
+      scope === "site" ? "site-wide, cap " + total.site_cap : scope === "mixed" ? "mixed" : "per process";
     foot.querySelector(".running").textContent = total.running + " / " + total.cap;
     foot.querySelector(".waiting").textContent = total.waiting + " / " + total.max_queue;
     foot.querySelector(".tokens").textContent = total.tokens_per_s.toFixed(1);
     foot.querySelector(".ttft").textContent = pair(total.latency.ttft_ms);
     foot.querySelector(".queue-wait").textContent = pair(total.latency.queue_wait_ms);
     foot.querySelector(".settings-version").textContent = "saved: " + version(payload.settings_version);
+  }
+
+  // How the limits apply: one site queue through Redis, or each process's own.
+  const LIMITS = { site: "site-wide", process: "this process", fallback: "this process (Redis unreachable)" };
+  const SCOPE_TEXT = {
+    site: "Limits apply to the whole site: every process shares one cap, one queue (positions are site-wide) and the per-user limit, through Redis.",
+    process: "Limits apply per process: each process has its own cap, queue and per-user limit.",
+    mixed: "Some processes share the site queue and some apply their own limits; see the Limits column.",
+  };
+
+  function renderAdmission(payload) {
+    const admission = payload.admission;
+    const warning = root.querySelector("#admission-warning");
+    warning.hidden = !admission.fallback.length;
+    warning.querySelector(".message").textContent = admission.message;
+    const reasons = payload.workers
+      .filter((w) => w.admission.fallback)
+      .map((w) => {
+        const li = document.createElement("li");
+        li.textContent = w.worker + ": " + (w.admission.error || "no reason given");
+        return li;
+      });
+    warning.querySelector("ul").replaceChildren(...reasons);
+    root.querySelector("#admission-scope").textContent = SCOPE_TEXT[admission.scope] || "";
   }
 
   function renderRequests(payload) {
@@ -133,6 +164,7 @@
   }
 
   function render(payload) {
+    renderAdmission(payload);
     renderWorkers(payload);
     renderRequests(payload);
     root.dataset.updates = String(Number(root.dataset.updates) + 1);

@@ -1,10 +1,12 @@
 """The admin queue console in a real browser against a live daphne server."""
 
+import os
 import re
 
 import pytest
 
-from tests.browser.conftest import STAFF_PASSWORD, STAFF_USERNAME, USERNAME
+from tests.browser.conftest import SEED, STAFF_PASSWORD, STAFF_USERNAME, USERNAME
+from tests.live import daphne, prepare_database, redis_server
 
 RUNNING_ROW = f"#running tbody tr[data-request]:has(td.user:text-is('{USERNAME}'))"
 
@@ -61,3 +63,63 @@ def test_staff_watch_a_reply_change_the_cap_and_cancel(console, page):
     console.click(f"{RUNNING_ROW} button.cancel")
     page.wait_for_selector(".message.assistant .status >> text=Stopped.")
     console.wait_for_selector("#running tbody tr.empty")
+
+
+@pytest.fixture
+def site_console(browser, tiny_model_dir, tmp_path):
+    """A console on a daphne process that admits through a site queue on a
+    Redis of this test's own (which the test may stop), with a cap of 4
+    and an own bound of 2; yields (page, redis server)."""
+    with redis_server(tmp_path) as redis:
+        env = {
+            **os.environ,
+            "DJANGO_SETTINGS_MODULE": "chatsite.settings",
+            "DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite3'}",
+            "REDIS_URL": f"redis://127.0.0.1:{redis.port}/0",
+            "GENERATION_MODEL": str(tiny_model_dir),
+            "GENERATION_DEVICE": "cpu",
+            "GENERATION_TORCH_THREADS": "1",
+            "GENERATION_MAX_CONCURRENCY": "4",
+            "GENERATION_PROCESS_MAX_CONCURRENCY": "2",
+            "GENERATION_WORKER_NAME": "solo",
+            "DEBUG": "1",
+        }
+        prepare_database(env, SEED)
+        with daphne(env, tmp_path / "daphne.log") as url:
+            context = browser.new_context()
+            console = context.new_page()
+            console.set_default_timeout(15_000)
+            console.goto(url + "/admin/queue/")
+            console.fill("#id_username", STAFF_USERNAME)
+            console.fill("#id_password", STAFF_PASSWORD)
+            console.click("input[type=submit]")
+            console.wait_for_selector("#console[data-connected='true']")
+            yield console, redis
+            context.close()
+
+
+def test_the_console_warns_while_redis_is_down(site_console):
+    """Site-wide limits and both bounds are shown; with Redis stopped the
+    console warns that limits apply per process and says why; with Redis
+    back the warning goes by itself."""
+    console, redis = site_console
+    row = "#workers tbody tr[data-worker='solo']"
+    console.wait_for_selector(f"{row} td.model:text-is('ready')", timeout=60_000)
+    assert "whole site" in console.text_content("#admission-scope")
+    assert console.text_content(f"{row} td.limits") == "site-wide"
+    assert console.text_content(f"{row} td.running") == "0 / 2"  # its own bound, under the cap of 4
+    assert console.text_content(f"{row} td.own-bound") == "2"
+    assert console.text_content("#total .limits") == "site-wide, cap 4"
+    assert console.is_hidden("#admission-warning")
+
+    redis.stop()
+    console.wait_for_selector("#admission-warning", state="visible")
+    warning = console.text_content("#admission-warning")
+    assert "Redis cannot be reached: limits apply per process until it is back." in warning
+    assert "solo: The site queue (Redis) cannot be reached" in warning
+    console.wait_for_selector(f"{row} td.limits.fallback:text-is('this process (Redis unreachable)')")
+    assert console.text_content("#total .limits") == "per process"
+
+    redis.start()
+    console.wait_for_selector("#admission-warning", state="hidden", timeout=30_000)
+    console.wait_for_selector(f"{row} td.limits:text-is('site-wide')")

@@ -97,7 +97,9 @@ def test_a_change_reaches_both_processes_within_a_second(cluster):
     assert time.monotonic() - changed < 1.0
     poll(lambda: every_process_shows({"alpha": 3, "beta": 3}), timeout=2)
     payload = status(urls["alpha"], session)
-    assert payload["total"]["cap"] == 6
+    # Both admit through the site queue (REDIS_URL): one cap of 3 for the site, not 3 + 3.
+    assert payload["admission"] == {"scope": "site", "fallback": [], "message": ""}
+    assert payload["total"]["cap"] == payload["total"]["site_cap"] == 3
     assert [w["local"] for w in payload["workers"]] == [True, False]
 
 
