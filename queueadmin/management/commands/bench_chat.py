@@ -7,6 +7,16 @@ reads the replies as a browser would. For each client count it reports
 aggregate tok/s, time to first token and queue wait (p50/p95), and errors.
 The cap and the reply length are set live for the run through the
 generation settings (every process applies them) and restored afterwards.
+
+With `--processes N` it measures the site-wide queue of issue #11 instead:
+it starts N daphne processes of its own on this database and REDIS_URL
+(queueadmin.management.bench_processes), spreads the clients over them
+round-robin, and runs every client count twice, with the site queue and
+with each process's own admission. Besides tok/s and TTFT it reports the
+p50/p95 milliseconds from submit to start as the services stamped them
+(read back from the records, to the microsecond; the cap is the client
+count, so every request finds a free slot and that time is admission
+alone), and the site queue's overhead: the difference of the two.
 """
 
 import asyncio
