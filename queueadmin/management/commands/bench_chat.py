@@ -224,7 +224,8 @@ class Command(BaseCommand):
                 self.set_limits(keep, max_concurrency=max(count, keep.max_concurrency), max_new_tokens=8)
                 asyncio.run(run_level(urls, users, max(options["warmup"], count)))
                 for row in self.run_levels(options, levels, users, keep, urls, scope=scope, processes=count):
-                    rows.append({**row, **admission_summary(admission_ms(row.pop("request_ids")))})
+                    samples = admission_ms(row.pop("request_ids"))
+                    rows.append({**row, **admission_summary(samples)})
         columns = ["scope", "processes", "clients", "cap", "aggregate_tok_s", "admission_p50_ms"]
         columns += ["admission_p95_ms", "ttft_p50_ms", "ttft_p95_ms", "errors"]
         self.write_table(columns, rows)
