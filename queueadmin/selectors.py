@@ -10,7 +10,7 @@ import time
 from generation.runtime.types import Limits
 from generation.stats import summarize
 from queueadmin import events
-from queueadmin.models import GenerationSettings, QueueSnapshot, SettingsChange
+from queueadmin.models import GenerationRecord, GenerationSettings, QueueSnapshot, SettingsChange
 
 
 def generation_settings_get() -> GenerationSettings:
@@ -28,6 +28,19 @@ def generation_settings_saved() -> tuple[Limits, int] | None:
 def settings_changes_recent(*, limit: int = 20) -> list[SettingsChange]:
     """The latest settings changes, newest first."""
     return list(SettingsChange.objects.select_related("user")[:limit])
+
+
+def admission_ms_by_request(*, request_ids: list[str]) -> dict[str, float]:
+    """{request id: milliseconds from submit to start} of the records of
+    `request_ids` that started, as the service stamped them (to the
+    microsecond, unlike the whole milliseconds of `queue_ms`). A request whose
+    record is not written yet (records are flushed about every second) or
+    that never started is missing."""
+    rows = GenerationRecord.objects.filter(request_id__in=request_ids, started_at__isnull=False)
+    return {
+        request_id: (started - enqueued).total_seconds() * 1000
+        for request_id, enqueued, started in rows.values_list("request_id", "enqueued_at", "started_at")
+    }
 
 
 def snapshot_series(*, since: float, bucket_s: int = 5) -> dict:

@@ -7,6 +7,16 @@ reads the replies as a browser would. For each client count it reports
 aggregate tok/s, time to first token and queue wait (p50/p95), and errors.
 The cap and the reply length are set live for the run through the
 generation settings (every process applies them) and restored afterwards.
+
+With `--processes N` it measures the site-wide queue of issue #11 instead:
+it starts N daphne processes of its own on this database and REDIS_URL
+(queueadmin.management.bench_processes), spreads the clients over them
+round-robin, and runs every client count twice, with the site queue and
+with each process's own admission. Besides tok/s and TTFT it reports the
+p50/p95 milliseconds from submit to start as the services stamped them
+(read back from the records, to the microsecond; the cap is the client
+count, so every request finds a free slot and that time is admission
+alone), and the site queue's overhead: the difference of the two.
 """
 
 import asyncio
@@ -16,12 +26,14 @@ import statistics
 import time
 import urllib.parse
 
+from django.conf import settings
 from django.contrib.auth import get_user_model
-from django.core.management.base import BaseCommand
+from django.core.management.base import BaseCommand, CommandError
 
 from generation.management.commands.bench_engine import prompt
 from generation.stats import summarize
 from generation.wsclient import ChatSocket, login
+from queueadmin.management.bench_processes import SCOPES, admission_ms, daphne_processes
 from queueadmin.selectors import generation_settings_get
 from queueadmin.services import generation_settings_update
 
@@ -52,11 +64,19 @@ def rounded(value: float | None) -> int | None:
     return None if value is None else round(value)
 
 
-async def run_level(ws_url: str, users: list[tuple[str, str]], clients: int) -> dict:
-    """All `clients` send at once; collect what each saw."""
-    base = http_base(ws_url)
-    cookies = await asyncio.gather(*(asyncio.to_thread(login, base, *users[i]) for i in range(clients)))
-    sockets = await asyncio.gather(*(ChatSocket.open(ws_url, cookie, origin=base) for cookie in cookies))
+async def run_level(ws_urls: list[str], users: list[tuple[str, str]], clients: int) -> dict:
+    """All `clients` send at once, spread round-robin over `ws_urls`; collect
+    what each saw. `request_ids` holds the ids of the replies that ended."""
+    bases = [http_base(url) for url in ws_urls]
+    cookies = await asyncio.gather(
+        *(asyncio.to_thread(login, bases[i % len(bases)], *users[i]) for i in range(clients))
+    )
+    sockets = await asyncio.gather(
+        *(
+            ChatSocket.open(ws_urls[i % len(ws_urls)], cookie, origin=bases[i % len(bases)])
+            for i, cookie in enumerate(cookies)
+        )
+    )
     started = time.perf_counter()
     replies = await asyncio.gather(
         *(s.reply(prompt(i)[0]["content"], timeout=600) for i, s in enumerate(sockets))
@@ -83,7 +103,35 @@ async def run_level(ws_url: str, users: list[tuple[str, str]], clients: int) -> 
         if done
         else 0,
         "errors": {code: errors.count(code) for code in sorted(set(errors))},
+        "request_ids": [r.terminal["request"] for r in done],
     }
+
+
+def admission_summary(samples: list[float]) -> dict:
+    """p50/p95 of submit-to-start samples (ms), to the microsecond."""
+    summary = summarize(samples)
+    return {
+        "admission_p50_ms": None if summary["p50"] is None else round(summary["p50"], 3),
+        "admission_p95_ms": None if summary["p95"] is None else round(summary["p95"], 3),
+        "admission_samples": summary["count"],
+    }
+
+
+def overhead_rows(rows: list[dict]) -> list[dict]:
+    """Per client count: the site queue's p50/p95 from submit to start minus
+    per-process admission's (ms), the overhead of global admission."""
+    by = {(row["scope"], row["clients"]): row for row in rows}
+    overhead = []
+    for (scope, clients), site in by.items():
+        alone = by.get(("process", clients))
+        if scope != "site" or alone is None:
+            continue
+        differences = {}
+        for key in ("p50", "p95"):
+            ours, theirs = site[f"admission_{key}_ms"], alone[f"admission_{key}_ms"]
+            differences[f"overhead_{key}_ms"] = None if None in (ours, theirs) else round(ours - theirs, 3)
+        overhead.append({"clients": clients, **differences})
+    return overhead
 
 
 class Command(BaseCommand):
@@ -94,40 +142,99 @@ class Command(BaseCommand):
         parser.add_argument("--clients", default="1,8,16", help="Comma-separated client counts.")
         parser.add_argument("--new-tokens", type=int, default=128, help="Reply length limit during the run.")
         parser.add_argument(
-            "--cap", type=int, default=None, help="max_concurrency per process (default: clients)."
+            "--cap",
+            type=int,
+            default=None,
+            help="max_concurrency (default: clients, so that every request finds a free slot).",
         )
         parser.add_argument(
             "--warmup", type=int, default=4, help="Untimed clients first (one per process or more)."
+        )
+        parser.add_argument(
+            "--processes",
+            type=int,
+            default=0,
+            help="Start this many daphne processes here (on this database and REDIS_URL; --url is "
+            "ignored) and run each client count with the site-wide queue and with per-process "
+            "admission, reporting the overhead of global admission.",
         )
         parser.add_argument("--json", dest="json_path", help="Write the results to this file.")
 
     def handle(self, *args, **options):
         levels = [int(level) for level in options["clients"].split(",")]
-        users = bench_users(max(*levels, options["warmup"]))
+        users = bench_users(max(*levels, options["warmup"], options["processes"]))
         keep = generation_settings_get().limits()
-        rows = []
         try:
-            # Untimed: nginx spreads these over the processes, so each loads its
-            # model replica before any timed run.
-            generation_settings_update(user=None, limits=keep.replace(max_new_tokens=8))
-            asyncio.run(run_level(options["url"], users, min(options["warmup"], len(users))))
-            for level in levels:
-                cap = options["cap"] or level
-                limits = keep.replace(
-                    max_concurrency=cap, max_queue_size=max(level, 1), max_new_tokens=options["new_tokens"]
-                )
-                generation_settings_update(user=None, limits=limits)
-                time.sleep(SETTLE_S)
-                row = asyncio.run(run_level(options["url"], users, level))
-                rows.append({**row, "cap": cap, "new_tokens": options["new_tokens"]})
-                self.stderr.write(f"  done: {level} clients: {row['aggregate_tok_s']} tok/s")
+            if options["processes"]:
+                report = self.bench_processes(options, levels, users, keep)
+            else:
+                report = self.bench_url(options, levels, users, keep)
         finally:
             generation_settings_update(user=None, limits=keep)
+        if options["json_path"]:
+            with open(options["json_path"], "w") as handle:
+                json.dump(report, handle, indent=2)
+
+    def set_limits(self, keep, **values) -> None:
+        """Apply `values` over the kept limits, live, and give every process time to apply them."""
+        generation_settings_update(user=None, limits=keep.replace(**values))
+        time.sleep(SETTLE_S)
+
+    def run_levels(self, options, levels, users, keep, urls: list[str], **labels) -> list[dict]:
+        """Each client count in turn on `urls`, with the cap and reply length of the options."""
+        rows = []
+        for level in levels:
+            cap = options["cap"] or level
+            self.set_limits(
+                keep, max_concurrency=cap, max_queue_size=max(level, 1), max_new_tokens=options["new_tokens"]
+            )
+            row = asyncio.run(run_level(urls, users, level))
+            rows.append({**labels, **row, "cap": cap, "new_tokens": options["new_tokens"]})
+            self.stderr.write(f"  done: {level} clients: {row['aggregate_tok_s']} tok/s")
+        return rows
+
+    def bench_url(self, options, levels, users, keep) -> dict:
+        """The stack at --url (nginx in front of its processes)."""
+        # Untimed: nginx spreads these over the processes, so each loads its
+        # model replica before any timed run.
+        generation_settings_update(user=None, limits=keep.replace(max_new_tokens=8))
+        asyncio.run(run_level([options["url"]], users, min(options["warmup"], len(users))))
+        rows = self.run_levels(options, levels, users, keep, [options["url"]])
+        for row in rows:
+            row.pop("request_ids")
         columns = ["clients", "cap", "aggregate_tok_s", "ttft_p50_ms", "ttft_p95_ms"]
         columns += ["queue_wait_p50_ms", "queue_wait_p95_ms", "mean_reply_tokens", "errors"]
+        self.write_table(columns, rows)
+        return {"url": options["url"], "results": rows}
+
+    def bench_processes(self, options, levels, users, keep) -> dict:
+        """--processes N: N daphne processes of this command's own, clients
+        spread over them round-robin, each client count run with the site
+        queue and then with per-process admission."""
+        if not settings.REDIS_URL:
+            raise CommandError(
+                "--processes needs REDIS_URL: the site queue and the settings go through Redis."
+            )
+        count = options["processes"]
+        rows = []
+        for scope in SCOPES:
+            with daphne_processes(count, scope=scope) as urls:
+                # Untimed, one or more per process: each loads its model and
+                # (site) makes its first calls to Redis before any timed run.
+                self.set_limits(keep, max_concurrency=max(count, keep.max_concurrency), max_new_tokens=8)
+                asyncio.run(run_level(urls, users, max(options["warmup"], count)))
+                for row in self.run_levels(options, levels, users, keep, urls, scope=scope, processes=count):
+                    samples = admission_ms(row.pop("request_ids"))
+                    rows.append({**row, **admission_summary(samples)})
+        columns = ["scope", "processes", "clients", "cap", "aggregate_tok_s", "admission_p50_ms"]
+        columns += ["admission_p95_ms", "ttft_p50_ms", "ttft_p95_ms", "errors"]
+        self.write_table(columns, rows)
+        overhead = overhead_rows(rows)
+        self.stdout.write("")
+        self.write_table(["clients", "overhead_p50_ms", "overhead_p95_ms"], overhead)
+        return {"processes": count, "results": rows, "overhead": overhead}
+
+    def write_table(self, columns: list[str], rows: list[dict]) -> None:
         self.stdout.write(" | ".join(columns))
         for row in rows:
             self.stdout.write(" | ".join(str(row[column]) for column in columns))
-        if options["json_path"]:
-            with open(options["json_path"], "w") as handle:
-                json.dump({"url": options["url"], "results": rows}, handle, indent=2)

@@ -1,0 +1,67 @@
+"""`bench_chat --processes`: the benchmark view of issue #11.
+
+The command starts daphne processes of its own (here on the tiny model, a
+database of this test's own and a redis-server of its own), runs each client
+count with the site-wide queue and with per-process admission, and reports
+what global admission costs a request. Its timings are benchmark figures:
+they are reported in docs/benchmarks.md, not asserted here.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+from tests.live import ROOT, prepare_database, redis_server, seed_logged_in_users
+
+
+def test_bench_chat_compares_site_and_process_admission(tiny_model_dir, tmp_path):
+    """Two processes, two clients: one row per admission scope with the
+    throughput and submit-to-start percentiles of both replies, and the
+    overhead of the site queue, on stdout and in the JSON report."""
+    report = tmp_path / "bench.json"
+    with redis_server(tmp_path) as redis:
+        env = {
+            **os.environ,
+            "DJANGO_SETTINGS_MODULE": "chatsite.settings",
+            "DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite3'}",
+            "REDIS_URL": f"redis://127.0.0.1:{redis.port}/0",
+            "GENERATION_MODEL": str(tiny_model_dir),
+            "GENERATION_DEVICE": "cpu",
+        }
+        prepare_database(env, seed_logged_in_users([]))
+        bench = [
+            *("bench_chat", "--processes", "2", "--clients", "2", "--new-tokens", "8"),
+            *("--warmup", "2", "--json", str(report)),
+        ]
+        result = subprocess.run(
+            [sys.executable, str(ROOT / "manage.py"), *bench],
+            env=env,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+    assert result.returncode == 0, result.stderr
+    header, *lines = result.stdout.splitlines()
+    assert header.split(" | ")[:6] == [
+        *("scope", "processes", "clients", "cap", "aggregate_tok_s", "admission_p50_ms")
+    ]
+    assert "clients | overhead_p50_ms | overhead_p95_ms" in lines
+
+    payload = json.loads(report.read_text())
+    rows = payload["results"]
+    assert [(row["scope"], row["processes"], row["clients"]) for row in rows] == [
+        ("site", 2, 2),
+        ("process", 2, 2),
+    ]
+    for row in rows:
+        assert row["errors"] == {}
+        assert row["completion_tokens"] > 0
+        assert row["aggregate_tok_s"] > 0
+        assert row["admission_samples"] == 2  # both replies' records were read back
+        assert 0 <= row["admission_p50_ms"] <= row["admission_p95_ms"]
+    [overhead] = payload["overhead"]
+    assert overhead["clients"] == 2
+    assert isinstance(overhead["overhead_p50_ms"], float)
+    assert isinstance(overhead["overhead_p95_ms"], float)
