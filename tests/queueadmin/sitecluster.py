@@ -1,9 +1,12 @@
 """Daphne processes sharing one site queue, and chat clients that drive them.
 
 The live tests of the site-wide queue (issue #11) run several daphne
-processes on the tiny model, one SQLite database and a redis-server of the
+processes on the tiny model, a PostgreSQL database and a redis-server of the
 test's own (the channel layer's groups and the admission keys are then the
-test's alone, and the outage test may stop it). A `Chat` is one person's
+test's alone, and the outage test may stop it). PostgreSQL, not SQLite:
+with three processes writing at once, SQLite answers "database is locked"
+now and then, and a process's recorder drops the batch of records it could
+not write, which the tests would see as a request stored zero times. A `Chat` is one person's
 socket on one process; it reads every frame as it comes, with the time it
 came, so that a test can both wait for a frame and look back at all of them.
 What the processes stored is read back through the ORM (`stored_records`).
@@ -12,6 +15,7 @@ What the processes stored is read back through the ORM (`stored_records`).
 import asyncio
 import json
 import os
+import subprocess
 import time
 import urllib.request
 import uuid
@@ -41,14 +45,27 @@ print(json.dumps([
 """
 
 
-def site_env(tmp_path: Path, redis_port: int, model_dir: Path, **overrides: str) -> dict:
+@contextmanager
+def fresh_database():
+    """A new, empty PostgreSQL database on the test server (127.0.0.1:5432,
+    as the README's test prerequisites say); yield its URL; dropped after."""
+    name = f"chatsite_site_{uuid.uuid4().hex[:12]}"
+    server = ["-h", "127.0.0.1", "-U", "postgres"]
+    subprocess.run(["createdb", *server, name], check=True)
+    try:
+        yield f"postgres://postgres@127.0.0.1:5432/{name}"
+    finally:
+        subprocess.run(["dropdb", *server, "--if-exists", "--force", name], check=False)
+
+
+def site_env(database_url: str, redis_port: int, model_dir: Path, **overrides: str) -> dict:
     """The environment of every process: cap 2 site-wide, replies that run
     until cancelled (the tiny model does not stop on "hello"), short leases,
     and admission keys under a prefix of this test's own."""
     return {
         **os.environ,
         "DJANGO_SETTINGS_MODULE": "chatsite.settings",
-        "DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite3'}",
+        "DATABASE_URL": database_url,
         "REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
         "GENERATION_MODEL": str(model_dir),
         "GENERATION_DEVICE": "cpu",

@@ -1,7 +1,7 @@
 """One queue for the whole site, across real daphne processes (issue #11).
 
 Three daphne processes ("alpha", "beta", "gamma") share a redis-server of
-this module's own and one database, with cap 2 and the tiny model. Each
+this module's own and one PostgreSQL database, with cap 2 and the tiny model. Each
 person's message is sent only once the previous one reached the site queue
 (its first queued or started frame came), so the arrival order is the send
 order. Replies run until their client cancels them, so a test decides how
@@ -26,6 +26,7 @@ from tests.queueadmin.sitecluster import (
     SEED,
     STAFF,
     Chat,
+    fresh_database,
     most_at_once,
     processes,
     site_env,
@@ -43,8 +44,8 @@ def cluster(tiny_model_dir, tmp_path_factory):
     """The three processes, for the whole module; yields (env, {name: base
     URL}, {user: session key}, folder)."""
     folder = tmp_path_factory.mktemp("site-queue")
-    with redis_server(folder) as redis:
-        env = site_env(folder, redis.port, tiny_model_dir)
+    with redis_server(folder) as redis, fresh_database() as database:
+        env = site_env(database, redis.port, tiny_model_dir)
         sessions = prepare_database(env, SEED)
         with processes(env, folder, NAMES, sessions[STAFF]) as bases:
             yield env, bases, sessions, folder

@@ -18,6 +18,7 @@ from tests.queueadmin.sitecluster import (
     SEED,
     STAFF,
     Chat,
+    fresh_database,
     log_says,
     processes,
     site_env,
@@ -38,8 +39,8 @@ async def test_chat_goes_on_through_a_redis_outage(tiny_model_dir, tmp_path):
     process. Redis back: every process rejoins, a request that waited on
     its process through the return starts when its process has room, and
     on every process a request waits for one running on the next."""
-    with redis_server(tmp_path) as redis:
-        env = site_env(tmp_path, redis.port, tiny_model_dir, GENERATION_MAX_CONCURRENCY="1")
+    with redis_server(tmp_path) as redis, fresh_database() as database:
+        env = site_env(database, redis.port, tiny_model_dir, GENERATION_MAX_CONCURRENCY="1")
         sessions = prepare_database(env, SEED)
         with processes(env, tmp_path, NAMES, sessions[STAFF]) as bases:
             chats: list[Chat] = []
