@@ -40,10 +40,21 @@ def prepare_database(env: dict, seed: str) -> dict:
     shell, and return the JSON object its last printed line holds."""
     manage = [sys.executable, str(ROOT / "manage.py")]
     subprocess.run([*manage, "migrate", "--noinput", "-v", "0"], env=env, cwd=ROOT, check=True)
-    seeded = subprocess.run(
-        [*manage, "shell", "-c", seed], env=env, cwd=ROOT, check=True, capture_output=True, text=True
+    return manage_shell(env, seed)
+
+
+def manage_shell(env: dict, code: str):
+    """Run `code` in manage.py shell on the database `env` names; return
+    the JSON value its last printed line holds."""
+    ran = subprocess.run(
+        [sys.executable, str(ROOT / "manage.py"), "shell", "-c", code],
+        env=env,
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+        text=True,
     )
-    return json.loads(seeded.stdout.strip().splitlines()[-1])
+    return json.loads(ran.stdout.strip().splitlines()[-1])
 
 
 def seed_logged_in_users(users: list[str], staff: list[str] = ()) -> str:
@@ -71,6 +82,14 @@ print(json.dumps(sessions))
 def daphne(env: dict, log_path: Path):
     """Run chatsite under daphne on a free port; yield its base URL once it
     answers, and stop it afterwards."""
+    with daphne_process(env, log_path) as (url, _):
+        yield url
+
+
+@contextmanager
+def daphne_process(env: dict, log_path: Path):
+    """As `daphne`, but yield (base URL, its subprocess.Popen), for a test
+    that kills it; stopping a process that is already dead is harmless."""
     port = free_port()
     with open(log_path, "w") as log:
         server = subprocess.Popen(
@@ -100,7 +119,7 @@ def daphne(env: dict, log_path: Path):
                 except OSError:
                     assert server.poll() is None, log_path.read_text()
                     time.sleep(0.1)
-            yield url
+            yield url, server
         finally:
             server.terminate()
             try:

@@ -236,3 +236,26 @@ async def test_a_ticket_is_taken_once(make_admission):
     await admission.enqueue("t0", "p1", "u0", limits, local_free=1)
     with pytest.raises(ValueError, match="already known"):
         await admission.enqueue("t0", "p2", "u1", limits, local_free=1)
+
+
+async def test_every_operation_works_once_redis_is_back(tmp_path):
+    """Redis restarts: one operation fails while it is down, and once it is
+    back, the next ones all succeed at once, however many run together (no
+    connection left from before the restart fails them, which would send a
+    process back to its own queue right after it rejoined the site's)."""
+    with redis_server(tmp_path) as server:
+        # Built as the registry builds it: from a URL, redis-py retries nothing.
+        client = redis.asyncio.Redis.from_url(
+            f"redis://127.0.0.1:{server.port}/0", socket_timeout=1, socket_connect_timeout=1
+        )
+        admission = RedisAdmission(client, prefix=f"test-{uuid.uuid4().hex}")
+        try:
+            # Three at once: three connections in the pool.
+            assert await asyncio.gather(*(admission.renew("p1", []) for _ in range(3))) == [[]] * 3
+            server.stop()
+            with pytest.raises(redis.asyncio.RedisError):
+                await admission.renew("p1", [])
+            server.start()
+            assert await asyncio.gather(*(admission.renew("p1", []) for _ in range(3))) == [[]] * 3
+        finally:
+            await client.aclose()

@@ -72,7 +72,15 @@ class RedisAdmission(Admission):
 
     async def _run(self, name: str, *args) -> object:
         lease_ms = max(round(self.lease_s * 1000), 1)
-        return await self._scripts[name](keys=self.keys, args=[self.wake_channel, lease_ms, *args])
+        try:
+            return await self._scripts[name](keys=self.keys, args=[self.wake_channel, lease_ms, *args])
+        except redis.ConnectionError:
+            # Redis went away: every pooled connection is dead, but an idle
+            # one does not know it until used. Left in the pool, it would
+            # fail the first operations once Redis is back, and send the
+            # process to its own queue a second time.
+            await self.client.connection_pool.disconnect()
+            raise
 
     async def enqueue(
         self,
