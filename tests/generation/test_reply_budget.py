@@ -3,6 +3,7 @@ in the middle of a character, through the generation service."""
 
 import asyncio
 import functools
+import threading
 
 import pytest
 import torch
@@ -133,22 +134,68 @@ async def test_a_reply_cut_at_length_mid_character_has_no_replacement_character(
         assert done["text"] == "".join(e["text"] for e in events if e["type"] == "token")
 
 
+class ForwardGate:
+    """A forward pre-hook that holds the model thread at the start of one
+    chosen forward pass until released, so that a cancel lands while that
+    pass runs, as a user's cancel does, at a known token.
+
+    Without it, where a cancel lands is a race between the loop and the model
+    thread; on a busy machine it lands nearly always right after the step
+    that completed a character, and a test that waits for cuts inside one
+    fails now and then.
+    """
+
+    def __init__(self):
+        self._condition = threading.Condition()
+        self._passes = 0
+        self._hold_at: int | None = None
+        self.holding = threading.Event()
+
+    def hold_at(self, forward_pass: int) -> None:
+        """Hold the `forward_pass`-th pass from now on (1: the next one)."""
+        with self._condition:
+            self._passes, self._hold_at = 0, forward_pass
+            self.holding.clear()
+
+    def release(self) -> None:
+        """Let the held pass, and every later one, run."""
+        with self._condition:
+            self._hold_at = None
+            self._condition.notify_all()
+
+    def __call__(self, module, args) -> None:
+        with self._condition:
+            self._passes += 1
+            if self._passes == self._hold_at:
+                self.holding.set()
+                self._condition.wait_for(lambda: self._hold_at is None, timeout=60)
+
+
 async def test_a_reply_cancelled_mid_character_has_no_replacement_character(make_service, tiny_model_dir):
-    """Cancelled wherever it happens to be, the reply ends on a whole character
-    and its text is what streamed; the runs include cuts inside a character."""
+    """Cancelled while the model computes any byte of 東京 (or of the next
+    東), the reply ends on a whole character, without U+FFFD, and its text is
+    what streamed; the cuts include 1 and 2 bytes into a character."""
     loaded = tokyo_model(tiny_model_dir)
-    service = await ready(await make_service(max_new_tokens=3000, load=lambda: loaded))
-    cut_inside = 0
-    for attempt in range(30):
-        handle = service.submit(user_id=attempt, messages=[{"role": "user", "content": "Tokyo?"}])
-        events = await started_then_cancel(handle, tokens=1 + attempt % 5)
-        done = events[-1]
-        generated = done["usage"]["completion_tokens"]
-        assert done["finish_reason"] == "cancelled"
-        assert REPLACEMENT not in done["text"]
-        assert done["text"] == (TOKYO * (generated // len(TOKYO) + 1))[:generated].decode(errors="ignore")
-        assert done["text"] == "".join(e["text"] for e in events if e["type"] == "token")
-        cut_inside += generated % 3 != 0
-        if cut_inside >= 3:
-            break
-    assert cut_inside >= 3
+    gate = ForwardGate()
+    hook = loaded.model.register_forward_pre_hook(gate)
+    try:
+        service = await ready(await make_service(max_new_tokens=3000, load=lambda: loaded))
+        # One forward pass per token (the prefill gives the first). The model
+        # thread looks for cancellations before each step, and runs the first
+        # step right after the prefill, so the earliest cut is at 2 tokens.
+        for generated in range(2, len(TOKYO) + 3):
+            gate.hold_at(generated)
+            handle = service.submit(user_id=generated, messages=[{"role": "user", "content": "Tokyo?"}])
+            assert await asyncio.to_thread(gate.holding.wait, 30), generated
+            handle.cancel()
+            gate.release()
+            events = await collect(handle)
+            done = events[-1]
+            assert done["finish_reason"] == "cancelled"
+            assert done["usage"]["completion_tokens"] == generated
+            assert REPLACEMENT not in done["text"]
+            assert done["text"] == (TOKYO * 2)[:generated].decode(errors="ignore"), generated
+            assert done["text"] == "".join(e["text"] for e in events if e["type"] == "token")
+    finally:
+        gate.release()
+        hook.remove()
