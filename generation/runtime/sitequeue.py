@@ -158,8 +158,10 @@ class SiteQueue:
         return request.state is RequestState.QUEUED and request in self.service.queue
 
     async def _enqueue(self, request: GenerationRequest, *, rejoin: bool = False) -> None:
-        if not self.active or not self._waiting_here(request):
-            return  # the service's own queue has it, or it already ended
+        if not self.active or not self._waiting_here(request) or request.id in self.tickets:
+            # The service's own queue has it, it already ended, or a rejoin
+            # that began just before it was submitted has enqueued it.
+            return
         service = self.service
         result = await self.admission.enqueue(
             request.id,
