@@ -122,9 +122,13 @@ class SiteQueue:
             self._ops.put_nowait(lambda: self._release(request.id))
 
     def defer(self, request: GenerationRequest) -> None:
-        """The engine was busy: `request` goes back to the head of the site queue."""
+        """The engine was busy: `request` goes back to the head of the site
+        queue. One without a ticket (it started while the site queue could not
+        be reached) joins its tail, as a rejoin would have put it there."""
         if request.id in self.tickets:
             self._ops.put_nowait(lambda: self._call(self.admission.defer(request.id)))
+        else:
+            self._ops.put_nowait(lambda: self._enqueue(request, rejoin=True))
 
     def set_limits(self, limits) -> None:
         """The console saved new limits: make them the site's."""
@@ -158,8 +162,8 @@ class SiteQueue:
         return request.state is RequestState.QUEUED and request in self.service.queue
 
     async def _enqueue(self, request: GenerationRequest, *, rejoin: bool = False) -> None:
-        if not self.active or not self._waiting_here(request):
-            return  # the service's own queue has it, or it already ended
+        if not self.active or not self._waiting_here(request) or request.id in self.tickets:
+            return  # the service's own queue has it, it already ended, or a rejoin sent it
         service = self.service
         result = await self.admission.enqueue(
             request.id,
@@ -184,6 +188,8 @@ class SiteQueue:
     async def _release(self, ticket: str) -> None:
         if self.active:
             await self.admission.release(ticket)
+        else:
+            self._stale.add(ticket)  # queued before the fallback: released on the rejoin
 
     async def _refresh(self) -> None:
         self._refresh_queued = False
@@ -237,6 +243,10 @@ class SiteQueue:
         self.active = False
         self.error = f"The site queue (Redis) cannot be reached: {error or type(error).__name__}"
         self._stale.update(self.tickets)
+        # A waiting request may hold a ticket this process never heard of:
+        # its enqueue ran in Redis but the reply was lost (a timeout). Its
+        # rejoin would then be refused as already known.
+        self._stale.update(request.id for request in self.service.queue)
         self.tickets.clear()
         logger.warning("%s: %s; limits are per process until it is back", self.process, self.error)
         self.service.admit_locally()
