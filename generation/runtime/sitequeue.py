@@ -226,13 +226,16 @@ class SiteQueue:
         if self.active:
             return
         await self.admission.renew(self.process, [])  # raises while still unreachable
+        # Only these were taken by this process's own rules; one sent while
+        # the rejoin below awaits goes through its own enqueue, checked.
+        accepted = list(self.service.queue)
         self.active, self.error = True, ""
         logger.warning("%s: the site queue is reachable again; rejoining it", self.process)
         for ticket in self._stale:
             await self.admission.release(ticket)
         self._stale.clear()
         await self.admission.set_limits(self.service.limits)
-        for request in list(self.service.queue):
+        for request in accepted:
             await self._enqueue(request, rejoin=True)
         self._listen()
         self.wake()

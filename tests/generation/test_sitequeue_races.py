@@ -14,7 +14,16 @@ import redis.asyncio as redis
 from generation.runtime.admission import RedisAdmission
 from generation.runtime.service import GenerationService
 from generation.runtime.sitequeue import SiteQueue
-from generation.runtime.types import BackendReady, FinishReason, Limits, RequestDeferred, RequestFinished
+from generation.runtime.types import (
+    BackendReady,
+    Error,
+    ErrorCode,
+    FinishReason,
+    Limits,
+    RequestDeferred,
+    RequestFinished,
+    RequestState,
+)
 from tests.generation.test_service_reports import ENGINE, FakeEngine
 
 URL = "redis://127.0.0.1:6379/0"
@@ -126,3 +135,33 @@ async def test_a_release_queued_behind_a_failing_op_is_not_lost(site):
     await until(lambda: service.site.active)
     snapshot = await admission.snapshot()
     assert handle.id not in snapshot.running  # fails: held until its lease runs out
+
+
+async def test_a_request_sent_while_rejoining_is_checked_like_any_other(site):
+    """Only requests taken during the outage skip the busy check on the
+    rejoin; one sent while the rejoin is under way is refused `busy` when
+    its user already has a reply running on another process."""
+    a, _ = await site("a", max_concurrency=4)
+    b, _ = await site("b", max_concurrency=4)
+    running = b.submit(user_id=7, messages=[])
+    await until(lambda: running.id in b.running)
+    admission = a.site.admission
+    real_renew, real_set_limits, failed, sent = admission.renew, admission.set_limits, [], []
+
+    async def renew_once_down(process, tickets):
+        if not failed:
+            failed.append(1)
+            raise redis.ConnectionError("Redis went away")
+        return await real_renew(process, tickets)
+
+    async def set_limits_and_a_new_request(limits):
+        await real_set_limits(limits)
+        if not sent:
+            sent.append(a.submit(user_id=7, messages=[]))  # the rejoin is under way
+
+    admission.renew, admission.set_limits = renew_once_down, set_limits_and_a_new_request
+    await until(lambda: sent)
+    request = sent[0].request
+    await until(lambda: request.state is not RequestState.QUEUED)
+    assert request.id not in a.running  # two replies of one user at once
+    assert request.events.get_nowait() == Error(code=ErrorCode.BUSY, message=ErrorCode.BUSY.text)
