@@ -205,7 +205,12 @@ class SiteQueue:
                 self.service.start_waiting(request)
             elif request is not None:
                 self.ended(request)
-            # else it ended before the claim answered, and its release is queued
+            else:
+                # Either it ended before the claim answered (its release is
+                # queued; a second one is harmless) or it is a predecessor's
+                # under the same worker name (a restart): free its slot now
+                # rather than when its lease runs out.
+                self._ops.put_nowait(lambda ticket=ticket: self._release(ticket))
         if any(r.id in self.tickets and self._waiting_here(r) for r in waiting):
             for ticket, (position, total) in (await self.admission.positions(self.process)).items():
                 request = self.tickets.get(ticket)

@@ -165,3 +165,17 @@ async def test_a_request_sent_while_rejoining_is_checked_like_any_other(site):
     await until(lambda: request.state is not RequestState.QUEUED)
     assert request.id not in a.running  # two replies of one user at once
     assert request.events.get_nowait() == Error(code=ErrorCode.BUSY, message=ErrorCode.BUSY.text)
+
+
+async def test_a_restarted_process_does_not_wait_for_its_predecessor_tickets(site):
+    """A process restarted under the same worker name (chatsite-%H-%i) finds
+    its predecessor's waiting ticket at the head of the site queue. Its claim
+    grants that ticket to it, since the names match; the new process knows no
+    such request, and must free the slot rather than leave it held until the
+    dead ticket's lease runs out (30 s here) while its own request waits."""
+    service, _ = await site("a", max_concurrency=1, poll_s=0.2)
+    site_queue = service.site
+    predecessor = RedisAdmission(site_queue.admission.client, prefix=site_queue.admission.prefix, lease_s=30)
+    await predecessor.enqueue("ghost", "a", "99", service.limits, local_free=0)
+    handle = service.submit(user_id=1, messages=[])
+    await until(lambda: handle.id in service.running, timeout=5)
