@@ -122,9 +122,13 @@ class SiteQueue:
             self._ops.put_nowait(lambda: self._release(request.id))
 
     def defer(self, request: GenerationRequest) -> None:
-        """The engine was busy: `request` goes back to the head of the site queue."""
+        """The engine was busy: `request` goes back to the head of the site
+        queue. One without a ticket (it started while the site queue could not
+        be reached) joins its tail, as a rejoin would have put it there."""
         if request.id in self.tickets:
             self._ops.put_nowait(lambda: self._call(self.admission.defer(request.id)))
+        else:
+            self._ops.put_nowait(lambda: self._enqueue(request, rejoin=True))
 
     def set_limits(self, limits) -> None:
         """The console saved new limits: make them the site's."""
@@ -159,9 +163,7 @@ class SiteQueue:
 
     async def _enqueue(self, request: GenerationRequest, *, rejoin: bool = False) -> None:
         if not self.active or not self._waiting_here(request) or request.id in self.tickets:
-            # The service's own queue has it, it already ended, or a rejoin
-            # that began just before it was submitted has enqueued it.
-            return
+            return  # the service's own queue has it, it already ended, or a rejoin sent it
         service = self.service
         result = await self.admission.enqueue(
             request.id,
@@ -186,6 +188,8 @@ class SiteQueue:
     async def _release(self, ticket: str) -> None:
         if self.active:
             await self.admission.release(ticket)
+        else:
+            self._stale.add(ticket)  # queued before the fallback: released on the rejoin
 
     async def _refresh(self) -> None:
         self._refresh_queued = False
@@ -201,7 +205,12 @@ class SiteQueue:
                 self.service.start_waiting(request)
             elif request is not None:
                 self.ended(request)
-            # else it ended before the claim answered, and its release is queued
+            else:
+                # Either it ended before the claim answered (its release is
+                # queued; a second one is harmless) or it is a predecessor's
+                # under the same worker name (a restart): free its slot now
+                # rather than when its lease runs out.
+                self._ops.put_nowait(lambda ticket=ticket: self._release(ticket))
         if any(r.id in self.tickets and self._waiting_here(r) for r in waiting):
             for ticket, (position, total) in (await self.admission.positions(self.process)).items():
                 request = self.tickets.get(ticket)
@@ -222,13 +231,16 @@ class SiteQueue:
         if self.active:
             return
         await self.admission.renew(self.process, [])  # raises while still unreachable
+        # Only these were taken by this process's own rules; one sent while
+        # the rejoin below awaits goes through its own enqueue, checked.
+        accepted = list(self.service.queue)
         self.active, self.error = True, ""
         logger.warning("%s: the site queue is reachable again; rejoining it", self.process)
         for ticket in self._stale:
             await self.admission.release(ticket)
         self._stale.clear()
         await self.admission.set_limits(self.service.limits)
-        for request in list(self.service.queue):
+        for request in accepted:
             await self._enqueue(request, rejoin=True)
         self._listen()
         self.wake()
@@ -239,6 +251,10 @@ class SiteQueue:
         self.active = False
         self.error = f"The site queue (Redis) cannot be reached: {error or type(error).__name__}"
         self._stale.update(self.tickets)
+        # A waiting request may hold a ticket this process never heard of:
+        # its enqueue ran in Redis but the reply was lost (a timeout). Its
+        # rejoin would then be refused as already known.
+        self._stale.update(request.id for request in self.service.queue)
         self.tickets.clear()
         logger.warning("%s: %s; limits are per process until it is back", self.process, self.error)
         self.service.admit_locally()
