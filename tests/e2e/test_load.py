@@ -1,4 +1,5 @@
-"""Load through the stack: 40 clients at once against cap 4 and queue 16."""
+"""Load through the stack: 40 clients at once against cap 4 and queue 16,
+both site-wide: the stack's two processes share one queue (issue #11)."""
 
 import asyncio
 
@@ -28,14 +29,12 @@ def peak_overlap(intervals) -> int:
     return peak
 
 
-def should_be_rejected(row, same_worker) -> bool:
-    """What the queue allows: refused only when, at its arrival, every slot
-    was busy and the queue was full (judged from the other records)."""
+def in_site_at_arrival(row, rows) -> int:
+    """How many accepted requests, on any process, were running or waiting
+    when `row` arrived (judged from the records' times)."""
     arrived = row[2]
-    accepted = [r for r in same_worker if r[5] != "rejected"]
-    running = sum(1 for r in accepted if r[3] is not None and r[3] <= arrived < r[4])
-    waiting = sum(1 for r in accepted if r[2] < arrived and (r[3] is None or r[3] > arrived))
-    return running >= CAP and waiting >= QUEUE
+    accepted = [r for r in rows if r[5] != "rejected" and r is not row]
+    return sum(1 for r in accepted if r[2] < arrived < r[4])
 
 
 async def finish(socket):
@@ -74,11 +73,17 @@ async def test_forty_clients(stack):
         else:
             assert (row[5], row[6]) == ("rejected", "queue_full")
 
-    workers = {row[1] for row in rows}
-    assert workers == {"daphne-1", "daphne-2"}
-    for worker in workers:
-        same_worker = [row for row in rows if row[1] == worker]
-        intervals = [(row[3], row[4]) for row in same_worker if row[3] is not None]
-        assert peak_overlap(intervals) <= CAP
-        for row in same_worker:
-            assert (row[5] == "rejected") == should_be_rejected(row, same_worker), row
+    assert {row[1] for row in rows} == {"daphne-1", "daphne-2"}
+    # The cap is the site's: never more than 4 running on both together.
+    assert peak_overlap([(row[3], row[4]) for row in rows if row[3] is not None]) <= CAP
+    # queue_full is the site's too: a request was refused only when the site
+    # held its cap and a full queue, and accepted only when it did not. The
+    # records stamp arrival in each process, and two arrivals within a
+    # millisecond on two processes may reach Redis in the other order:
+    # hence one request of slack each way.
+    for row in rows:
+        if row[5] == "rejected":
+            assert in_site_at_arrival(row, rows) >= CAP + QUEUE - 1, row
+        else:
+            assert in_site_at_arrival(row, rows) <= CAP + QUEUE, row
+    assert sum(row[5] == "rejected" for row in rows) >= 1, "40 clients overflow a site of 4 + 16"
