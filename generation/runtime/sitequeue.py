@@ -25,10 +25,13 @@ How it runs, all on the service's loop:
   queue and cap (the service's per-process rules), says so in its status,
   and tries again every PROBE_S. Once back, the requests still waiting here
   join the site queue's tail (never refused: they were accepted), new ones
-  go to the site queue, and the tickets it held before the outage are
-  released. Requests that started during the outage finish without a site
-  slot, so for their remaining time the site may run that many more than
-  its cap; nothing is lost and no request is counted twice.
+  go to the site queue, and the tickets of requests that waited or ended
+  meanwhile are released. A reply that was running when the outage began
+  keeps its site slot if Redis still has it (each probe renews it, so a
+  short outage or one slow call costs nothing); after a longer outage, or a
+  Redis restart, it finishes without one, as do the replies that started
+  during the outage: for their remaining time the site may run that many
+  more than its cap. Nothing is lost and no request is counted twice.
 """
 
 from __future__ import annotations
@@ -78,7 +81,11 @@ class SiteQueue:
         self.tickets: dict[str, GenerationRequest] = {}  # registered at the site
         self._ops: asyncio.Queue[Callable[[], Awaitable[None]]] = asyncio.Queue()
         self._refresh_queued = False
-        self._stale: set[str] = set()  # tickets held when the outage began
+        self._stale: set[str] = set()  # tickets to release on the rejoin
+        # Running replies that held a site slot when the outage began: kept
+        # alive by each probe, and theirs again on the rejoin if Redis still
+        # has them (a short outage, Redis not restarted).
+        self._held: dict[str, GenerationRequest] = {}
         self._tasks: list[asyncio.Task] = []
         self._listener: asyncio.Task | None = None
 
@@ -230,12 +237,20 @@ class SiteQueue:
     async def _probe(self) -> None:
         if self.active:
             return
-        await self.admission.renew(self.process, [])  # raises while still unreachable
+        # Raises while still unreachable; else renews the slots of the
+        # replies that ran through the outage, or says which are gone.
+        gone = set(await self.admission.renew(self.process, list(self._held)))
         # Only these were taken by this process's own rules; one sent while
         # the rejoin below awaits goes through its own enqueue, checked.
         accepted = list(self.service.queue)
         self.active, self.error = True, ""
         logger.warning("%s: the site queue is reachable again; rejoining it", self.process)
+        for ticket, request in self._held.items():
+            if ticket not in gone and request.id in self.service.running:
+                self.tickets[ticket] = request  # still holds its site slot
+            elif ticket not in gone:
+                self._stale.add(ticket)  # ended during the outage
+        self._held.clear()
         for ticket in self._stale:
             await self.admission.release(ticket)
         self._stale.clear()
@@ -250,14 +265,19 @@ class SiteQueue:
             return
         self.active = False
         self.error = f"The site queue (Redis) cannot be reached: {error or type(error).__name__}"
-        self._stale.update(self.tickets)
+        running = self.service.running
+        self._held.update((ticket, r) for ticket, r in self.tickets.items() if r.id in running)
+        self._stale.update(ticket for ticket in self.tickets if ticket not in self._held)
         # A waiting request may hold a ticket this process never heard of:
         # its enqueue ran in Redis but the reply was lost (a timeout). Its
         # rejoin would then be refused as already known.
         self._stale.update(request.id for request in self.service.queue)
         self.tickets.clear()
         logger.warning("%s: %s; limits are per process until it is back", self.process, self.error)
-        self.service.admit_locally()
+        try:
+            self.service.admit_locally()
+        except Exception:  # the operations task must outlive a backend's failure
+            logger.exception("Admitting the waiting requests by this process's rules failed")
 
     # Background tasks --------------------------------------------------
 

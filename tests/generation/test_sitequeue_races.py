@@ -179,3 +179,32 @@ async def test_a_restarted_process_does_not_wait_for_its_predecessor_tickets(sit
     await predecessor.enqueue("ghost", "a", "99", service.limits, local_free=0)
     handle = service.submit(user_id=1, messages=[])
     await until(lambda: handle.id in service.running, timeout=5)
+
+
+async def test_a_reply_running_through_a_short_outage_keeps_its_site_slot(site):
+    """One failed Redis call sends a process to its own queue; a reply that
+    ran on through it still holds its site slot after the rejoin (the probe
+    renewed it), so the site's cap of 1 still makes another process wait."""
+    first, engine = await site("a", max_concurrency=1)
+    second, _ = await site("b", max_concurrency=1)
+    running = first.submit(user_id=1, messages=[])
+    await until(lambda: running.id in first.running)
+    admission = first.site.admission
+    real_renew, failed = admission.renew, []
+
+    async def renew_once_down(process, tickets):
+        if not failed:
+            failed.append(1)
+            raise redis.ConnectionError("Redis went away")
+        return await real_renew(process, tickets)
+
+    admission.renew = renew_once_down
+    await until(lambda: not first.site.active)
+    await until(lambda: first.site.active)
+    await asyncio.sleep(LEASE_S * 1.5)  # past the lease it held when the outage began
+    assert running.id in (await admission.snapshot()).running
+    waiting = second.submit(user_id=2, messages=[])
+    await until(lambda: waiting.request.position == (1, 1))
+    assert waiting.id not in second.running
+    engine.deliver([RequestFinished(running.id, FinishReason.STOP)])
+    await until(lambda: waiting.id in second.running)

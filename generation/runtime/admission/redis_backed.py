@@ -45,7 +45,8 @@ class RedisAdmission(Admission):
     keys (tests use their own); `lease_s` is the lease of every ticket, in
     seconds (DEFAULT_LEASE_S; Redis counts it in milliseconds). `wake_channel`
     is `{prefix}:wake`: the scripts PUBLISH on it after an enqueue, a
-    release, a deferral, a reap and a limits change, so that processes can claim without
+    release, a deferral, a reap, a claim that started tickets and a limits
+    change, so that processes can claim (and show positions) without
     waiting for their next poll."""
 
     def __init__(

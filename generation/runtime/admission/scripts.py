@@ -120,6 +120,8 @@ for _, ticket in ipairs(started) do
   redis.call('ZREM', K_QUEUE, ticket)
   redis.call('ZADD', K_RUNNING, now, ticket)
 end
+-- The queue moved: the other processes' positions change.
+if #started > 0 then redis.call('PUBLISH', WAKE, 'claimed') end
 redis.call('HSET', K_ROOMS, process, free - #started)
 redis.call('ZADD', K_PROCS, deadline, process)
 return started
