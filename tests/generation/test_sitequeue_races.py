@@ -59,11 +59,10 @@ async def until(predicate, timeout=5):
             await asyncio.sleep(0.01)
 
 
-async def test_a_request_deferred_after_the_rejoin_starts_again(site):
-    """A reply that started during an outage has no site ticket; if the
-    engine defers it after the rejoin, it must still start again."""
-    service, engine = await site("a", max_concurrency=2)
-    admission = service.site.admission
+def fail_renew_once(admission) -> None:
+    """Make `admission`'s next renew (the heartbeat's) fail as if Redis went
+    away, and the ones after it work: one outage, short enough that Redis
+    kept everything."""
     real_renew, failed = admission.renew, []
 
     async def renew_once_down(process, tickets):
@@ -73,6 +72,14 @@ async def test_a_request_deferred_after_the_rejoin_starts_again(site):
         return await real_renew(process, tickets)
 
     admission.renew = renew_once_down
+
+
+async def test_a_request_deferred_after_the_rejoin_starts_again(site):
+    """A reply that started during an outage has no site ticket; if the
+    engine defers it after the rejoin, it must still start again."""
+    service, engine = await site("a", max_concurrency=2)
+    admission = service.site.admission
+    fail_renew_once(admission)
     await until(lambda: not service.site.active)
     handle = service.submit(user_id=1, messages=[])  # runs locally, no ticket
     await until(lambda: handle.id in service.running)
@@ -146,20 +153,15 @@ async def test_a_request_sent_while_rejoining_is_checked_like_any_other(site):
     running = b.submit(user_id=7, messages=[])
     await until(lambda: running.id in b.running)
     admission = a.site.admission
-    real_renew, real_set_limits, failed, sent = admission.renew, admission.set_limits, [], []
-
-    async def renew_once_down(process, tickets):
-        if not failed:
-            failed.append(1)
-            raise redis.ConnectionError("Redis went away")
-        return await real_renew(process, tickets)
+    fail_renew_once(admission)
+    real_set_limits, sent = admission.set_limits, []
 
     async def set_limits_and_a_new_request(limits):
         await real_set_limits(limits)
         if not sent:
             sent.append(a.submit(user_id=7, messages=[]))  # the rejoin is under way
 
-    admission.renew, admission.set_limits = renew_once_down, set_limits_and_a_new_request
+    admission.set_limits = set_limits_and_a_new_request
     await until(lambda: sent)
     request = sent[0].request
     await until(lambda: request.state is not RequestState.QUEUED)
@@ -190,15 +192,7 @@ async def test_a_reply_running_through_a_short_outage_keeps_its_site_slot(site):
     running = first.submit(user_id=1, messages=[])
     await until(lambda: running.id in first.running)
     admission = first.site.admission
-    real_renew, failed = admission.renew, []
-
-    async def renew_once_down(process, tickets):
-        if not failed:
-            failed.append(1)
-            raise redis.ConnectionError("Redis went away")
-        return await real_renew(process, tickets)
-
-    admission.renew = renew_once_down
+    fail_renew_once(admission)
     await until(lambda: not first.site.active)
     await until(lambda: first.site.active)
     await asyncio.sleep(LEASE_S * 1.5)  # past the lease it held when the outage began
