@@ -228,7 +228,7 @@ class Control:
             process_max_concurrency=service.process_max_concurrency,
         )
         metrics.observe_backend(service.backend_info, service.model_state)
-        metrics.observe_admission(service.site.status() if service.site is not None else selectors.OWN_QUEUE)
+        metrics.observe_admission(service.admission_status())
         self._tokens_seen = tokens
         now = time.monotonic()
         if now - self._snapshot_at < SNAPSHOT_INTERVAL_S:

@@ -7,6 +7,7 @@ the console's WebSocket and status.json send; it reads memory only.
 import datetime
 import time
 
+from generation.runtime.service import OWN_QUEUE
 from generation.runtime.types import Limits
 from generation.stats import summarize
 from queueadmin import events
@@ -84,9 +85,8 @@ def _request_row(worker: str, item: dict) -> dict:
     return row
 
 
-# What a process that publishes no `admission` (one started before issue #11,
-# during a rolling deploy) does: its own queue and cap.
-OWN_QUEUE = {"scope": "process", "fallback": False, "error": ""}
+# A process that publishes no `admission` (one started before issue #11,
+# during a rolling deploy) admits by its own queue and cap: OWN_QUEUE.
 FALLBACK_WARNING = "Redis cannot be reached: limits apply per process until it is back."
 
 

@@ -39,6 +39,9 @@ from generation.runtime.types import (
 logger = logging.getLogger(__name__)
 
 THROUGHPUT_WINDOW_S = 10
+OWN_QUEUE = {"scope": "process", "fallback": False, "error": ""}
+"""The `admission` status of a process that admits by its own queue and cap
+(no site queue); a SiteQueue reports its own (SiteQueue.status)."""
 
 
 def default_worker_name() -> str:
@@ -175,6 +178,11 @@ class GenerationService(ReportsMixin):
             self.site.set_limits(limits)
         self._admit()
 
+    def admission_status(self) -> dict:
+        """How this process admits, JSON-safe: its SiteQueue's status, or
+        OWN_QUEUE without one."""
+        return self.site.status() if self.site is not None else dict(OWN_QUEUE)
+
     def tokens_per_second(self) -> float:
         """Generated tokens per second over the last 10 s."""
         self._trim_throughput(time.monotonic())
@@ -195,9 +203,7 @@ class GenerationService(ReportsMixin):
             },
             "limits": self.limits.as_dict(),
             "process_max_concurrency": self.process_max_concurrency,
-            "admission": self.site.status()
-            if self.site is not None
-            else {"scope": "process", "fallback": False, "error": ""},
+            "admission": self.admission_status(),
             "running": [
                 {
                     "request": r.id,
