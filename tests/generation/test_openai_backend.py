@@ -76,7 +76,9 @@ async def start_backend(tiny_model_dir):
 
     def factory(base_url: str, **config) -> tuple[OpenAIBackend, Reports]:
         backend = OpenAIBackend(
-            RemoteConfig(base_url=base_url, tokenizer=str(tiny_model_dir), connect_timeout_s=2, **config)
+            RemoteConfig(
+                base_url=base_url, tokenizer=str(tiny_model_dir), **{"connect_timeout_s": 2, **config}
+            )
         )
         reports = Reports()
         backend.start(reports.extend)
@@ -531,4 +533,36 @@ async def test_a_slow_engine_that_still_answers_is_left_alone(start_backend, eng
     request = ask("story")
     backend.admit(request)
     assert await reports.ended(request.id) == RequestFinished(request.id, FinishReason.STOP)
+    assert not any(isinstance(r, BackendFailed) for r in reports)
+
+
+async def test_a_busy_engine_that_answers_probes_late_is_left_alone(start_backend, engine, quick_stall_probe):
+    """vLLM's server on a loaded machine can go quiet for seconds, its
+    streams and its GET /models alike, and then go on. It takes the probe's
+    connection but does not answer within the connect timeout: it is there,
+    busy, not gone. The reply goes on to its end and nothing fails."""
+    free = asyncio.Event()
+
+    async def pauses(reader, writer):
+        await write_head(writer, 200, {"Content-Type": "text/event-stream"})
+        writer.write(f"data: {json.dumps(chunk('Once'))}\n\n".encode())
+        await writer.drain()
+        free.clear()
+        await asyncio.sleep(1.5)  # three probe waits, each probe timing out
+        free.set()
+        writer.write(f"data: {json.dumps(chunk(' upon', 'stop'))}\n\ndata: [DONE]\n\n".encode())
+        await writer.drain()
+
+    async def late(reader, writer):
+        await free.wait()
+        await respond(200, json.dumps({"object": "list", "data": engine.models}))(reader, writer)
+
+    free.set()
+    engine.replies["story"] = pauses
+    engine.listing = late
+    backend, reports = await ready(start_backend, engine, connect_timeout_s=0.3)
+    request = ask("story")
+    backend.admit(request)
+    assert await reports.ended(request.id) == RequestFinished(request.id, FinishReason.STOP)
+    assert [r.text for r in reports.of(request.id) if isinstance(r, TextDelta)] == ["Once", " upon"]
     assert not any(isinstance(r, BackendFailed) for r in reports)

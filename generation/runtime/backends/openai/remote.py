@@ -226,6 +226,14 @@ def is_connect_error(error: Exception) -> bool:
     return isinstance(error.__cause__, httpx2.ConnectError | httpx2.ConnectTimeout)
 
 
+def is_late_answer(error: Exception) -> bool:
+    """Whether `error` (an openai.APIConnectionError) is an engine that took
+    the connection but did not answer within the timeout: it is there and
+    busy (vLLM's server on a loaded machine stalls for seconds, its streams
+    and GET /models alike), not gone, unlike a refused connection."""
+    return isinstance(error, openai.APITimeoutError) and not is_connect_error(error)
+
+
 def retry_after_s(headers, now: float | None = None) -> float:
     """The wait a busy engine asks for, from its Retry-After header (seconds,
     or an HTTP date: RFC 9110 §10.2.3), bounded to MIN/MAX_RETRY_AFTER_S;

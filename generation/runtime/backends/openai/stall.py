@@ -8,8 +8,12 @@ merely slow (a long prompt's prefill, a busy engine) looks the same from
 inside the stream. So while requests are in flight and one of them has been
 silent for STALL_PROBE_S, the watch asks the engine GET /models (within the
 connect timeout): an engine that cannot be reached is lost at once; one that
-answers is just slow, and nothing changes. One watch per backend, one probe
-at a time, at most one every STALL_PROBE_S, however many streams are quiet.
+answers is just slow, and nothing changes. So is one that takes the
+connection but does not answer in time: vLLM's server on a busy machine
+stalls for seconds, its streams and GET /models alike, and then goes on
+(the streams' own read timeout ends one that never does). One watch per
+backend, one probe at a time, at most one every STALL_PROBE_S, however many
+streams are quiet.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from collections.abc import Awaitable, Callable, Collection
 
 import openai
 
-from .remote import EngineUnusable
+from .remote import EngineUnusable, is_late_answer
 
 # Seconds a stream may stay silent before the engine is asked whether it is
 # still there. Longer than the gap between two tokens of any engine that is
@@ -76,8 +80,10 @@ class StallWatch:
             probed = now
             try:
                 await self._probe()
-            except openai.APIConnectionError as error:  # refused, unresolvable, or no answer in time
-                self._heard.clear()
+            except openai.APIConnectionError as error:
+                if is_late_answer(error):
+                    continue  # it took the connection: there, busy
+                self._heard.clear()  # refused, unresolvable, no connection in time, closed unanswered
                 self._lost(error)
                 return
             except (openai.APIError, EngineUnusable):
