@@ -30,6 +30,9 @@ SERVED_MODEL = "smollm2"
 # ones (docs/deploy.md); this leaves room for a slower or busier machine.
 START_TIMEOUT_S = 15 * 60
 STOP_TIMEOUT_S = 30
+# vLLM's server on a busy two-core machine was seen answering one /metrics
+# read after 8.8 s (it stalls, streams and all, and then goes on).
+METRICS_TIMEOUT_S = 30
 
 
 def vllm_python() -> Path:
@@ -134,8 +137,10 @@ class VllmServer:
         """vLLM's Prometheus /metrics: each gauge's and counter's sample name
         to its value summed over its labels (one model, one engine here), e.g.
         `vllm:num_requests_running` and `vllm:num_requests_waiting`; histogram
-        buckets are left out."""
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=5) as response:
+        buckets are left out. Waits up to METRICS_TIMEOUT_S for the answer."""
+        with urllib.request.urlopen(
+            f"http://127.0.0.1:{self.port}/metrics", timeout=METRICS_TIMEOUT_S
+        ) as response:
             text = response.read().decode()
         values: dict[str, float] = {}
         for family in text_string_to_metric_families(text):
