@@ -234,6 +234,8 @@ GENERATION_MAX_CONCURRENCY = env_int("GENERATION_MAX_CONCURRENCY", 4)
 GENERATION_MAX_QUEUE = env_int("GENERATION_MAX_QUEUE", 32)
 GENERATION_MAX_NEW_TOKENS = env_int("GENERATION_MAX_NEW_TOKENS", 512)
 GENERATION_MAX_ACTIVE_PER_USER = env_int("GENERATION_MAX_ACTIVE_PER_USER", 1)
+# The same for requests through the OpenAI-compatible API, counted apart.
+GENERATION_MAX_ACTIVE_API_PER_USER = env_int("GENERATION_MAX_ACTIVE_API_PER_USER", 2)
 GENERATION_QUEUE_TIMEOUT_S = env_int("GENERATION_QUEUE_TIMEOUT_S", 300)
 # The most replies one process's engine runs at once, under the site-wide cap
 # (0: the cap alone). Matters with several processes on the local backend,

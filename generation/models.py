@@ -2,6 +2,7 @@
 
 from django.conf import settings
 from django.db import models
+from django.utils.crypto import salted_hmac
 
 
 class Conversation(models.Model):
@@ -67,3 +68,61 @@ class Message(models.Model):
 
     def __str__(self) -> str:
         return f"{self.role} #{self.pk} ({self.status})"
+
+
+class ApiKey(models.Model):
+    """A person's key to the OpenAI-compatible API (/v1/), used as
+    `Authorization: Bearer <token>`.
+
+    The token ("csk-" and 43 URL-safe characters) is shown once, when the key
+    is made (services.api_key_create); only its keyed hash is stored, in
+    `digest` (`token_digest`), and its first PREFIX_CHARS characters, in
+    `prefix`, so that lists can tell keys apart. A revoked key stays, with
+    `revoked_at` set, so that records made with it still name it.
+    """
+
+    TOKEN_PREFIX = "csk-"
+    PREFIX_CHARS = 12
+    # The channel-layer event sent to `group_name` after a revoke commits;
+    # holders of open streams on the key (the /v1/ views) stop them at once.
+    REVOKED_EVENT = "apikey.revoked"
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_keys")
+    name = models.CharField(max_length=100)
+    prefix = models.CharField(max_length=PREFIX_CHARS)
+    # Unique already makes an index; db_index states the intent.
+    digest = models.CharField(max_length=64, unique=True, db_index=True, editable=False)
+    created = models.DateTimeField(auto_now_add=True)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created", "-id"]
+        verbose_name = "API key"
+        indexes = [models.Index(fields=["user", "-created"], name="apikey_user_created")]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.prefix}…)"
+
+    @property
+    def is_revoked(self) -> bool:
+        """Whether the key has been revoked (it no longer authenticates)."""
+        return self.revoked_at is not None
+
+    @property
+    def group_name(self) -> str:
+        """The channel-layer group told when this key is revoked."""
+        return self.group_name_for(self.pk)
+
+    @staticmethod
+    def group_name_for(key_id: int) -> str:
+        """The channel-layer group of the key with id `key_id`: "apikey.<id>"."""
+        return f"apikey.{int(key_id)}"
+
+    @staticmethod
+    def token_digest(token: str, secret: str | None = None) -> str:
+        """The stored form of `token`: HMAC-SHA256 keyed by `secret` (default
+        settings.SECRET_KEY), 64 hex digits. Tokens are long and random, so a
+        fast keyed hash is enough; a stolen table reveals no usable token.
+        Raises UnicodeEncodeError for a string holding a lone surrogate."""
+        return salted_hmac("chatsite.apikey", token, secret=secret, algorithm="sha256").hexdigest()

@@ -1,8 +1,12 @@
-"""Reads of conversations and messages, always scoped to their owner."""
+"""Reads of conversations, messages and API keys, always scoped to their owner."""
 
+from django.conf import settings
 from django.db.models import QuerySet
 
-from generation.models import Conversation, Message
+from generation.models import ApiKey, Conversation, Message
+
+# No token is longer: checked before hashing, so a megabyte header costs nothing.
+_API_TOKEN_MAX_CHARS = 128
 
 # Replies worth showing the model again: finished ones, and stopped ones that
 # said something. Errors and empty stubs would only confuse it.
@@ -74,3 +78,40 @@ def conversation_serialize(conversation: Conversation) -> dict:
         "title": conversation.title or "New chat",
         "updated": conversation.updated.isoformat(),
     }
+
+
+def api_key_authenticate(token: str) -> ApiKey | None:
+    """The live API key whose token is `token` (what follows "Bearer "), with
+    its `user` loaded; None when the token is unknown, malformed, revoked, or
+    its owner is inactive (so deactivating a person stops their keys at once).
+
+    The lookup is by digest, so no comparison of secrets happens here. The
+    digest under each of settings.SECRET_KEY_FALLBACKS is tried too, so keys
+    outlive a SECRET_KEY rotation done the Django way. Does not record the use:
+    call services.api_key_touch.
+    """
+    if (
+        not isinstance(token, str)
+        or not token.startswith(ApiKey.TOKEN_PREFIX)
+        or len(token) > _API_TOKEN_MAX_CHARS
+        or not token.isascii()
+    ):
+        return None
+    keys = [settings.SECRET_KEY, *getattr(settings, "SECRET_KEY_FALLBACKS", ())]
+    digests = [ApiKey.token_digest(token, key) for key in keys]
+    return (
+        ApiKey.objects.select_related("user")
+        .filter(digest__in=digests, revoked_at__isnull=True, user__is_active=True)
+        .first()
+    )
+
+
+def api_keys_of(user) -> QuerySet[ApiKey]:
+    """`user`'s API keys, revoked ones included, newest first."""
+    return ApiKey.objects.filter(user=user).order_by("-created", "-id")
+
+
+def api_key_get(*, user, key_id: int) -> ApiKey:
+    """`user`'s API key with this id; raises ApiKey.DoesNotExist for an unknown
+    id and for another user's, so callers cannot tell them apart."""
+    return ApiKey.objects.get(user=user, pk=key_id)

@@ -1,22 +1,33 @@
-"""Writes to conversations and messages.
+"""Writes to conversations, messages and API keys.
 
-The chat consumer and the HTTP views call these; nothing else writes the
-chat's tables. Each function is one transaction.
+The chat consumer, the HTTP views and the `apikey` command call these;
+nothing else writes the chat's tables. Each function is one transaction.
 """
 
+import logging
+import secrets
 from collections.abc import Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 
+from asgiref.sync import async_to_sync
+from channels.layers import get_channel_layer
 from django.conf import settings
 from django.db import IntegrityError, transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from generation import selectors, text, watch
-from generation.models import Conversation, Message
+from generation.models import ApiKey, Conversation, Message
 from generation.runtime.types import Timings, Usage
 
 TITLE_CHARS = 60
 TITLE_MAX_CHARS = Conversation._meta.get_field("title").max_length
+API_KEY_NAME_MAX_CHARS = ApiKey._meta.get_field("name").max_length
+# last_used_at is a hint for people ("used 3 minutes ago"), not an audit log
+# (the generation records are): one write a minute per key at most.
+API_KEY_TOUCH_INTERVAL = timedelta(minutes=1)
+
+logger = logging.getLogger(__name__)
 
 
 def title_from_text(content: str) -> str:
@@ -181,3 +192,78 @@ def messages_mark_interrupted(*, before: datetime, is_dead: Callable[[str], bool
     workers = set(generating.values_list("worker", flat=True))
     dead = [worker for worker in workers if is_dead(worker)]
     return generating.filter(worker__in=dead).update(status=Message.Status.INTERRUPTED)
+
+
+@transaction.atomic
+def api_key_create(*, user, name: str) -> tuple[ApiKey, str]:
+    """Make a new API key for `user`, named `name` (its runs of whitespace
+    made one space; any other Unicode is kept).
+
+    Returns the key and its token ("csk-" + 43 URL-safe characters). The token
+    is not stored anywhere (only its digest, ApiKey.token_digest), so this is
+    the one chance to show it. Raises text.TextRefused (nothing saved) for a
+    name that is empty, longer than API_KEY_NAME_MAX_CHARS code points, or
+    cannot be stored (NUL, lone surrogate).
+    """
+    name = text.check(" ".join(name.split()), what="name", limit=API_KEY_NAME_MAX_CHARS)
+    if not name:
+        raise text.TextRefused("Give the key a name, such as the program that will use it.")
+    token = ApiKey.TOKEN_PREFIX + secrets.token_urlsafe(32)
+    api_key = ApiKey.objects.create(
+        user=user, name=name, prefix=token[: ApiKey.PREFIX_CHARS], digest=ApiKey.token_digest(token)
+    )
+    return api_key, token
+
+
+def _broadcast_revoked(key_id: int) -> None:
+    """Tell the holders of streams on key `key_id` that it is revoked; called after commit."""
+    layer = get_channel_layer()
+    if layer is None:
+        return
+    try:
+        async_to_sync(layer.group_send)(
+            ApiKey.group_name_for(key_id), {"type": ApiKey.REVOKED_EVENT, "key": key_id}
+        )
+    except Exception:
+        # The revoke is saved and every new request is refused; only streams
+        # already open run on to their end.
+        logger.exception("Could not announce the revoke of API key %s", key_id)
+
+
+@transaction.atomic
+def api_key_revoke(*, api_key: ApiKey) -> None:
+    """Revoke `api_key`: it stops authenticating at once, and after the commit
+    the event {"type": ApiKey.REVOKED_EVENT, "key": <id>} goes to its group
+    (ApiKey.group_name) so that streams open on it stop too.
+
+    Revoking a revoked key keeps the first revoke's time (and announces it
+    again, which is harmless). Must not be called from a running event loop's
+    thread (the announcement uses async_to_sync): async code calls it through
+    sync_to_async.
+    """
+    now = timezone.now()
+    if ApiKey.objects.filter(pk=api_key.pk, revoked_at__isnull=True).update(revoked_at=now):
+        api_key.revoked_at = now
+    else:  # revoked already, here or elsewhere: keep that time
+        first = ApiKey.objects.filter(pk=api_key.pk).values_list("revoked_at", flat=True).first()
+        api_key.revoked_at = first or api_key.revoked_at
+    key_id = api_key.pk
+    transaction.on_commit(lambda: _broadcast_revoked(key_id))
+
+
+def api_key_touch(*, api_key: ApiKey) -> None:
+    """Record that `api_key` was just used: sets last_used_at to now unless it
+    is less than API_KEY_TOUCH_INTERVAL old, so a busy key costs one write a
+    minute (across every process: the condition is in the UPDATE). Called by
+    the API on each authenticated request; the instance's last_used_at is
+    kept current when written.
+    """
+    now = timezone.now()
+    cutoff = now - API_KEY_TOUCH_INTERVAL
+    if api_key.last_used_at is not None and api_key.last_used_at > cutoff:
+        return  # fresh as far as this instance knows: no query at all
+    written = ApiKey.objects.filter(
+        Q(last_used_at__isnull=True) | Q(last_used_at__lte=cutoff), pk=api_key.pk
+    ).update(last_used_at=now)
+    if written:
+        api_key.last_used_at = now

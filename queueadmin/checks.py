@@ -16,6 +16,7 @@ ENV_VARIABLES = {
     "max_concurrency": "GENERATION_MAX_CONCURRENCY",
     "max_queue_size": "GENERATION_MAX_QUEUE",
     "max_active_per_user": "GENERATION_MAX_ACTIVE_PER_USER",
+    "max_active_api_per_user": "GENERATION_MAX_ACTIVE_API_PER_USER",
     "queue_timeout_s": "GENERATION_QUEUE_TIMEOUT_S",
     "max_new_tokens": "GENERATION_MAX_NEW_TOKENS",
 }

@@ -20,6 +20,7 @@ LIMIT_BOUNDS = {
     "max_concurrency": (1, 256),
     "max_queue_size": (1, 1000),
     "max_active_per_user": (1, 100),
+    "max_active_api_per_user": (1, 100),
     "queue_timeout_s": (1, 3600),
     # The real bound is half the configured model's context (clean());
     # this one only catches an extra zero for models of up to 1M tokens.
@@ -48,6 +49,11 @@ def default_max_queue_size() -> int:
 def default_max_active_per_user() -> int:
     """GENERATION_MAX_ACTIVE_PER_USER, until the row is first saved."""
     return settings.GENERATION_MAX_ACTIVE_PER_USER
+
+
+def default_max_active_api_per_user() -> int:
+    """GENERATION_MAX_ACTIVE_API_PER_USER, until the row is first saved."""
+    return settings.GENERATION_MAX_ACTIVE_API_PER_USER
 
 
 def default_queue_timeout_s() -> int:
@@ -85,7 +91,14 @@ class GenerationSettings(models.Model):
     max_active_per_user = models.PositiveIntegerField(
         default=default_max_active_per_user,
         validators=_bounded("max_active_per_user"),
-        help_text="Requests one user may have queued or running.",
+        help_text="Chat replies one user may have queued or running.",
+    )
+    max_active_api_per_user = models.PositiveIntegerField(
+        "max active API requests per user",
+        default=default_max_active_api_per_user,
+        validators=_bounded("max_active_api_per_user"),
+        help_text="API requests one user may have queued or running (all their keys together), "
+        "counted apart from their chat replies.",
     )
     queue_timeout_s = models.PositiveIntegerField(
         "queue timeout (s)",
@@ -156,7 +169,12 @@ class SettingsChange(models.Model):
 
 
 class GenerationRecord(models.Model):
-    """One generation request, written once it has ended (rejected ones too)."""
+    """One generation request, written once it has ended (rejected ones too).
+    `source` says whether the browser chat or the API sent it."""
+
+    class Source(models.TextChoices):
+        CHAT = "chat"
+        API = "api", "API"
 
     class Outcome(models.TextChoices):
         COMPLETED = "completed"
@@ -173,6 +191,7 @@ class GenerationRecord(models.Model):
     conversation = models.ForeignKey(
         "generation.Conversation", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
+    source = models.CharField(max_length=8, choices=Source.choices, default=Source.CHAT, db_index=True)
     worker = models.CharField(max_length=128, db_index=True)
     enqueued_at = models.DateTimeField(db_index=True)
     started_at = models.DateTimeField(null=True, blank=True)

@@ -112,6 +112,7 @@ def generation_records_create(*, records: list[RequestRecord]) -> list[Generatio
                 request_id=record.request_id,
                 user_id=user_id if user_id in users else None,
                 conversation_id=conversation_id if conversation_id in conversations else None,
+                source=record.source,
                 worker=record.worker[:128],
                 enqueued_at=_timestamp(record.enqueued_at),
                 started_at=_timestamp(record.started_at),

@@ -31,6 +31,7 @@ def default_limits() -> Limits:
         max_concurrency=settings.GENERATION_MAX_CONCURRENCY,
         max_queue_size=settings.GENERATION_MAX_QUEUE,
         max_active_per_user=settings.GENERATION_MAX_ACTIVE_PER_USER,
+        max_active_api_per_user=settings.GENERATION_MAX_ACTIVE_API_PER_USER,
         queue_timeout_s=settings.GENERATION_QUEUE_TIMEOUT_S,
         max_new_tokens=settings.GENERATION_MAX_NEW_TOKENS,
     )

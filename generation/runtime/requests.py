@@ -23,19 +23,23 @@ import uuid
 from dataclasses import dataclass, field
 
 from generation.runtime.sampling import SamplingParams
-from generation.runtime.types import Event, RequestState, Timings, Usage
+from generation.runtime.types import Event, RequestSource, RequestState, Timings, Usage
 
 
 @dataclass(eq=False)
 class GenerationRequest:
     """One reply to generate, with its timings and its event queue.
     `user_id` and `meta` are as the submitter gave them (shapes: see
-    RequestRecord)."""
+    RequestRecord); `source` is where it came from (the chat or the API,
+    whose per-user limits are apart) and `api_key_id` the pk of the API key
+    that sent it (None for the chat)."""
 
     user_id: int | str
     messages: list[dict]
     params: SamplingParams
     meta: dict[str, object]
+    source: RequestSource = RequestSource.CHAT
+    api_key_id: int | None = None
     id: str = field(default_factory=lambda: uuid.uuid4().hex)
     state: RequestState = RequestState.QUEUED
     enqueued_at: float = field(default_factory=time.time)

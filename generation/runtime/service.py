@@ -33,6 +33,7 @@ from generation.runtime.types import (
     Outcome,
     Queued,
     RequestRecord,
+    RequestSource,
     RequestState,
 )
 
@@ -128,27 +129,47 @@ class GenerationService(ReportsMixin):
         top_p: float = 1.0,
         meta: dict[str, object] | None = None,
         ignore_eos: bool = False,
+        source: RequestSource = RequestSource.CHAT,
+        api_key_id: int | None = None,
+        stop: tuple[str, ...] = (),
+        seed: int | None = None,
     ) -> GenerationHandle:
         """Queue a reply to `messages` for `user_id` and return its handle.
 
         Never blocks: a request the service cannot take gets its `Error` event
         at once (queue_full, busy, unavailable). `ignore_eos` is for
-        benchmarks that need replies of a fixed length.
+        benchmarks that need replies of a fixed length. `source` picks the
+        per-user limit: a person's requests of each source are counted apart,
+        against `Limits.max_active_for(source)`; `api_key_id` is kept for the
+        record. `stop` (at most 4 strings) and `seed` are as SamplingParams
+        describes them; ValueError for malformed ones.
         """
         new_tokens = min(max_new_tokens or self.limits.max_new_tokens, self.limits.max_new_tokens)
         params = SamplingParams(
-            max_new_tokens=new_tokens, temperature=temperature, top_p=top_p, ignore_eos=ignore_eos
+            max_new_tokens=new_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            ignore_eos=ignore_eos,
+            stop=tuple(stop),
+            seed=seed,
         )
-        request = GenerationRequest(user_id=user_id, messages=messages, params=params, meta=meta or {})
+        request = GenerationRequest(
+            user_id=user_id,
+            messages=messages,
+            params=params,
+            meta=meta or {},
+            source=RequestSource(source),
+            api_key_id=api_key_id,
+        )
         handle = GenerationHandle(request, self)
-        active = sum(1 for r in self._active() if r.user_id == user_id)
+        active = sum(1 for r in self._active() if r.user_id == user_id and r.source is request.source)
         if self.model_state is ModelState.FAILED:
             self._fail(request, ErrorCode.UNAVAILABLE, self.model_error)
         elif self._site_wide():
             # The site decides busy, queue_full and the start (SiteQueue).
             self._wait(request)
             self.site.enqueue(request)
-        elif active >= self.limits.max_active_per_user:
+        elif active >= self.limits.max_active_for(request.source):
             self._fail(request, ErrorCode.BUSY)
         elif len(self.queue) >= self.limits.max_queue_size and not self._has_free_slot():
             self._fail(request, ErrorCode.QUEUE_FULL)
@@ -208,6 +229,7 @@ class GenerationService(ReportsMixin):
                 {
                     "request": r.id,
                     "user": r.user_id,
+                    "source": str(r.source),
                     "meta": r.meta,
                     "since": r.started_at,
                     "tokens": r.completion_tokens,
@@ -219,6 +241,7 @@ class GenerationService(ReportsMixin):
                     "request": r.id,
                     "position": r.position[0] if self._site_wide() and r.position else i,
                     "user": r.user_id,
+                    "source": str(r.source),
                     "meta": r.meta,
                     "since": r.enqueued_at,
                 }

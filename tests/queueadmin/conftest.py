@@ -19,6 +19,7 @@ LIMITS = {
     "max_active_per_user": 1,
     "queue_timeout_s": 300,
     "max_new_tokens": 512,
+    "max_active_api_per_user": 2,
 }
 
 

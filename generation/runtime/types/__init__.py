@@ -14,7 +14,7 @@ Three boundaries, each typed in one module of this package and nowhere else:
 
 Plus the values that travel between them (values.py): `Limits` (the live
 knobs, from the console form to the scheduler as one value), `ModelState`,
-`RequestState`, `Outcome`, `FinishReason`, `ErrorCode` with `ERROR_TEXT`
+`RequestState`, `RequestSource`, `Outcome`, `FinishReason`, `ErrorCode` with `ERROR_TEXT`
 (the one place that words the codes), `BackendInfo`, `Usage` and `Timings`.
 Nothing here imports Django or torch.
 """
@@ -39,6 +39,7 @@ from generation.runtime.types.values import (
     Limits,
     ModelState,
     Outcome,
+    RequestSource,
     RequestState,
     Timings,
     Usage,
@@ -63,6 +64,7 @@ __all__ = [
     "RequestFailed",
     "RequestFinished",
     "RequestRecord",
+    "RequestSource",
     "RequestStarted",
     "RequestState",
     "Started",

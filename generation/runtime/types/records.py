@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from generation.runtime.types.values import ErrorCode, FinishReason, Outcome
+from generation.runtime.types.values import ErrorCode, FinishReason, Outcome, RequestSource
 
 if TYPE_CHECKING:
     from generation.runtime.requests import GenerationRequest
@@ -25,7 +25,9 @@ class RequestRecord:
     consumer `{"conversation": pk, "message": pk, "user": username}` (the
     pks of the conversation and of the user message being answered), `{}`
     from the commands; queueadmin links a record to its user and
-    conversation only when these are integer pks."""
+    conversation only when these are integer pks. `source` says whether the
+    chat or the API sent it, and `api_key_id` with which key (the pk of a
+    generation.ApiKey; None for the chat)."""
 
     request_id: str
     worker: str
@@ -42,6 +44,8 @@ class RequestRecord:
     outcome: Outcome
     finish_reason: FinishReason | None = None
     error_code: ErrorCode | None = None
+    source: RequestSource = RequestSource.CHAT
+    api_key_id: int | None = None
 
     @classmethod
     def of(
@@ -72,4 +76,6 @@ class RequestRecord:
             outcome=outcome,
             finish_reason=finish_reason,
             error_code=error_code,
+            source=request.source,
+            api_key_id=request.api_key_id,
         )

@@ -1,5 +1,6 @@
 """The values that travel across the generation runtime's seams: the enums
-(`ModelState`, `RequestState`, `FinishReason`, `Outcome`, `ErrorCode`),
+(`ModelState`, `RequestState`, `RequestSource`, `FinishReason`, `Outcome`,
+`ErrorCode`),
 `ERROR_TEXT` (the one place that words the error codes for people), and the
 plain values `Limits`, `BackendInfo`, `Usage` and `Timings`. Imported through
 generation.runtime.types."""
@@ -30,10 +31,20 @@ class RequestState(enum.Enum):
     FINISHED = "finished"
 
 
+class RequestSource(enum.StrEnum):
+    """Where a request came from: the browser chat (`/ws/chat/`) or the
+    OpenAI-compatible API (`/v1/`). Each source has its own per-user limit
+    (`Limits.max_active_for`), and records keep it so that the console can
+    show the two kinds of traffic apart."""
+
+    CHAT = "chat"
+    API = "api"
+
+
 class FinishReason(enum.StrEnum):
     """Why a reply ended, as OpenAI and vLLM name it (plus our `cancelled`)."""
 
-    STOP = "stop"  # the model ended its turn
+    STOP = "stop"  # the model ended its turn, or the text reached a stop string
     LENGTH = "length"  # the reply budget (max_new_tokens) was reached
     CANCELLED = "cancelled"  # the user, the console or a closed socket stopped it
 
@@ -108,6 +119,7 @@ class Limits:
     max_active_per_user: int = 1
     queue_timeout_s: float = 300
     max_new_tokens: int = 512
+    max_active_api_per_user: int = 2
 
     FIELDS: ClassVar[tuple[str, ...]] = (
         "max_concurrency",
@@ -115,7 +127,19 @@ class Limits:
         "max_active_per_user",
         "queue_timeout_s",
         "max_new_tokens",
+        "max_active_api_per_user",
     )
+    # The limit that counts a person's requests of each source.
+    PER_USER_FIELD: ClassVar[dict[RequestSource, str]] = {
+        RequestSource.CHAT: "max_active_per_user",
+        RequestSource.API: "max_active_api_per_user",
+    }
+
+    def max_active_for(self, source: RequestSource) -> int:
+        """How many requests of `source` one person may have queued or
+        running: `max_active_per_user` for the chat, `max_active_api_per_user`
+        for the API. Each source is counted apart."""
+        return getattr(self, self.PER_USER_FIELD[source])
 
     def as_dict(self) -> dict:
         """JSON-safe form, for the channel layer and status payloads."""
