@@ -108,9 +108,7 @@ def for_service_error(code: ErrorCode, message: str) -> ApiError:
             retry_after=RETRY_AFTER_BUSY_S,
         )
     if code is ErrorCode.QUEUE_FULL:
-        return ApiError(
-            503, message, type=SERVER_ERROR, code=str(code), retry_after=RETRY_AFTER_QUEUE_FULL_S
-        )
+        return ApiError(503, message, type=SERVER_ERROR, code=str(code), retry_after=RETRY_AFTER_QUEUE_FULL_S)
     if code is ErrorCode.QUEUE_TIMEOUT:
         return ApiError(
             503, message, type=SERVER_ERROR, code=str(code), retry_after=RETRY_AFTER_QUEUE_TIMEOUT_S
@@ -120,9 +118,7 @@ def for_service_error(code: ErrorCode, message: str) -> ApiError:
             503, code.text, type=SERVER_ERROR, code=str(code), retry_after=RETRY_AFTER_UNAVAILABLE_S
         )
     if code is ErrorCode.LEASE_LOST:
-        return ApiError(
-            503, message, type=SERVER_ERROR, code=str(code), retry_after=RETRY_AFTER_LEASE_LOST_S
-        )
+        return ApiError(503, message, type=SERVER_ERROR, code=str(code), retry_after=RETRY_AFTER_LEASE_LOST_S)
     if code is ErrorCode.TOO_LONG:
         return ApiError(400, message, param="messages", code="context_length_exceeded")
     return ApiError(500, ErrorCode.INTERNAL.text, type=SERVER_ERROR, code=str(ErrorCode.INTERNAL))

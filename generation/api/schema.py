@@ -32,7 +32,7 @@ import math
 from dataclasses import dataclass
 
 from generation import text
-from generation.api.errors import ApiError, invalid
+from generation.api.errors import invalid
 
 ROLES = ("system", "developer", "user", "assistant")
 MAX_STOP_STRINGS = 4
@@ -180,9 +180,7 @@ def _refuse_unsupported(data: dict) -> None:
         raise invalid("'top_logprobs' is not supported.", "top_logprobs")
     for tools, choice in (("tools", "tool_choice"), ("functions", "function_call")):
         if data.get(tools) and data.get(choice) != "none":
-            raise invalid(
-                f"Tool calls are not supported: send no '{tools}', or '{choice}': \"none\".", tools
-            )
+            raise invalid(f"Tool calls are not supported: send no '{tools}', or '{choice}': \"none\".", tools)
     for penalty in ("presence_penalty", "frequency_penalty"):
         if _optional_number(data, penalty, 0.0) != 0:
             raise invalid(f"'{penalty}' is not supported; send 0 or leave it out.", penalty)

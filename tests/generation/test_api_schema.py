@@ -141,7 +141,10 @@ def test_what_this_server_cannot_do_is_refused(fields, param):
         ({"messages": [{"content": "x"}]}, "messages[0].role"),
         ({"messages": [{"role": "user", "content": None}]}, "messages[0].content"),
         ({"messages": [{"role": "user", "content": 5}]}, "messages[0].content"),
-        ({"messages": [{"role": "user", "content": [{"type": "text", "text": 1}]}]}, "messages[0].content[0].text"),
+        (
+            {"messages": [{"role": "user", "content": [{"type": "text", "text": 1}]}]},
+            "messages[0].content[0].text",
+        ),
         ({"stream": "yes"}, "stream"),
         ({"stream_options": True}, "stream_options"),
         ({"stream_options": {"include_usage": 1}}, "stream_options.include_usage"),
