@@ -1,21 +1,14 @@
 """The objects /v1/ answers with, as OpenAI shapes them.
 
 Plain JSON-safe dicts: the model list (`model_list`, `model_card`), a whole
-completion (`completion`), the usage block both kinds of answer share, and
-`new_completion_id` for the "chatcmpl-…" id that a completion and all its
-stream chunks carry.
+completion (`completion`), and the usage block both kinds of answer share.
+A completion and all its stream chunks carry the id "chatcmpl-<request id>",
+the id the console and the records know the request by.
 """
-
-import uuid
 
 from generation.runtime.types import Usage
 
 OWNED_BY = "chatsite"
-
-
-def new_completion_id() -> str:
-    """A fresh completion id, "chatcmpl-" and 32 hex digits."""
-    return f"chatcmpl-{uuid.uuid4().hex}"
 
 
 def model_card(model_id: str, created: int) -> dict:

@@ -30,7 +30,7 @@ from generation import selectors, services
 from generation.api import errors, shapes, sse
 from generation.api.call import REVOKED, ApiCall
 from generation.api.errors import ApiError
-from generation.api.schema import ChatCompletionRequest, parse_chat_request
+from generation.api.schema import parse_chat_request
 from generation.runtime.registry import get_service
 from generation.runtime.source import ModelLoadError, resolve_source
 from generation.runtime.types import Done, Error, FinishReason, Queued, RequestSource, Started, Token
@@ -152,21 +152,29 @@ async def chat_completions(request):
     # However this request ends (an answer, a disconnect that cancels this
     # task, a stream that never began to be read), its call is closed.
     asyncio.current_task().add_done_callback(lambda _: call.close())
+    completion_id = f"chatcmpl-{handle.id}"
     try:
         first = await call.next(FIRST_EVENT_WAIT_S)
         _raise_if_refused(first)
         if body.stream:
             chunks = sse.Chunks(
-                completion_id=shapes.new_completion_id(),
+                completion_id=completion_id,
                 created=int(time.time()),
                 model=model,
                 include_usage=body.include_usage,
             )
-            return _event_stream(stream(call, first, chunks))
-        return JsonResponse(await answer(call, first, body, model))
+            response = _event_stream(stream(call, first, chunks))
+        else:
+            response = JsonResponse(await answer(call, first, completion_id, model))
+    except ApiError as error:
+        call.close()
+        response = _error_response(error)
     except BaseException:
         call.close()
         raise
+    # As OpenAI's: the id the console and the records know the request by.
+    response["X-Request-Id"] = handle.id
+    return response
 
 
 def _model_not_found(model_id: str) -> ApiError:
@@ -189,7 +197,7 @@ def _raise_if_refused(event) -> None:
         raise errors.cancelled()
 
 
-async def answer(call: ApiCall, event, body: ChatCompletionRequest, model: str) -> dict:
+async def answer(call: ApiCall, event, completion_id: str, model: str) -> dict:
     """The whole `chat.completion`, once the request has ended; raises the
     ApiError of a request that failed, was cancelled, or lost its key."""
     while not isinstance(event, Done):
@@ -197,7 +205,7 @@ async def answer(call: ApiCall, event, body: ChatCompletionRequest, model: str) 
         event = await call.next(None)
     _raise_if_refused(event)
     return shapes.completion(
-        completion_id=shapes.new_completion_id(),
+        completion_id=completion_id,
         created=int(time.time()),
         model=model,
         text=event.text,
