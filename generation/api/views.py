@@ -33,7 +33,16 @@ from generation.api.errors import ApiError
 from generation.api.schema import parse_chat_request
 from generation.runtime.registry import get_service
 from generation.runtime.source import ModelLoadError, resolve_source
-from generation.runtime.types import Done, Error, FinishReason, Queued, RequestSource, Started, Token
+from generation.runtime.types import (
+    Done,
+    Error,
+    ErrorCode,
+    FinishReason,
+    Queued,
+    RequestSource,
+    Started,
+    Token,
+)
 
 # How long a request waits for the service's first event (queued, started,
 # or refused) before its stream opens anyway; the site queue answers
@@ -134,6 +143,8 @@ async def chat_completions(request):
         ) from None
     service = get_service()
     model = served_model_id(service)
+    if not model:  # an engine not reached yet, whose model was not named
+        raise errors.for_service_error(ErrorCode.UNAVAILABLE, "")
     if body.model != model:
         raise _model_not_found(body.model)
     handle = service.submit(

@@ -74,7 +74,7 @@ def record_of(server, request_id: str, outcome: str) -> dict:
     code = f"""
 import json
 from queueadmin.models import GenerationRecord
-r = GenerationRecord.objects.filter(request_id={request_id!r}).values("source", "outcome", "completion_tokens").first()
+r = GenerationRecord.objects.filter(request_id={request_id!r}).values("source", "outcome", "completion_tokens", "api_key__name").first()
 print(json.dumps(r))
 """
     return poll(
@@ -196,14 +196,15 @@ def test_a_client_that_hangs_up_mid_reply_frees_its_slot(server, model):
     client = sdk(server, "ben")
     stream = client.chat.completions.create(model=model, messages=HELLO, stream=True, temperature=0)
     request_id = stream.response.headers["x-request-id"]
-    assert [next(stream).choices[0].delta.content for _ in range(3)][0] == ""  # the role chunk, then text
+    contents = [next(stream).choices[0].delta.content for _ in range(3)]
+    assert contents[0] == ""  # the role chunk, then text
     stream.close()
     began = time.monotonic()
     whole = client.chat.completions.create(model=model, messages=HELLO, max_completion_tokens=2)
     assert whole.usage.completion_tokens == 2
     assert time.monotonic() - began < 3
     record = record_of(server, request_id, "cancelled")
-    assert record["source"] == "api"
+    assert (record["source"], record["api_key__name"]) == ("api", "tests")
     assert record["completion_tokens"] < 4000
 
 
