@@ -14,6 +14,8 @@ urlpatterns = [
     path("admin/queue/", include("queueadmin.urls")),
     path("admin/", admin.site.urls),
     path("metrics", metrics_view, name="metrics"),
+    # The OpenAI-compatible API (bearer keys only), before the chat's pages.
+    path("v1/", include("generation.api.urls")),
     # Browsers ask for /favicon.ico on their own (the admin's pages have no
     # icon link), and a 404 there is a warning in the log on every first visit.
     path("favicon.ico", RedirectView.as_view(url=static("favicon.svg"), permanent=True)),

@@ -14,12 +14,14 @@ user and `unregister` it when they disconnect. While any entry is
 registered, one task per process (started lazily on the running loop, ended
 when the last entry leaves) checks every CHECK_INTERVAL_S with three queries,
 whatever the number of sockets: sessions, users, and the conversations of
-live replies. Then:
+live replies (and a fourth, API keys, while API streams are watched). Then:
 
 - a session that is gone or expired, a user who is gone or inactive, or a
   session whose auth hash no longer matches the user's (password changed):
   the entry leaves the watch and its `revoke(4401)` is awaited;
 - a user no longer staff, for an entry with `staff_required`: `revoke(4403)`;
+- an API key revoked, for an entry with an `api_key_id` (a stream of the
+  OpenAI-compatible API, generation.api.call): `revoke(4401)`;
 - the conversation of a live reply no longer exists: `conversation_gone(id)`.
 
 `averify(entry)` makes the same check for one entry (two queries); consumers
@@ -45,7 +47,7 @@ from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_K
 from django.utils import timezone
 from django.utils.crypto import constant_time_compare
 
-from generation.models import Conversation
+from generation.models import ApiKey, Conversation
 
 logger = logging.getLogger(__name__)
 
@@ -62,7 +64,8 @@ class Watched:
     on the loop, at most once. `conversation_id` is the conversation of the
     socket's live reply (None when there is none); the consumer sets and
     clears it, and `conversation_gone(conversation_id)` is called on the
-    loop when that conversation is deleted.
+    loop when that conversation is deleted. `api_key_id` is the key of an
+    API request (session_key None): its revoke ends the entry too.
     """
 
     user_id: object
@@ -71,6 +74,7 @@ class Watched:
     staff_required: bool = False
     conversation_id: int | None = None
     conversation_gone: Callable[[int], None] | None = None
+    api_key_id: int | None = None
 
 
 def session_key_of(scope: dict) -> str | None:
@@ -193,25 +197,35 @@ def conversation_deleted(conversation_id: int) -> None:
 
 def judge(entries: list[Watched]) -> tuple[dict[Watched, int], set[int]]:
     """The close code of each entry whose access has ended, and the ids of
-    the live replies' conversations that no longer exist. Three queries at
-    most (sessions, users, conversations); blocking, so call it off the loop."""
+    the live replies' conversations that no longer exist. Four queries at
+    most (sessions, users, conversations, API keys); blocking, so call it
+    off the loop."""
     sessions = _sessions({entry.session_key for entry in entries if entry.session_key})
     users = get_user_model()._default_manager.in_bulk({entry.user_id for entry in entries})
     wanted = {entry.conversation_id for entry in entries if entry.conversation_id is not None}
     existing = (
         set(Conversation.objects.filter(pk__in=wanted).values_list("pk", flat=True)) if wanted else set()
     )
+    keys = {entry.api_key_id for entry in entries if entry.api_key_id is not None}
+    live_keys = (
+        set(ApiKey.objects.filter(pk__in=keys, revoked_at__isnull=True).values_list("pk", flat=True))
+        if keys
+        else set()
+    )
     verdicts = {}
     for entry in entries:
-        code = _verdict(entry, users.get(entry.user_id), sessions)
+        code = _verdict(entry, users.get(entry.user_id), sessions, live_keys)
         if code is not None:
             verdicts[entry] = code
     return verdicts, wanted - existing
 
 
-def _verdict(entry: Watched, user, sessions: dict[str, dict]) -> int | None:
-    """Mirrors django.contrib.auth.get_user and ModelBackend's is_active rule."""
+def _verdict(entry: Watched, user, sessions: dict[str, dict], live_keys: set[int]) -> int | None:
+    """Mirrors django.contrib.auth.get_user and ModelBackend's is_active rule
+    (and, for an API key, selectors.api_key_authenticate's)."""
     if user is None or not getattr(user, "is_active", True):
+        return UNAUTHENTICATED
+    if entry.api_key_id is not None and entry.api_key_id not in live_keys:
         return UNAUTHENTICATED
     if entry.session_key is not None:
         data = sessions.get(entry.session_key)
