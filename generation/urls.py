@@ -1,4 +1,4 @@
-"""URLs of the chat page and its JSON endpoints."""
+"""URLs of the chat page, its JSON endpoints and the API keys page."""
 
 from django.urls import path
 
@@ -7,6 +7,8 @@ from generation import views
 urlpatterns = [
     path("", views.chat, name="chat"),
     path("c/<int:conversation_id>/", views.chat, name="chat-conversation"),
+    path("keys/", views.api_keys, name="api-keys"),
+    path("keys/<int:key_id>/revoke/", views.api_key_revoke, name="api-key-revoke"),
     path("api/conversations/", views.conversation_list, name="conversation-list"),
     path("api/conversations/<int:conversation_id>/", views.conversation_detail, name="conversation-detail"),
     path(

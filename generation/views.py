@@ -1,20 +1,24 @@
-"""HTTP views of the chat: the page, and the JSON the page's script reads.
+"""HTTP views of the chat: the page, the JSON the page's script reads, and
+the API keys page.
 
-Every view answers only for the requesting user's conversations; another
-user's id is a 404, the same as an id that does not exist.
+Every view answers only for the requesting user's conversations and keys;
+another user's id is a 404, the same as an id that does not exist.
 """
 
 import functools
 import json
 
 from django.conf import settings
+from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.http import Http404, JsonResponse
-from django.shortcuts import render
-from django.views.decorators.http import require_GET, require_POST
+from django.shortcuts import redirect, render
+from django.utils.cache import add_never_cache_headers
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from generation import selectors, services, text
-from generation.models import Conversation
+from generation.forms import ApiKeyCreateForm
+from generation.models import ApiKey, Conversation
 from generation.runtime.types import ERROR_TEXT
 
 
@@ -113,3 +117,54 @@ def conversation_delete(request, conversation_id: int):
     """Delete a conversation and its messages."""
     services.conversation_delete(conversation=_own_conversation(request, conversation_id))
     return JsonResponse({"deleted": conversation_id})
+
+
+def _keys_page(request, form: ApiKeyCreateForm, *, status: int = 200):
+    return render(
+        request,
+        "generation/keys.html",
+        {"form": form, "api_keys": selectors.api_keys_of(request.user)},
+        status=status,
+    )
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def api_keys(request):
+    """The person's API keys (GET), and making a new one (POST, form field `name`).
+
+    A new key's token is shown on the answer to that POST and never again:
+    the page is not cached, and a reload asks the browser to post again,
+    which makes another key rather than showing this one. An unusable name
+    is shown as the form's error, with status 400.
+    """
+    if request.method == "GET":
+        return _keys_page(request, ApiKeyCreateForm())
+    form = ApiKeyCreateForm(request.POST)
+    if form.is_valid():
+        try:
+            api_key, token = services.api_key_create(user=request.user, name=form.cleaned_data["name"])
+        except text.TextRefused as refused:
+            form.add_error("name", str(refused))
+        else:
+            response = render(request, "generation/key_created.html", {"api_key": api_key, "token": token})
+            add_never_cache_headers(response)
+            return response
+    return _keys_page(request, form, status=400)
+
+
+@login_required
+@require_POST
+def api_key_revoke(request, key_id: int):
+    """Revoke one of the person's keys, then show the list again; another
+    person's key, or none, is a 404."""
+    try:
+        api_key = selectors.api_key_get(user=request.user, key_id=key_id)
+    except ApiKey.DoesNotExist:
+        raise Http404("No such key.") from None
+    if api_key.is_revoked:
+        messages.info(request, f"“{api_key.name}” was already revoked.")
+    else:
+        services.api_key_revoke(api_key=api_key)
+        messages.success(request, f"“{api_key.name}” is revoked: programs using it are refused from now on.")
+    return redirect("api-keys")

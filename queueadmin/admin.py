@@ -61,13 +61,16 @@ class SettingsChangeAdmin(admin.ModelAdmin):
 
 @admin.register(GenerationRecord)
 class GenerationRecordAdmin(admin.ModelAdmin):
-    """One row per generation request; read-only statistics."""
+    """One row per generation request; read-only statistics. The source
+    column and filter show API and browser traffic apart."""
 
     list_display = (
         "request_id",
         "enqueued_at",
         "user",
+        "source",
         "conversation_link",
+        "api_key",
         "worker",
         "outcome",
         "queue_wait_ms",
@@ -75,13 +78,14 @@ class GenerationRecordAdmin(admin.ModelAdmin):
         "completion_tokens",
     )
     list_filter = (
+        "source",
         "outcome",
         ("enqueued_at", admin.DateFieldListFilter),
         ("user", admin.RelatedOnlyFieldListFilter),
         "worker",
     )
-    list_select_related = ("user", "conversation")
-    search_fields = ("request_id", "user__username")
+    list_select_related = ("user", "conversation", "api_key")
+    search_fields = ("request_id", "user__username", "api_key__name", "api_key__prefix")
     date_hierarchy = "enqueued_at"
 
     def has_add_permission(self, request):

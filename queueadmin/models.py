@@ -170,7 +170,9 @@ class SettingsChange(models.Model):
 
 class GenerationRecord(models.Model):
     """One generation request, written once it has ended (rejected ones too).
-    `source` says whether the browser chat or the API sent it."""
+    `source` says whether the browser chat or the API sent it, and `api_key`
+    with which key (kept as a link: a revoked key stays; a deleted one, or
+    its owner's deletion, leaves the record without it)."""
 
     class Source(models.TextChoices):
         CHAT = "chat"
@@ -192,6 +194,9 @@ class GenerationRecord(models.Model):
         "generation.Conversation", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
     source = models.CharField(max_length=8, choices=Source.choices, default=Source.CHAT, db_index=True)
+    api_key = models.ForeignKey(
+        "generation.ApiKey", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
     worker = models.CharField(max_length=128, db_index=True)
     enqueued_at = models.DateTimeField(db_index=True)
     started_at = models.DateTimeField(null=True, blank=True)

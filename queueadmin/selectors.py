@@ -8,7 +8,7 @@ import datetime
 import time
 
 from generation.runtime.service import OWN_QUEUE
-from generation.runtime.types import Limits
+from generation.runtime.types import Limits, RequestSource
 from generation.stats import summarize
 from queueadmin import events
 from queueadmin.models import GenerationRecord, GenerationSettings, QueueSnapshot, SettingsChange
@@ -75,6 +75,8 @@ def _request_row(worker: str, item: dict) -> dict:
         "request": item["request"],
         "worker": worker,
         "user": meta.get("user") or item.get("user"),
+        # A process from before issue #12 sends no source: all its requests are chats.
+        "source": item.get("source") or str(RequestSource.CHAT),
         "conversation": meta.get("conversation"),
         "since": item.get("since"),
     }
@@ -108,7 +110,9 @@ def console_payload(statuses: list[dict], *, local_worker: str | None = None, sa
     `process_max_concurrency` (its own engine's bound, 0 = the cap alone) and
     `bound` (the most it runs at once: the smaller of the two). The top-level
     `admission` sums them up (see `admission_summary`); `total` counts each
-    request once (see `_total`).
+    request once (see `_total`), and `total.by_source` splits the running and
+    waiting counts between the chat and the API. Each running and waiting row
+    says its `source`.
     """
     workers, running, waiting = [], [], []
     samples = {"ttft_ms": [], "queue_wait_ms": []}
@@ -150,10 +154,23 @@ def console_payload(statuses: list[dict], *, local_worker: str | None = None, sa
         "workers": workers,
         "total": {
             **_total(workers),
+            "by_source": _by_source(running, waiting),
             "latency": {key: summarize(values) for key, values in samples.items()},
         },
         "running": sorted(running, key=lambda row: row["since"] or 0),
         "waiting": waiting,
+    }
+
+
+def _by_source(running: list[dict], waiting: list[dict]) -> dict[str, dict[str, int]]:
+    """{source: {"running": n, "waiting": n}} for every RequestSource: the
+    browser chat's and the API's traffic apart."""
+    return {
+        str(source): {
+            "running": sum(1 for row in running if row["source"] == source),
+            "waiting": sum(1 for row in waiting if row["source"] == source),
+        }
+        for source in RequestSource
     }
 
 

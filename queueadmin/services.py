@@ -14,7 +14,7 @@ from channels.layers import get_channel_layer
 from django.contrib.auth import get_user_model
 from django.db import transaction
 
-from generation.models import Conversation
+from generation.models import ApiKey, Conversation
 from generation.runtime.types import Limits, RequestRecord
 from queueadmin import events
 from queueadmin.models import (
@@ -87,8 +87,8 @@ def _timestamp(value: float | None) -> datetime.datetime | None:
 
 
 def _existing(model, ids: set[int]) -> set[int]:
-    # Users and conversations may be deleted while their request runs; a
-    # record then keeps its numbers and loses the link instead of failing.
+    # Users, conversations and API keys may be deleted while their request
+    # runs; a record then keeps its numbers and loses the link instead of failing.
     return set(model.objects.filter(pk__in=ids).values_list("pk", flat=True)) if ids else set()
 
 
@@ -103,16 +103,19 @@ def generation_records_create(*, records: list[RequestRecord]) -> list[Generatio
     conversation_ids = {_int_or_none(r.meta.get("conversation")) for r in records} - {None}
     users = _existing(get_user_model(), user_ids)
     conversations = _existing(Conversation, conversation_ids)
+    api_keys = _existing(ApiKey, {_int_or_none(r.api_key_id) for r in records} - {None})
     rows = []
     for record in records:
         user_id = _int_or_none(record.user_id)
         conversation_id = _int_or_none(record.meta.get("conversation"))
+        api_key_id = _int_or_none(record.api_key_id)
         rows.append(
             GenerationRecord(
                 request_id=record.request_id,
                 user_id=user_id if user_id in users else None,
                 conversation_id=conversation_id if conversation_id in conversations else None,
                 source=record.source,
+                api_key_id=api_key_id if api_key_id in api_keys else None,
                 worker=record.worker[:128],
                 enqueued_at=_timestamp(record.enqueued_at),
                 started_at=_timestamp(record.started_at),

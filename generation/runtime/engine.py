@@ -39,10 +39,16 @@ class _Sequence:
     generated: list[int] = field(default_factory=list)
     cache: GrowingCache | None = None  # interleave only: the batch holds the rest
     length: int = 0  # tokens in this sequence's cache
+    generator: torch.Generator | None = None  # its own, when it asked for a seed
 
 
 class Engine:
-    """What both engines share: prefill, sampling and stop rules."""
+    """What both engines share: prefill, sampling and stop rules.
+
+    Sampling draws from the engine's generator (seeded with `seed`), except
+    for a sequence whose params carry a seed: it draws from a generator of
+    its own, seeded with it, so that its reply depends only on its prompt,
+    its params and the model, not on what else runs in the batch."""
 
     def __init__(self, model: torch.nn.Module, stop_token_ids: set[int], seed: int = 0):
         self.model = model
@@ -61,23 +67,26 @@ class Engine:
         cache = GrowingCache()
         input_ids = torch.tensor([prompt_ids], device=self.device)
         logits = self.model(input_ids=input_ids, past_key_values=cache, use_cache=True).logits
-        sequence = _Sequence(seq_id, params, length=len(prompt_ids))
+        sequence = _Sequence(seq_id, params, length=len(prompt_ids), generator=self._generator_for(params))
         self.sequences[seq_id] = sequence
         self._join(sequence, cache)
         token = self._sample(logits[:, -1, :], [sequence])[0]
         return self._retire([self._record(sequence, token)])[0]
 
-    def remove(self, seq_id: str) -> None:
-        """Drop a sequence (cancelled, or failed) before the next step."""
-        if seq_id in self.sequences:
-            self._leave([seq_id])
-            del self.sequences[seq_id]
+    def remove(self, *seq_ids: str) -> None:
+        """Drop sequences (cancelled, failed, or ended by a stop string)
+        before the next step, all in one go (for the batch, one cache
+        compaction); unknown ids are ignored."""
+        known = [seq_id for seq_id in dict.fromkeys(seq_ids) if seq_id in self.sequences]
+        if known:
+            self._leave(known)
+            for seq_id in known:
+                del self.sequences[seq_id]
 
     def clear(self) -> None:
         """Forget every sequence, e.g. after a failed forward pass left the
         caches in an unknown state."""
-        for seq_id in list(self.sequences):
-            self.remove(seq_id)
+        self.remove(*self.sequences)
 
     def step(self) -> list[TokenOutput]:
         """Advance every running sequence by one token."""
@@ -109,6 +118,13 @@ class Engine:
                 del self.sequences[seq_id]
         return outputs
 
+    def _generator_for(self, params: SamplingParams) -> torch.Generator | None:
+        """A generator of the sequence's own when it asked for a seed and samples."""
+        if params.seed is None or params.temperature <= 0:
+            return None
+        # manual_seed takes 64 bits; any integer seed maps onto them.
+        return torch.Generator(device=self.device).manual_seed(params.seed % 2**64)
+
     def _sample(self, logits: torch.Tensor, sequences: list[_Sequence]) -> list[int]:
         """Pick the next token for each row of `logits` ([rows, vocab])."""
         tokens = torch.argmax(logits, dim=-1)
@@ -116,6 +132,7 @@ class Engine:
             temperature = sequence.params.temperature
             if temperature <= 0:
                 continue
+            generator = sequence.generator or self.generator
             probs = torch.softmax(logits[row].float() / temperature, dim=-1)
             top_p = sequence.params.top_p
             if 0 < top_p < 1:
@@ -123,10 +140,10 @@ class Engine:
                 # Keep the smallest prefix whose mass reaches top_p (at least one token).
                 outside = torch.cumsum(sorted_probs, dim=-1) - sorted_probs > top_p
                 sorted_probs[outside] = 0
-                choice = torch.multinomial(sorted_probs, 1, generator=self.generator)
+                choice = torch.multinomial(sorted_probs, 1, generator=generator)
                 tokens[row] = order[choice]
             else:
-                tokens[row] = torch.multinomial(probs, 1, generator=self.generator)[0]
+                tokens[row] = torch.multinomial(probs, 1, generator=generator)[0]
         return tokens.tolist()
 
 

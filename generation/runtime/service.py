@@ -1,7 +1,8 @@
 """The generation service: one per server process, living on its event loop.
 
-It owns the bounded FIFO queue, the concurrency cap, the per-user limit and
-the queue timeout, and hands admitted requests to a `Backend`
+It owns the bounded FIFO queue, the concurrency cap, the per-user limits
+(one per RequestSource: a person's chat replies and API requests are counted
+apart) and the queue timeout, and hands admitted requests to a `Backend`
 (generation.runtime.backends): the in-process model thread, or a remote
 engine. All its state is touched only from the event loop; a backend
 reports back with typed reports (generation.runtime.types) that are applied

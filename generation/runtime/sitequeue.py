@@ -179,6 +179,7 @@ class SiteQueue:
             service.limits,
             local_free=service.local_room(),
             rejoin=rejoin,
+            source=request.source,
         )
         if isinstance(result, Refused):
             if self._waiting_here(request):

@@ -161,8 +161,10 @@ class ModelWorker:
                         reports.append(RequestFailed(request_id, ErrorCode.INTERNAL, MODEL_FAILED))
                     engine.clear()
                 else:
+                    stopped: list[str] = []
                     for output in outputs:
-                        reports += self._token(detokenizers, output)
+                        reports += self._token(detokenizers, output, stopped)
+                    engine.remove(*stopped)
             if reports:
                 self._deliver(reports)
 
@@ -182,7 +184,7 @@ class ModelWorker:
         )
         reports: list[Report] = [started]
         params = dataclasses.replace(request.params, max_new_tokens=prompt.max_new_tokens)
-        detokenizers[request.id] = IncrementalDetokenizer(tokenizer)
+        detokenizers[request.id] = IncrementalDetokenizer(tokenizer, params.stop)
         try:
             output = engine.add(request.id, prompt.ids, params)
         except Exception:
@@ -190,13 +192,26 @@ class ModelWorker:
             engine.remove(request.id)
             detokenizers.pop(request.id)
             return [*reports, RequestFailed(request.id, ErrorCode.INTERNAL, MODEL_FAILED)]
-        return reports + self._token(detokenizers, output)
+        stopped: list[str] = []
+        reports += self._token(detokenizers, output, stopped)
+        engine.remove(*stopped)
+        return reports
 
-    def _token(self, detokenizers, output) -> list[Report]:
-        delta = detokenizers[output.seq_id].push(output.token_id)
+    def _token(self, detokenizers, output, stopped: list[str]) -> list[Report]:
+        """The reports of one generated token. A token that completes one of
+        the request's stop strings ends the reply with `stop`; when the engine
+        still runs that sequence, its id is added to `stopped`, for the
+        caller to remove from the engine (all of a step's at once)."""
+        detokenizer = detokenizers[output.seq_id]
+        delta = detokenizer.push(output.token_id)
         reports: list[Report] = [TextDelta(output.seq_id, delta, 1)]
-        if output.finish_reason:
-            reports += self._finish(detokenizers, output.seq_id, FinishReason(output.finish_reason))
+        reason = output.finish_reason
+        if detokenizer.stopped:
+            if reason is None:
+                stopped.append(output.seq_id)
+            reason = FinishReason.STOP
+        if reason:
+            reports += self._finish(detokenizers, output.seq_id, FinishReason(reason))
         return reports
 
     @staticmethod

@@ -110,7 +110,13 @@
     foot.querySelector(".ttft").textContent = pair(total.latency.ttft_ms);
     foot.querySelector(".queue-wait").textContent = pair(total.latency.queue_wait_ms);
     foot.querySelector(".settings-version").textContent = "saved: " + version(payload.settings_version);
+    // The browser chat's and the API's traffic apart.
+    root.querySelector("#by-source").textContent = Object.entries(total.by_source || {})
+      .map(([source, n]) => (SOURCES[source] || source) + ": " + n.running + " running, " + n.waiting + " waiting")
+      .join(". ");
   }
+
+  const SOURCES = { chat: "Chat", api: "API" };
 
   // How the limits apply: one site queue through Redis, or each process's own.
   const LIMITS = { site: "site-wide", process: "this process", fallback: "this process (Redis unreachable)" };
@@ -141,6 +147,7 @@
       const tr = document.createElement("tr");
       tr.dataset.request = r.request;
       cell(tr, r.user, "user");
+      cell(tr, SOURCES[r.source] || r.source, "source");
       cell(tr, r.conversation, "conversation");
       cell(tr, r.worker, "worker");
       cell(tr, seconds(r.since ? payload.time - r.since : null), "num since");
@@ -148,19 +155,20 @@
       tr.appendChild(document.createElement("td")).appendChild(cancelButton(r.request));
       return tr;
     });
-    fillBody(root.querySelector("#running"), running, "Nothing is running.", 6);
+    fillBody(root.querySelector("#running"), running, "Nothing is running.", 7);
     const waiting = payload.waiting.map((r) => {
       const tr = document.createElement("tr");
       tr.dataset.request = r.request;
       cell(tr, r.position, "num position");
       cell(tr, r.user, "user");
+      cell(tr, SOURCES[r.source] || r.source, "source");
       cell(tr, r.conversation, "conversation");
       cell(tr, r.worker, "worker");
       cell(tr, seconds(payload.time - r.since), "num waited");
       tr.appendChild(document.createElement("td")).appendChild(cancelButton(r.request));
       return tr;
     });
-    fillBody(root.querySelector("#waiting"), waiting, "Nobody is waiting.", 6);
+    fillBody(root.querySelector("#waiting"), waiting, "Nobody is waiting.", 7);
   }
 
   function render(payload) {

@@ -44,6 +44,8 @@ def test_staff_watch_a_reply_change_the_cap_and_cancel(console, page):
     else:
         raise AssertionError("the token count did not grow")
     assert console.text_content("#total .running").startswith("1 / ")
+    assert console.text_content(f"{RUNNING_ROW} td.source") == "Chat"
+    assert console.text_content("#by-source") == "Chat: 1 running, 0 waiting. API: 0 running, 0 waiting"
 
     old = console.input_value("#id_max_concurrency")
     new = "3" if old != "3" else "2"

@@ -22,7 +22,7 @@ from generation.runtime.admission import (
     Refused,
     Waiting,
 )
-from generation.runtime.types import ErrorCode, Limits
+from generation.runtime.types import ErrorCode, Limits, RequestSource
 from tests.live import redis_server
 
 SHORT_LEASE_S = 1.0
@@ -113,6 +113,30 @@ async def test_a_person_with_two_tabs_on_two_processes_is_busy(make_admission):
     assert await admission.enqueue("b1", "p2", "bob", limits, local_free=2) == Admitted()
     await admission.release("a1")
     assert await admission.enqueue("a3", "p2", "alice", limits, local_free=2) == Admitted()
+
+
+async def test_api_requests_have_their_own_per_user_limit(make_admission):
+    """A person's API requests count apart from their chat replies, against
+    max_active_api_per_user, on every process; a raised limit applies to
+    the next request."""
+    admission = make_admission()
+    limits = await setup(admission, max_concurrency=8, max_active_per_user=1, max_active_api_per_user=2)
+    api = RequestSource.API
+
+    async def enqueue(ticket, process, **kwargs):
+        return await admission.enqueue(ticket, process, "alice", limits, local_free=4, **kwargs)
+
+    assert await enqueue("chat1", "p1") == Admitted()
+    assert await enqueue("api1", "p1", source=api) == Admitted()
+    assert await enqueue("api2", "p2", source=api) == Admitted()
+    assert await enqueue("api3", "p2", source=api) == Refused(ErrorCode.BUSY)
+    assert await enqueue("chat2", "p2") == Refused(ErrorCode.BUSY)
+    assert (await admission.snapshot()).users == {"alice": 1, "alice:api": 2}
+    limits = await setup(admission, max_concurrency=8, max_active_per_user=1, max_active_api_per_user=3)
+    assert await enqueue("api4", "p2", source=api) == Admitted()
+    await admission.release("chat1")
+    assert await enqueue("chat3", "p1") == Admitted()
+    assert await enqueue("api5", "p1", source=api) == Refused(ErrorCode.BUSY)
 
 
 async def test_queue_full_is_decided_site_wide(make_admission):

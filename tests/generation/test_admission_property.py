@@ -10,7 +10,8 @@ bookkeeping checks what people would notice:
 - never more running than the cap when something starts;
 - no request lost or counted twice: every ticket is waiting, running,
   ended (released) or reaped (its process died), in one place only, and the
-  per-user counts are those of the waiting and running tickets;
+  per-user counts are those of the waiting and running tickets, a person's
+  chat and API requests counted apart, each refused `busy` at its own limit;
 - no overtaking: when a process starts tickets, they are its oldest waiting
   ones, and every older ticket still waiting on a process with room has a
   free slot set aside for it; and a process that leaves one of its own
@@ -29,8 +30,15 @@ import redis.asyncio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from generation.runtime.admission import Admitted, LocalAdmission, RedisAdmission, Waiting
-from generation.runtime.types import Limits
+from generation.runtime.admission import (
+    Admitted,
+    LocalAdmission,
+    RedisAdmission,
+    Refused,
+    Waiting,
+    counted_user,
+)
+from generation.runtime.types import ErrorCode, Limits, RequestSource
 from tests.live import redis_server
 
 PROCESSES = 3  # simulated daphne processes; one that dies is replaced by a new one
@@ -39,14 +47,14 @@ USERS = ["u0", "u1", "u2", "u3"]
 # process's lease survives a step stalled for a second on a busy machine
 # (living leases are renewed every quarter lease between steps).
 LEASE_S = 1.5
-QUEUE_SIZE, PER_USER = 5, 2
+QUEUE_SIZE, PER_USER, PER_USER_API = 5, 2, 1
 
 process = st.integers(min_value=0, max_value=PROCESSES - 1)  # which of the three
 # One operation: its kind drawn by weight (arrivals and claims make the
 # queues that the others act on; a death costs 1.8 s of sleep), then its
 # arguments.
 ARGUMENTS = {
-    "enqueue": st.tuples(process, st.sampled_from(USERS)),
+    "enqueue": st.tuples(process, st.sampled_from(USERS), st.sampled_from(list(RequestSource))),
     "claim": st.tuples(process),
     "finish": st.tuples(st.integers(min_value=0, max_value=9)),
     "cancel": st.tuples(st.integers(min_value=0, max_value=9)),
@@ -82,10 +90,15 @@ class Site:
         self.clock = Clock()
         self.redis = RedisAdmission(client, prefix="property", lease_s=LEASE_S)
         self.model = LocalAdmission(lease_s=LEASE_S, clock=self.clock)
-        self.limits = Limits(max_concurrency=cap, max_queue_size=QUEUE_SIZE, max_active_per_user=PER_USER)
+        self.limits = Limits(
+            max_concurrency=cap,
+            max_queue_size=QUEUE_SIZE,
+            max_active_per_user=PER_USER,
+            max_active_api_per_user=PER_USER_API,
+        )
         self.state: dict[str, str] = {}  # ticket -> waiting | running | ended | refused | reaped
         self.order: list[str] = []  # tickets in arrival order
-        self.owner: dict[str, tuple[str, str]] = {}  # ticket -> (process, user)
+        self.owner: dict[str, tuple[str, str]] = {}  # ticket -> (process, user as counted)
         self.room: dict[str, int] = {}  # process -> room it last reported, less what it started
         self.names = [f"p{i}" for i in range(PROCESSES)]  # the living, by slot
         self.capacities = capacities  # how many each slot's process can run itself
@@ -108,13 +121,19 @@ class Site:
 
     async def step(self, op: tuple) -> None:
         match op:
-            case ("enqueue", slot, user):
+            case ("enqueue", slot, user, source):
                 process, free = self.names[slot], self.local_free(slot)
                 self.serial += 1
                 ticket = f"t{self.serial}"
+                held = self.held("waiting", alive=False) + self.held("running", alive=False)
+                count = sum(1 for t in held if self.owner[t][1] == counted_user(user, source))
                 self.order.append(ticket)
-                self.owner[ticket] = (process, user)
-                result = await self.both("enqueue", ticket, process, user, self.limits, local_free=free)
+                self.owner[ticket] = (process, counted_user(user, source))
+                result = await self.both(
+                    "enqueue", ticket, process, user, self.limits, local_free=free, source=source
+                )
+                if count >= self.limits.max_active_for(source):
+                    assert result == Refused(ErrorCode.BUSY)  # each source's own limit
                 self.room[process] = free
                 if result == Admitted():
                     self.state[ticket] = "running"

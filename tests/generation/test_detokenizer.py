@@ -80,3 +80,16 @@ def test_complete_text_before_an_unfinished_character_is_not_held(tokenizer):
     streamed = "".join(detokenizer.push(i) for i in [*ids, space_and_lead_byte])
     assert streamed == "Tokyo "
     assert detokenizer.flush() == ""
+
+
+def test_a_stop_string_split_into_bytes_never_shows(tokenizer):
+    """A stop string of multi-byte characters, written one byte per token,
+    ends the text before it: no delta holds any of its characters, not even
+    the first one while the rest could still follow, and nothing after it
+    comes out."""
+    ids = byte_token_ids(tokenizer, "今日は東京へ、東京から。".encode())
+    detokenizer = IncrementalDetokenizer(tokenizer, stop=("東京か", "東京へ"))
+    deltas = [detokenizer.push(token_id) for token_id in ids]
+    assert detokenizer.stopped
+    assert "".join(deltas) + detokenizer.flush() == "今日は"
+    assert detokenizer.text == "今日は"

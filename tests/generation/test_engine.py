@@ -25,17 +25,19 @@ def prompts(loaded):
     return [encode_conversation(loaded.tokenizer, [{"role": "user", "content": q}]) for q in QUESTIONS]
 
 
-def generate(loaded, strategy, prompt_list, *, join_every=1, max_new_tokens=40):
-    """Run prompts through an engine, letting a new one join every `join_every` steps."""
+def generate(loaded, strategy, prompt_list, *, join_every=1, max_new_tokens=40, params=None):
+    """Run prompts through an engine, letting a new one join every `join_every`
+    steps; `params` (one per prompt) default to greedy with `max_new_tokens`."""
     engine = make_engine(strategy, loaded.model, stop_token_ids(loaded))
     tokens = {str(i): [] for i in range(len(prompt_list))}
     reasons = {}
     pending = list(enumerate(prompt_list))
+    params = params or [SamplingParams(max_new_tokens)] * len(prompt_list)
     step = 0
     while pending or len(engine):
         if pending and step % join_every == 0:
             index, prompt = pending.pop(0)
-            outputs = [engine.add(str(index), prompt, SamplingParams(max_new_tokens))]
+            outputs = [engine.add(str(index), prompt, params[index])]
         else:
             outputs = []
         outputs += engine.step()
@@ -88,6 +90,22 @@ def test_sampling_respects_temperature(loaded):
             run += [o.token_id for o in engine.step() if o.seq_id == seq_id]
         sampled.add(tuple(run))
     assert len(sampled) > 1
+
+
+def test_a_seed_gives_the_same_reply_alone_and_in_a_batch(loaded):
+    """A sampled request with a seed gets the same tokens whether it runs
+    alone or joins a batch of other sampled requests (seeded or not) at
+    another step; another seed gives another reply."""
+    prompt_list = prompts(loaded)[:4]
+    seeded = SamplingParams(max_new_tokens=16, temperature=1.0, seed=42)
+    others = [SamplingParams(max_new_tokens=16, temperature=1.0, seed=seed) for seed in (None, 7, None)]
+    alone = generate(loaded, "batched", [prompt_list[2]], params=[seeded])[0]["0"]
+    in_batch, _ = generate(
+        loaded, "batched", prompt_list, join_every=2, params=[*others[:2], seeded, others[2]]
+    )
+    assert in_batch["2"] == alone
+    other_seed = SamplingParams(max_new_tokens=16, temperature=1.0, seed=43)
+    assert generate(loaded, "batched", [prompt_list[2]], params=[other_seed])[0]["0"] != alone
 
 
 def test_unknown_strategy_is_refused(loaded):

@@ -119,18 +119,20 @@ async def test_a_reply_streams_and_the_usage_chunk_counts_win(start_backend, eng
     sent = engine.requests[0]
     assert sent["messages"] == request.messages and sent["model"] == "smollm2" and sent["max_tokens"] == 8
     assert sent["stream"] is True and sent["stream_options"] == {"include_usage": True}
-    assert "ignore_eos" not in sent
+    assert "ignore_eos" not in sent and "stop" not in sent and "seed" not in sent
 
 
 async def test_without_a_usage_chunk_the_counted_tokens_stand(start_backend, engine):
     """An engine that sends no usage leaves the counts to the service's own
-    (one per chunk with text); "length" stays a length finish."""
+    (one per chunk with text); "length" stays a length finish. The request's
+    stop strings and seed reach the engine, which applies them itself."""
     engine.default = sse([chunk("a"), chunk("b", "length")])
     backend, reports = await ready(start_backend, engine)
-    request = ask("Count", ignore_eos=True)
+    request = ask("Count", ignore_eos=True, stop=("\n\n", "END"), seed=7)
     backend.admit(request)
     assert await reports.ended(request.id) == RequestFinished(request.id, FinishReason.LENGTH)
-    assert engine.requests[0]["ignore_eos"] is True
+    sent = engine.requests[0]
+    assert sent["ignore_eos"] is True and sent["stop"] == ["\n\n", "END"] and sent["seed"] == 7
 
 
 async def test_old_turns_are_dropped_to_fit_the_engines_context(start_backend, engine):

@@ -8,7 +8,7 @@ model thread reports anything.
 import asyncio
 
 from generation.runtime.loading import shared_model
-from generation.runtime.types import ErrorCode, Queued
+from generation.runtime.types import ErrorCode, Queued, RequestSource, RequestState
 
 # The seeded tiny model does not stop on this prompt for thousands of tokens,
 # so a request with a large budget keeps its slot until it is cancelled.
@@ -142,6 +142,27 @@ async def test_busy_when_user_already_has_a_request(make_service):
     other_user = service.submit(user_id=8, messages=ask(), max_new_tokens=5)
     first_handle.cancel()
     assert types(await collect(other_user))[-1] == "done"
+
+
+async def test_chat_and_api_requests_have_their_own_per_user_limits(make_service):
+    """A person's API requests count apart from their chat reply, against
+    the API's own limit; a limit raised live applies to the next request."""
+    service = await ready(await make_service(max_new_tokens=LONG_TOKENS, max_active_api_per_user=2))
+    api = dict(messages=LONG, source=RequestSource.API, api_key_id=3)
+    running = [
+        service.submit(user_id=7, messages=LONG),
+        *(service.submit(user_id=7, **api) for _ in range(2)),
+    ]
+    assert [r.request.state for r in running] == [RequestState.RUNNING] * 3
+    busy = [{"type": "error", "code": "busy", "message": ErrorCode.BUSY.text}]
+    assert await collect(service.submit(user_id=7, **api)) == busy
+    assert await collect(service.submit(user_id=7, messages=LONG)) == busy
+    service.update_limits(service.limits.replace(max_active_api_per_user=3))
+    running.append(service.submit(user_id=7, **api))
+    assert running[-1].request.state is RequestState.RUNNING
+    assert [r["source"] for r in service.status()["running"]] == ["chat", "api", "api", "api"]
+    for handle in running:
+        handle.cancel()
 
 
 async def test_queue_timeout(make_service):

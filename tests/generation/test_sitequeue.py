@@ -16,7 +16,7 @@ import redis.asyncio as redis
 
 from generation.runtime.admission import RedisAdmission
 from generation.runtime.sitequeue import SiteQueue
-from generation.runtime.types import ErrorCode, Queued, Started
+from generation.runtime.types import ErrorCode, Queued, RequestSource, Started
 from tests.generation.test_service import LONG, LONG_TOKENS, collect, ready
 from tests.live import redis_server
 
@@ -98,6 +98,25 @@ async def test_one_user_on_two_processes_is_busy_on_the_second(make_service, pre
     again = second.submit(user_id=7, messages=LONG)
     assert isinstance(await next_of(again, Started), Started)
     again.cancel()
+
+
+async def test_a_persons_api_requests_have_their_own_limit_site_wide(make_service, prefix):
+    """With a chat reply running on one process, the same person's API
+    requests still start, on either process, up to the API's own limit;
+    one more is busy, and so is a second chat reply."""
+    url = "redis://127.0.0.1:6379/0"
+    limits = dict(max_concurrency=4, max_new_tokens=LONG_TOKENS, max_active_api_per_user=2)
+    first, second = [await on_site(make_service, url, prefix, name, **limits) for name in ("a", "b")]
+    api = dict(messages=LONG, source=RequestSource.API, api_key_id=3)
+    running = [first.submit(user_id=7, messages=LONG), second.submit(user_id=7, **api)]
+    running.append(first.submit(user_id=7, **api))
+    for handle in running:
+        assert isinstance(await next_of(handle, Started), Started)
+    busy = [{"type": "error", "code": "busy", "message": ErrorCode.BUSY.text}]
+    assert await collect(second.submit(user_id=7, **api)) == busy
+    assert await collect(second.submit(user_id=7, messages=LONG)) == busy
+    for handle in running:
+        handle.cancel()
 
 
 async def test_chat_goes_on_through_a_redis_outage(make_service, tmp_path, prefix):

@@ -12,7 +12,7 @@ from django.db import connection
 from django.urls import reverse
 
 from generation import services, text
-from generation.models import Conversation, Message
+from generation.models import ApiKey, Conversation, Message
 
 pytestmark = pytest.mark.django_db
 
@@ -99,3 +99,23 @@ def test_admin_list_filters_with_a_nul_answer_400(admin_client):
     raises on NUL (a 500); the request is refused with 400 first."""
     assert admin_client.get("/admin/generation/conversation/?title=%00").status_code == 400
     assert admin_client.get("/admin/generation/conversation/?title=ok").status_code == 200
+
+
+def test_api_key_names_on_postgresql(alice_client, alice, admin_client):
+    """/keys/ stores 100 joined emoji (varchar(100) counts code points), answers
+    a NUL name with a form error (page and admin), and a revoke of an id past
+    bigint with 404, never a 500."""
+    family = "\U0001f468\u200d\U0001f469\u200d\U0001f467\u200d\U0001f466"
+    name = family * 14 + "\u202e\u05e9"
+    assert len(name) == 100
+    assert alice_client.post("/keys/", {"name": name}).status_code == 200
+    api_key = ApiKey.objects.get()
+    assert api_key.name == name
+    assert alice_client.post("/keys/", {"name": "a\x00b"}).status_code == 400
+    assert alice_client.post(f"/keys/{10**30}/revoke/").status_code == 404
+    response = admin_client.post(
+        f"/admin/generation/apikey/{api_key.pk}/change/", {"name": "a\x00b", "user": alice.pk}
+    )
+    assert response.status_code == 200
+    assert "Null characters are not allowed." in response.content.decode()
+    assert ApiKey.objects.get().name == name

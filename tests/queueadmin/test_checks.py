@@ -25,6 +25,7 @@ def check(**variables) -> subprocess.CompletedProcess:
         ("GENERATION_MAX_NEW_TOKENS", "9000", "At most 4096 tokens"),
         ("GENERATION_MAX_NEW_TOKENS", "0", "greater than or equal to 1"),
         ("GENERATION_MAX_CONCURRENCY", "0", "greater than or equal to 1"),
+        ("GENERATION_MAX_ACTIVE_API_PER_USER", "0", "greater than or equal to 1"),
         ("CHAT_MAX_MESSAGE_CHARS", "0", "at least 1"),
     ],
 )

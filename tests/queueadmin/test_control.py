@@ -10,7 +10,7 @@ import pytest
 from channels.db import database_sync_to_async
 from django.test import AsyncClient
 
-from generation.runtime.types import Limits
+from generation.runtime.types import Limits, RequestSource
 from queueadmin import services
 from tests.polling import wait_for
 from tests.queueadmin.conftest import LIMITS as VALID_LIMITS
@@ -59,6 +59,34 @@ async def test_raising_the_cap_in_the_console_admits_waiting_requests(one_slot, 
     assert events[-1]["type"] == "done" and events[-1]["finish_reason"] == "cancelled"
     await socket.send_json_to({"type": "cancel", "request": "<script>"})
     assert (await next_answer(socket))["type"] == "error"
+
+
+async def test_the_api_limit_is_changed_live_and_the_console_shows_sources(live, staff, console_socket):
+    """A person at their API limit (2) is refused a third API request; staff
+    raise the limit in the console's form and the next one starts at once.
+    The console shows each request's source and the counts per source."""
+    api = dict(messages=LONG, source=RequestSource.API, api_key_id=1)
+    handles = [live.submit(user_id=7, messages=LONG), *(live.submit(user_id=7, **api) for _ in range(2))]
+    refused = [event.as_dict() async for event in live.submit(user_id=7, **api)]
+    assert refused[-1]["code"] == "busy"
+
+    client = AsyncClient()
+    await client.aforce_login(staff)
+    response = await client.post("/admin/queue/", {**VALID_LIMITS, "max_active_api_per_user": 3})
+    assert response.status_code == 302
+    await wait_for(lambda: live.limits.max_active_api_per_user == 3, timeout=1.0)
+    handles.append(live.submit(user_id=7, **api))
+    assert len(live.running) == 4
+
+    socket = await console_socket(staff)
+    payload = await socket.receive_json_from(timeout=TIMEOUT)
+    assert sorted(row["source"] for row in payload["running"]) == ["api", "api", "api", "chat"]
+    assert payload["total"]["by_source"] == {
+        "chat": {"running": 1, "waiting": 0},
+        "api": {"running": 3, "waiting": 0},
+    }
+    for handle in handles:
+        handle.cancel()
 
 
 async def test_lowering_the_cap_lets_running_requests_finish(one_slot, live, staff):

@@ -8,6 +8,8 @@ from channels.db import database_sync_to_async
 from django.core.management import call_command
 from django.utils import timezone
 
+from generation.runtime.types import RequestSource
+from generation.services import api_key_create
 from queueadmin import control, metrics
 from queueadmin.models import GenerationRecord, QueueSnapshot
 from tests.polling import wait_for
@@ -85,6 +87,45 @@ async def test_records_and_snapshots_of_every_outcome(tight, live, django_user_m
     await wait_for(lambda: interrupted.id in live.running)
     live.stop()  # what is in flight when a service stops is recorded as interrupted
     assert (await stored([interrupted.id]))[interrupted.id].outcome == "interrupted"
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_records_say_whether_the_chat_or_which_api_key_sent_them(live, django_user_model):
+    """A chat reply's record says "chat"; an API request's says "api" and
+    links its key. One whose owner was deleted while it ran keeps its
+    source and loses the links."""
+    create_user = database_sync_to_async(django_user_model.objects.create_user)
+    ann, bob = await create_user("ann"), await create_user("bob")
+    key, _ = await database_sync_to_async(api_key_create)(user=ann, name="laptop")
+    bobs_key, _ = await database_sync_to_async(api_key_create)(user=bob, name="script")
+    short = dict(messages=SHORT, max_new_tokens=3)
+    chat = live.submit(user_id=ann.pk, **short)
+    api = live.submit(user_id=ann.pk, source=RequestSource.API, api_key_id=key.pk, **short)
+    orphan = live.submit(user_id=bob.pk, source=RequestSource.API, api_key_id=bobs_key.pk, **short)
+    await database_sync_to_async(bob.delete)()  # and with him, his keys
+    for handle in (chat, api, orphan):
+        assert (await finish(handle))["type"] == "done"
+    ids = [chat.id, api.id, orphan.id]
+    records = await wait_for(lambda: _all(stored(ids), len(ids)), timeout=5)
+    links = {i: (records[i].source, records[i].user_id, records[i].api_key_id) for i in ids}
+    assert links == {
+        chat.id: ("chat", ann.pk, None),
+        api.id: ("api", ann.pk, key.pk),
+        orphan.id: ("api", None, None),
+    }
+
+
+@pytest.mark.django_db
+def test_the_records_admin_shows_api_and_chat_traffic_apart(admin_client):
+    """Staff filter the records by source; each row says its source."""
+    now = timezone.now()
+    for source in ("chat", "api"):
+        GenerationRecord.objects.create(
+            request_id=f"from-{source}", source=source, worker="w", enqueued_at=now, outcome="completed"
+        )
+    page = admin_client.get("/admin/queueadmin/generationrecord/", {"source": "api"}).content.decode()
+    assert "from-api" in page and "from-chat" not in page
+    assert admin_client.get("/admin/queueadmin/generationrecord/", {"source": "chat"}).status_code == 200
 
 
 async def _all(records_coroutine, count):

@@ -21,6 +21,7 @@ from generation.runtime.admission.base import (
     Refused,
     Snapshot,
     Waiting,
+    counted_user,
 )
 from generation.runtime.admission.local import LocalAdmission
 from generation.runtime.admission.redis_backed import DEFAULT_PREFIX, RedisAdmission
@@ -36,4 +37,5 @@ __all__ = [
     "Refused",
     "Snapshot",
     "Waiting",
+    "counted_user",
 ]

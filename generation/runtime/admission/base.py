@@ -11,8 +11,12 @@ The rules, the same in both implementations (issue #11):
 - `max_concurrency` (the cap): the site never runs more tickets than this.
   A lower cap lets running tickets finish; it starts nothing new until the
   running ones are below it.
-- `max_active_per_user`: a user's waiting and running tickets together, on
-  every process; one more is refused `busy`.
+- the per-user limit: a user's waiting and running tickets of one source
+  (RequestSource: the chat or the API) together, on every process; one more
+  is refused `busy`. Each source has its own limit (`max_active_per_user`
+  for the chat, `max_active_api_per_user` for the API) and its own count:
+  an API ticket counts as the user `counted_user(user, source)`, e.g.
+  "7:api", a chat ticket as the user itself.
 - `max_queue_size`: the site-wide number waiting; one more is refused
   `queue_full` (unless it can start at once).
 - FIFO with one exception, the rule for a locally full process: a claim walks
@@ -40,13 +44,21 @@ import asyncio
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 
-from generation.runtime.types import ErrorCode, Limits
+from generation.runtime.types import ErrorCode, Limits, RequestSource
 
 DEFAULT_LEASE_S = 5.0
 """How long a ticket survives without a renewal, in seconds. A process
 renews its tickets every third of this (the research note's heartbeat), so
 one lost or late heartbeat costs nothing; a killed process's slots come back
 within this time after its last renewal."""
+
+
+def counted_user(user: str, source: RequestSource) -> str:
+    """Whom a ticket of `user` from `source` counts against: the user itself
+    for the chat (as before sources existed, so that a chat ticket of a
+    process not yet upgraded counts the same), `"<user>:<source>"` otherwise.
+    Snapshot.users shows these names."""
+    return user if source is RequestSource.CHAT else f"{user}:{source}"
 
 
 @dataclass(frozen=True)
@@ -80,7 +92,8 @@ class Snapshot:
     """The whole admission state, for tests and the console: `waiting` in
     arrival order as (ticket, process, user), `running` as {ticket: (process,
     user)}, `users` as {user: waiting + running count}, and the cap in
-    effect. Users are strings (a Redis hash field)."""
+    effect. Users are strings (a Redis hash field), as `counted_user` names
+    them (an API ticket's user ends in ":api")."""
 
     waiting: tuple[tuple[str, str, str], ...]
     running: dict[str, tuple[str, str]]
@@ -106,8 +119,10 @@ class Admission(abc.ABC):
         *,
         local_free: int = 0,
         rejoin: bool = False,
+        source: RequestSource = RequestSource.CHAT,
     ) -> Enqueued:
-        """Take a new ticket. `local_free` is how many more requests
+        """Take a new ticket of `user` from `source` (whose per-user limit
+        and count apply). `local_free` is how many more requests
         `process` can run now; `limits` is this process's view of the limits,
         used only where none were set site-wide (`set_limits`). The ticket
         starts at once (`Admitted`) only when nobody waits, the site is under
@@ -154,7 +169,7 @@ class Admission(abc.ABC):
 
     @abc.abstractmethod
     async def set_limits(self, limits: Limits) -> None:
-        """Make `limits` (cap, queue size, per-user limit) the site's, at once;
+        """Make `limits` (cap, queue size, per-user limits) the site's, at once;
         called when the console saves them."""
 
     @abc.abstractmethod

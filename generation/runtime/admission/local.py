@@ -22,8 +22,9 @@ from generation.runtime.admission.base import (
     Refused,
     Snapshot,
     Waiting,
+    counted_user,
 )
-from generation.runtime.types import ErrorCode, Limits
+from generation.runtime.types import ErrorCode, Limits, RequestSource
 
 
 @dataclass
@@ -57,14 +58,16 @@ class LocalAdmission(Admission):
         *,
         local_free: int = 0,
         rejoin: bool = False,
+        source: RequestSource = RequestSource.CHAT,
     ) -> Enqueued:
         now = self._reap()
+        user = counted_user(user, source)
         if ticket in self._tickets:
             raise ValueError(f"ticket {ticket} is already known")
         if self.limits is None:
             self.limits = limits
         self._room[process] = (local_free, now + self.lease_s)
-        if not rejoin and self._count(user) >= self.limits.max_active_per_user:
+        if not rejoin and self._count(user) >= self.limits.max_active_for(source):
             return Refused(ErrorCode.BUSY)
         waiting = self._waiting()
         if not waiting and self._running() < self.limits.max_concurrency and local_free > 0:

@@ -28,8 +28,9 @@ from generation.runtime.admission.base import (
     Refused,
     Snapshot,
     Waiting,
+    counted_user,
 )
-from generation.runtime.types import ErrorCode, Limits
+from generation.runtime.types import ErrorCode, Limits, RequestSource
 
 DEFAULT_PREFIX = "chatsite:admission"
 KEY_NAMES = ("queue", "running", "leases", "owner", "user", "users", "seq", "limits", "rooms", "procs")
@@ -92,17 +93,20 @@ class RedisAdmission(Admission):
         *,
         local_free: int = 0,
         rejoin: bool = False,
+        source: RequestSource = RequestSource.CHAT,
     ) -> Enqueued:
         reply = await self._run(
             "enqueue",
             ticket,
             process,
-            user,
+            counted_user(user, source),
             local_free,
             limits.max_concurrency,
             limits.max_queue_size,
             limits.max_active_per_user,
             int(rejoin),
+            limits.max_active_api_per_user,
+            Limits.PER_USER_FIELD[source],
         )
         kind = _text(reply[0])
         if kind == "admitted":
@@ -131,7 +135,11 @@ class RedisAdmission(Admission):
 
     async def set_limits(self, limits: Limits) -> None:
         await self._run(
-            "set_limits", limits.max_concurrency, limits.max_queue_size, limits.max_active_per_user
+            "set_limits",
+            limits.max_concurrency,
+            limits.max_queue_size,
+            limits.max_active_per_user,
+            limits.max_active_api_per_user,
         )
 
     async def wakeups(self) -> AsyncIterator[str]:

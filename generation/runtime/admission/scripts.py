@@ -17,10 +17,11 @@ KEYS (all under one hash tag, built by RedisAdmission):
   2 running  sorted set  running ticket -> start time (ms)
   3 leases   sorted set  ticket -> lease deadline (ms), waiting and running
   4 owner    hash        ticket -> process
-  5 user     hash        ticket -> user
+  5 user     hash        ticket -> user (as counted_user names it: "7", "7:api")
   6 users    hash        user -> waiting + running tickets
   7 seq      string      the last arrival sequence number
-  8 limits   hash        max_concurrency, max_queue_size, max_active_per_user
+  8 limits   hash        max_concurrency, max_queue_size, max_active_per_user,
+                         max_active_api_per_user
   9 rooms    hash        process -> room it last reported (requests it can start)
  10 procs    sorted set  process -> lease deadline (ms) of its room report
 ARGV: 1 the wake-up channel, 2 the lease (ms), then the operation's own.
@@ -59,9 +60,12 @@ if #expired > 0 then redis.call('PUBLISH', WAKE, 'reaped') end
 local deadline = now + LEASE
 """
 
-# ARGV 3 ticket, 4 process, 5 user, 6 local room, 7-9 the caller's cap, queue
-# size and per-user limit (used only where the limits key lacks them), 10 '1'
-# for a request taken while Redis was away (no busy or queue_full check).
+# ARGV 3 ticket, 4 process, 5 user (counted_user: the source's count), 6 local
+# room, 7-9 the caller's cap, queue size and per-user limit (used only where
+# the limits key lacks them), 10 '1' for a request taken while Redis was away
+# (no busy or queue_full check), 11 the caller's API per-user limit (as 7-9),
+# 12 the name of the limit that counts this ticket's user (max_active_per_user
+# or max_active_api_per_user: Limits.PER_USER_FIELD).
 # Returns {'admitted'}, {'waiting', position, waiting}, {'busy'},
 # {'queue_full'} or {'known'}.
 ENQUEUE = """
@@ -71,9 +75,10 @@ if redis.call('HEXISTS', K_OWNER, ticket) == 1 then return {'known'} end
 redis.call('HSETNX', K_LIMITS, 'max_concurrency', ARGV[7])
 redis.call('HSETNX', K_LIMITS, 'max_queue_size', ARGV[8])
 redis.call('HSETNX', K_LIMITS, 'max_active_per_user', ARGV[9])
+redis.call('HSETNX', K_LIMITS, 'max_active_api_per_user', ARGV[11])
 redis.call('HSET', K_ROOMS, process, free)
 redis.call('ZADD', K_PROCS, deadline, process)
-if not rejoin and tonumber(redis.call('HGET', K_USERS, user) or '0') >= limit('max_active_per_user') then
+if not rejoin and tonumber(redis.call('HGET', K_USERS, user) or '0') >= limit(ARGV[12]) then
   return {'busy'}
 end
 local waiting = redis.call('ZCARD', K_QUEUE)
@@ -177,10 +182,10 @@ end
 return {#queue, mine}
 """
 
-# ARGV 3-5 cap, queue size, per-user limit.
+# ARGV 3-6 cap, queue size, per-user limit, API per-user limit.
 SET_LIMITS = """
 redis.call('HSET', K_LIMITS, 'max_concurrency', ARGV[3], 'max_queue_size', ARGV[4],
-  'max_active_per_user', ARGV[5])
+  'max_active_per_user', ARGV[5], 'max_active_api_per_user', ARGV[6])
 redis.call('PUBLISH', WAKE, 'limits')
 return 1
 """

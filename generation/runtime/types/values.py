@@ -125,9 +125,9 @@ class Limits:
         "max_concurrency",
         "max_queue_size",
         "max_active_per_user",
+        "max_active_api_per_user",
         "queue_timeout_s",
         "max_new_tokens",
-        "max_active_api_per_user",
     )
     # The limit that counts a person's requests of each source.
     PER_USER_FIELD: ClassVar[dict[RequestSource, str]] = {

@@ -7,7 +7,8 @@ chat template itself. Before counting, the spellings of control tokens in
 the messages are broken (prompt.neutralise_control_tokens): the engine would
 read them as control tokens. The reply streams as chat-completion chunks,
 parsed by the openai package; `include_usage` asks for a last chunk with the
-engine's own token counts.
+engine's own token counts. The request's stop strings and seed are passed
+on as `stop` and `seed`: OpenAI-compatible engines apply them themselves.
 """
 
 from __future__ import annotations
@@ -122,7 +123,13 @@ async def stream_reply(
     messages, prompt = await asyncio.to_thread(
         _prepare, tokenizer, request.messages, card.context_tokens, params.max_new_tokens
     )
-    extra = {"extra_body": {"ignore_eos": True}} if params.ignore_eos else {}
+    extra: dict = {"extra_body": {"ignore_eos": True}} if params.ignore_eos else {}
+    # The engine applies stop strings itself (the text it streams ends before
+    # one, finish_reason "stop") and seeds its own sampler (vLLM: per request).
+    if params.stop:
+        extra["stop"] = list(params.stop)
+    if params.seed is not None:
+        extra["seed"] = params.seed
     stream = await client.chat.completions.create(
         model=card.model,
         messages=messages,
