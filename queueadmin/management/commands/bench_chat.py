@@ -17,6 +17,13 @@ p50/p95 milliseconds from submit to start as the services stamped them
 (read back from the records, to the microsecond; the cap is the client
 count, so every request finds a free slot and that time is admission
 alone), and the site queue's overhead: the difference of the two.
+
+With `--api` (issue #12) every client count also runs through the
+OpenAI-compatible API, right after the WebSocket run and with the same cap,
+reply length and prompts (queueadmin.management.bench_api): one API key per
+bench user, made for the run and revoked afterwards. The table gains a
+`path` column (ws, api), and a second table gives both paths' aggregate
+tok/s and the API's over the WebSocket's.
 """
 
 import asyncio
@@ -33,6 +40,12 @@ from django.core.management.base import BaseCommand, CommandError
 from generation.management.commands.bench_engine import prompt
 from generation.stats import summarize
 from generation.wsclient import ChatSocket, login
+from queueadmin.management.bench_api import (
+    bench_api_keys,
+    comparison_rows,
+    revoke_bench_api_keys,
+    run_api_level,
+)
 from queueadmin.management.bench_processes import SCOPES, admission_ms, daphne_processes
 from queueadmin.selectors import generation_settings_get
 from queueadmin.services import generation_settings_update
@@ -119,8 +132,9 @@ def admission_summary(samples: list[float]) -> dict:
 
 def overhead_rows(rows: list[dict]) -> list[dict]:
     """Per client count: the site queue's p50/p95 from submit to start minus
-    per-process admission's (ms), the overhead of global admission."""
-    by = {(row["scope"], row["clients"]): row for row in rows}
+    per-process admission's (ms), the overhead of global admission. Only the
+    WebSocket rows have samples (API answers carry no request id)."""
+    by = {(row["scope"], row["clients"]): row for row in rows if row.get("path", "ws") == "ws"}
     overhead = []
     for (scope, clients), site in by.items():
         alone = by.get(("process", clients))
@@ -158,19 +172,32 @@ class Command(BaseCommand):
             "ignored) and run each client count with the site-wide queue and with per-process "
             "admission, reporting the overhead of global admission.",
         )
+        parser.add_argument(
+            "--api",
+            action="store_true",
+            help="Also run each client count through POST /v1/chat/completions (streamed, one API "
+            "key per bench user, revoked afterwards), after the WebSocket run, and report both "
+            "paths' aggregate tok/s and the API's over the WebSocket's.",
+        )
         parser.add_argument("--json", dest="json_path", help="Write the results to this file.")
 
     def handle(self, *args, **options):
         levels = [int(level) for level in options["clients"].split(",")]
         users = bench_users(max(*levels, options["warmup"], options["processes"]))
         keep = generation_settings_get().limits()
+        self.api_keys = bench_api_keys([name for name, _ in users]) if options["api"] else []
         try:
             if options["processes"]:
                 report = self.bench_processes(options, levels, users, keep)
             else:
                 report = self.bench_url(options, levels, users, keep)
+            if options["api"]:
+                report["comparison"] = comparison_rows(report["results"])
+                self.stdout.write("")
+                self.write_table(list(report["comparison"][0]), report["comparison"])
         finally:
             generation_settings_update(user=None, limits=keep)
+            revoke_bench_api_keys(self.api_keys)
         if options["json_path"]:
             with open(options["json_path"], "w") as handle:
                 json.dump(report, handle, indent=2)
@@ -181,30 +208,48 @@ class Command(BaseCommand):
         time.sleep(SETTLE_S)
 
     def run_levels(self, options, levels, users, keep, urls: list[str], **labels) -> list[dict]:
-        """Each client count in turn on `urls`, with the cap and reply length of the options."""
+        """Each client count in turn on `urls`, with the cap and reply length
+        of the options: through the chat socket, then (--api) through the API."""
         rows = []
         for level in levels:
             cap = options["cap"] or level
             self.set_limits(
                 keep, max_concurrency=cap, max_queue_size=max(level, 1), max_new_tokens=options["new_tokens"]
             )
-            row = asyncio.run(run_level(urls, users, level))
-            rows.append({**labels, **row, "cap": cap, "new_tokens": options["new_tokens"]})
-            self.stderr.write(f"  done: {level} clients: {row['aggregate_tok_s']} tok/s")
+            for path in ("ws", "api") if options["api"] else ("ws",):
+                row = asyncio.run(self.run_path(path, urls, users, level))
+                rows.append({**labels, "path": path, **row, "cap": cap, "new_tokens": options["new_tokens"]})
+                self.stderr.write(f"  done: {level} clients ({path}): {row['aggregate_tok_s']} tok/s")
         return rows
+
+    async def run_path(self, path: str, urls: list[str], users, clients: int) -> dict:
+        """One client count through the chat socket ("ws") or the API ("api")."""
+        if path == "api":
+            tokens = [token for _, token in self.api_keys]
+            return await run_api_level([http_base(url) for url in urls], tokens, clients)
+        return await run_level(urls, users, clients)
+
+    def warm_up(self, options, urls: list[str], users, clients: int) -> None:
+        """Untimed requests through each path the run measures."""
+        for path in ("ws", "api") if options["api"] else ("ws",):
+            asyncio.run(self.run_path(path, urls, users, clients))
+
+    def table_columns(self, options, columns: list[str]) -> list[str]:
+        """`columns`, with the path first when both paths are measured."""
+        return ["path", *columns] if options["api"] else columns
 
     def bench_url(self, options, levels, users, keep) -> dict:
         """The stack at --url (nginx in front of its processes)."""
         # Untimed: nginx spreads these over the processes, so each loads its
         # model replica before any timed run.
         generation_settings_update(user=None, limits=keep.replace(max_new_tokens=8))
-        asyncio.run(run_level([options["url"]], users, min(options["warmup"], len(users))))
+        self.warm_up(options, [options["url"]], users, min(options["warmup"], len(users)))
         rows = self.run_levels(options, levels, users, keep, [options["url"]])
         for row in rows:
             row.pop("request_ids")
         columns = ["clients", "cap", "aggregate_tok_s", "ttft_p50_ms", "ttft_p95_ms"]
         columns += ["queue_wait_p50_ms", "queue_wait_p95_ms", "mean_reply_tokens", "errors"]
-        self.write_table(columns, rows)
+        self.write_table(self.table_columns(options, columns), rows)
         return {"url": options["url"], "results": rows}
 
     def bench_processes(self, options, levels, users, keep) -> dict:
@@ -222,12 +267,14 @@ class Command(BaseCommand):
                 # Untimed, one or more per process: each loads its model and
                 # (site) makes its first calls to Redis before any timed run.
                 self.set_limits(keep, max_concurrency=max(count, keep.max_concurrency), max_new_tokens=8)
-                asyncio.run(run_level(urls, users, max(options["warmup"], count)))
+                self.warm_up(options, urls, users, max(options["warmup"], count))
                 for row in self.run_levels(options, levels, users, keep, urls, scope=scope, processes=count):
                     samples = admission_ms(row.pop("request_ids"))
                     rows.append({**row, **admission_summary(samples)})
         columns = ["scope", "processes", "clients", "cap", "aggregate_tok_s", "admission_p50_ms"]
         columns += ["admission_p95_ms", "ttft_p50_ms", "ttft_p95_ms", "errors"]
+        if options["api"]:  # API replies carry no request id: no admission samples
+            columns.insert(2, "path")
         self.write_table(columns, rows)
         overhead = overhead_rows(rows)
         self.stdout.write("")
