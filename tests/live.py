@@ -43,6 +43,19 @@ def prepare_database(env: dict, seed: str) -> dict:
     return manage_shell(env, seed)
 
 
+def manage(env: dict, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run `manage.py *args` on the settings `env` names and return what it
+    printed (text, captured); the caller judges the return code."""
+    return subprocess.run(
+        [sys.executable, str(ROOT / "manage.py"), *args],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
 def manage_shell(env: dict, code: str):
     """Run `code` in manage.py shell on the database `env` names; return
     the JSON value its last printed line holds."""

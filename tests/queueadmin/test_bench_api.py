@@ -9,10 +9,8 @@ reported in docs/benchmarks.md, not asserted here.
 
 import json
 import os
-import subprocess
-import sys
 
-from tests.live import ROOT, daphne, manage_shell, prepare_database, seed_logged_in_users
+from tests.live import daphne, manage, manage_shell, prepare_database, seed_logged_in_users
 
 LIVE_BENCH_KEYS = """
 import json
@@ -43,14 +41,7 @@ def test_bench_chat_api_reports_both_paths_and_their_ratio(tiny_model_dir, tmp_p
             *("bench_chat", "--api", "--url", url.replace("http", "ws", 1) + "/ws/chat/"),
             *("--clients", "2", "--new-tokens", "8", "--warmup", "1", "--json", str(report)),
         ]
-        result = subprocess.run(
-            [sys.executable, str(ROOT / "manage.py"), *bench],
-            env=env,
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
+        result = manage(env, *bench)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert lines[0].split(" | ")[:4] == ["path", "clients", "cap", "aggregate_tok_s"]

@@ -9,10 +9,8 @@ they are reported in docs/benchmarks.md, not asserted here.
 
 import json
 import os
-import subprocess
-import sys
 
-from tests.live import ROOT, prepare_database, redis_server, seed_logged_in_users
+from tests.live import manage, prepare_database, redis_server, seed_logged_in_users
 
 
 def test_bench_chat_compares_site_and_process_admission(tiny_model_dir, tmp_path):
@@ -34,14 +32,7 @@ def test_bench_chat_compares_site_and_process_admission(tiny_model_dir, tmp_path
             *("bench_chat", "--processes", "2", "--clients", "2", "--new-tokens", "8"),
             *("--warmup", "2", "--json", str(report)),
         ]
-        result = subprocess.run(
-            [sys.executable, str(ROOT / "manage.py"), *bench],
-            env=env,
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
+        result = manage(env, *bench)
     assert result.returncode == 0, result.stderr
     header, *lines = result.stdout.splitlines()
     assert header.split(" | ")[:6] == [
