@@ -36,6 +36,11 @@ from generation.api.errors import invalid
 
 ROLES = ("system", "developer", "user", "assistant")
 MAX_STOP_STRINGS = 4
+# Characters in one stop string. The engine holds back, and checks on every
+# token, any tail of the reply that could still begin a stop string: work
+# that grows with the square of its length, on the model thread every reply
+# shares. A stop string is a delimiter; 256 is far above any real one.
+MAX_STOP_CHARS = 256
 # OpenAI's seed is a signed 64-bit integer; torch.Generator takes the same.
 SEED_RANGE = (-(2**63), 2**63 - 1)
 # OpenAI's defaults, for a request that does not say.
@@ -83,7 +88,7 @@ def parse_chat_request(body: bytes, *, max_message_chars: int) -> ChatCompletion
         max_tokens=max_tokens,
         temperature=_optional_number(data, "temperature", DEFAULT_TEMPERATURE, low=0.0, high=2.0),
         top_p=_optional_number(data, "top_p", DEFAULT_TOP_P, low=0.0, high=1.0, low_open=True),
-        stop=_stop(data.get("stop"), max_message_chars),
+        stop=_stop(data.get("stop"), min(max_message_chars, MAX_STOP_CHARS)),
         seed=_optional_int(data, "seed", low=SEED_RANGE[0], high=SEED_RANGE[1]),
     )
 

@@ -161,6 +161,7 @@ def test_what_this_server_cannot_do_is_refused(fields, param):
         ({"stop": ["a", 1]}, "stop"),
         ({"stop": ["a", "b", "c", "d", "e"]}, "stop"),
         ({"stop": ""}, "stop"),
+        ({"stop": "#" * 257}, "stop"),
         ({"seed": 1.5}, "seed"),
         ({"seed": 2**63}, "seed"),
         ({"seed": False}, "seed"),
