@@ -14,6 +14,7 @@ must not block. Stop listeners let such companions end with the service.
 
 import asyncio
 import collections
+import contextlib
 import logging
 import os
 import socket
@@ -87,11 +88,26 @@ class GenerationService(ReportsMixin):
         self._tokens = collections.deque()  # (monotonic time, tokens) per report batch
         self._held_until = 0.0  # loop time before which nothing is admitted (engine busy)
         self._resume: asyncio.TimerHandle | None = None
+        # Set once the backend has named its model (a remote engine does so
+        # when first reached); awaited by `amodel_name`.
+        self.model_named = asyncio.Event()
+        if self.backend_info.model:
+            self.model_named.set()
 
     @property
     def model_name(self) -> str:
         """The backend's model, once known."""
         return self.backend_info.model
+
+    async def amodel_name(self, timeout_s: float) -> str:
+        """The backend's model name, waiting up to `timeout_s` seconds for
+        the backend to name it when it has not yet (a remote engine names
+        its model when it is first reached); "" if it was not named in time.
+        On the loop; the loop goes on meanwhile."""
+        if not self.model_name:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.model_named.wait(), timeout_s)
+        return self.model_name
 
     # Lifecycle ---------------------------------------------------------
 
