@@ -79,7 +79,8 @@ async def chat_on(url: str, username: str, content: str) -> tuple[str, dict]:
 
 def test_one_chatsite_chats_through_another(tiny_model_dir, tmp_path):
     """A's chat and A's /v1 both answer with B's greedy reply, and both sites
-    record what went through them."""
+    record what went through them. (A chat reply's sampling is the service's
+    default, greedy; A passes it on to B as temperature 0.)"""
     env_b = site_env(tmp_path, "b", GENERATION_MODEL=str(tiny_model_dir), GENERATION_DEVICE="cpu")
     direct_token = prepare_database(env_b, SEED_B)
     created = manage(env_b, "apikey", "create", "bea", "--name", "chatsite-a")

@@ -9,11 +9,13 @@ import asyncio
 import json
 import time
 
+import httpx2
+import openai
 import pytest
 from django.test import AsyncClient
 
 from generation import services
-from generation.api import views
+from generation.api import errors, views
 from generation.runtime.backends import openai as backend_module
 from generation.runtime.registry import get_service
 from tests.generation.fake_openai import FakeEngine, free_port
@@ -92,3 +94,36 @@ async def test_an_engine_never_reached_is_503_unavailable_after_the_wait(
     assert response.status_code == 503
     assert response.json()["error"]["code"] == "unavailable"
     assert response["Retry-After"] == "10"
+
+
+async def test_the_sdk_waits_as_retry_after_says_and_gets_its_answer(remote_site, alice_token, monkeypatch):
+    """The official SDK, in process (its HTTP client on the ASGI app): the
+    503 `unavailable` is its InternalServerError; allowed a retry, it waits
+    Retry-After (1 s here, not its own half-second back-off) and the retry,
+    made once the engine is up, is answered."""
+    from chatsite.asgi import application
+
+    monkeypatch.setattr(views, "MODEL_NAME_WAIT_S", 0.3)
+    monkeypatch.setattr(errors, "RETRY_AFTER_UNAVAILABLE_S", 1)
+
+    def sdk(max_retries: int) -> openai.AsyncOpenAI:
+        transport = httpx2.ASGITransport(app=application)
+        return openai.AsyncOpenAI(
+            base_url="http://testserver/v1",
+            api_key=alice_token,
+            max_retries=max_retries,
+            http_client=httpx2.AsyncClient(transport=transport),
+        )
+
+    hello = [{"role": "user", "content": "hello"}]
+    with pytest.raises(openai.InternalServerError) as unavailable:
+        await sdk(0).chat.completions.create(model="smollm2", messages=hello)
+    assert (unavailable.value.status_code, unavailable.value.code) == (503, "unavailable")
+
+    asked = time.monotonic()
+    call = asyncio.ensure_future(sdk(1).chat.completions.create(model="smollm2", messages=hello))
+    await asyncio.sleep(0.5)  # the first try was refused; the SDK waits out Retry-After
+    await remote_site()
+    completion = await asyncio.wait_for(call, 10)
+    assert completion.choices[0].message.content == "Hi"
+    assert time.monotonic() - asked >= 0.3 + 1
