@@ -230,7 +230,9 @@ class OpenAIBackend(Backend):
                 self._send(item)
 
         try:
-            await stream_reply(self._client, self._card, self._tokenizer, request, report)
+            await stream_reply(
+                self._client, self._card, self._tokenizer, request, report, sampling=self.config.sampling
+            )
             self._tasks.pop(rid, None)
         except asyncio.CancelledError:
             raise

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import email.utils
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import httpx2
 import openai
 
 from generation.runtime.context import DEFAULT_REMOTE_CONTEXT_TOKENS
+from generation.runtime.sampling import SamplingDefaults
 
 # The context window when neither GENERATION_OPENAI_CONTEXT_TOKENS nor the
 # engine says; the console's bound on the reply budget assumes it too.
@@ -48,7 +49,10 @@ class RemoteConfig:
     """The GENERATION_OPENAI_* settings (README, settings table). `model` ""
     means the first model the engine lists; `context_tokens` 0 means what
     the engine reports, else DEFAULT_CONTEXT_TOKENS; `tokenizer` "" means
-    the bundled model's folder. Timeouts are in seconds."""
+    the bundled model's folder. Timeouts are in seconds. `sampling`: the
+    operator's GENERATION_TEMPERATURE and the like (a partial layer); what a
+    request and the operator leave unset is not sent, so that the engine
+    applies its own defaults (vLLM: the model's generation config)."""
 
     base_url: str
     api_key: str = ""
@@ -57,6 +61,7 @@ class RemoteConfig:
     tokenizer: str = ""
     connect_timeout_s: float = 5.0
     read_timeout_s: float = 120.0
+    sampling: SamplingDefaults = field(default_factory=lambda: SamplingDefaults.partial("settings"))
 
     @classmethod
     def from_settings(cls) -> RemoteConfig:
@@ -71,6 +76,13 @@ class RemoteConfig:
             tokenizer=settings.GENERATION_OPENAI_TOKENIZER,
             connect_timeout_s=settings.GENERATION_OPENAI_CONNECT_TIMEOUT_S,
             read_timeout_s=settings.GENERATION_OPENAI_READ_TIMEOUT_S,
+            sampling=SamplingDefaults.partial(
+                "settings",
+                temperature=settings.GENERATION_TEMPERATURE,
+                top_p=settings.GENERATION_TOP_P,
+                top_k=settings.GENERATION_TOP_K,
+                repetition_penalty=settings.GENERATION_REPETITION_PENALTY,
+            ),
         )
 
     def timeout(self) -> openai.Timeout:
