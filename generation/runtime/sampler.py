@@ -90,25 +90,32 @@ def pick(
     """The next token of every row ([rows] ids) from `logits` [rows, vocab].
 
     `params[i]` is row i's resolved SamplingParams; `generators[i]` its own
-    generator (it asked for a seed), else None: it draws from `shared`. A
-    seeded row's draw depends only on its own logits and generator, so it
-    samples the same tokens whatever else is in the batch."""
+    generator (it asked for a seed), else None: such rows draw together from
+    `shared`. A seeded row's draw depends only on its own logits and
+    generator, so it samples the same tokens whatever else is in the batch."""
     tokens = torch.argmax(logits, dim=-1)
     rows = [i for i, p in enumerate(params) if p.temperature > 0]
     if not rows:
         return tokens
     device = logits.device
     chosen = [params[i] for i in rows]
-    temperature = torch.tensor([p.temperature for p in chosen], device=device)
-    scaled = logits[torch.tensor(rows, device=device)].float() / temperature[:, None]
+    temperature = torch.tensor([p.temperature for p in chosen], device=device)[:, None]
+    picked = logits if len(rows) == len(params) else logits[torch.tensor(rows, device=device)]
+    scaled = picked.float() / temperature
     weights, columns, whole = _candidate_weights(scaled, chosen)
+    together = [j for j, i in enumerate(rows) if not whole[j] and generators[i] is None]
+    if together:
+        at = torch.tensor(together, device=device)
+        drawn = torch.multinomial(weights[at], 1, generator=shared)
+        tokens[torch.tensor([rows[j] for j in together], device=device)] = columns[at].gather(1, drawn)[:, 0]
     for j, i in enumerate(rows):
-        generator = generators[i] or shared
         if whole[j]:
             row_weights, row_columns = _whole_vocabulary(scaled[j], chosen[j])
-        else:
+        elif generators[i] is not None:
             row_weights, row_columns = weights[j], columns[j]
-        draw = torch.multinomial(row_weights, 1, generator=generator)[0]
+        else:
+            continue
+        draw = torch.multinomial(row_weights, 1, generator=generators[i] or shared)[0]
         tokens[i] = draw if row_columns is None else row_columns[draw]
     return tokens
 

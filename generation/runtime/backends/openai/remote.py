@@ -12,6 +12,7 @@ from __future__ import annotations
 import email.utils
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import httpx2
 import openai
@@ -50,9 +51,8 @@ class RemoteConfig:
     means the first model the engine lists; `context_tokens` 0 means what
     the engine reports, else DEFAULT_CONTEXT_TOKENS; `tokenizer` "" means
     the bundled model's folder. Timeouts are in seconds. `sampling`: the
-    operator's GENERATION_TEMPERATURE and the like (a partial layer); what a
-    request and the operator leave unset is not sent, so that the engine
-    applies its own defaults (vLLM: the model's generation config)."""
+    operator's GENERATION_TEMPERATURE and the like (a partial layer), which
+    win over the model's generation config (`sampling_defaults`)."""
 
     base_url: str
     api_key: str = ""
@@ -122,6 +122,21 @@ def load_tokenizer(config: RemoteConfig):
     tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
     prepare_tokenizer(tokenizer)
     return tokenizer
+
+
+def sampling_defaults(config: RemoteConfig) -> SamplingDefaults:
+    """The values a request that chose nothing is sent with, as the local
+    backend fills them: the operator's (`config.sampling`), else the served
+    model's generation config in the tokenizer's folder (often the whole
+    model folder), else chatsite's fallback; so the bundled SmolLM2 samples
+    alike through either backend, where vLLM alone would take OpenAI's
+    temperature 1 for a model whose config says nothing. Blocking (reads
+    JSON; may write the bundled model's cache): called in a thread."""
+    from generation.runtime.modelconfig import folder_defaults
+    from generation.runtime.sampling import FALLBACK
+
+    folder = config.tokenizer or bundled_tokenizer_folder()
+    return config.sampling.layered(folder_defaults(Path(folder)), FALLBACK)
 
 
 def bundled_tokenizer_folder() -> str:

@@ -121,8 +121,8 @@ async def stream_reply(
     not a chat-completion stream. Cancelling the task
     closes the HTTP stream, which makes vLLM and Ollama abort the sequence.
     """
-    # What the request and the operator (`sampling`) leave unset is not sent:
-    # the engine applies its own defaults (vLLM: the model's generation config).
+    # What the request leaves unset takes `sampling`, the backend's defaults
+    # (generation.runtime.backends.openai.remote.sampling_defaults).
     params = request.params.resolved(sampling) if sampling else request.params
     # Tokenising a long conversation takes milliseconds to tens of them: off the loop.
     messages, prompt = await asyncio.to_thread(
@@ -138,10 +138,12 @@ async def stream_reply(
     for name in ("temperature", "top_p"):
         if getattr(params, name) is not None:
             extra[name] = getattr(params, name)
-    # Not OpenAI's; vLLM, SGLang and TGI read them from the body.
-    for name in ("top_k", "repetition_penalty"):
-        if getattr(params, name) is not None:
-            extra.setdefault("extra_body", {})[name] = getattr(params, name)
+    # Not OpenAI's: vLLM and SGLang read them from the body. Off (top_k 0, a
+    # penalty of 1) is every engine's default, so it is not sent at all.
+    if params.top_k:
+        extra.setdefault("extra_body", {})["top_k"] = params.top_k
+    if params.repetition_penalty not in (None, 1.0):
+        extra.setdefault("extra_body", {})["repetition_penalty"] = params.repetition_penalty
     stream = await client.chat.completions.create(
         model=card.model,
         messages=messages,
