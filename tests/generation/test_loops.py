@@ -1,6 +1,8 @@
 """The loop stop: a reply that writes the same span over and over ends with
 finish reason "repetition"; repetitive but legitimate answers do not."""
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -8,7 +10,7 @@ from generation.runtime.engine import SamplingParams, make_engine
 from generation.runtime.loading import shared_model
 from generation.runtime.loops import MIN_LOOP_TOKENS, would_cut
 from generation.runtime.prompt import encode_conversation
-from generation.runtime.types import FinishReason
+from generation.runtime.types import Done, FinishReason
 from generation.runtime.worker import stop_token_ids
 
 
@@ -65,6 +67,14 @@ class Looping(torch.nn.Module):
         self.following = {a: b for a, b in zip(cycle, cycle[1:] + cycle[:1], strict=True)}
         self.start = cycle[0]
 
+    @property
+    def config(self):
+        return self.inner.config
+
+    @property
+    def generation_config(self):
+        return self.inner.generation_config
+
     def forward(self, input_ids, **kwargs):
         output = self.inner(input_ids=input_ids, **kwargs)
         for row, token in enumerate(input_ids[:, -1].tolist()):
@@ -96,3 +106,18 @@ def test_repetition_is_length_to_openai_clients():
     """The API sends only OpenAI's reasons: a cut loop is an answer cut short."""
     assert FinishReason.REPETITION.openai_name == "length"
     assert [reason.openai_name for reason in (FinishReason.STOP, FinishReason.LENGTH)] == ["stop", "length"]
+
+
+async def test_the_service_ends_a_looping_reply_with_repetition(loaded, make_service):
+    """Through the model thread: the reply ends early with finish reason
+    "repetition", keeps the text it wrote, and frees its slot."""
+    cycle = ids(loaded, " Short blue light scatters more in the air above us.")[:10]
+    looping = dataclasses.replace(loaded, model=Looping(loaded.model, cycle))
+    service = await make_service(load=lambda: looping, max_new_tokens=400)
+    handle = service.submit(user_id=1, messages=[{"role": "user", "content": "Why is the sky blue?"}])
+    events = [event async for event in handle]
+    done = events[-1]
+    assert isinstance(done, Done) and done.finish_reason is FinishReason.REPETITION
+    assert done.usage.completion_tokens == 70
+    assert done.text == loaded.tokenizer.decode(cycle * 7)
+    assert not service.running
