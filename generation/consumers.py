@@ -47,7 +47,8 @@ def _store_user_message(user, conversation_id, content):
         )
     except Conversation.DoesNotExist:
         raise events.ClientError(ErrorCode.NOT_FOUND) from None
-    return message.conversation_id, message.pk, history
+    # The conversation's sampling choice (None: the site's default), as read with it.
+    return message.conversation_id, message.pk, history, message.conversation.temperature
 
 
 _start_reply = database_sync_to_async(services.assistant_message_start)
@@ -144,7 +145,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         """Store the user's message, then ask for a reply and forward its events."""
         if self.reply is not None and not self.reply.done():
             raise events.ClientError(ErrorCode.BUSY)
-        conversation_id, message_id, history = await _store_user_message(
+        conversation_id, message_id, history, temperature = await _store_user_message(
             self.user, command.conversation, command.content
         )
         if not self.user.is_authenticated:
@@ -152,6 +153,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         handle = get_service().submit(
             user_id=self.user.pk,
             messages=history,
+            temperature=temperature,
             meta={"conversation": conversation_id, "message": message_id, "user": self.user.get_username()},
         )
         # The task is made before anything is sent: from here on, a reader

@@ -176,6 +176,8 @@ async def chat_completions(request):
         api_key_id=api_key.pk,
         stop=body.stop,
         seed=body.seed,
+        top_k=body.top_k,
+        repetition_penalty=body.repetition_penalty,
     )
     call = ApiCall(handle, api_key)
     # However this request ends (an answer, a disconnect that cancels this
@@ -238,7 +240,7 @@ async def answer(call: ApiCall, event, completion_id: str, model: str) -> dict:
         created=int(time.time()),
         model=model,
         text=event.text,
-        finish_reason=str(event.finish_reason),
+        finish_reason=event.finish_reason.openai_name,
         counts=event.usage,
     )
 
@@ -266,7 +268,7 @@ async def stream(call: ApiCall, event, chunks: sse.Chunks):
             elif isinstance(event, Done) and event.finish_reason is not FinishReason.CANCELLED:
                 if not role_sent:
                     yield chunks.role()
-                yield chunks.finish(str(event.finish_reason))
+                yield chunks.finish(event.finish_reason.openai_name)
                 if chunks.include_usage:
                     yield chunks.usage(event.usage)
                 yield sse.DONE

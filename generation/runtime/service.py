@@ -142,14 +142,16 @@ class GenerationService(ReportsMixin):
         user_id: int | str,
         messages: list[dict],
         max_new_tokens: int | None = None,
-        temperature: float = 0.0,
-        top_p: float = 1.0,
+        temperature: float | None = None,
+        top_p: float | None = None,
         meta: dict[str, object] | None = None,
         ignore_eos: bool = False,
         source: RequestSource = RequestSource.CHAT,
         api_key_id: int | None = None,
         stop: tuple[str, ...] = (),
         seed: int | None = None,
+        top_k: int | None = None,
+        repetition_penalty: float | None = None,
     ) -> GenerationHandle:
         """Queue a reply to `messages` for `user_id` and return its handle.
 
@@ -158,8 +160,10 @@ class GenerationService(ReportsMixin):
         benchmarks that need replies of a fixed length. `source` picks the
         per-user limit: a person's requests of each source are counted apart,
         against `Limits.max_active_for(source)`; `api_key_id` is kept for the
-        record. `stop` (at most 4 strings) and `seed` are as SamplingParams
-        describes them; ValueError for malformed ones.
+        record. `stop` (at most 4 strings), `seed` and the sampling values
+        (`temperature`, `top_p`, `top_k`, `repetition_penalty`; None: the
+        default, generation.runtime.sampling) are as SamplingParams describes
+        them; ValueError for malformed ones.
         """
         new_tokens = min(max_new_tokens or self.limits.max_new_tokens, self.limits.max_new_tokens)
         params = SamplingParams(
@@ -169,6 +173,8 @@ class GenerationService(ReportsMixin):
             ignore_eos=ignore_eos,
             stop=tuple(stop),
             seed=seed,
+            top_k=top_k,
+            repetition_penalty=repetition_penalty,
         )
         request = GenerationRequest(
             user_id=user_id,
