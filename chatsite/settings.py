@@ -227,9 +227,6 @@ GENERATION_DEVICE = os.environ.get("GENERATION_DEVICE", "auto")
 # 0 keeps torch's default (every core); set cores / processes when several
 # processes share a host.
 GENERATION_TORCH_THREADS = env_int("GENERATION_TORCH_THREADS", 0)
-# CPython's GIL switch interval in a process that runs the model thread, in
-# milliseconds (sys.setswitchinterval); unset keeps Python's (5 ms).
-GENERATION_SWITCH_INTERVAL_MS = env_float("GENERATION_SWITCH_INTERVAL_MS", 0)
 GENERATION_CACHE_DIR = Path(
     os.environ.get("GENERATION_CACHE_DIR", Path.home() / ".cache" / "chatsite" / "models")
 )

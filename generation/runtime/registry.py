@@ -12,7 +12,6 @@ imports them.
 """
 
 import asyncio
-import sys
 from collections.abc import Callable
 
 from django.conf import settings
@@ -44,9 +43,7 @@ def configured_model_loader():
     It runs in the model thread, and first sets torch's thread count when
     GENERATION_TORCH_THREADS asks: with several processes on one host, each
     using every core, their threads fight over the cores and a decode step
-    gets many times slower. GENERATION_SWITCH_INTERVAL_MS sets the process's
-    GIL switch interval: how long the event loop may wait for the GIL while
-    the model thread runs Python between torch operations.
+    gets many times slower.
     """
 
     def load():
@@ -59,8 +56,6 @@ def configured_model_loader():
 
         if settings.GENERATION_TORCH_THREADS:
             torch.set_num_threads(settings.GENERATION_TORCH_THREADS)
-        if settings.GENERATION_SWITCH_INTERVAL_MS:
-            sys.setswitchinterval(settings.GENERATION_SWITCH_INTERVAL_MS / 1000)
         return shared_model(
             settings.GENERATION_MODEL, settings.GENERATION_DEVICE, settings.GENERATION_CACHE_DIR
         )

@@ -1,7 +1,5 @@
 """Model loading: clear errors, the GGUF weight cache, the bundled model."""
 
-import sys
-
 import pytest
 import torch
 
@@ -14,7 +12,6 @@ from generation.runtime.loading import (
     resolve_device,
     resolve_source,
 )
-from generation.runtime.registry import configured_model_loader
 
 
 def test_default_is_the_bundled_gguf():
@@ -64,17 +61,3 @@ def test_real_model_knows_the_capital_of_france(real_model):
         ids, attention_mask=torch.ones_like(ids), max_new_tokens=20, do_sample=False
     )
     assert "Paris" in real_model.tokenizer.decode(output[0, ids.shape[1] :])
-
-
-def test_switch_interval_setting_applies_when_the_model_loads(tiny_model, settings):
-    """GENERATION_SWITCH_INTERVAL_MS sets the process's GIL switch interval
-    (seconds in sys) when the model thread loads the model; unset leaves it."""
-    before = sys.getswitchinterval()
-    try:
-        configured_model_loader()()
-        assert sys.getswitchinterval() == before
-        settings.GENERATION_SWITCH_INTERVAL_MS = 0.5
-        configured_model_loader()()
-        assert sys.getswitchinterval() == pytest.approx(0.0005)
-    finally:
-        sys.setswitchinterval(before)
