@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 
 from redis.exceptions import RedisError
@@ -172,6 +173,7 @@ class SiteQueue:
         if not self.active or not self._waiting_here(request) or request.id in self.tickets:
             return  # the service's own queue has it, it already ended, or a rejoin sent it
         service = self.service
+        picked_at = time.time()  # for the DEBUG trace below
         result = await self.admission.enqueue(
             request.id,
             self.process,
@@ -189,7 +191,15 @@ class SiteQueue:
         if not self._waiting_here(request):  # cancelled or timed out meanwhile
             self.ended(request)
         elif isinstance(result, Admitted):
+            answered_at = time.time()
             service.start_waiting(request)
+            if logger.isEnabledFor(logging.DEBUG):
+                # Where submit-to-start went (bench_chat --processes, issue #11).
+                logger.debug(
+                    "admitted %s: hop %.3f ms, enqueue %.3f ms, start %.3f ms",
+                    *(request.id, (picked_at - request.enqueued_at) * 1000),
+                    *((answered_at - picked_at) * 1000, (request.started_at - answered_at) * 1000),
+                )
         elif isinstance(result, Waiting):
             service.show_position(request, result.position, result.waiting)
 

@@ -149,7 +149,9 @@ async def run_api_level(bases: list[str], tokens: list[str], clients: int) -> di
         "queue_wait_p95_ms": None,
         "mean_reply_tokens": round(statistics.mean(r.completion_tokens for r in done), 1) if done else 0,
         "errors": {code: errors.count(code) for code in sorted(set(errors))},
+        "replies": len(done),
         "request_ids": [],
+        "_ttft_ms": ttfts,
     }
 
 

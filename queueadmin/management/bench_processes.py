@@ -1,11 +1,12 @@
 """The daphne processes of `bench_chat --processes N` (issue #11).
 
 That view measures what the site-wide queue costs a request: the command
-starts N daphne processes of its own on the configured database and Redis,
-once with the site queue (GENERATION_SITE_QUEUE=1, every process admitting
-through the same Redis keys) and once without (=0, each process its own
-queue and cap), and compares the time from submit to start that the
-services themselves stamp on each request. This module starts and stops
+starts N daphne processes of its own on the configured database and Redis
+with the site queue (GENERATION_SITE_QUEUE=1, every process admitting
+through the same Redis keys) and N more without it (=0, each process its
+own queue and cap), all at once so that `--rounds` can alternate between
+them, and compares the time from submit to start that the services
+themselves stamp on each request. This module starts and stops
 those processes and reads those times back from the records they write.
 """
 
@@ -121,3 +122,21 @@ def admission_ms(request_ids: list[str], *, timeout_s: float = RECORDS_TIMEOUT_S
         if len(found) >= len(set(request_ids)) or time.monotonic() > deadline:
             return list(found.values())
         time.sleep(0.5)
+
+
+def overhead_rows(rows: list[dict]) -> list[dict]:
+    """Per client count: the site queue's p50/p95 from submit to start minus
+    per-process admission's (ms), the overhead of global admission. Only the
+    WebSocket rows have samples (API answers carry no request id)."""
+    by = {(row["scope"], row["clients"]): row for row in rows if row.get("path", "ws") == "ws"}
+    overhead = []
+    for (scope, clients), site in by.items():
+        alone = by.get(("process", clients))
+        if scope != "site" or alone is None:
+            continue
+        differences = {}
+        for key in ("p50", "p95"):
+            ours, theirs = site[f"admission_{key}_ms"], alone[f"admission_{key}_ms"]
+            differences[f"overhead_{key}_ms"] = None if None in (ours, theirs) else round(ours - theirs, 3)
+        overhead.append({"clients": clients, **differences})
+    return overhead

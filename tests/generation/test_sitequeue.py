@@ -146,3 +146,18 @@ async def test_chat_goes_on_through_a_redis_outage(make_service, tmp_path, prefi
         first.cancel()
         assert isinstance(await next_of(second, Started), Started)
         second.cancel()
+
+
+async def test_debug_log_splits_submit_to_start(make_service, prefix, caplog):
+    """With the site queue's logger at DEBUG, a request that starts at once
+    logs where its submit-to-start went (hop, enqueue round trip, start), for
+    bench_chat --processes; in milliseconds, none negative."""
+    caplog.set_level("DEBUG", logger="generation.runtime.sitequeue")
+    service = await on_site(make_service, "redis://127.0.0.1:6379/0", prefix, "p0", max_concurrency=2)
+    handle = service.submit(user_id=1, messages=LONG)
+    assert isinstance(await next_of(handle, Started), Started)
+    [line] = [r.getMessage() for r in caplog.records if r.getMessage().startswith("admitted ")]
+    assert line.startswith(f"admitted {handle.request.id}: hop ")
+    hop, enqueue, start = (float(part.split()[-2]) for part in line.split(": ", 1)[1].split(", "))
+    assert min(hop, enqueue, start) >= 0
+    handle.cancel()

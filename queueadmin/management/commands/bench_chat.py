@@ -19,11 +19,16 @@ count, so every request finds a free slot and that time is admission
 alone), and the site queue's overhead: the difference of the two.
 
 With `--api` (issue #12) every client count also runs through the
-OpenAI-compatible API, right after the WebSocket run and with the same cap,
+OpenAI-compatible API, next to the WebSocket run and with the same cap,
 reply length and prompts (queueadmin.management.bench_api): one API key per
 bench user, made for the run and revoked afterwards. The table gains a
 `path` column (ws, api), and a second table gives both paths' aggregate
 tok/s and the API's over the WebSocket's.
+
+With `--rounds N` every client count is measured N times, the sides of the
+comparison (site/process, ws/api) in alternating order, and the figures are
+pooled over the rounds (queueadmin.management.bench_rounds), so that the
+machine's drift during a run costs both sides alike.
 """
 
 import asyncio
@@ -32,6 +37,7 @@ import secrets
 import statistics
 import time
 import urllib.parse
+from contextlib import ExitStack
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
@@ -46,7 +52,8 @@ from queueadmin.management.bench_api import (
     revoke_bench_api_keys,
     run_api_level,
 )
-from queueadmin.management.bench_processes import SCOPES, admission_ms, daphne_processes
+from queueadmin.management.bench_processes import SCOPES, admission_ms, daphne_processes, overhead_rows
+from queueadmin.management.bench_rounds import admission_summary, pool_rows, public, round_order
 from queueadmin.selectors import generation_settings_get
 from queueadmin.services import generation_settings_update
 
@@ -116,36 +123,11 @@ async def run_level(ws_urls: list[str], users: list[tuple[str, str]], clients: i
         if done
         else 0,
         "errors": {code: errors.count(code) for code in sorted(set(errors))},
+        "replies": len(done),
         "request_ids": [r.terminal["request"] for r in done],
+        "_ttft_ms": ttfts,
+        "_queue_wait_ms": waits,
     }
-
-
-def admission_summary(samples: list[float]) -> dict:
-    """p50/p95 of submit-to-start samples (ms), to the microsecond."""
-    summary = summarize(samples)
-    return {
-        "admission_p50_ms": None if summary["p50"] is None else round(summary["p50"], 3),
-        "admission_p95_ms": None if summary["p95"] is None else round(summary["p95"], 3),
-        "admission_samples": summary["count"],
-    }
-
-
-def overhead_rows(rows: list[dict]) -> list[dict]:
-    """Per client count: the site queue's p50/p95 from submit to start minus
-    per-process admission's (ms), the overhead of global admission. Only the
-    WebSocket rows have samples (API answers carry no request id)."""
-    by = {(row["scope"], row["clients"]): row for row in rows if row.get("path", "ws") == "ws"}
-    overhead = []
-    for (scope, clients), site in by.items():
-        alone = by.get(("process", clients))
-        if scope != "site" or alone is None:
-            continue
-        differences = {}
-        for key in ("p50", "p95"):
-            ours, theirs = site[f"admission_{key}_ms"], alone[f"admission_{key}_ms"]
-            differences[f"overhead_{key}_ms"] = None if None in (ours, theirs) else round(ours - theirs, 3)
-        overhead.append({"clients": clients, **differences})
-    return overhead
 
 
 class Command(BaseCommand):
@@ -176,12 +158,22 @@ class Command(BaseCommand):
             "--api",
             action="store_true",
             help="Also run each client count through POST /v1/chat/completions (streamed, one API "
-            "key per bench user, revoked afterwards), after the WebSocket run, and report both "
+            "key per bench user, revoked afterwards), next to the WebSocket run, and report both "
             "paths' aggregate tok/s and the API's over the WebSocket's.",
+        )
+        parser.add_argument(
+            "--rounds",
+            type=int,
+            default=1,
+            help="Measure each client count this many times, alternating the order of the sides "
+            "compared (site/process, ws/api: A B, B A, ...) so that drift costs both alike; the "
+            "figures are pooled over the rounds (each round's are in the JSON report).",
         )
         parser.add_argument("--json", dest="json_path", help="Write the results to this file.")
 
     def handle(self, *args, **options):
+        if options["rounds"] < 1:
+            raise CommandError("--rounds must be at least 1.")
         levels = [int(level) for level in options["clients"].split(",")]
         users = bench_users(max(*levels, options["warmup"], options["processes"]))
         keep = generation_settings_get().limits()
@@ -207,19 +199,31 @@ class Command(BaseCommand):
         generation_settings_update(user=None, limits=keep.replace(**values))
         time.sleep(SETTLE_S)
 
-    def run_levels(self, options, levels, users, keep, urls: list[str], **labels) -> list[dict]:
-        """Each client count in turn on `urls`, with the cap and reply length
-        of the options: through the chat socket, then (--api) through the API."""
+    def paths(self, options) -> list[str]:
+        """The paths measured: the chat socket, and the API with --api."""
+        return ["ws", "api"] if options["api"] else ["ws"]
+
+    def run_levels(self, options, levels, users, keep, sides: dict[str | None, list[str]]) -> list[dict]:
+        """Each client count in turn, with the cap and reply length of the
+        options, --rounds times: in each round every side (a scope's URLs;
+        None: the stack at --url) and path once, in round_order. One row per run, with its samples."""
         rows = []
         for level in levels:
             cap = options["cap"] or level
             self.set_limits(
                 keep, max_concurrency=cap, max_queue_size=max(level, 1), max_new_tokens=options["new_tokens"]
             )
-            for path in ("ws", "api") if options["api"] else ("ws",):
-                row = asyncio.run(self.run_path(path, urls, users, level))
-                rows.append({**labels, "path": path, **row, "cap": cap, "new_tokens": options["new_tokens"]})
-                self.stderr.write(f"  done: {level} clients ({path}): {row['aggregate_tok_s']} tok/s")
+            runs = [(scope, path) for scope in sides for path in self.paths(options)]
+            for index in range(options["rounds"]):
+                for scope, path in round_order(runs, index):
+                    row = asyncio.run(self.run_path(path, sides[scope], users, level))
+                    labels = {"scope": scope, "processes": options["processes"]} if scope else {}
+                    rows.append({**labels, "path": path, "round": index + 1, **row})
+                    rows[-1].update(cap=cap, new_tokens=options["new_tokens"])
+                    where = f"{scope}, {path}" if scope else path
+                    self.stderr.write(
+                        f"  round {index + 1}: {level} clients ({where}): {row['aggregate_tok_s']} tok/s"
+                    )
         return rows
 
     async def run_path(self, path: str, urls: list[str], users, clients: int) -> dict:
@@ -231,12 +235,20 @@ class Command(BaseCommand):
 
     def warm_up(self, options, urls: list[str], users, clients: int) -> None:
         """Untimed requests through each path the run measures."""
-        for path in ("ws", "api") if options["api"] else ("ws",):
+        for path in self.paths(options):
             asyncio.run(self.run_path(path, urls, users, clients))
 
-    def table_columns(self, options, columns: list[str]) -> list[str]:
-        """`columns`, with the path first when both paths are measured."""
-        return ["path", *columns] if options["api"] else columns
+    def report(self, options, rows: list[dict], columns: list[str]) -> dict:
+        """Print the pooled rows under `columns`; the report's results (pooled)
+        and, with several rounds, each round's rows."""
+        pooled = [public(row) for row in pool_rows(rows)]
+        if options["api"]:
+            columns.insert(2 if options["processes"] else 0, "path")
+        self.write_table([*columns, "rounds"], pooled)
+        report = {"rounds": options["rounds"], "results": pooled}
+        if options["rounds"] > 1:
+            report["per_round"] = [public(row) for row in rows]
+        return report
 
     def bench_url(self, options, levels, users, keep) -> dict:
         """The stack at --url (nginx in front of its processes)."""
@@ -244,42 +256,45 @@ class Command(BaseCommand):
         # model replica before any timed run.
         generation_settings_update(user=None, limits=keep.replace(max_new_tokens=8))
         self.warm_up(options, [options["url"]], users, min(options["warmup"], len(users)))
-        rows = self.run_levels(options, levels, users, keep, [options["url"]])
+        rows = self.run_levels(options, levels, users, keep, {None: [options["url"]]})
         for row in rows:
             row.pop("request_ids")
+            if not options["api"]:
+                row.pop("path")
         columns = ["clients", "cap", "aggregate_tok_s", "ttft_p50_ms", "ttft_p95_ms"]
         columns += ["queue_wait_p50_ms", "queue_wait_p95_ms", "mean_reply_tokens", "errors"]
-        self.write_table(self.table_columns(options, columns), rows)
-        return {"url": options["url"], "results": rows}
+        return {"url": options["url"], **self.report(options, rows, columns)}
 
     def bench_processes(self, options, levels, users, keep) -> dict:
-        """--processes N: N daphne processes of this command's own, clients
-        spread over them round-robin, each client count run with the site
-        queue and then with per-process admission."""
+        """--processes N: N daphne processes of this command's own per scope
+        (site queue, per-process admission), all started first, clients
+        spread over a scope's processes round-robin, the scopes alternated."""
         if not settings.REDIS_URL:
             raise CommandError(
                 "--processes needs REDIS_URL: the site queue and the settings go through Redis."
             )
         count = options["processes"]
-        rows = []
-        for scope in SCOPES:
-            with daphne_processes(count, scope=scope) as urls:
-                # Untimed, one or more per process: each loads its model and
-                # (site) makes its first calls to Redis before any timed run.
-                self.set_limits(keep, max_concurrency=max(count, keep.max_concurrency), max_new_tokens=8)
+        with ExitStack() as stack:
+            sides = {scope: stack.enter_context(daphne_processes(count, scope=scope)) for scope in SCOPES}
+            # Untimed, one or more per process: each loads its model and
+            # (site) makes its first calls to Redis before any timed run.
+            self.set_limits(keep, max_concurrency=max(count, keep.max_concurrency), max_new_tokens=8)
+            for urls in sides.values():
                 self.warm_up(options, urls, users, max(options["warmup"], count))
-                for row in self.run_levels(options, levels, users, keep, urls, scope=scope, processes=count):
-                    samples = admission_ms(row.pop("request_ids"))
-                    rows.append({**row, **admission_summary(samples)})
+            rows = self.run_levels(options, levels, users, keep, sides)
+            # While the processes live: each writes its records about every second.
+            for row in rows:
+                row["_admission_ms"] = admission_ms(row.pop("request_ids"))
+                row.update(admission_summary(row["_admission_ms"]))
+                if not options["api"]:
+                    row.pop("path")
         columns = ["scope", "processes", "clients", "cap", "aggregate_tok_s", "admission_p50_ms"]
-        columns += ["admission_p95_ms", "ttft_p50_ms", "ttft_p95_ms", "errors"]
-        if options["api"]:  # API replies carry no request id: no admission samples
-            columns.insert(2, "path")
-        self.write_table(columns, rows)
-        overhead = overhead_rows(rows)
+        columns += ["admission_p95_ms", "admission_samples", "ttft_p50_ms", "ttft_p95_ms", "errors"]
+        report = self.report(options, rows, columns)
+        overhead = overhead_rows(report["results"])
         self.stdout.write("")
         self.write_table(["clients", "overhead_p50_ms", "overhead_p95_ms"], overhead)
-        return {"processes": count, "results": rows, "overhead": overhead}
+        return {"processes": count, **report, "overhead": overhead}
 
     def write_table(self, columns: list[str], rows: list[dict]) -> None:
         self.stdout.write(" | ".join(columns))
