@@ -173,7 +173,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         any (`attached`, then its usual frames), else say `idle`."""
         await _check_owner(self.user, conversation_id)
         reply = replies.find(user_id=self.user.pk, conversation_id=conversation_id)
-        if reply is None or reply.ended:
+        if reply is None:  # (one that is ending still sends its last frame)
             await self.emit(events.idle(conversation_id))
             return
         if self.busy() and self.live is not reply:

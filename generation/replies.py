@@ -84,7 +84,8 @@ class LiveReply:
         self.user_id = user_id
         self.conversation_id = conversation_id
         self.question_id = question_id
-        self.reply_id: int | None = None
+        self.reply_id: int | None = None  # its row, until its end is saved
+        self.message_id: int | None = None  # its row, for good
         self.parts: list[str] = []
         self.position: tuple[int, int] | None = None
         self.ended = False  # the terminal event arrived
@@ -129,9 +130,9 @@ class LiveReply:
             self.handle.id,
             conversation=self.conversation_id,
             user_message=self.question_id,
-            message=self.reply_id,
+            message=self.message_id,
             text="".join(self.parts),
-            position=self.position if self.reply_id is None else None,
+            position=self.position if self.message_id is None else None,
         )
 
     def detach(self, socket) -> None:
@@ -230,7 +231,7 @@ class LiveReply:
         except Conversation.DoesNotExist:  # deleted while it waited
             self._conversation_gone(self.conversation_id)
             return
-        self.reply_id = reply.pk
+        self.reply_id = self.message_id = reply.pk
         self.position = None
         self._saved_at = time.monotonic()
         await self._send(events.started(self.handle.id, reply.pk))
