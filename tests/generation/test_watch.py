@@ -69,7 +69,9 @@ async def test_a_reply_waiting_for_its_page_stops_at_a_logout_or_a_delete(servic
         await wait_for(lambda: not any(r.user_id == alice.pk for r in service.running.values()), timeout=1.5)
         if ending == "logout":
             reply = await wait_for(
-                lambda pk=started["message"]: Message.objects.filter(pk=pk, status=Message.Status.CANCELLED).afirst()
+                lambda pk=started["message"]: Message.objects.filter(
+                    pk=pk, status=Message.Status.CANCELLED
+                ).afirst()
             )
             assert reply.content
 
