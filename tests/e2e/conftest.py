@@ -27,7 +27,7 @@ DAPHNE_PORTS = (18001, 18002)
 REDIS_PORT = 16380
 DATABASE = "chatsite_e2e"
 PASSWORD = "e2e-pass-4821"
-USERS = [f"user{index}" for index in range(1, 61)]
+USERS = [f"user{index}" for index in range(1, 72)]
 
 CREATE_USERS = f"""
 from django.contrib.auth import get_user_model

@@ -106,7 +106,7 @@ async def test_reloads_through_nginx_reattach_to_the_reply(stack, long_replies):
     """Each new socket of a session reaches the same process through nginx,
     so a page reloaded mid-reply, again and again, re-attaches: it gets the
     text so far and the rest live; Stop from the last one ends it."""
-    cookie = await asyncio.to_thread(login, stack.url, "user61", PASSWORD)
+    cookie = await asyncio.to_thread(login, stack.url, "user71", PASSWORD)
     socket = await ChatSocket.open(stack.ws_url, cookie, origin=stack.url)
     await socket.send(LONG)
     first = await events_until(socket, {"token"})
@@ -146,7 +146,7 @@ async def test_killed_process_clients_reconnect_and_replies_end_interrupted(stac
     # nginx sends each session's sockets to one process, chosen by a hash of
     # its cookie: people are added until both processes have some.
     sockets, replies, workers = [], {}, {}
-    for index in range(51, 61):
+    for index in range(61, 71):
         if len(sockets) >= 4 and set(workers.values()) == {"daphne-1", "daphne-2"}:
             break
         [socket] = await open_sockets(stack, [f"user{index}"])
