@@ -165,3 +165,25 @@ async def test_a_reply_is_interrupted_with_its_text_so_far_when_the_process_stop
 async def _stored(message_id, status):
     row = await Message.objects.aget(pk=message_id)
     return row if row.status == status else None
+
+
+async def test_a_queued_request_nobody_comes_back_for_leaves_the_queue_marked(
+    service, alice, bob, connect_as, settings
+):
+    """Closing the page while queued: after the grace the request leaves the
+    queue and its question is stored cancelled (shown unanswered, with Retry),
+    never left without a status."""
+    settings.GENERATION_REATTACH_GRACE_S = 0.3
+    service.update_limits(service.limits.replace(max_concurrency=1, max_new_tokens=4000))
+    other, page = await connect_as(bob), await connect_as(alice)
+    await other.send_json_to(send_frame())
+    await receive_until(other, "started")
+    await page.send_json_to(send_frame("me next"))
+    question = (await receive_until(page, "queued"))[0]["user_message"]
+    await page.disconnect(timeout=TIMEOUT)
+    assert any(r.user_id == alice.pk for r in service.queue)  # its place is kept for now
+    row = await wait_for(lambda: _stored(question, Message.Status.CANCELLED), timeout=3)
+    assert row.error_code == ""
+    assert not any(r.user_id == alice.pk for r in service.queue)
+    await other.send_json_to({"type": "cancel"})
+    await receive_until(other, "done")
