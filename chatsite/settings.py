@@ -62,6 +62,22 @@ def env_float(name: str, default: float, minimum: float = 0) -> float:
     return number
 
 
+def env_number_in(name: str, low: float, high: float, *, integer: bool = False) -> float | int | None:
+    """Read an optional number variable from `low` to `high` (None when unset
+    or empty), failing loudly on anything else; `integer` for a whole number."""
+    value = os.environ.get(name)
+    if value is None or value.strip() == "":
+        return None
+    try:
+        number = int(value) if integer else float(value)
+    except ValueError:
+        kind = "an integer" if integer else "a number"
+        raise ImproperlyConfigured(f"{name} must be {kind}, not {value!r}") from None
+    if not low <= number <= high:  # also refuses nan
+        raise ImproperlyConfigured(f"{name} must be from {low:g} to {high:g}, not {value!r}")
+    return number
+
+
 def env_http_url(name: str, default: str = "", *, key_variable: str = "") -> str:
     """Read an http:// or https:// URL variable, such as a server's base URL.
 
@@ -230,6 +246,12 @@ GENERATION_TORCH_THREADS = env_int("GENERATION_TORCH_THREADS", 0)
 GENERATION_CACHE_DIR = Path(
     os.environ.get("GENERATION_CACHE_DIR", Path.home() / ".cache" / "chatsite" / "models")
 )
+# Sampling defaults (README, "Sampling"): unset means the model's own
+# generation config, else chatsite's fallback (generation.runtime.sampling).
+GENERATION_TEMPERATURE = env_number_in("GENERATION_TEMPERATURE", 0, 2)
+GENERATION_TOP_P = env_number_in("GENERATION_TOP_P", 0.01, 1)
+GENERATION_TOP_K = env_number_in("GENERATION_TOP_K", 0, 1_000_000, integer=True)
+GENERATION_REPETITION_PENALTY = env_number_in("GENERATION_REPETITION_PENALTY", 1, 2)
 GENERATION_MAX_CONCURRENCY = env_int("GENERATION_MAX_CONCURRENCY", 4)
 GENERATION_MAX_QUEUE = env_int("GENERATION_MAX_QUEUE", 32)
 GENERATION_MAX_NEW_TOKENS = env_int("GENERATION_MAX_NEW_TOKENS", 512)

@@ -32,9 +32,10 @@ CANCEL_FRAME_MAX_CHARS = 256
 
 
 @database_sync_to_async
-def _store_question(user, command) -> tuple[int, int, list[dict]]:
+def _store_question(user, command) -> tuple[int, int, list[dict], float | None]:
     """Store what a send, regenerate or edit asks; (conversation id, question
-    id, history for the model). Refusals become the person's error codes."""
+    id, history for the model, the conversation's temperature). Refusals
+    become the person's error codes."""
     try:
         if isinstance(command, events.Send):
             message, history = services.user_message_create(
@@ -59,7 +60,8 @@ def _store_question(user, command) -> tuple[int, int, list[dict]]:
         raise events.ClientError(ErrorCode.BUSY) from None
     except text.TextRefused as refused:
         raise events.ClientError(ErrorCode.INVALID, str(refused)) from None
-    return message.conversation_id, message.pk, history
+    # The conversation's sampling choice (None: the site's default), as read with it.
+    return message.conversation_id, message.pk, history, message.conversation.temperature
 
 
 @database_sync_to_async
@@ -149,12 +151,13 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             raise events.ClientError(ErrorCode.BUSY)
         # The person's replies whose pages are gone must not make them busy.
         await replies.acancel_orphans(user_id=self.user.pk)
-        conversation_id, question_id, history = await _store_question(self.user, command)
+        conversation_id, question_id, history, temperature = await _store_question(self.user, command)
         if not self.user.is_authenticated:
             return  # revoked while storing: the message is kept, no reply is asked for
         handle = get_service().submit(
             user_id=self.user.pk,
             messages=history,
+            temperature=temperature,
             meta={"conversation": conversation_id, "message": question_id, "user": self.user.get_username()},
         )
         # Attached before anything is sent: from here on, a reader that goes

@@ -1,12 +1,19 @@
 """Conversations and their messages, as the chat stores them."""
 
 from django.conf import settings
+from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.utils.crypto import salted_hmac
 
+from generation.runtime.sampling import TEMPERATURE_RANGE
+
 
 class Conversation(models.Model):
-    """One chat thread of one user, titled from its first message."""
+    """One chat thread of one user, titled from its first message.
+
+    `temperature` is the person's choice for this conversation's replies
+    (TEMPERATURE_RANGE, 0 is greedy); None takes the site's default
+    (generation.runtime.sampling: the model's generation config)."""
 
     owner = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="conversations"
@@ -16,6 +23,11 @@ class Conversation(models.Model):
     # Set explicitly by the services when a message arrives, so that the
     # sidebar orders by activity rather than by the last rename.
     updated = models.DateTimeField(auto_now_add=True, db_index=True)
+    temperature = models.FloatField(
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(TEMPERATURE_RANGE[0]), MaxValueValidator(TEMPERATURE_RANGE[1])],
+    )
 
     class Meta:
         ordering = ["-updated", "-id"]

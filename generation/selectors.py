@@ -89,11 +89,12 @@ def message_serialize(message: Message) -> dict:
 
 
 def conversation_serialize(conversation: Conversation) -> dict:
-    """A conversation's sidebar entry."""
+    """A conversation's sidebar entry; `temperature` is null for the site's default."""
     return {
         "id": conversation.pk,
         "title": conversation.title or "New chat",
         "updated": conversation.updated.isoformat(),
+        "temperature": conversation.temperature,
     }
 
 

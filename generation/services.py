@@ -18,6 +18,7 @@ from django.utils import timezone
 
 from generation import selectors, text, watch
 from generation.models import ApiKey, Conversation, Message
+from generation.runtime.sampling import check_sampling
 from generation.runtime.types import Timings, Usage
 
 TITLE_CHARS = 60
@@ -67,6 +68,21 @@ def conversation_rename(*, conversation: Conversation, title: str) -> Conversati
     if not Conversation.objects.filter(pk=conversation.pk).update(title=title):
         raise Conversation.DoesNotExist("The conversation was deleted.")
     conversation.title = title
+    return conversation
+
+
+@transaction.atomic
+def conversation_set_temperature(*, conversation: Conversation, temperature: float | None) -> Conversation:
+    """Set the temperature of the conversation's next replies (0 to 2; 0 is
+    greedy), or None for the site's default. Replies already running keep
+    theirs. Raises ValueError (nothing saved) for anything else, bool
+    included, and Conversation.DoesNotExist when the conversation was
+    deleted meanwhile."""
+    check_sampling(temperature=temperature)
+    temperature = None if temperature is None else float(temperature)
+    if not Conversation.objects.filter(pk=conversation.pk).update(temperature=temperature):
+        raise Conversation.DoesNotExist("The conversation was deleted.")
+    conversation.temperature = temperature
     return conversation
 
 

@@ -17,6 +17,11 @@ urlpatterns = [
         name="conversation-rename",
     ),
     path(
+        "api/conversations/<int:conversation_id>/sampling/",
+        views.conversation_sampling,
+        name="conversation-sampling",
+    ),
+    path(
         "api/conversations/<int:conversation_id>/delete/",
         views.conversation_delete,
         name="conversation-delete",

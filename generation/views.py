@@ -113,6 +113,39 @@ def conversation_rename(request, conversation_id: int):
 
 @login_required_json
 @require_POST
+def conversation_sampling(request, conversation_id: int):
+    """Set how the conversation's next replies are sampled; the body is JSON
+    {"temperature": <0 to 2, 0 greedy> or null (the site's default)}.
+
+    Answers {"conversation": {...}} with the value in effect, or 400 with
+    {"error": "<sentence>"} when the body is not such an object or the value
+    is out of range; the conversation is then unchanged.
+    """
+    conversation = _own_conversation(request, conversation_id)
+    body = _json_body(request)
+    if not isinstance(body, dict) or "temperature" not in body:
+        return JsonResponse({"error": 'The request body must be JSON: {"temperature": 0.7}.'}, status=400)
+    try:
+        conversation = services.conversation_set_temperature(
+            conversation=conversation, temperature=body["temperature"]
+        )
+    except ValueError as error:
+        return JsonResponse({"error": f"{str(error).capitalize()}, or null for the default."}, status=400)
+    except Conversation.DoesNotExist:
+        raise Http404("No such conversation.") from None
+    return JsonResponse({"conversation": selectors.conversation_serialize(conversation)})
+
+
+def _json_body(request):
+    """The request's JSON body, or None when it is not UTF-8 JSON."""
+    try:
+        return json.loads(request.body.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        return None
+
+
+@login_required_json
+@require_POST
 def conversation_delete(request, conversation_id: int):
     """Delete a conversation and its messages."""
     services.conversation_delete(conversation=_own_conversation(request, conversation_id))

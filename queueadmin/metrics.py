@@ -62,7 +62,7 @@ GENERATION_TOKENS = Counter(
 )
 REQUEST_SUCCESS = Counter(
     "chatsite_request_success",
-    "Requests that ended with a reply, by finish_reason: stop, length or cancelled "
+    "Requests that ended with a reply, by finish_reason: stop, length, repetition (a loop cut short) or cancelled "
     "(vLLM's abort; a request cancelled while queued counts too).",
     ["finished_reason"],
     registry=REGISTRY,

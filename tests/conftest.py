@@ -9,6 +9,7 @@ Only the tests marked `real_model` load the bundled SmolLM2.
 import asyncio
 import contextlib
 import functools
+import json
 from pathlib import Path
 
 import pytest
@@ -48,8 +49,15 @@ def build_tiny_model(target: Path) -> Path:
     )
     torch.manual_seed(1234)
     model = LlamaForCausalLM(config)
+    # Its publisher's advice, as a real model folder states it: greedy, no
+    # repetition penalty. Tests that compare replies need them deterministic;
+    # tests of the defaults themselves (test_sampling_defaults) say otherwise.
     model.save_pretrained(target)
     tokenizer.save_pretrained(target)
+    # save_pretrained leaves out values equal to transformers' defaults.
+    config_path = target / "generation_config.json"
+    generation = json.loads(config_path.read_text())
+    config_path.write_text(json.dumps({**generation, "do_sample": False, "repetition_penalty": 1.0}))
     return target
 
 

@@ -9,7 +9,10 @@ on every call, Open WebUI sends `stream_options`. So:
   joined with newlines), `stream`, `stream_options.include_usage`,
   `max_completion_tokens` or the older `max_tokens` (the first wins; the
   service caps it at its own limit), `temperature`, `top_p`, `stop` (a string
-  or up to 4), `seed`. Each may be null, which means "not given".
+  or up to 4), `seed`, and vLLM's `top_k` (-1 or 0: off) and
+  `repetition_penalty` (1 to 2). Each may be null, which means "not given":
+  a sampling value not given takes the site's default, the same as the
+  chat's (the model's generation config; generation.runtime.sampling).
 - **Ignored**: `user`, `parallel_tool_calls`, `presence_penalty` and
   `frequency_penalty` at 0, `tools` with `tool_choice` "none", and every
   field this module does not name (as vLLM does).
@@ -43,9 +46,6 @@ MAX_STOP_STRINGS = 4
 MAX_STOP_CHARS = 256
 # OpenAI's seed is a signed 64-bit integer; torch.Generator takes the same.
 SEED_RANGE = (-(2**63), 2**63 - 1)
-# OpenAI's defaults, for a request that does not say.
-DEFAULT_TEMPERATURE = 1.0
-DEFAULT_TOP_P = 1.0
 
 
 @dataclass(frozen=True)
@@ -55,7 +55,8 @@ class ChatCompletionRequest:
     `messages` are {"role", "content"} dicts as the generation service takes
     them (roles system, user, assistant; content a string). `max_tokens` is
     the asked reply budget in tokens (None: the server's), `stop` up to four
-    non-empty strings, `seed` None for unseeded sampling.
+    non-empty strings, `seed` None for unseeded sampling; `temperature`,
+    `top_p`, `top_k` and `repetition_penalty` None for the site's default.
     """
 
     model: str
@@ -63,10 +64,12 @@ class ChatCompletionRequest:
     stream: bool = False
     include_usage: bool = False
     max_tokens: int | None = None
-    temperature: float = DEFAULT_TEMPERATURE
-    top_p: float = DEFAULT_TOP_P
+    temperature: float | None = None
+    top_p: float | None = None
     stop: tuple[str, ...] = ()
     seed: int | None = None
+    top_k: int | None = None
+    repetition_penalty: float | None = None
 
 
 def parse_chat_request(body: bytes, *, max_message_chars: int) -> ChatCompletionRequest:
@@ -86,11 +89,19 @@ def parse_chat_request(body: bytes, *, max_message_chars: int) -> ChatCompletion
         stream=stream,
         include_usage=include_usage,
         max_tokens=max_tokens,
-        temperature=_optional_number(data, "temperature", DEFAULT_TEMPERATURE, low=0.0, high=2.0),
-        top_p=_optional_number(data, "top_p", DEFAULT_TOP_P, low=0.0, high=1.0, low_open=True),
+        temperature=_optional_number(data, "temperature", None, low=0.0, high=2.0),
+        top_p=_optional_number(data, "top_p", None, low=0.0, high=1.0, low_open=True),
         stop=_stop(data.get("stop"), min(max_message_chars, MAX_STOP_CHARS)),
         seed=_optional_int(data, "seed", low=SEED_RANGE[0], high=SEED_RANGE[1]),
+        top_k=_top_k(data),
+        repetition_penalty=_optional_number(data, "repetition_penalty", None, low=1.0, high=2.0),
     )
+
+
+def _top_k(data: dict) -> int | None:
+    """vLLM's top_k: -1 and 0 both mean off (0 here)."""
+    top_k = _optional_int(data, "top_k", low=-1, high=1_000_000)
+    return 0 if top_k == -1 else top_k
 
 
 def _json_object(body: bytes) -> dict:
@@ -220,12 +231,12 @@ def _optional_int(data: dict, name: str, *, low: int, high: int | None = None) -
 def _optional_number(
     data: dict,
     name: str,
-    default: float,
+    default: float | None,
     *,
     low: float = -math.inf,
     high: float = math.inf,
     low_open: bool = False,
-) -> float:
+) -> float | None:
     value = data.get(name)
     if value is None:
         return default

@@ -18,7 +18,7 @@ def model_card(model_id: str, created: int) -> dict:
 
 
 def model_list(model_id: str, created: int) -> dict:
-    """GET /v1/models: the one served model; empty while its name is not known."""
+    """GET /v1/models: the one served model (none for an empty `model_id`)."""
     return {"object": "list", "data": [model_card(model_id, created)] if model_id else []}
 
 

@@ -10,7 +10,9 @@ cancel and records as a chat reply; no conversation is stored.
 Overload is answered before a stream starts where it can be: the view
 waits up to FIRST_EVENT_WAIT_S for the service's first word, so that a full
 queue is a 503 and the per-user limit a 429, each with Retry-After, which
-the `openai` SDK honours. A stream open while the request waits carries
+the `openai` SDK honours. Before a remote engine has named its model
+(first contact), a request waits for the name up to MODEL_NAME_WAIT_S,
+then 503 `unavailable`. A stream open while the request waits carries
 `: queued position=N waiting=M` comment lines whenever the place changes
 and at least every KEEPALIVE_S. A client that disconnects cancels its
 request, queued or running: Django cancels the view's task when the server
@@ -48,6 +50,10 @@ from generation.runtime.types import (
 # or refused) before its stream opens anyway; the site queue answers
 # within its Redis timeout, the process's own queue at once.
 FIRST_EVENT_WAIT_S = 5.0
+# How long a request waits for the served model's name while the backend has
+# not named it yet (the openai backend before the engine is first reached,
+# GENERATION_OPENAI_MODEL unset); then 503 unavailable. docs/api.md says so.
+MODEL_NAME_WAIT_S = 30.0
 # The longest a stream stays silent: a comment line goes out after this.
 KEEPALIVE_S = 10.0
 # The `created` of the model card: when this process started serving.
@@ -114,18 +120,32 @@ def served_model_id(service) -> str:
         return ""
 
 
+async def aserved_model_id(service) -> str:
+    """The served model's id (served_model_id); while the backend has not
+    named it yet (a remote engine not reached yet), waits for it up to
+    MODEL_NAME_WAIT_S without blocking the loop. Raises ApiError 503
+    `unavailable`, with Retry-After, if it is still not known then."""
+    model = served_model_id(service)
+    if not model:
+        await service.amodel_name(MODEL_NAME_WAIT_S)
+        model = served_model_id(service)
+    if not model:
+        raise errors.for_service_error(ErrorCode.UNAVAILABLE, "")
+    return model
+
+
 @api_view("GET")
 async def models(request):
     """GET /v1/models: the one served model (clients check a connection with it)."""
     await authenticate(request)
-    return JsonResponse(shapes.model_list(served_model_id(get_service()), SERVING_SINCE))
+    return JsonResponse(shapes.model_list(await aserved_model_id(get_service()), SERVING_SINCE))
 
 
 @api_view("GET")
 async def model_detail(request, model_id: str):
     """GET /v1/models/{id}: the served model's card, or 404 model_not_found."""
     await authenticate(request)
-    served = served_model_id(get_service())
+    served = await aserved_model_id(get_service())
     if model_id != served:
         raise _model_not_found(model_id)
     return JsonResponse(shapes.model_card(served, SERVING_SINCE))
@@ -142,9 +162,7 @@ async def chat_completions(request):
             f"The request body is larger than {settings.DATA_UPLOAD_MAX_MEMORY_SIZE} bytes."
         ) from None
     service = get_service()
-    model = served_model_id(service)
-    if not model:  # an engine not reached yet, whose model was not named
-        raise errors.for_service_error(ErrorCode.UNAVAILABLE, "")
+    model = await aserved_model_id(service)
     if body.model != model:
         raise _model_not_found(body.model)
     handle = service.submit(
@@ -158,6 +176,8 @@ async def chat_completions(request):
         api_key_id=api_key.pk,
         stop=body.stop,
         seed=body.seed,
+        top_k=body.top_k,
+        repetition_penalty=body.repetition_penalty,
     )
     call = ApiCall(handle, api_key)
     # However this request ends (an answer, a disconnect that cancels this
@@ -220,7 +240,7 @@ async def answer(call: ApiCall, event, completion_id: str, model: str) -> dict:
         created=int(time.time()),
         model=model,
         text=event.text,
-        finish_reason=str(event.finish_reason),
+        finish_reason=event.finish_reason.openai_name,
         counts=event.usage,
     )
 
@@ -248,7 +268,7 @@ async def stream(call: ApiCall, event, chunks: sse.Chunks):
             elif isinstance(event, Done) and event.finish_reason is not FinishReason.CANCELLED:
                 if not role_sent:
                     yield chunks.role()
-                yield chunks.finish(str(event.finish_reason))
+                yield chunks.finish(event.finish_reason.openai_name)
                 if chunks.include_usage:
                     yield chunks.usage(event.usage)
                 yield sse.DONE

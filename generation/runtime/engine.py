@@ -12,6 +12,10 @@ decoding; they differ in how many forward passes a step costs.
 - `InterleaveEngine` reproduces ChatStream's design, the benchmark baseline:
   each sequence has its own cache and a step runs one forward pass per
   sequence, round robin.
+
+Choosing tokens (repetition penalty, temperature, top-k, top-p) is
+generation.runtime.sampler's, for all rows of a step at once; a reply that
+loops is cut with finish reason "repetition" (generation.runtime.loops).
 """
 
 from dataclasses import dataclass, field
@@ -19,13 +23,16 @@ from dataclasses import dataclass, field
 import torch
 
 from generation.runtime.kvcache import GrowingCache
-from generation.runtime.sampling import SamplingParams
+from generation.runtime.loops import LoopDetector
+from generation.runtime.sampler import TokenHistory, penalise, pick
+from generation.runtime.sampling import SamplingDefaults, SamplingParams
 
 
 @dataclass(frozen=True)
 class TokenOutput:
-    """One token produced for one sequence; `finish_reason` is set ("stop" or
-    "length") when this token ends the sequence, which has then left the engine."""
+    """One token produced for one sequence; `finish_reason` is set ("stop",
+    "length" or "repetition") when this token ends the sequence, which has
+    then left the engine."""
 
     seq_id: str
     token_id: int
@@ -40,6 +47,7 @@ class _Sequence:
     cache: GrowingCache | None = None  # interleave only: the batch holds the rest
     length: int = 0  # tokens in this sequence's cache
     generator: torch.Generator | None = None  # its own, when it asked for a seed
+    loop: LoopDetector | None = None  # None with ignore_eos: benchmarks run to their length
 
 
 class Engine:
@@ -48,10 +56,20 @@ class Engine:
     Sampling draws from the engine's generator (seeded with `seed`), except
     for a sequence whose params carry a seed: it draws from a generator of
     its own, seeded with it, so that its reply depends only on its prompt,
-    its params and the model, not on what else runs in the batch."""
+    its params and the model, not on what else runs in the batch.
 
-    def __init__(self, model: torch.nn.Module, stop_token_ids: set[int], seed: int = 0):
+    `defaults` fill the sampling fields a request left at None (the worker
+    passes the model's; without, greedy and no penalty)."""
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        stop_token_ids: set[int],
+        seed: int = 0,
+        defaults: SamplingDefaults | None = None,
+    ):
         self.model = model
+        self.defaults = defaults or SamplingDefaults()
         self.device = next(model.parameters()).device
         self.stop_token_ids = frozenset(stop_token_ids)
         self.sequences: dict[str, _Sequence] = {}
@@ -63,14 +81,18 @@ class Engine:
     @torch.inference_mode()
     def add(self, seq_id: str, prompt_ids: list[int], params: SamplingParams) -> TokenOutput:
         """Prefill a new sequence and return its first token. The sequence takes
-        part in the following steps unless that token already finished it."""
+        part in the following steps unless that token already finished it.
+        Sampling fields left at None take the engine's defaults."""
+        params = params.resolved(self.defaults)
         cache = GrowingCache()
         input_ids = torch.tensor([prompt_ids], device=self.device)
         logits = self.model(input_ids=input_ids, past_key_values=cache, use_cache=True).logits
         sequence = _Sequence(seq_id, params, length=len(prompt_ids), generator=self._generator_for(params))
+        if not params.ignore_eos:
+            sequence.loop = LoopDetector(sequence.generated)
         self.sequences[seq_id] = sequence
         self._join(sequence, cache)
-        token = self._sample(logits[:, -1, :], [sequence])[0]
+        token = int(self._sample(logits[:, -1, :], [sequence])[0])
         return self._retire([self._record(sequence, token)])[0]
 
     def remove(self, *seq_ids: str) -> None:
@@ -106,6 +128,8 @@ class Engine:
             reason = "stop"
         elif len(sequence.generated) >= sequence.params.max_new_tokens:
             reason = "length"
+        elif sequence.loop is not None and sequence.loop.push():
+            reason = "repetition"
         return TokenOutput(sequence.seq_id, token, reason)
 
     def _retire(self, outputs: list[TokenOutput]) -> list[TokenOutput]:
@@ -125,37 +149,32 @@ class Engine:
         # manual_seed takes 64 bits; any integer seed maps onto them.
         return torch.Generator(device=self.device).manual_seed(params.seed % 2**64)
 
-    def _sample(self, logits: torch.Tensor, sequences: list[_Sequence]) -> list[int]:
-        """Pick the next token for each row of `logits` ([rows, vocab])."""
-        tokens = torch.argmax(logits, dim=-1)
-        for row, sequence in enumerate(sequences):
-            temperature = sequence.params.temperature
-            if temperature <= 0:
-                continue
-            generator = sequence.generator or self.generator
-            probs = torch.softmax(logits[row].float() / temperature, dim=-1)
-            top_p = sequence.params.top_p
-            if 0 < top_p < 1:
-                sorted_probs, order = torch.sort(probs, descending=True)
-                # Keep the smallest prefix whose mass reaches top_p (at least one token).
-                outside = torch.cumsum(sorted_probs, dim=-1) - sorted_probs > top_p
-                sorted_probs[outside] = 0
-                choice = torch.multinomial(sorted_probs, 1, generator=generator)
-                tokens[row] = order[choice]
-            else:
-                tokens[row] = torch.multinomial(probs, 1, generator=generator)[0]
-        return tokens.tolist()
+    def _sample(self, logits: torch.Tensor, sequences: list[_Sequence], seen=None) -> torch.Tensor:
+        """Pick the next token ([rows] ids) for each row of `logits` ([rows, vocab]), after
+        the repetition penalty of the rows that ask for one. `seen` [rows,
+        width] holds the rows' reply tokens when the caller keeps them as a
+        tensor (the batch does); else they are read from the sequences."""
+        penalties = [s.params.repetition_penalty for s in sequences]
+        if any(p != 1.0 for p in penalties) and any(s.generated for s in sequences):
+            if seen is None:
+                seen = TokenHistory().covering([s.generated or [0] for s in sequences], self.device)
+                penalties = [p if s.generated else 1.0 for p, s in zip(penalties, sequences, strict=True)]
+            factor = torch.tensor(penalties, device=self.device, dtype=logits.dtype)[:, None]
+            penalise(logits, seen, factor)  # in place: the logits are this step's own
+        generators = [s.generator for s in sequences]
+        return pick(logits, [s.params for s in sequences], generators, self.generator)
 
 
 class BatchedEngine(Engine):
     """Continuous batching: all running sequences share one left-padded KV
     cache and advance together in one forward pass per step."""
 
-    def __init__(self, model: torch.nn.Module, stop_token_ids: set[int], seed: int = 0):
-        super().__init__(model, stop_token_ids, seed)
+    def __init__(self, model: torch.nn.Module, stop_token_ids: set[int], seed: int = 0, defaults=None):
+        super().__init__(model, stop_token_ids, seed, defaults)
         self.cache: GrowingCache | None = None
         self.mask: torch.Tensor | None = None  # [rows, columns]; 0 marks left padding
         self.rows: list[str] = []
+        self.history = TokenHistory()  # the rows' reply tokens, while one asks for a penalty
 
     def _join(self, sequence: _Sequence, cache: GrowingCache) -> None:
         new_mask = torch.ones((1, sequence.length), dtype=torch.long, device=self.device)
@@ -175,7 +194,9 @@ class BatchedEngine(Engine):
         keep = [index for index, seq_id in enumerate(self.rows) if seq_id not in seq_ids]
         if not keep:
             self.cache, self.mask, self.rows = None, None, []
+            self.history.clear()
             return
+        self.history.keep(keep)
         self.rows = [self.rows[index] for index in keep]
         self.cache.batch_select_indices(torch.tensor(keep, device=self.device))
         self.mask = self.mask[keep]
@@ -204,7 +225,14 @@ class BatchedEngine(Engine):
             past_key_values=self.cache,
             use_cache=True,
         ).logits
-        tokens = self._sample(logits[:, -1, :], sequences)
+        seen = None
+        if any(s.params.repetition_penalty != 1.0 for s in sequences):
+            seen = self.history.covering([s.generated for s in sequences], self.device)
+        else:
+            self.history.clear()
+        chosen = self._sample(logits[:, -1, :], sequences, seen)
+        self.history.append(chosen)
+        tokens = chosen.tolist()
         outputs = []
         for sequence, token in zip(sequences, tokens, strict=True):
             sequence.length += 1
@@ -235,17 +263,20 @@ class InterleaveEngine(Engine):
                 use_cache=True,
             ).logits
             sequence.length += 1
-            outputs.append(self._record(sequence, self._sample(logits[:, -1, :], [sequence])[0]))
+            outputs.append(self._record(sequence, int(self._sample(logits[:, -1, :], [sequence])[0])))
         return self._retire(outputs)
 
 
 ENGINES = {"batched": BatchedEngine, "interleave": InterleaveEngine}
 
 
-def make_engine(strategy: str, model: torch.nn.Module, stop_token_ids: set[int]) -> Engine:
-    """Build the engine for a strategy name ("batched" or "interleave")."""
+def make_engine(
+    strategy: str, model: torch.nn.Module, stop_token_ids: set[int], defaults: SamplingDefaults | None = None
+) -> Engine:
+    """Build the engine for a strategy name ("batched" or "interleave"), with
+    the sampling `defaults` of requests that leave fields at None."""
     try:
-        return ENGINES[strategy](model, stop_token_ids)
+        return ENGINES[strategy](model, stop_token_ids, defaults=defaults)
     except KeyError:
         raise ValueError(f"Unknown generation strategy {strategy!r}; use one of {sorted(ENGINES)}.") from None
 

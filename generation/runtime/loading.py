@@ -16,12 +16,13 @@ import shutil
 import tempfile
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from generation.runtime.attention import use_gqa_attention
+from generation.runtime.modelconfig import model_defaults
 from generation.runtime.modelfolder import (
     CACHE_COMPLETE_MARKER,
     MARKER_TEXT,
@@ -29,6 +30,7 @@ from generation.runtime.modelfolder import (
     cached_folder,
     make_faithful,
 )
+from generation.runtime.sampling import SamplingDefaults
 from generation.runtime.source import (  # noqa: F401 - re-exported for callers of loading
     BUNDLED_PACKAGE,
     ModelLoadError,
@@ -50,6 +52,9 @@ class LoadedModel:
     device: torch.device
     load_seconds: float
     from_cache: bool
+    # The sampling values the model ships with (generation.runtime.modelconfig):
+    # a partial layer, None where it says nothing.
+    sampling: SamplingDefaults = field(default_factory=lambda: SamplingDefaults.partial("the model"))
 
 
 def resolve_device(setting: str) -> torch.device:
@@ -147,6 +152,7 @@ def load_model(
             f"Could not load the model from {source.folder}: {error}. "
             "Check GENERATION_MODEL (a Hugging Face model folder or a .gguf file)."
         ) from error
+    sampling = model_defaults(folder, source.folder / source.gguf_file if source.gguf_file else None)
     model.to(device)
     model.eval()
     use_gqa_attention(model)
@@ -158,7 +164,7 @@ def load_model(
         seconds,
         "weight cache hit" if from_cache else "no weight cache",
     )
-    return LoadedModel(model, tokenizer, source.label, device, seconds, from_cache)
+    return LoadedModel(model, tokenizer, source.label, device, seconds, from_cache, sampling)
 
 
 _loaded: dict[tuple, LoadedModel] = {}

@@ -18,6 +18,7 @@ from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 
 from generation.runtime.backends import Backend
+from generation.runtime.sampling import SamplingDefaults
 from generation.runtime.service import GenerationService
 from generation.runtime.types import BackendInfo, Limits
 
@@ -63,10 +64,23 @@ def configured_model_loader():
     return load
 
 
+def sampling_overrides() -> SamplingDefaults:
+    """The operator's sampling values (GENERATION_TEMPERATURE, GENERATION_TOP_P,
+    GENERATION_TOP_K, GENERATION_REPETITION_PENALTY): a partial layer that
+    wins over the model's own defaults; unset ones defer to the model."""
+    return SamplingDefaults.partial(
+        "settings",
+        temperature=settings.GENERATION_TEMPERATURE,
+        top_p=settings.GENERATION_TOP_P,
+        top_k=settings.GENERATION_TOP_K,
+        repetition_penalty=settings.GENERATION_REPETITION_PENALTY,
+    )
+
+
 def _local_backend() -> Backend:
     from generation.runtime.backends.local import LocalBackend
 
-    return LocalBackend(configured_model_loader())
+    return LocalBackend(configured_model_loader(), sampling=sampling_overrides())
 
 
 def _openai_backend() -> Backend:

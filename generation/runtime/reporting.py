@@ -71,6 +71,8 @@ class ReportsMixin:
             match report:
                 case BackendReady(info=info):
                     self.model_state, self.model_error, self.backend_info = ModelState.READY, "", info
+                    if info.model:
+                        self.model_named.set()
                     continue
                 case BackendFailed(message=message):
                     self._on_backend_failed(message)

@@ -14,6 +14,7 @@ must not block. Stop listeners let such companions end with the service.
 
 import asyncio
 import collections
+import contextlib
 import logging
 import os
 import socket
@@ -87,11 +88,26 @@ class GenerationService(ReportsMixin):
         self._tokens = collections.deque()  # (monotonic time, tokens) per report batch
         self._held_until = 0.0  # loop time before which nothing is admitted (engine busy)
         self._resume: asyncio.TimerHandle | None = None
+        # Set once the backend has named its model (a remote engine does so
+        # when first reached); awaited by `amodel_name`.
+        self.model_named = asyncio.Event()
+        if self.backend_info.model:
+            self.model_named.set()
 
     @property
     def model_name(self) -> str:
         """The backend's model, once known."""
         return self.backend_info.model
+
+    async def amodel_name(self, timeout_s: float) -> str:
+        """The backend's model name, waiting up to `timeout_s` seconds for
+        the backend to name it when it has not yet (a remote engine names
+        its model when it is first reached); "" if it was not named in time.
+        On the loop; the loop goes on meanwhile."""
+        if not self.model_name:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.model_named.wait(), timeout_s)
+        return self.model_name
 
     # Lifecycle ---------------------------------------------------------
 
@@ -126,14 +142,16 @@ class GenerationService(ReportsMixin):
         user_id: int | str,
         messages: list[dict],
         max_new_tokens: int | None = None,
-        temperature: float = 0.0,
-        top_p: float = 1.0,
+        temperature: float | None = None,
+        top_p: float | None = None,
         meta: dict[str, object] | None = None,
         ignore_eos: bool = False,
         source: RequestSource = RequestSource.CHAT,
         api_key_id: int | None = None,
         stop: tuple[str, ...] = (),
         seed: int | None = None,
+        top_k: int | None = None,
+        repetition_penalty: float | None = None,
     ) -> GenerationHandle:
         """Queue a reply to `messages` for `user_id` and return its handle.
 
@@ -142,8 +160,10 @@ class GenerationService(ReportsMixin):
         benchmarks that need replies of a fixed length. `source` picks the
         per-user limit: a person's requests of each source are counted apart,
         against `Limits.max_active_for(source)`; `api_key_id` is kept for the
-        record. `stop` (at most 4 strings) and `seed` are as SamplingParams
-        describes them; ValueError for malformed ones.
+        record. `stop` (at most 4 strings), `seed` and the sampling values
+        (`temperature`, `top_p`, `top_k`, `repetition_penalty`; None: the
+        default, generation.runtime.sampling) are as SamplingParams describes
+        them; ValueError for malformed ones.
         """
         new_tokens = min(max_new_tokens or self.limits.max_new_tokens, self.limits.max_new_tokens)
         params = SamplingParams(
@@ -153,6 +173,8 @@ class GenerationService(ReportsMixin):
             ignore_eos=ignore_eos,
             stop=tuple(stop),
             seed=seed,
+            top_k=top_k,
+            repetition_penalty=repetition_penalty,
         )
         request = GenerationRequest(
             user_id=user_id,

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 from generation.runtime.detokenizer import IncrementalDetokenizer
 from generation.runtime.prompt import PromptTooLong, build_prompt, prepare_tokenizer
+from generation.runtime.sampling import FALLBACK, SamplingDefaults
 from generation.runtime.types import (
     BackendFailed,
     BackendInfo,
@@ -75,9 +76,15 @@ class ModelWorker:
     """Owns the model thread, its engine, and one detokenizer per sequence."""
 
     def __init__(
-        self, load: Callable[[], "LoadedModel"], deliver: Callable[[list[Report]], None], strategy: str
+        self,
+        load: Callable[[], "LoadedModel"],
+        deliver: Callable[[list[Report]], None],
+        strategy: str,
+        overrides: SamplingDefaults | None = None,
     ):
         self._load = load
+        # The operator's GENERATION_* sampling values, over the model's own.
+        self._overrides = overrides or SamplingDefaults.partial("settings")
         self._deliver = deliver
         self._strategy = strategy
         self._wake = threading.Condition()
@@ -128,7 +135,9 @@ class ModelWorker:
             self._deliver([BackendFailed(message=f"The model could not be loaded: {error}")])
             return
         self.context_tokens = loaded.model.config.max_position_embeddings
-        engine = make_engine(self._strategy, loaded.model, stop_token_ids(loaded))
+        defaults = self._overrides.layered(loaded.sampling, FALLBACK)
+        logger.info("Sampling defaults of %s: %s", loaded.name, defaults.describe())
+        engine = make_engine(self._strategy, loaded.model, stop_token_ids(loaded), defaults)
         detokenizers: dict[str, IncrementalDetokenizer] = {}
         self.info = dataclasses.replace(LOCAL_INFO, model=loaded.name, context_tokens=self.context_tokens)
         self._deliver([BackendReady(info=self.info)])

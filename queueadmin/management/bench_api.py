@@ -2,9 +2,9 @@
 
 The same load as the WebSocket path, through POST /v1/chat/completions:
 one client per bench user, each with an API key of its own (made for the
-run and revoked after it), all sending their request at once, streamed, at
-temperature 0 as the chat does, so that both paths generate the same
-replies. The client is the `openai` package the openai backend already
+run and revoked after it), all sending their request at once, streamed,
+with no sampling values, so that the site's defaults apply as they do to
+the chat, and both paths sample alike. The client is the `openai` package the openai backend already
 uses, as the people who call the API would. Each client opens its
 connection (GET /v1/models) before the clock starts, as the WebSocket path
 opens its sockets first.
@@ -90,7 +90,6 @@ async def api_reply(client: openai.AsyncOpenAI, model: str, messages: list[dict]
             messages=messages,
             stream=True,
             stream_options={"include_usage": True},
-            temperature=0,
         )
         async for chunk in stream:
             if chunk.choices:

@@ -149,7 +149,7 @@ async def until_terminal(socket: ChatSocket, timeout: float = 180) -> dict:
 
 def test_reply_streams_is_stored_and_names_paris_as_the_local_backend_does(site):
     """A reply streams token by token from vLLM, is stored as complete, and at
-    temperature 0 names Paris, as the in-process model's reply does;
+    the site's sampling defaults names Paris, as the in-process model's reply does;
     `manage.py generate` answers the same through either backend."""
 
     async def ask():

@@ -27,13 +27,15 @@ def refused(**fields) -> ApiError:
     return caught.value
 
 
-def test_a_minimal_request_gets_openais_defaults():
-    """model and messages alone: not streamed, the server's budget, sampled
-    at temperature 1 and top_p 1 as OpenAI documents, no stop, no seed."""
+def test_a_minimal_request_leaves_sampling_to_the_site():
+    """model and messages alone: not streamed, the server's budget, no stop,
+    no seed, and every sampling value None: the site's defaults, the same as
+    the chat's (the model's generation config), rather than OpenAI's."""
     request = parse()
     assert request == ChatCompletionRequest(model="m", messages=HELLO)
     assert (request.stream, request.include_usage, request.max_tokens) == (False, False, None)
-    assert (request.temperature, request.top_p, request.stop, request.seed) == (1.0, 1.0, (), None)
+    assert (request.stop, request.seed) == ((), None)
+    assert (request.temperature, request.top_p, request.top_k, request.repetition_penalty) == (None,) * 4
 
 
 def test_every_used_field_is_read():
@@ -45,15 +47,23 @@ def test_every_used_field_is_read():
         top_p=0.5,
         stop=["\n\n", "END"],
         seed=-42,
+        top_k=20,
+        repetition_penalty=1.3,
     )
     assert request.stream and request.include_usage
     assert (request.max_tokens, request.temperature, request.top_p) == (7, 0.0, 0.5)
+    assert (request.top_k, request.repetition_penalty) == (20, 1.3)
     assert (request.stop, request.seed) == (("\n\n", "END"), -42)
 
 
 def test_max_completion_tokens_wins_over_max_tokens():
     assert parse(max_completion_tokens=5, max_tokens=9).max_tokens == 5
     assert parse(max_completion_tokens=None, max_tokens=9).max_tokens == 9
+
+
+def test_vllms_top_k_off_is_read_as_zero():
+    """vLLM's clients send top_k -1 for "off"; the engine's off is 0."""
+    assert parse(top_k=-1).top_k == 0
 
 
 def test_one_stop_string_is_a_tuple_of_one():
@@ -157,6 +167,10 @@ def test_what_this_server_cannot_do_is_refused(fields, param):
         ({"temperature": "hot"}, "temperature"),
         ({"top_p": 0}, "top_p"),
         ({"top_p": 1.5}, "top_p"),
+        ({"top_k": -2}, "top_k"),
+        ({"top_k": 1.5}, "top_k"),
+        ({"repetition_penalty": 0.9}, "repetition_penalty"),
+        ({"repetition_penalty": 2.5}, "repetition_penalty"),
         ({"stop": 7}, "stop"),
         ({"stop": ["a", 1]}, "stop"),
         ({"stop": ["a", "b", "c", "d", "e"]}, "stop"),

@@ -167,3 +167,25 @@ async def test_a_waiting_stream_repeats_its_place(service, bob, alice_token, mon
     blocker.cancel()
     await reader.until(b'data: {"id"')  # it started
     await reader.until(b"data: [DONE]")
+
+
+async def test_a_queue_timeout_is_a_503_or_an_error_event_once_streaming(service, bob, alice_token):
+    """While bob's long reply holds the only slot, alice's requests time out
+    in the queue: the whole answer is a 503 `queue_timeout` with Retry-After;
+    a stream, already open with its place, ends with an error event and
+    [DONE]. Both leave a record."""
+    records = records_of(service)
+    service.update_limits(service.limits.replace(max_concurrency=1, max_new_tokens=4000, queue_timeout_s=0.5))
+    blocker = service.submit(user_id=bob.pk, messages=[{"role": "user", "content": "hello"}])
+    model = views.served_model_id(service)
+    whole = await post(AsyncClient(), alice_token, model)
+    assert (whole.status_code, whole.json()["error"]["code"]) == (503, "queue_timeout")
+    assert whole["Retry-After"] == "10"
+
+    reader = StreamReader(await post(AsyncClient(), alice_token, model, stream=True))
+    events = await reader.until(b"data: [DONE]")
+    blocker.cancel()
+    assert events[0] == b": queued position=1 waiting=1"
+    assert json.loads(events[-2].removeprefix(b"data: "))["error"]["code"] == "queue_timeout"
+    api = [r.outcome for r in records if r.source is RequestSource.API]
+    assert api == [Outcome.TIMEOUT, Outcome.TIMEOUT]

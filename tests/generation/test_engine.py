@@ -5,6 +5,7 @@ import pytest
 from generation.runtime.engine import SamplingParams, make_engine
 from generation.runtime.loading import shared_model
 from generation.runtime.prompt import encode_conversation
+from generation.runtime.sampling import SamplingDefaults
 from generation.runtime.worker import stop_token_ids
 
 QUESTIONS = [
@@ -106,6 +107,41 @@ def test_a_seed_gives_the_same_reply_alone_and_in_a_batch(loaded):
     assert in_batch["2"] == alone
     other_seed = SamplingParams(max_new_tokens=16, temperature=1.0, seed=43)
     assert generate(loaded, "batched", [prompt_list[2]], params=[other_seed])[0]["0"] != alone
+
+
+def test_a_repetition_penalty_is_the_same_in_a_batch_as_alone(loaded):
+    """With the penalty on for some rows, every row gets exactly the tokens it
+    gets alone, while others join and leave the batch; rows without it get
+    what they got before the penalty existed; and it does change a reply
+    that repeated a token (the tiny model repeats one on "x y z")."""
+    prompt_list = prompts(loaded)
+    penalised = SamplingParams(max_new_tokens=40, repetition_penalty=1.3)
+    plain = SamplingParams(max_new_tokens=40)
+    mixed = [penalised if index % 2 else plain for index in range(len(prompt_list))]
+    alone = {
+        str(index): generate(loaded, "batched", [prompt], params=[mixed[index]])[0]["0"]
+        for index, prompt in enumerate(prompt_list)
+    }
+    together, _ = generate(loaded, "batched", prompt_list, join_every=3, params=mixed)
+    assert together == alone
+    interleaved, _ = generate(loaded, "interleave", prompt_list, params=mixed)
+    assert interleaved == alone
+    repeated = generate(loaded, "batched", [prompt_list[3]], params=[plain])[0]["0"]
+    assert len(set(repeated)) < len(repeated)
+    assert alone["3"] != repeated
+    assert len(set(alone["3"])) == len(alone["3"])
+
+
+def test_engine_defaults_fill_what_a_request_leaves_unset(loaded):
+    """A request that leaves top_k unset takes the engine's default: top_k 1
+    makes sampling at any temperature greedy."""
+    prompt = prompts(loaded)[:1]
+    defaults = SamplingDefaults(temperature=1.5, top_p=1.0, top_k=1, repetition_penalty=1.0)
+    engine = make_engine("batched", loaded.model, stop_token_ids(loaded), defaults)
+    outputs = [engine.add("a", prompt[0], SamplingParams(max_new_tokens=12))]
+    while len(engine):
+        outputs += engine.step()
+    assert [o.token_id for o in outputs] == generate(loaded, "batched", prompt, max_new_tokens=12)[0]["0"]
 
 
 def test_unknown_strategy_is_refused(loaded):

@@ -16,7 +16,7 @@ from generation.runtime.backends.openai import OpenAIBackend
 from generation.runtime.backends.openai import stall as stall_module
 from generation.runtime.backends.openai.remote import RemoteConfig
 from generation.runtime.requests import GenerationRequest
-from generation.runtime.sampling import SamplingParams
+from generation.runtime.sampling import SamplingDefaults, SamplingParams
 from generation.runtime.types import (
     BackendFailed,
     BackendReady,
@@ -566,3 +566,23 @@ async def test_a_busy_engine_that_answers_probes_late_is_left_alone(start_backen
     assert await reports.ended(request.id) == RequestFinished(request.id, FinishReason.STOP)
     assert [r.text for r in reports.of(request.id) if isinstance(r, TextDelta)] == ["Once", " upon"]
     assert not any(isinstance(r, BackendFailed) for r in reports)
+
+
+async def test_unchosen_sampling_values_are_sent_as_the_local_backend_fills_them(start_backend, engine):
+    """A request that chose nothing is sent the operator's values, else the
+    served model's generation config (the tokenizer's folder: the tiny
+    model's says greedy), else chatsite's fallback (top_p 0.9), as the local
+    backend would sample it; vLLM alone would take OpenAI's temperature 1.
+    top_k and repetition_penalty go in the body as vLLM reads them, and only
+    when on."""
+    engine.default = sse([chunk("a", "stop")])
+    backend, reports = await ready(
+        start_backend, engine, sampling=SamplingDefaults.partial("settings", repetition_penalty=1.2)
+    )
+    for request in (ask("one"), ask("two", temperature=0.5, top_k=20)):
+        backend.admit(request)
+        await reports.ended(request.id)
+    plain, chosen = engine.requests
+    assert (plain["temperature"], plain["top_p"], plain["repetition_penalty"]) == (0.0, 0.9, 1.2)
+    assert "top_k" not in plain
+    assert (chosen["temperature"], chosen["top_k"], chosen["repetition_penalty"]) == (0.5, 20, 1.2)

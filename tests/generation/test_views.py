@@ -92,7 +92,12 @@ def test_rename_and_delete_own_conversation(alice_client, alice):
 
 @pytest.mark.parametrize(
     ("name", "method"),
-    [("conversation-detail", "get"), ("conversation-rename", "post"), ("conversation-delete", "post")],
+    [
+        ("conversation-detail", "get"),
+        ("conversation-rename", "post"),
+        ("conversation-sampling", "post"),
+        ("conversation-delete", "post"),
+    ],
 )
 def test_other_users_conversation_is_404(alice_client, bobs_conversation, name, method):
     """Another user's conversation id gives 404 and leaves it untouched."""
@@ -116,6 +121,8 @@ def test_json_endpoints_answer_401_when_logged_out(client, bobs_conversation):
     """The script gets 401 JSON, not a redirect, when the session has ended."""
     assert client.get(reverse("conversation-list")).status_code == 401
     assert client.get(reverse("conversation-detail", args=[bobs_conversation.pk])).status_code == 401
+    sampling = reverse("conversation-sampling", args=[bobs_conversation.pk])
+    assert client.post(sampling, '{"temperature": 1}', content_type="application/json").status_code == 401
 
 
 def test_writes_need_csrf(alice, bobs_conversation):
@@ -215,7 +222,7 @@ def test_rename_stores_any_text_within_the_limit_exactly(alice_client, alice, ti
 def test_a_huge_conversation_id_is_404(alice_client, path):
     """An id past the database's integer range is a conversation that does not exist."""
     assert alice_client.get(path.format(10**30)).status_code == 404
-    for name in ("conversation-rename", "conversation-delete"):
+    for name in ("conversation-rename", "conversation-sampling", "conversation-delete"):
         response = alice_client.post(
             reverse(name, args=[10**30]), json.dumps({"title": "t"}), content_type="application/json"
         )

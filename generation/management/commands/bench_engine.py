@@ -6,6 +6,10 @@ service: for each concurrency C, C requests are submitted at once with the
 cap at C, and each generates exactly --new-tokens tokens, after one
 untimed warm-up request. It prints a table
 and can write the figures as JSON for docs/benchmarks.md.
+
+Requests sample as the chat's do (the site's defaults: README, "Sampling")
+unless --temperature, --top-p or --repetition-penalty say otherwise;
+`--temperature 0 --repetition-penalty 1` is the greedy path without penalty.
 """
 
 import asyncio
@@ -46,8 +50,12 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-async def run_one(strategy: str, concurrency: int, new_tokens: int, load) -> dict:
-    """Run `concurrency` requests at once through a fresh service; return its figures."""
+async def run_one(
+    strategy: str, concurrency: int, new_tokens: int, load, sampling: dict | None = None
+) -> dict:
+    """Run `concurrency` requests at once through a fresh service; return its
+    figures. `sampling`: SamplingParams values (temperature, top_p,
+    repetition_penalty) for every request; unset ones take the defaults."""
     service = GenerationService(
         backend=LocalBackend(load, strategy),
         limits=Limits(max_concurrency=concurrency, max_queue_size=concurrency, max_new_tokens=new_tokens),
@@ -58,7 +66,9 @@ async def run_one(strategy: str, concurrency: int, new_tokens: int, load) -> dic
             await asyncio.sleep(0.01)
         started = time.perf_counter()
         handles = [
-            service.submit(user_id=i, messages=prompt(i), max_new_tokens=new_tokens, ignore_eos=True)
+            service.submit(
+                user_id=i, messages=prompt(i), max_new_tokens=new_tokens, ignore_eos=True, **(sampling or {})
+            )
             for i in range(concurrency)
         ]
         results = await asyncio.gather(*(drain(handle, started) for handle in handles))
@@ -107,6 +117,9 @@ class Command(BaseCommand):
         parser.add_argument("--new-tokens", type=int, default=128)
         parser.add_argument("--strategies", default="batched,interleave")
         parser.add_argument("--json", dest="json_path", help="Write the results to this file.")
+        parser.add_argument("--temperature", type=float, help="0 is greedy; default: the site's.")
+        parser.add_argument("--top-p", type=float, help="Default: the site's.")
+        parser.add_argument("--repetition-penalty", type=float, help="1 is off; default: the site's.")
 
     def handle(self, *args, **options):
         # Imported here: queueadmin's bench_chat imports this module for its prompts and
@@ -116,6 +129,11 @@ class Command(BaseCommand):
         from generation.runtime.loading import shared_model
 
         levels = [int(level) for level in options["concurrency"].split(",")]
+        sampling = {
+            name: options[name]
+            for name in ("temperature", "top_p", "repetition_penalty")
+            if options[name] is not None
+        }
         strategies = options["strategies"].split(",")
         cache_dir = settings.GENERATION_CACHE_DIR
         loaded = shared_model(settings.GENERATION_MODEL, settings.GENERATION_DEVICE, cache_dir)
@@ -129,7 +147,7 @@ class Command(BaseCommand):
         rows = []
         for strategy in strategies:
             for level in levels:
-                row = asyncio.run(run_one(strategy, level, options["new_tokens"], load))
+                row = asyncio.run(run_one(strategy, level, options["new_tokens"], load, sampling))
                 rows.append(row)
                 self.stderr.write(f"  done: {strategy} x{level}: {row['aggregate_tok_s']} tok/s")
         self._print_table(rows)
@@ -144,6 +162,7 @@ class Command(BaseCommand):
                     "torch": torch.__version__,
                 },
                 "model": loaded.name,
+                "sampling": sampling or "the site's defaults",
                 "results": rows,
             }
             with open(options["json_path"], "w") as handle:

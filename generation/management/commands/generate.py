@@ -27,6 +27,12 @@ class Command(BaseCommand):
         parser.add_argument("--max-new-tokens", type=int, default=None)
         parser.add_argument("--temperature", type=float, default=0.0, help="0 means greedy (default).")
         parser.add_argument("--top-p", type=float, default=1.0)
+        parser.add_argument(
+            "--repetition-penalty",
+            type=float,
+            default=1.0,
+            help="1 means none (default): the model's plain greedy answer, unlike the chat's defaults.",
+        )
 
     def handle(self, *args, **options):
         try:
@@ -71,6 +77,7 @@ class Command(BaseCommand):
                 messages=[{"role": "user", "content": options["prompt"]}],
                 temperature=options["temperature"],
                 top_p=options["top_p"],
+                repetition_penalty=options["repetition_penalty"],
             )
             async for event in handle:
                 if isinstance(event, Token):

@@ -15,23 +15,32 @@ from generation.runtime.worker import LOCAL_INFO, ModelWorker
 if TYPE_CHECKING:  # loading imports torch, which only the model thread needs
     from generation.runtime.loading import LoadedModel
     from generation.runtime.requests import GenerationRequest
+    from generation.runtime.sampling import SamplingDefaults
 
 
 class LocalBackend(Backend):
     """Generates in this process. `load` returns the model (called in the
     model thread); `strategy` is the engine's: "batched" (continuous
-    batching) or "interleave" (the one-at-a-time baseline)."""
+    batching) or "interleave" (the one-at-a-time baseline). `sampling`: the
+    operator's sampling values (GENERATION_TEMPERATURE and the like), which
+    win over the model's own defaults; None fields defer to the model."""
 
     kind = "local"
 
-    def __init__(self, load: Callable[[], "LoadedModel"], strategy: str = "batched"):
+    def __init__(
+        self,
+        load: Callable[[], "LoadedModel"],
+        strategy: str = "batched",
+        sampling: "SamplingDefaults | None" = None,
+    ):
         self._load = load
         self._strategy = strategy
+        self._sampling = sampling
         self._worker: ModelWorker | None = None
 
     def start(self, deliver: Deliver) -> None:
         """Start the model thread; it reports BackendReady once loaded."""
-        self._worker = ModelWorker(self._load, deliver, self._strategy)
+        self._worker = ModelWorker(self._load, deliver, self._strategy, self._sampling)
         self._worker.start()
 
     def admit(self, request: "GenerationRequest") -> None:

@@ -42,11 +42,23 @@ class RequestSource(enum.StrEnum):
 
 
 class FinishReason(enum.StrEnum):
-    """Why a reply ended, as OpenAI and vLLM name it (plus our `cancelled`)."""
+    """Why a reply ended, as OpenAI and vLLM name it (plus our `cancelled`
+    and `repetition`). The OpenAI-compatible API sends only OpenAI's names:
+    `openai_name` maps ours onto them."""
 
     STOP = "stop"  # the model ended its turn, or the text reached a stop string
     LENGTH = "length"  # the reply budget (max_new_tokens) was reached
     CANCELLED = "cancelled"  # the user, the console or a closed socket stopped it
+    # The reply kept writing the same span over and over (generation.runtime.loops).
+    REPETITION = "repetition"
+
+    @property
+    def openai_name(self) -> str:
+        """The reason as OpenAI's API names it: `repetition` is `length`, as
+        the reply was cut by a server-side limit before the model ended it
+        (a client reading `stop` would take the cut text for a whole answer);
+        the others are their own names."""
+        return FinishReason.LENGTH.value if self is FinishReason.REPETITION else self.value
 
 
 class Outcome(enum.StrEnum):

@@ -76,6 +76,7 @@ class OpenAIBackend(Backend):
         self._deliver: Deliver | None = None
         self._client: openai.AsyncOpenAI | None = None
         self._tokenizer = None
+        self._sampling = self.config.sampling  # with the model's and the fallback's, once loaded
         self._card: remote.ModelCard | None = None  # None while not ready
         self._failure = "The model server has not been reached yet."
         self._tasks: dict[str, asyncio.Task] = {}  # running requests by id
@@ -142,7 +143,7 @@ class OpenAIBackend(Backend):
     async def _connect(self) -> None:
         # The tokenizer loads while the engine is probed, so that an engine
         # that is down is reported at once, not after the load.
-        self._tokenizer_load = asyncio.ensure_future(asyncio.to_thread(remote.load_tokenizer, self.config))
+        self._tokenizer_load = asyncio.ensure_future(asyncio.to_thread(_load_tokenizer, self.config))
         await self._probe_until_ready()
 
     async def _probe_until_ready(self, reported: str | None = None, wait_s: float = 0.0) -> None:
@@ -165,7 +166,7 @@ class OpenAIBackend(Backend):
                 continue
             break
         try:
-            self._tokenizer = await self._tokenizer_load
+            self._tokenizer, self._sampling = await self._tokenizer_load
         except Exception as error:
             logger.exception("Cannot load the tokenizer for the openai backend")
             where = self.config.tokenizer or "the bundled model's folder"
@@ -230,7 +231,9 @@ class OpenAIBackend(Backend):
                 self._send(item)
 
         try:
-            await stream_reply(self._client, self._card, self._tokenizer, request, report)
+            await stream_reply(
+                self._client, self._card, self._tokenizer, request, report, sampling=self._sampling
+            )
             self._tasks.pop(rid, None)
         except asyncio.CancelledError:
             raise
@@ -302,3 +305,12 @@ class OpenAIBackend(Backend):
     def _send(self, *reports: Report) -> None:
         if not self._stopped and self._deliver is not None:
             self._deliver(list(reports))
+
+
+def _load_tokenizer(config):
+    """The tokenizer and the sampling defaults, both read from the
+    tokenizer's folder (in a thread); the defaults are logged with their sources."""
+    tokenizer = remote.load_tokenizer(config)
+    sampling = remote.sampling_defaults(config)
+    logger.info("Sampling defaults sent to the engine: %s", sampling.describe())
+    return tokenizer, sampling

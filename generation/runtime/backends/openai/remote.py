@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import email.utils
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import httpx2
 import openai
 
 from generation.runtime.context import DEFAULT_REMOTE_CONTEXT_TOKENS
+from generation.runtime.sampling import SamplingDefaults
 
 # The context window when neither GENERATION_OPENAI_CONTEXT_TOKENS nor the
 # engine says; the console's bound on the reply budget assumes it too.
@@ -48,7 +50,9 @@ class RemoteConfig:
     """The GENERATION_OPENAI_* settings (README, settings table). `model` ""
     means the first model the engine lists; `context_tokens` 0 means what
     the engine reports, else DEFAULT_CONTEXT_TOKENS; `tokenizer` "" means
-    the bundled model's folder. Timeouts are in seconds."""
+    the bundled model's folder. Timeouts are in seconds. `sampling`: the
+    operator's GENERATION_TEMPERATURE and the like (a partial layer), which
+    win over the model's generation config (`sampling_defaults`)."""
 
     base_url: str
     api_key: str = ""
@@ -57,6 +61,7 @@ class RemoteConfig:
     tokenizer: str = ""
     connect_timeout_s: float = 5.0
     read_timeout_s: float = 120.0
+    sampling: SamplingDefaults = field(default_factory=lambda: SamplingDefaults.partial("settings"))
 
     @classmethod
     def from_settings(cls) -> RemoteConfig:
@@ -71,6 +76,13 @@ class RemoteConfig:
             tokenizer=settings.GENERATION_OPENAI_TOKENIZER,
             connect_timeout_s=settings.GENERATION_OPENAI_CONNECT_TIMEOUT_S,
             read_timeout_s=settings.GENERATION_OPENAI_READ_TIMEOUT_S,
+            sampling=SamplingDefaults.partial(
+                "settings",
+                temperature=settings.GENERATION_TEMPERATURE,
+                top_p=settings.GENERATION_TOP_P,
+                top_k=settings.GENERATION_TOP_K,
+                repetition_penalty=settings.GENERATION_REPETITION_PENALTY,
+            ),
         )
 
     def timeout(self) -> openai.Timeout:
@@ -110,6 +122,21 @@ def load_tokenizer(config: RemoteConfig):
     tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
     prepare_tokenizer(tokenizer)
     return tokenizer
+
+
+def sampling_defaults(config: RemoteConfig) -> SamplingDefaults:
+    """The values a request that chose nothing is sent with, as the local
+    backend fills them: the operator's (`config.sampling`), else the served
+    model's generation config in the tokenizer's folder (often the whole
+    model folder), else chatsite's fallback; so the bundled SmolLM2 samples
+    alike through either backend, where vLLM alone would take OpenAI's
+    temperature 1 for a model whose config says nothing. Blocking (reads
+    JSON; may write the bundled model's cache): called in a thread."""
+    from generation.runtime.modelconfig import folder_defaults
+    from generation.runtime.sampling import FALLBACK
+
+    folder = config.tokenizer or bundled_tokenizer_folder()
+    return config.sampling.layered(folder_defaults(Path(folder)), FALLBACK)
 
 
 def bundled_tokenizer_folder() -> str:

@@ -19,6 +19,7 @@ from collections.abc import Callable
 import openai
 
 from generation.runtime.prompt import Prompt, build_prompt, kept_messages, neutralise_control_tokens
+from generation.runtime.sampling import SamplingDefaults
 from generation.runtime.types import (
     ErrorCode,
     FinishReason,
@@ -104,6 +105,8 @@ async def stream_reply(
     tokenizer,
     request,
     report: Callable[[Report], None],
+    *,
+    sampling: SamplingDefaults | None = None,
 ) -> None:
     """Generate `request`'s reply (a GenerationRequest) on the engine,
     reporting RequestStarted once the engine answered 200, a TextDelta per
@@ -118,7 +121,9 @@ async def stream_reply(
     not a chat-completion stream. Cancelling the task
     closes the HTTP stream, which makes vLLM and Ollama abort the sequence.
     """
-    params = request.params
+    # What the request leaves unset takes `sampling`, the backend's defaults
+    # (generation.runtime.backends.openai.remote.sampling_defaults).
+    params = request.params.resolved(sampling) if sampling else request.params
     # Tokenising a long conversation takes milliseconds to tens of them: off the loop.
     messages, prompt = await asyncio.to_thread(
         _prepare, tokenizer, request.messages, card.context_tokens, params.max_new_tokens
@@ -130,12 +135,19 @@ async def stream_reply(
         extra["stop"] = list(params.stop)
     if params.seed is not None:
         extra["seed"] = params.seed
+    for name in ("temperature", "top_p"):
+        if getattr(params, name) is not None:
+            extra[name] = getattr(params, name)
+    # Not OpenAI's: vLLM and SGLang read them from the body. Off (top_k 0, a
+    # penalty of 1) is every engine's default, so it is not sent at all.
+    if params.top_k:
+        extra.setdefault("extra_body", {})["top_k"] = params.top_k
+    if params.repetition_penalty not in (None, 1.0):
+        extra.setdefault("extra_body", {})["repetition_penalty"] = params.repetition_penalty
     stream = await client.chat.completions.create(
         model=card.model,
         messages=messages,
         max_tokens=prompt.max_new_tokens,
-        temperature=params.temperature,
-        top_p=params.top_p,
         stream=True,
         stream_options={"include_usage": True},
         **extra,
