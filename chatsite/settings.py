@@ -259,6 +259,12 @@ GENERATION_MAX_ACTIVE_PER_USER = env_int("GENERATION_MAX_ACTIVE_PER_USER", 1)
 # The same for requests through the OpenAI-compatible API, counted apart.
 GENERATION_MAX_ACTIVE_API_PER_USER = env_int("GENERATION_MAX_ACTIVE_API_PER_USER", 2)
 GENERATION_QUEUE_TIMEOUT_S = env_int("GENERATION_QUEUE_TIMEOUT_S", 300)
+# Seconds a chat reply whose page went away (reload, lost Wi-Fi) keeps its
+# place or slot, waiting for a page of the same person to re-attach; 0 cancels
+# at once, as closing the socket once did (generation.replies).
+GENERATION_REATTACH_GRACE_S = env_float("GENERATION_REATTACH_GRACE_S", 20.0, minimum=-1)
+if GENERATION_REATTACH_GRACE_S < 0:
+    raise ImproperlyConfigured("GENERATION_REATTACH_GRACE_S must be 0 (cancel at once) or more.")
 # The most replies one process's engine runs at once, under the site-wide cap
 # (0: the cap alone). Matters with several processes on the local backend,
 # where each process runs its own model.

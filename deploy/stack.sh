@@ -64,7 +64,7 @@ write_nginx_conf() {
       -e "s|server_name chat.example.com;|server_name 127.0.0.1 localhost;|" \
       -e "s|/srv/chatsite/staticfiles/|$STATIC_ROOT/|" \
       -e "/server 127.0.0.1:800[0-9]/d" \
-      -e "s|^upstream chatsite {|upstream chatsite {\n$upstreams|" \
+      -e "s|^upstream \(chatsite[a-z_]*\) {|upstream \1 {\n$upstreams|" \
       "$ROOT/deploy/nginx.conf" >"$STACK_DIR/site.conf"
   # Workers run as whoever runs the stack, so they can read $STACK_DIR
   # wherever it lives (a production nginx keeps its distribution's user).

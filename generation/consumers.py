@@ -1,64 +1,79 @@
 """The chat's WebSocket consumer: /ws/chat/.
 
 A transport adapter: it parses frames (generation.events), stores messages
-through generation.services, hands the reply to the generation service and
-forwards the service's events. Channels runs one handler at a time per
-socket, so a reply's events are forwarded by an asyncio task that the `send`
-handler starts; the socket stays free to receive `cancel` meanwhile.
+through generation.services, hands the request to the generation service
+and attaches to the resulting live reply (generation.replies), whose task
+forwards the events and saves the reply. Channels runs one handler at a time
+per socket; the reply's task is not the socket's, so the socket stays free
+to receive `cancel`, and the reply outlives the socket by a grace period.
 """
 
 import asyncio
-import contextlib
 import logging
 
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.contrib.auth.models import AnonymousUser
 
-from generation import events, services, watch
-from generation.models import Conversation, Message
+from generation import events, replies, selectors, services, text, watch
+from generation.models import Conversation
 from generation.runtime.registry import get_service
-from generation.runtime.types import Done, Error, ErrorCode, FinishReason, Queued, Started, Token
+from generation.runtime.types import ErrorCode
 from generation.throttle import FRAME_BURST, FRAME_RATE_PER_S, SLOW_DOWN, Notices, limit_frames
 
 logger = logging.getLogger(__name__)
 
-# How long a closing socket waits for its cancelled reply to end and be
-# saved; a cancelled reply stops before the model's next step, so this is
-# ample, and the reply is saved as interrupted if it is exceeded.
-DISCONNECT_GRACE_S = 5.0
 UNAUTHENTICATED = watch.UNAUTHENTICATED
-DELETED_TEXT = "This conversation was deleted, so its reply was stopped."
 # Over the limit, frames this short are still read, so that a cancel is
 # always honoured; longer ones are dropped unread, which keeps a drop cheap.
 CANCEL_FRAME_MAX_CHARS = 256
-# Replies whose socket is gone run on until their cancel lands and they are
-# saved; the loop holds tasks only weakly, so they are held here.
-_orphaned_replies: set[asyncio.Task] = set()
 
 # Database helpers, wrapped once ------------------------------------------
 
 
 @database_sync_to_async
-def _store_user_message(user, conversation_id, content):
+def _store_question(user, command) -> tuple[int, int, list[dict], float | None]:
+    """Store what a send, regenerate or edit asks; (conversation id, question
+    id, history for the model, the conversation's temperature). Refusals
+    become the person's error codes."""
     try:
-        message, history = services.user_message_create(
-            owner=user, conversation_id=conversation_id, content=content
-        )
+        if isinstance(command, events.Send):
+            message, history = services.user_message_create(
+                owner=user, conversation_id=command.conversation, content=command.content
+            )
+        elif isinstance(command, events.Regenerate):
+            message, history = services.reply_regenerate(
+                owner=user, conversation_id=command.conversation, message_id=command.message
+            )
+        else:
+            message, history = services.user_message_edit(
+                owner=user,
+                conversation_id=command.conversation,
+                message_id=command.message,
+                content=command.content,
+            )
     except Conversation.DoesNotExist:
         raise events.ClientError(ErrorCode.NOT_FOUND) from None
+    except services.NotLastTurn:
+        raise events.ClientError(ErrorCode.NOT_LAST) from None
+    except services.ReplyInProgress:
+        raise events.ClientError(ErrorCode.BUSY) from None
+    except text.TextRefused as refused:
+        raise events.ClientError(ErrorCode.INVALID, str(refused)) from None
     # The conversation's sampling choice (None: the site's default), as read with it.
     return message.conversation_id, message.pk, history, message.conversation.temperature
 
 
-_start_reply = database_sync_to_async(services.assistant_message_start)
-_finish_reply = database_sync_to_async(services.assistant_message_finish)
-_fail_user_message = database_sync_to_async(services.user_message_fail)
-_cancel_user_message = database_sync_to_async(services.user_message_cancel)
+@database_sync_to_async
+def _check_owner(user, conversation_id: int) -> None:
+    try:
+        selectors.conversation_get(owner=user, conversation_id=conversation_id)
+    except Conversation.DoesNotExist:
+        raise events.ClientError(ErrorCode.NOT_FOUND) from None
 
 
 class ChatConsumer(AsyncJsonWebsocketConsumer):
-    """One browser tab's chat socket; at most one reply in flight at a time."""
+    """One browser tab's chat socket; it shows at most one live reply at a time."""
 
     # No channel layer: a reply streams inside one process, so a chat socket
     # never needs Redis and keeps working while Redis restarts.
@@ -66,21 +81,18 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
 
     # Until connect runs (and for an app that ends before it does).
     closed = False
-    handle = None
-    reply: asyncio.Task | None = None
+    live: replies.LiveReply | None = None
     watched = None
 
     async def __call__(self, scope, receive, send):
         """Run one socket. However it ends (a disconnect, a crash, or the server
         cancelling the app, as daphne does when a closed socket's app has not
-        ended within application_close_timeout), its reply is cancelled and
-        still saved: a reply never outlives its reader."""
+        ended within application_close_timeout), it leaves its reply, which
+        then waits GENERATION_REATTACH_GRACE_S for a page to come back."""
+        self.asend_lock = asyncio.Lock()
         try:
             await super().__call__(scope, self.throttled(receive), send)
         finally:
-            if self.reply is not None and not self.reply.done():
-                _orphaned_replies.add(self.reply)
-                self.reply.add_done_callback(_orphaned_replies.discard)
             self.reader_gone()
 
     # WebSocket event handlers -----------------------------------------
@@ -88,10 +100,8 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
     async def connect(self):
         self.user = self.scope.get("user") or AnonymousUser()
         self.closed = False
-        self.handle = None
-        self.reply: asyncio.Task | None = None
+        self.live = None
         self.watched: watch.Watched | None = None
-        self.orphaned = False  # the live reply's conversation was deleted
         # Accept first: a close before the handshake reaches browsers as 1006,
         # and the page needs 4401 to know it must log in again.
         await self.accept()
@@ -99,10 +109,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             await self.close(code=UNAUTHENTICATED)
             return
         self.watched = watch.Watched(
-            user_id=self.user.pk,
-            session_key=watch.session_key_of(self.scope),
-            revoke=self.revoke,
-            conversation_gone=self.conversation_gone,
+            user_id=self.user.pk, session_key=watch.session_key_of(self.scope), revoke=self.revoke
         )
         watch.register(self.watched)
         # Opening the chat page starts the model load (a minute or two the
@@ -118,6 +125,8 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
                 return
             if isinstance(command, events.Cancel):
                 self.cancel_reply()
+            elif isinstance(command, events.Open):
+                await self.open_conversation(command.conversation)
             else:
                 await self.start_reply(command)
         except events.ClientError as error:
@@ -127,47 +136,60 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             await self.emit(events.error(None, ErrorCode.INTERNAL))
 
     async def disconnect(self, code):
-        # The reply is cancelled (a queued one leaves the queue, a running one
-        # frees its slot) and its forwarding task saves what it got.
         self.reader_gone()
-        if self.reply is None or self.reply.done():
-            return
-        try:
-            await asyncio.wait_for(asyncio.shield(self.reply), DISCONNECT_GRACE_S)
-        except TimeoutError:
-            self.reply.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self.reply
 
     # Command helpers ---------------------------------------------------
 
-    async def start_reply(self, command: events.Send) -> None:
-        """Store the user's message, then ask for a reply and forward its events."""
-        if self.reply is not None and not self.reply.done():
+    def busy(self) -> bool:
+        """Whether this socket shows a reply that has not ended."""
+        return self.live is not None and not self.live.ended
+
+    async def start_reply(self, command: events.Send | events.Regenerate | events.Edit) -> None:
+        """Store the question (new, the same again, or edited), then ask for a
+        reply and attach to it."""
+        if self.busy():
             raise events.ClientError(ErrorCode.BUSY)
-        conversation_id, message_id, history, temperature = await _store_user_message(
-            self.user, command.conversation, command.content
-        )
+        # The person's replies whose pages are gone must not make them busy.
+        await replies.acancel_orphans(user_id=self.user.pk)
+        conversation_id, question_id, history, temperature = await _store_question(self.user, command)
         if not self.user.is_authenticated:
             return  # revoked while storing: the message is kept, no reply is asked for
         handle = get_service().submit(
             user_id=self.user.pk,
             messages=history,
             temperature=temperature,
-            meta={"conversation": conversation_id, "message": message_id, "user": self.user.get_username()},
+            meta={"conversation": conversation_id, "message": question_id, "user": self.user.get_username()},
         )
-        # The task is made before anything is sent: from here on, a reader
-        # that goes away (a failed send included) finds a reply to cancel.
-        self.handle = handle
-        self.orphaned = False
-        self.reply = asyncio.create_task(self.forward_reply(handle, conversation_id, message_id))
-        self.reply.add_done_callback(_log_failure)
-        self.watched.conversation_id = conversation_id  # the watch stops it if deleted
+        # Attached before anything is sent: from here on, a reader that goes
+        # away (a failed send included) leaves a reply behind, never loses it.
+        self.live = replies.LiveReply.start(
+            socket=self,
+            handle=handle,
+            user_id=self.user.pk,
+            session_key=self.watched.session_key,
+            conversation_id=conversation_id,
+            question_id=question_id,
+        )
+
+    async def open_conversation(self, conversation_id: int) -> None:
+        """The page shows `conversation_id`: attach to its live reply here, if
+        any (`attached`, then its usual frames), else say `idle`."""
+        await _check_owner(self.user, conversation_id)
+        reply = replies.find(user_id=self.user.pk, conversation_id=conversation_id)
+        if reply is None:  # (one that is ending still sends its last frame)
+            await self.emit(events.idle(conversation_id))
+            return
+        if self.busy() and self.live is not reply:
+            raise events.ClientError(ErrorCode.BUSY)
+        async with self.asend_lock:  # no frame of the reply before `attached`
+            frame = reply.attach(self)
+            self.live = reply
+            await self.send_unlocked(frame)
 
     def cancel_reply(self) -> None:
         """Cancel this socket's reply, if any; a finished one is left alone."""
-        if self.reply is not None and not self.reply.done():
-            self.handle.cancel()
+        if self.live is not None:
+            self.live.cancel()
 
     async def authorised(self) -> bool:
         """Whether this socket's login still stands; if not, revoke it (one
@@ -179,30 +201,23 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
 
     async def revoke(self, code: int) -> None:
         """Called by the watch when this socket's login ended (logout,
-        deactivation, password change): stop the reply, which is saved as
-        cancelled, and close with `code` (4401), which sends the page to login."""
+        deactivation, password change): stop the reply at once, which is saved
+        as cancelled, and close with `code` (4401), which sends the page to login."""
         watch.unregister(self.watched)
         self.user = AnonymousUser()  # frames racing the close are dropped
         self.cancel_reply()
         self.closed = True  # no frame after the close
         await self.close(code=code)
 
-    def conversation_gone(self, conversation_id: int) -> None:
-        """Called on the loop when the live reply's conversation was deleted:
-        stop the reply; it ends with a `not_found` error instead of `done`."""
-        if self.reply is None or self.reply.done() or self.watched.conversation_id != conversation_id:
-            return
-        self.orphaned = True
-        self.handle.cancel()
-
     def reader_gone(self) -> None:
         """Called as soon as the socket can no longer be written to (disconnect,
         a refused send, the app ending): nothing more is sent, the socket
-        leaves the watch, and the reply is cancelled; its forwarding task
-        still saves it."""
+        leaves the watch and its reply, which waits for a page to come back
+        (replies.LiveReply.detach)."""
         self.closed = True
         watch.unregister(self.watched)
-        self.cancel_reply()
+        if self.live is not None:
+            self.live.detach(self)
 
     def throttled(self, receive):
         """The ASGI `receive`, with client frames over the rate limit dropped
@@ -213,117 +228,34 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
     async def drop_frame(self, message: dict) -> None:
         """A frame over the rate limit: a short `cancel` is still honoured;
         anything else is dropped, with one `invalid` notice per interval."""
-        text = message.get("text")
-        if text is not None and len(text) <= CANCEL_FRAME_MAX_CHARS:
-            with contextlib.suppress(events.ClientError):
-                if isinstance(events.parse_client_frame(text, None), events.Cancel):
-                    self.cancel_reply()
-                    return
+        text_data = message.get("text")
+        if text_data is not None and len(text_data) <= CANCEL_FRAME_MAX_CHARS:
+            try:
+                command = events.parse_client_frame(text_data, None)
+            except events.ClientError:
+                command = None
+            if isinstance(command, events.Cancel):
+                self.cancel_reply()
+                return
         if self.notices.due():
             await self.emit(events.error(None, ErrorCode.INVALID, SLOW_DOWN))
 
-    async def forward_reply(self, handle, conversation_id: int, user_message_id: int) -> None:
-        """Forward one reply's events and save it when it ends (runs as a task).
-
-        The conversation may be deleted at any moment; then the request is
-        cancelled, nothing more is forwarded, and the reply ends with a
-        `not_found` error (its rows are gone, so the saves write nothing).
-        """
-        reply_id = None
-        parts: list[str] = []
-        try:
-            await self.emit(events.accepted(handle.id, conversation_id, user_message_id))
-            async for event in handle:
-                if self.orphaned and not event.terminal:
-                    continue
-                if isinstance(event, Queued):
-                    await self.emit(events.queued(handle.id, event.position, event.waiting))
-                elif isinstance(event, Started):
-                    try:
-                        reply = await _start_reply(
-                            conversation_id=conversation_id,
-                            request_id=handle.id,
-                            worker=get_service().worker_name,
-                        )
-                    except Conversation.DoesNotExist:  # deleted while it waited
-                        self.orphaned = True
-                        handle.cancel()
-                        continue
-                    reply_id = reply.pk
-                    await self.emit(events.started(handle.id, reply_id))
-                elif isinstance(event, Token):
-                    parts.append(event.text)
-                    await self.emit(events.token(handle.id, event.text))
-                elif isinstance(event, Done):
-                    # Cleared before saving: once saved, nothing may overwrite it.
-                    saved, reply_id = reply_id, None
-                    await self.save_done(saved, user_message_id, event)
-                    await self.emit(self.ending(handle.id, events.done(handle.id, saved, event)))
-                elif isinstance(event, Error):
-                    saved, reply_id = reply_id, None
-                    await self.save_error(saved, user_message_id, parts, event)
-                    await self.emit(self.ending(handle.id, events.service_error(handle.id, event)))
-        except asyncio.CancelledError:
-            if reply_id is not None:
-                await _finish_reply(
-                    message_id=reply_id, content="".join(parts), status=Message.Status.INTERRUPTED
-                )
-            raise
-        except Exception:
-            # The model must not go on generating for a reader that is gone.
-            handle.cancel()
-            if reply_id is not None:
-                await _finish_reply(
-                    message_id=reply_id,
-                    content="".join(parts),
-                    status=Message.Status.ERROR,
-                    error_code=ErrorCode.INTERNAL,
-                )
-            await self.emit(events.error(handle.id, ErrorCode.INTERNAL))
-            raise
-        finally:
-            if self.watched is not None:
-                self.watched.conversation_id = None
-
-    def ending(self, request_id: str, frame: dict) -> dict:
-        """The reply's last frame: `frame`, or not_found if its conversation was deleted."""
-        return events.error(request_id, ErrorCode.NOT_FOUND, DELETED_TEXT) if self.orphaned else frame
-
-    async def save_done(self, reply_id: int | None, user_message_id: int, event: Done) -> None:
-        """Write the reply once, with its final status, counts and timings; a
-        request cancelled while queued has no reply, so its question is marked."""
-        if reply_id is None:
-            await _cancel_user_message(message_id=user_message_id)
-            return
-        cancelled = event.finish_reason is FinishReason.CANCELLED
-        await _finish_reply(
-            message_id=reply_id,
-            content=event.text,
-            status=Message.Status.CANCELLED if cancelled else Message.Status.COMPLETE,
-            finish_reason=event.finish_reason,
-            usage=event.usage,
-            timings=event.timings,
-        )
-
-    async def save_error(self, reply_id, user_message_id: int, parts: list[str], event: Error) -> None:
-        """Record a failed reply: on the reply if it started, else on the question."""
-        if reply_id is None:
-            await _fail_user_message(message_id=user_message_id, error_code=event.code)
-        else:
-            await _finish_reply(
-                message_id=reply_id,
-                content="".join(parts),
-                status=Message.Status.ERROR,
-                error_code=event.code,
-            )
+    # Sending -----------------------------------------------------------
 
     async def emit(self, frame: dict) -> None:
-        """Send a frame unless the socket has closed (the reply still gets saved).
+        """Send a frame unless the socket has closed; never raises. Frames go
+        out in the order emitted (one lock), an `attached` frame before the
+        reply's next ones."""
+        async with self.asend_lock:
+            await self.send_unlocked(frame)
+
+    async def send_unlocked(self, frame: dict) -> None:
+        """`emit` for a caller that holds `asend_lock`.
 
         The client can close before `disconnect` runs (which may be late, or
         never, if the server drops the app); the server then refuses the send,
         each ASGI server with its own exception. That refusal is news that the
-        reader is gone: the frame is dropped and the reply cancelled at once.
+        reader is gone: the frame is dropped and the socket leaves its reply.
         """
         if self.closed:
             return
@@ -332,8 +264,3 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         except Exception:
             logger.debug("Dropped a %s frame for a closed socket", frame["type"])
             self.reader_gone()
-
-
-def _log_failure(task: asyncio.Task) -> None:
-    if not task.cancelled() and task.exception() is not None:
-        logger.error("Chat reply task failed", exc_info=task.exception())

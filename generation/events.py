@@ -40,6 +40,35 @@ class Cancel:
     """A `cancel` frame: stop this connection's active request."""
 
 
+@dataclass(frozen=True)
+class Open:
+    """An `open` frame: the page shows `conversation`; attach to its live reply."""
+
+    conversation: int
+
+
+@dataclass(frozen=True)
+class Regenerate:
+    """A `regenerate` frame: a new reply to the conversation's last question,
+    in place of `message`, its last reply (or the question, if it has none)."""
+
+    conversation: int
+    message: int
+
+
+@dataclass(frozen=True)
+class Edit:
+    """An `edit` frame: `content` replaces `message`, the conversation's last
+    question; a new reply is asked for."""
+
+    conversation: int
+    message: int
+    content: str
+
+
+ClientFrame = Send | Cancel | Open | Regenerate | Edit
+
+
 # The most characters JSON can spend on one code point: an astral one (an
 # emoji) escaped as a surrogate pair, "\ud83d\ude00".
 MAX_ESCAPED_CHARS_PER_CODE_POINT = 12
@@ -52,7 +81,7 @@ def max_frame_chars() -> int:
     return settings.CHAT_MAX_MESSAGE_CHARS * MAX_ESCAPED_CHARS_PER_CODE_POINT + 1024
 
 
-def parse_client_frame(text_data: str | None, bytes_data: bytes | None) -> Send | Cancel:
+def parse_client_frame(text_data: str | None, bytes_data: bytes | None) -> ClientFrame:
     """Validate one client frame; raises ClientError(ErrorCode.INVALID) with the reason."""
     if text_data is None:
         raise ClientError(ErrorCode.INVALID, "Frames must be JSON text, not binary.")
@@ -67,12 +96,35 @@ def parse_client_frame(text_data: str | None, bytes_data: bytes | None) -> Send 
     kind = frame.get("type")
     if kind == "cancel":
         return Cancel()
-    if kind != "send":
-        raise ClientError(ErrorCode.INVALID, "Unknown frame type; expected 'send' or 'cancel'.")
-    conversation = frame.get("conversation")
-    # bool is an int subclass; true is not a conversation id.
-    if conversation is not None and (type(conversation) is not int or conversation < 1):
-        raise ClientError(ErrorCode.INVALID, "'conversation' must be a conversation id or null.")
+    if kind == "send":
+        conversation = frame.get("conversation")
+        if conversation is not None:
+            conversation = _id(frame, "conversation", "'conversation' must be a conversation id or null.")
+        return Send(conversation=conversation, content=_content(frame))
+    if kind == "open":
+        return Open(conversation=_id(frame, "conversation", "'conversation' must be a conversation id."))
+    if kind in ("regenerate", "edit"):
+        conversation = _id(frame, "conversation", "'conversation' must be a conversation id.")
+        message = _id(frame, "message", "'message' must be a message id.")
+        if kind == "regenerate":
+            return Regenerate(conversation=conversation, message=message)
+        return Edit(conversation=conversation, message=message, content=_content(frame))
+    raise ClientError(
+        ErrorCode.INVALID, "Unknown frame type; expected 'send', 'cancel', 'open', 'regenerate' or 'edit'."
+    )
+
+
+def _id(frame: dict, field: str, why: str) -> int:
+    """The positive integer id in `frame[field]`; bool is an int subclass, and
+    true is not an id."""
+    value = frame.get(field)
+    if type(value) is not int or value < 1:
+        raise ClientError(ErrorCode.INVALID, why)
+    return value
+
+
+def _content(frame: dict) -> str:
+    """A message's text, checked as every message is (generation.text)."""
     content = frame.get("content")
     if not isinstance(content, str):
         raise ClientError(ErrorCode.INVALID, "'content' must be a string.")
@@ -82,7 +134,7 @@ def parse_client_frame(text_data: str | None, bytes_data: bytes | None) -> Send 
         text.check(content, what="message", limit=settings.CHAT_MAX_MESSAGE_CHARS)
     except text.TextRefused as refused:
         raise ClientError(ErrorCode.INVALID, str(refused)) from None
-    return Send(conversation=conversation, content=content)
+    return content
 
 
 def accepted(request: str, conversation: int, user_message: int) -> dict:
@@ -110,12 +162,44 @@ def token(request: str, text: str) -> dict:
     return {"type": "token", "request": request, "text": text}
 
 
-def done(request: str, message: int | None, event: Done) -> dict:
-    """The reply ended (`message` is None when it was cancelled before starting)."""
+def attached(
+    request: str,
+    *,
+    conversation: int,
+    user_message: int,
+    message: int | None,
+    text: str,
+    position: tuple[int, int] | None,
+) -> dict:
+    """This socket now shows a live reply (after `open`, e.g. on a reloaded
+    page): `message` is its stored reply (None while queued), `text` all of
+    it so far, `position`/`waiting` its place while queued (None once started,
+    or before its first place is known). Its usual frames follow."""
+    return {
+        "type": "attached",
+        "request": request,
+        "conversation": conversation,
+        "user_message": user_message,
+        "message": message,
+        "text": text,
+        "position": position[0] if position else None,
+        "waiting": position[1] if position else None,
+    }
+
+
+def idle(conversation: int) -> dict:
+    """After `open`: no reply of `conversation` is live on this server process."""
+    return {"type": "idle", "conversation": conversation}
+
+
+def done(request: str, message: int | None, event: Done, *, code: str | None = None) -> dict:
+    """The reply ended (`message` is None when it was cancelled before
+    starting); `code` is "cancelled_by_staff" when staff stopped it, else None."""
     return {
         "type": "done",
         "request": request,
         "message": message,
+        "code": code,
         "finish_reason": str(event.finish_reason),
         "usage": dataclasses.asdict(event.usage),
         "timings": dataclasses.asdict(event.timings),

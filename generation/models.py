@@ -41,8 +41,9 @@ class Message(models.Model):
     """One turn of a conversation: the user's text or the model's reply.
 
     An assistant message is created when its generation starts (status
-    `generating`) and written once more when it ends, with its final status,
-    token counts and timings; tokens in between only travel over the socket.
+    `generating`), its text so far is written every few seconds while it
+    streams (never per token), and it is written once more when it ends,
+    with its final status, token counts and timings.
     """
 
     class Role(models.TextChoices):
@@ -73,6 +74,11 @@ class Message(models.Model):
     queue_ms = models.PositiveIntegerField(null=True, blank=True)
     ttft_ms = models.PositiveIntegerField(null=True, blank=True)
     total_ms = models.PositiveIntegerField(null=True, blank=True)
+    # Set when the person regenerated this reply or edited this question (and
+    # on the reply of an edited question): kept, never deleted, but no longer
+    # shown on the page nor given to the model (services.reply_regenerate,
+    # services.user_message_edit).
+    superseded = models.BooleanField(default=False)
 
     class Meta:
         ordering = ["created", "id"]

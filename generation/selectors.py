@@ -25,8 +25,25 @@ def conversation_get(*, owner, conversation_id: int) -> Conversation:
 
 
 def message_list(*, conversation: Conversation) -> QuerySet[Message]:
-    """The conversation's messages, oldest first."""
-    return conversation.messages.order_by("created", "id")
+    """The conversation's messages as the page shows them, oldest first:
+    superseded ones (a regenerated reply, an edited question and its reply)
+    are left out; they stay in the database."""
+    return conversation.messages.filter(superseded=False).order_by("created", "id")
+
+
+def message_last_turn(*, conversation: Conversation) -> tuple[Message | None, Message | None]:
+    """The conversation's last question and the reply that follows it, of the
+    messages the page shows: (question, reply), where reply is None when the
+    question has none yet (waiting, cancelled or failed before it started)
+    and both are None for a conversation with no question. Two rows at most."""
+    tail = list(message_list(conversation=conversation).reverse()[:2])
+    if not tail:
+        return None, None
+    if tail[0].role == Message.Role.USER:
+        return tail[0], None
+    if tail[0].role == Message.Role.ASSISTANT and len(tail) == 2 and tail[1].role == Message.Role.USER:
+        return tail[1], tail[0]
+    return None, None
 
 
 def conversation_history_for_model(*, conversation: Conversation) -> list[dict]:

@@ -99,6 +99,38 @@ def conversation_delete(*, conversation: Conversation) -> None:
     transaction.on_commit(lambda: watch.conversation_deleted(conversation_id))
 
 
+class NotLastTurn(Exception):
+    """Only the conversation's last question may be edited, and only the reply
+    that follows it regenerated; raised (nothing changed) for any other message."""
+
+
+class ReplyInProgress(Exception):
+    """The conversation's last reply is still being written; it cannot be
+    regenerated or its question edited until it ends (or is stopped)."""
+
+
+def _conversation_touch(*, owner, conversation_id: int | None, content: str) -> Conversation:
+    """The owner's conversation (None: a new one titled from `content`), its
+    activity time set to now, inside the caller's transaction.
+
+    An update, not save(): a delete that landed since the read leaves no row
+    to update, and that is the person's not_found, not a server error. Once
+    updated, the row is locked until commit, so it cannot vanish under the
+    caller's inserts, and two edits of one conversation take turns.
+    """
+    if conversation_id is None:
+        return Conversation.objects.create(owner=owner, title=title_from_text(content))
+    conversation = selectors.conversation_get(owner=owner, conversation_id=conversation_id)
+    if not conversation.title:
+        conversation.title = title_from_text(content)
+    conversation.updated = timezone.now()
+    if not Conversation.objects.filter(pk=conversation.pk).update(
+        title=conversation.title, updated=conversation.updated
+    ):
+        raise Conversation.DoesNotExist(f"Conversation {conversation.pk} was deleted")
+    return conversation
+
+
 @transaction.atomic
 def user_message_create(*, owner, conversation_id: int | None, content: str) -> tuple[Message, list[dict]]:
     """Store the user's message, before any generation is asked for.
@@ -111,20 +143,66 @@ def user_message_create(*, owner, conversation_id: int | None, content: str) -> 
     socket checks the same first (events.parse_client_frame).
     """
     text.check(content, what="message", limit=settings.CHAT_MAX_MESSAGE_CHARS)
-    if conversation_id is None:
-        conversation = Conversation.objects.create(owner=owner, title=title_from_text(content))
-    else:
-        conversation = selectors.conversation_get(owner=owner, conversation_id=conversation_id)
-        if not conversation.title:
-            conversation.title = title_from_text(content)
-    conversation.updated = timezone.now()
-    # An update, not save(): a delete that landed since the read leaves no row
-    # to update, and that is the person's not_found, not a server error. Once
-    # updated, the row is locked until commit, so it cannot vanish under the insert.
-    if not Conversation.objects.filter(pk=conversation.pk).update(
-        title=conversation.title, updated=conversation.updated
-    ):
-        raise Conversation.DoesNotExist(f"Conversation {conversation.pk} was deleted")
+    conversation = _conversation_touch(owner=owner, conversation_id=conversation_id, content=content)
+    message = Message.objects.create(conversation=conversation, role=Message.Role.USER, content=content)
+    return message, selectors.conversation_history_for_model(conversation=conversation)
+
+
+def _last_turn(conversation: Conversation, message_id: int, *, question_only: bool):
+    """The last (question, reply) of `conversation` when `message_id` names
+    its last message the way the action needs (the question, for an edit;
+    the reply, or the question if it has none, for a regenerate); raises
+    NotLastTurn otherwise and ReplyInProgress while the reply is generating."""
+    question, reply = selectors.message_last_turn(conversation=conversation)
+    if question is None:
+        raise NotLastTurn(f"Conversation {conversation.pk} has no question to answer again")
+    named = question if (question_only or reply is None) else reply
+    if named.pk != message_id:
+        raise NotLastTurn(f"Message {message_id} is not the last of conversation {conversation.pk}")
+    if reply is not None and reply.status == Message.Status.GENERATING:
+        raise ReplyInProgress(f"Reply {reply.pk} is still being written")
+    return question, reply
+
+
+@transaction.atomic
+def reply_regenerate(*, owner, conversation_id: int, message_id: int) -> tuple[Message, list[dict]]:
+    """Ask again: supersede the conversation's last reply, `message_id`, so
+    that a new reply to the same question can be requested.
+
+    `message_id` may also name the last question when it has no reply (it
+    was stopped or failed before one started); its status is then reset to
+    complete. The superseded reply stays in the database, hidden from the
+    page and from the model. Returns the question and the history to hand
+    the generation service, which ends with that question.
+    Raises Conversation.DoesNotExist (not `owner`'s, or deleted), NotLastTurn
+    and ReplyInProgress; nothing is changed then.
+    """
+    conversation = _conversation_touch(owner=owner, conversation_id=conversation_id, content="")
+    question, reply = _last_turn(conversation, message_id, question_only=False)
+    if reply is not None:
+        Message.objects.filter(pk=reply.pk).update(superseded=True)
+    Message.objects.filter(pk=question.pk).update(status=Message.Status.COMPLETE, error_code="")
+    question.status, question.error_code = Message.Status.COMPLETE, ""
+    return question, selectors.conversation_history_for_model(conversation=conversation)
+
+
+@transaction.atomic
+def user_message_edit(
+    *, owner, conversation_id: int, message_id: int, content: str
+) -> tuple[Message, list[dict]]:
+    """Fix a question: store `content` as a new question in place of the
+    conversation's last one, `message_id`, which is superseded together with
+    its reply (both stay in the database, hidden from the page and the model).
+
+    `content` is checked exactly as a new message's (text.check). Returns the
+    new question and the history to hand the generation service. Raises
+    text.TextRefused, Conversation.DoesNotExist, NotLastTurn and
+    ReplyInProgress; nothing is changed then.
+    """
+    text.check(content, what="message", limit=settings.CHAT_MAX_MESSAGE_CHARS)
+    conversation = _conversation_touch(owner=owner, conversation_id=conversation_id, content=content)
+    question, reply = _last_turn(conversation, message_id, question_only=True)
+    Message.objects.filter(pk__in=[m.pk for m in (question, reply) if m is not None]).update(superseded=True)
     message = Message.objects.create(conversation=conversation, role=Message.Role.USER, content=content)
     return message, selectors.conversation_history_for_model(conversation=conversation)
 
@@ -136,10 +214,12 @@ def user_message_fail(*, message_id: int, error_code: str) -> None:
 
 
 @transaction.atomic
-def user_message_cancel(*, message_id: int) -> None:
+def user_message_cancel(*, message_id: int, error_code: str = "") -> None:
     """Mark a user message whose request was cancelled before its reply started
-    (Stop while queued, or the socket closed), so the history shows it unanswered."""
-    Message.objects.filter(pk=message_id).update(status=Message.Status.CANCELLED)
+    (Stop while queued, the page gone for longer than the re-attach grace, or
+    staff: then `error_code` is "cancelled_by_staff"), so the history shows it
+    unanswered."""
+    Message.objects.filter(pk=message_id).update(status=Message.Status.CANCELLED, error_code=error_code)
 
 
 def assistant_message_start(*, conversation_id: int, request_id: str, worker: str = "") -> Message:
@@ -162,6 +242,18 @@ def assistant_message_start(*, conversation_id: int, request_id: str, worker: st
         if Conversation.objects.filter(pk=conversation_id).exists():
             raise
         raise Conversation.DoesNotExist(f"Conversation {conversation_id} was deleted") from None
+
+
+@transaction.atomic
+def assistant_message_save_partial(*, message_id: int, content: str) -> None:
+    """Save the text so far of a reply that is still being written, so that a
+    crash or restart loses only what came since. Called every few seconds
+    while it streams, never per token; a reply that has ended meanwhile (its
+    row no longer `generating`) is left alone, so this never overwrites the
+    final text."""
+    Message.objects.filter(pk=message_id, status=Message.Status.GENERATING).update(
+        content=text.storable(content)
+    )
 
 
 @transaction.atomic

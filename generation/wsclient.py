@@ -114,5 +114,6 @@ class ChatSocket:
                     return reply
 
     async def close(self) -> None:
-        """Close the socket (the server cancels its reply, if any)."""
+        """Close the socket. Its reply, if any, keeps its place for the
+        server's GENERATION_REATTACH_GRACE_S, then is cancelled (docs/protocol.md)."""
         await self.connection.close()

@@ -126,7 +126,7 @@ class Control:
             limits = events.settings_changed_limits(message, base=self.service.limits)
             self.settings.apply(limits, message["version"])
         elif kind == events.REQUEST_CANCEL:
-            self.service.cancel(str(message["request"]))
+            self.service.cancel(str(message["request"]), by_staff=True)
         elif kind == events.WORKER_STATUS:
             status = message["status"]
             if status["worker"] != self.service.worker_name:

@@ -52,6 +52,9 @@ class GenerationRequest:
     budget_shrunk: bool = False
     text: str = ""
     position: tuple[int, int] | None = None  # last (position, waiting) sent
+    # Staff cancelled it from the console (service.cancel(by_staff=True)), so
+    # its `Done(cancelled)` is worded as theirs, not the person's own Stop.
+    cancelled_by_staff: bool = False
     timeout: asyncio.TimerHandle | None = None
     events: asyncio.Queue[Event] = field(default_factory=asyncio.Queue)
 

@@ -201,13 +201,17 @@ class GenerationService(ReportsMixin):
             self._admit()
         return handle
 
-    def cancel(self, request_id: str) -> None:
-        """Cancel a queued or running request; unknown or finished ids are ignored."""
+    def cancel(self, request_id: str, *, by_staff: bool = False) -> None:
+        """Cancel a queued or running request; unknown or finished ids are ignored.
+        `by_staff`: staff stopped it from the console, which its reader is told
+        (GenerationRequest.cancelled_by_staff)."""
         if request_id in self.running:
+            self.running[request_id].cancelled_by_staff |= by_staff
             self.backend.cancel(request_id)
             return
         for request in self.queue:
             if request.id == request_id:
+                request.cancelled_by_staff |= by_staff
                 self.queue.remove(request)
                 self._end(request, Outcome.CANCELLED, finish_reason=FinishReason.CANCELLED)
                 self._publish_positions()

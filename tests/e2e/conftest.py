@@ -27,7 +27,7 @@ DAPHNE_PORTS = (18001, 18002)
 REDIS_PORT = 16380
 DATABASE = "chatsite_e2e"
 PASSWORD = "e2e-pass-4821"
-USERS = [f"user{index}" for index in range(1, 61)]
+USERS = [f"user{index}" for index in range(1, 72)]
 
 CREATE_USERS = f"""
 from django.contrib.auth import get_user_model
@@ -122,6 +122,9 @@ def stack(tiny_model_dir, tmp_path_factory):
         "GENERATION_MAX_CONCURRENCY": "4",
         "GENERATION_MAX_QUEUE": "16",
         "GENERATION_MAX_NEW_TOKENS": "300",
+        # Closed sockets' replies end soon, so the disconnect tests stay
+        # short; a re-attach test reconnects well within it.
+        "GENERATION_REATTACH_GRACE_S": "2",
     }
     env.pop("DJANGO_SETTINGS_MODULE", None)
     subprocess.run(["dropdb", "-h", "127.0.0.1", "-U", "postgres", "--if-exists", DATABASE], check=True)

@@ -2,6 +2,7 @@
 
 import asyncio
 import contextlib
+import itertools
 import os
 import signal
 import subprocess
@@ -10,6 +11,7 @@ import urllib.request
 import pytest
 import websockets
 
+from generation.replies import PARTIAL_SAVE_INTERVAL_S
 from generation.wsclient import ChatSocket, login
 from tests.e2e.conftest import DAPHNE_PORTS, PASSWORD, REDIS_PORT
 from tests.polling import wait_for
@@ -100,6 +102,37 @@ async def test_disconnects_free_slots_and_store_cancelled(stack, long_replies):
     await asyncio.gather(*(socket.close() for socket in fresh))
 
 
+async def test_reloads_through_nginx_reattach_to_the_reply(stack, long_replies):
+    """Each new socket of a session reaches the same process through nginx,
+    so a page reloaded mid-reply, again and again, re-attaches: it gets the
+    text so far and the rest live; Stop from the last one ends it."""
+    cookie = await asyncio.to_thread(login, stack.url, "user71", PASSWORD)
+    socket = await ChatSocket.open(stack.ws_url, cookie, origin=stack.url)
+    await socket.send(LONG)
+    first = await events_until(socket, {"token"})
+    accepted, started = first[0], first[1]
+    texts = []
+    for _ in range(3):
+        await socket.close()
+        socket = await socket.reconnect()
+        await socket.send_frame({"type": "open", "conversation": accepted["conversation"]})
+        attached = await socket.receive()
+        assert (attached["type"], attached["request"], attached["message"]) == (
+            "attached",
+            accepted["request"],
+            started["message"],
+        )
+        texts.append(attached["text"])
+        await events_until(socket, {"token"})
+    assert texts[0] and all(b.startswith(a) and len(b) > len(a) for a, b in itertools.pairwise(texts))
+    await socket.send_frame({"type": "cancel"})
+    done = (await events_until(socket, {"done"}))[-1]
+    assert done["finish_reason"] == "cancelled"
+    [(content,)] = stack.sql("SELECT content FROM generation_message WHERE id = %s", started["message"])
+    assert content.startswith(texts[-1])
+    await socket.close()
+
+
 def generating_worker(stack, message_id):
     [(worker,)] = stack.sql("SELECT worker FROM generation_message WHERE id = %s", message_id)
     return worker
@@ -110,16 +143,19 @@ async def test_killed_process_clients_reconnect_and_replies_end_interrupted(stac
     reconnect to the other process through nginx; their partial replies are
     marked interrupted when the process restarts; the other process's clients
     are unaffected."""
-    sockets = await open_sockets(stack, [f"user{index}" for index in range(51, 55)])
-    for socket in sockets:
+    # nginx sends each session's sockets to one process, chosen by a hash of
+    # its cookie: people are added until both processes have some.
+    sockets, replies, workers = [], {}, {}
+    for index in range(61, 71):
+        if len(sockets) >= 4 and set(workers.values()) == {"daphne-1", "daphne-2"}:
+            break
+        [socket] = await open_sockets(stack, [f"user{index}"])
         await socket.send(LONG)
-    started = [await events_until(socket, {"token"}) for socket in sockets]
-    replies = {
-        s: next(e["message"] for e in seen if e["type"] == "started")
-        for s, seen in zip(sockets, started, strict=True)
-    }
-    workers = {s: generating_worker(stack, message) for s, message in replies.items()}
-    assert set(workers.values()) == {"daphne-1", "daphne-2"}, "nginx spreads sockets over both processes"
+        seen = await events_until(socket, {"token"})
+        sockets.append(socket)
+        replies[socket] = next(e["message"] for e in seen if e["type"] == "started")
+        workers[socket] = generating_worker(stack, replies[socket])
+    assert set(workers.values()) == {"daphne-1", "daphne-2"}, "nginx spreads sessions over both processes"
     victims = [s for s in sockets if workers[s] == "daphne-1"]
     survivors = [s for s in sockets if workers[s] == "daphne-2"]
 
@@ -129,6 +165,9 @@ async def test_killed_process_clients_reconnect_and_replies_end_interrupted(stac
         asyncio.create_task(events_until(socket, {"done", "error"}, timeout=120, into=seen))
         for socket, seen in zip(survivors, survivor_events, strict=True)
     ]
+    # Long enough for a partial save of the replies' text (every 3 s), which
+    # is what a killed process leaves of them.
+    await asyncio.sleep(PARTIAL_SAVE_INTERVAL_S + 0.5)
     killed_pid = stack.daphne_pid(1)
     os.kill(killed_pid, signal.SIGKILL)
     for socket in victims:
@@ -175,6 +214,8 @@ async def test_killed_process_clients_reconnect_and_replies_end_interrupted(stac
         ),
         timeout=30,
     )
+    kept = stack.sql("SELECT content FROM generation_message WHERE id = ANY(%s)", victim_replies)
+    assert all(content for (content,) in kept), "an interrupted reply keeps its text so far"
     await asyncio.gather(*(socket.close() for socket in sockets))
 
 

@@ -137,16 +137,23 @@ async def test_cancel_saves_partial_reply(service, alice, connect_as):
     assert reply.content
 
 
-async def test_disconnect_cancels_and_frees_the_slot(service, alice, bob, connect_as):
-    """Closing the socket stops its reply and the next waiting request starts."""
+async def test_a_reply_nobody_comes_back_for_is_cancelled_after_the_grace(
+    service, alice, bob, connect_as, settings
+):
+    """Closing the socket keeps the reply for the re-attach grace; nobody comes
+    back, so it is stopped and the next waiting request starts."""
+    settings.GENERATION_REATTACH_GRACE_S = 0.5
     service.update_limits(service.limits.replace(max_concurrency=1, max_new_tokens=4000))
     first, second = await connect_as(alice), await connect_as(bob)
     await first.send_json_to(send_frame())
     started = (await receive_until(first, "started"))[-1]
     await second.send_json_to(send_frame())
     await receive_until(second, "queued")
+    closed_at = time.monotonic()
     await first.disconnect(timeout=TIMEOUT)
+    assert any(r.user_id == alice.pk for r in service.running.values())  # kept for now
     await receive_until(second, "started")
+    assert time.monotonic() - closed_at >= 0.5
     assert not any(r.user_id == alice.pk for r in service.running.values())
     reply = await Message.objects.aget(pk=started["message"])
     assert reply.status == Message.Status.CANCELLED
@@ -305,11 +312,13 @@ async def test_first_request_marks_a_dead_predecessors_replies_interrupted(alice
 
 
 async def test_a_send_refused_by_a_closing_socket_still_saves_the_request(
-    service, alice, bob, django_user_model, connect_as, monkeypatch
+    service, alice, bob, django_user_model, connect_as, monkeypatch, settings
 ):
     """A client can close between a frame's check and its send; the server then
     refuses the send (fault injected here). The request must still end, freeing
-    its place, and be stored as cancelled once the disconnect arrives."""
+    its place, and be stored as cancelled once the disconnect arrives (with
+    no re-attach grace, as GENERATION_REATTACH_GRACE_S=0 sets)."""
+    settings.GENERATION_REATTACH_GRACE_S = 0
     carol = await django_user_model.objects.acreate(username="carol")
     service.update_limits(service.limits.replace(max_concurrency=1, max_new_tokens=4000))
     first, second, third = [await connect_as(user) for user in (alice, carol, bob)]
@@ -341,31 +350,31 @@ async def test_a_send_refused_by_a_closing_socket_still_saves_the_request(
     await receive_until(first, "done")
 
 
-async def test_a_dropped_app_still_cancels_its_reply(service, alice, connect_as):
+async def test_a_dropped_app_leaves_an_orphan_that_a_new_message_stops(service, alice, connect_as):
     """Daphne cancels an app that is still busy 10 s after its client left
-    (application_close_timeout), so `disconnect` never runs. The reply must
-    stop anyway: stored as cancelled, its slot freed, and the same person able
-    to chat again at once."""
+    (application_close_timeout), so `disconnect` never runs. The reply waits
+    for its page like any other, and the same person can chat again at once:
+    the new message stops the orphan, stored as cancelled, instead of `busy`."""
     service.update_limits(service.limits.replace(max_new_tokens=4000))
     chat = await connect_as(alice)
     await chat.send_json_to(send_frame())
     started = (await receive_until(chat, "started"))[-1]
     chat.future.cancel()  # what daphne's application_checker does
 
-    reply = await wait_for(lambda: stored_status(started["message"], "cancelled"), timeout=3)
-    assert reply.completion_tokens < 4000
-    assert not any(r.user_id == alice.pk for r in [*service.queue, *service.running.values()])
     again = await connect_as(alice)
     await again.send_json_to(send_frame("still there?"))
     assert (await receive_until_either(again, "started", "error"))[-1]["type"] == "started"
+    reply = await wait_for(lambda: stored_status(started["message"], "cancelled"), timeout=3)
+    assert reply.completion_tokens < 4000
     await again.send_json_to({"type": "cancel"})
     await receive_until(again, "done")
 
 
-async def test_a_failed_send_cancels_the_reply_at_once(service, alice, connect_as, monkeypatch):
+async def test_a_failed_send_lets_go_of_the_reply(service, alice, connect_as, monkeypatch, settings):
     """A send the server refuses means the reader is gone (fault injected
-    here; some servers raise on a closed socket); the reply is cancelled then,
-    without waiting for a disconnect that may come late or never."""
+    here; some servers raise on a closed socket); the reply's grace starts
+    then, without waiting for a disconnect that may come late or never."""
+    settings.GENERATION_REATTACH_GRACE_S = 0.2
     service.update_limits(service.limits.replace(max_new_tokens=4000))
     original = consumers.ChatConsumer.send_json
 

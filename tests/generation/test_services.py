@@ -63,6 +63,52 @@ def test_history_skips_failed_and_empty_turns(alice):
     ]
 
 
+def test_superseded_turns_are_kept_but_neither_shown_nor_given_to_the_model(alice):
+    """A regenerated reply and an edited question stay stored; the page's
+    list and the model's history skip them."""
+    conversation = services.conversation_create(owner=alice)
+    add(conversation, "user", "first")
+    old = add(conversation, "assistant", "old answer")
+    question, history = services.reply_regenerate(
+        owner=alice, conversation_id=conversation.pk, message_id=old.pk
+    )
+    assert question.content == "first" and history == [{"role": "user", "content": "first"}]
+    add(conversation, "assistant", "new answer")
+    edited, history = services.user_message_edit(
+        owner=alice, conversation_id=conversation.pk, message_id=question.pk, content="first, fixed"
+    )
+    assert history == [{"role": "user", "content": "first, fixed"}]
+    assert list(selectors.message_list(conversation=conversation)) == [edited]
+    assert conversation.messages.count() == 4  # nothing deleted
+    with pytest.raises(services.NotLastTurn):
+        services.reply_regenerate(owner=alice, conversation_id=conversation.pk, message_id=old.pk)
+
+
+def test_a_question_stopped_before_its_reply_can_be_asked_again(alice):
+    """Regenerate naming a last question that has no reply (stopped while
+    queued) asks it again: it is no longer marked cancelled."""
+    conversation = services.conversation_create(owner=alice)
+    stopped = add(conversation, "user", "are you there?", Message.Status.CANCELLED)
+    question, history = services.reply_regenerate(
+        owner=alice, conversation_id=conversation.pk, message_id=stopped.pk
+    )
+    assert (question.pk, question.status) == (stopped.pk, Message.Status.COMPLETE)
+    assert Message.objects.get(pk=stopped.pk).status == Message.Status.COMPLETE
+    assert history == [{"role": "user", "content": "are you there?"}]
+
+
+def test_a_partial_save_never_overwrites_a_finished_reply(alice):
+    """The text so far is written while the reply is generating; once it has
+    ended, a late partial save changes nothing."""
+    conversation = services.conversation_create(owner=alice)
+    reply = services.assistant_message_start(conversation_id=conversation.pk, request_id="r1")
+    services.assistant_message_save_partial(message_id=reply.pk, content="so far")
+    assert Message.objects.get(pk=reply.pk).content == "so far"
+    services.assistant_message_finish(message_id=reply.pk, content="so far, and more", status="complete")
+    services.assistant_message_save_partial(message_id=reply.pk, content="so far")
+    assert Message.objects.get(pk=reply.pk).content == "so far, and more"
+
+
 def test_assistant_message_is_written_once_at_the_end(alice):
     """A reply starts empty and generating, and ends with its text, counts and timings."""
     conversation = services.conversation_create(owner=alice)

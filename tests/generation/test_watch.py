@@ -51,6 +51,31 @@ async def test_logout_closes_the_socket_and_stops_its_reply(service, alice, chat
     assert reply.content
 
 
+async def test_a_reply_waiting_for_its_page_stops_at_a_logout_or_a_delete(service, alice, chat_as):
+    """A reply whose page is gone (within the re-attach grace) still stops
+    within a second when its person logs out elsewhere, or when its
+    conversation is deleted: nobody may come back for it."""
+    service.update_limits(service.limits.replace(max_new_tokens=4000))
+    for ending in ("logout", "delete"):
+        client, chat = await chat_as()
+        await chat.send_json_to(send_frame())
+        accepted, started = (await receive_until(chat, "started"))[:2]
+        await chat.disconnect()
+        assert any(r.user_id == alice.pk for r in service.running.values())  # waiting for its page
+        if ending == "logout":
+            await client.alogout()
+        else:
+            await Conversation.objects.filter(pk=accepted["conversation"]).adelete()
+        await wait_for(lambda: not any(r.user_id == alice.pk for r in service.running.values()), timeout=1.5)
+        if ending == "logout":
+            reply = await wait_for(
+                lambda pk=started["message"]: Message.objects.filter(
+                    pk=pk, status=Message.Status.CANCELLED
+                ).afirst()
+            )
+            assert reply.content
+
+
 async def test_a_frame_sent_right_after_logout_is_refused(service, alice, chat_as):
     """A message sent after the logout, before the watch's next check, is not
     stored and gets no reply: the socket closes with 4401."""

@@ -85,6 +85,10 @@ class ErrorCode(enum.StrEnum):
     # Raised by the chat protocol, not by the runtime:
     INVALID = "invalid"
     NOT_FOUND = "not_found"
+    NOT_LAST = "not_last"  # regenerate/edit of anything but the last turn
+    # Not an error frame's code: a `done` frame's `code` (and a stored
+    # message's error_code) when staff cancelled the request from the console.
+    CANCELLED_BY_STAFF = "cancelled_by_staff"
 
     @property
     def outcome(self) -> Outcome:
@@ -114,6 +118,8 @@ ERROR_TEXT: dict[ErrorCode, str] = {
     ErrorCode.LEASE_LOST: "The server lost this reply's place in the queue and stopped it. Please send it again.",
     ErrorCode.INVALID: "That request was not understood.",
     ErrorCode.NOT_FOUND: "That conversation does not exist.",
+    ErrorCode.NOT_LAST: "Only the last reply can be regenerated, and only the last question edited. Reload to see the latest.",
+    ErrorCode.CANCELLED_BY_STAFF: "The site's staff stopped this reply. You can try again.",
 }
 
 
