@@ -235,7 +235,15 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
                 if self.orphaned and not event.terminal:
                     continue
                 if isinstance(event, Queued):
-                    await self.emit(events.queued(handle.id, event.position, event.waiting))
+                    await self.emit(
+                        events.queued(
+                            handle.id,
+                            event.position,
+                            event.waiting,
+                            model_state=event.model_state,
+                            eta_s=event.eta_s,
+                        )
+                    )
                 elif isinstance(event, Started):
                     try:
                         reply = await _start_reply(
