@@ -84,6 +84,7 @@ def _request_row(worker: str, item: dict) -> dict:
         row["tokens"] = item["tokens"]
     if "position" in item:
         row["position"] = item["position"]
+        row["eta_s"] = item.get("eta_s")  # None: unknown (model loading, too few replies)
     return row
 
 
@@ -112,7 +113,9 @@ def console_payload(statuses: list[dict], *, local_worker: str | None = None, sa
     `admission` sums them up (see `admission_summary`); `total` counts each
     request once (see `_total`), and `total.by_source` splits the running and
     waiting counts between the chat and the API. Each running and waiting row
-    says its `source`.
+    says its `source`; each waiting row its `position` and `eta_s` (as the
+    person's `queued` frame has it: seconds until it starts, or None). While
+    a worker's model loads, its `model.state` is "loading".
     """
     workers, running, waiting = [], [], []
     samples = {"ttft_ms": [], "queue_wait_ms": []}

@@ -7,6 +7,7 @@ import threading
 import pytest
 
 from generation.runtime import registry
+from queueadmin.consumers import QueueConsumer
 from tests.generation.conftest import TIMEOUT, receive_until
 from tests.generation.test_consumers import send_frame
 
@@ -38,15 +39,23 @@ async def slow_load(tiny_model, monkeypatch):
         service.stop()
 
 
-async def test_the_queued_frame_says_the_model_is_loading(slow_load, alice, connect_as):
+async def test_the_queued_frame_says_the_model_is_loading(
+    slow_load, alice, django_user_model, connect_as, websocket_as
+):
     """Sent while the model loads, a message is queued with model_state
-    "loading" and no estimate; once loaded, the reply starts and ends."""
+    "loading" and no estimate, and the console shows the model loading with
+    the message waiting; once loaded, the reply starts and ends."""
     chat = await connect_as(alice)
     service = registry._service
     service.update_limits(service.limits.replace(max_new_tokens=5))
     await chat.send_json_to(send_frame())
     queued = (await receive_until(chat, "queued"))[-1]
     assert (queued["model_state"], queued["eta_s"], queued["position"]) == ("loading", None, 1)
+    staff = await django_user_model.objects.acreate(username="sam", is_staff=True, is_superuser=True)
+    console = await websocket_as(QueueConsumer, "/ws/queue/", staff)
+    payload = await console.receive_json_from(timeout=TIMEOUT)
+    assert payload["workers"][0]["model"]["state"] == "loading"
+    assert [(row["position"], row["eta_s"]) for row in payload["waiting"]] == [(1, None)]
     slow_load.set()
     frames = await receive_until(chat, "done")
     assert "started" in [frame["type"] for frame in frames]
