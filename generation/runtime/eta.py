@@ -19,8 +19,11 @@ time A of the recent completed replies:
 
 A "run time" is a completed reply's time in its slot (started → finished,
 the records' `started_at` to `finished_at`), kept in a rolling window of the
-last `WINDOW` replies finished in this process; there is no estimate (None)
-until `MIN_SAMPLES` are known. Estimates are rounded (`rounded`) so that a
+last `WINDOW` replies finished in this process (`RunTimes`, fed by the
+service as replies complete); queueadmin seeds it when a service starts with
+the site's last completed replies from before (its GenerationRecords), so
+that a restart does not forget. There is no estimate (None) until
+`MIN_SAMPLES` are known. Estimates are rounded (`rounded`) so that a
 page saying "about" never shows false precision.
 """
 
@@ -45,6 +48,14 @@ class RunTimes:
         """Remember one completed reply's run time (negative ones are ignored)."""
         if seconds >= 0:
             self._seconds.append(seconds)
+
+    def seed(self, older: list[float]) -> None:
+        """Put run times that finished before any added here (oldest first:
+        the site's records, read at start) ahead of those; the window keeps
+        the newest."""
+        newer = list(self._seconds)
+        self._seconds.clear()
+        self._seconds.extend([s for s in older if s >= 0] + newer)
 
     def mean(self) -> float | None:
         """The mean run time in seconds, or None with fewer than `min_samples`."""

@@ -81,3 +81,10 @@ async def test_eta_grows_with_position(make_service):
     for handle in waiting:
         handle.cancel()
     await asyncio.sleep(0)
+
+
+def test_a_seed_goes_before_what_finished_here_and_the_window_keeps_the_newest():
+    times = eta.RunTimes(window=3)
+    times.add(30)
+    times.seed([1, 2, 3])
+    assert times.mean() == (2 + 3 + 30) / 3
