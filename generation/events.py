@@ -147,9 +147,21 @@ def accepted(request: str, conversation: int, user_message: int) -> dict:
     }
 
 
-def queued(request: str, position: int, waiting: int) -> dict:
-    """The request waits in the queue at `position` of `waiting`."""
-    return {"type": "queued", "request": request, "position": position, "waiting": waiting}
+def queued(
+    request: str, position: int, waiting: int, *, model_state: str = "ready", eta_s: int | None = None
+) -> dict:
+    """The request waits in the queue at `position` of `waiting`;
+    `model_state` is "loading" while the model loads (nothing starts until it
+    is "ready"), `eta_s` about how many seconds until the reply starts, or
+    None while unknown (see generation.runtime.eta)."""
+    return {
+        "type": "queued",
+        "request": request,
+        "position": position,
+        "waiting": waiting,
+        "model_state": str(model_state),
+        "eta_s": eta_s,
+    }
 
 
 def started(request: str, message: int) -> dict:

@@ -186,7 +186,15 @@ class LiveReply:
                     continue
                 if isinstance(event, Queued):
                     self.position = (event.position, event.waiting)
-                    await self._send(events.queued(handle.id, event.position, event.waiting))
+                    await self._send(
+                        events.queued(
+                            handle.id,
+                            event.position,
+                            event.waiting,
+                            model_state=event.model_state,
+                            eta_s=event.eta_s,
+                        )
+                    )
                 elif isinstance(event, Started):
                     await self._started()
                 elif isinstance(event, Token):

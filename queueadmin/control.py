@@ -2,7 +2,7 @@
 
 `attach(service)` is called once by generation.runtime.registry when it
 starts a service, inside the running loop (a start hook that
-QueueAdminConfig.ready registers). It starts four tasks on that
+QueueAdminConfig.ready registers). It starts five tasks on that
 loop:
 
 - follow: applies the saved settings row at once, whatever Redis does, and
@@ -15,7 +15,9 @@ loop:
   the process is busy;
 - write: every FLUSH_INTERVAL_S, writes the queued records and snapshots in
   one batch (queueadmin.recorder), so the loop never waits on the database
-  and no write happens per token.
+  and no write happens per token;
+- seed: once, gives the service's start estimates (generation.runtime.eta)
+  the run times of the site's last completed replies from before it started.
 
 All state is touched on the loop only. The tasks end when the service is
 stopped (a stop listener of the service).
@@ -26,6 +28,7 @@ import contextlib
 import logging
 import time
 
+from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 
 from generation.runtime.types import RequestRecord
@@ -111,11 +114,18 @@ class Control:
         """Listen for records, start the tasks, and stop them with the service."""
         self.service.record_listeners.append(self._on_record)
         loop = self.service.loop
-        for run in (self._follow, self._listen, self._publish, self._write):
+        for run in (self._seed, self._follow, self._listen, self._publish, self._write):
             task = loop.create_task(run(), name=f"queueadmin-{run.__name__.strip('_')}")
             task.add_done_callback(_log_failure)
             self.tasks.append(task)
         self.service.stop_listeners.append(self.close)
+
+    async def _seed(self) -> None:
+        """Once: start the service's run-time window (its start estimates)
+        with the site's completed replies from before it started."""
+        before = time.time()
+        older = await database_sync_to_async(selectors.run_times_recent)(before=before)
+        self.service.run_times.seed(older)
 
     # Channel-layer messages -------------------------------------------
 

@@ -31,6 +31,22 @@ def settings_changes_recent(*, limit: int = 20) -> list[SettingsChange]:
     return list(SettingsChange.objects.select_related("user")[:limit])
 
 
+def run_times_recent(*, before: float, limit: int = 20) -> list[float]:
+    """Seconds from start to end of the site's last `limit` completed replies
+    that finished before `before` (epoch seconds), oldest first: what a
+    starting service's start estimates begin with (generation.runtime.eta)."""
+    rows = (
+        GenerationRecord.objects.filter(
+            outcome=GenerationRecord.Outcome.COMPLETED,
+            started_at__isnull=False,
+            finished_at__lt=datetime.datetime.fromtimestamp(before, tz=datetime.UTC),
+        )
+        .order_by("-enqueued_at")
+        .values_list("started_at", "finished_at")[:limit]
+    )
+    return [(finished - started).total_seconds() for started, finished in list(rows)[::-1]]
+
+
 def admission_ms_by_request(*, request_ids: list[str]) -> dict[str, float]:
     """{request id: milliseconds from submit to start} of the records of
     `request_ids` that started, as the service stamped them (to the
@@ -84,6 +100,7 @@ def _request_row(worker: str, item: dict) -> dict:
         row["tokens"] = item["tokens"]
     if "position" in item:
         row["position"] = item["position"]
+        row["eta_s"] = item.get("eta_s")  # None: unknown (model loading, too few replies)
     return row
 
 
@@ -112,7 +129,9 @@ def console_payload(statuses: list[dict], *, local_worker: str | None = None, sa
     `admission` sums them up (see `admission_summary`); `total` counts each
     request once (see `_total`), and `total.by_source` splits the running and
     waiting counts between the chat and the API. Each running and waiting row
-    says its `source`.
+    says its `source`; each waiting row its `position` and `eta_s` (as the
+    person's `queued` frame has it: seconds until it starts, or None). While
+    a worker's model loads, its `model.state` is "loading".
     """
     workers, running, waiting = [], [], []
     samples = {"ttft_ms": [], "queue_wait_ms": []}

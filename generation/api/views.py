@@ -255,8 +255,11 @@ async def stream(call: ApiCall, event, chunks: sse.Chunks):
             if event is None:  # silent for KEEPALIVE_S
                 yield sse.queued(*position) if position else sse.KEEPALIVE
             elif isinstance(event, Queued):
-                position = (event.position, event.waiting)
-                yield sse.queued(*position)
+                # A Queued event also comes when only the chat's model_state
+                # or eta_s changed; the comment says the place alone.
+                if position != (event.position, event.waiting):
+                    position = (event.position, event.waiting)
+                    yield sse.queued(*position)
             elif isinstance(event, Started):
                 position = None
                 if not role_sent:

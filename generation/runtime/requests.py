@@ -4,9 +4,11 @@ A `GenerationRequest` is created by `GenerationService.submit` and lives
 until its terminal event. Its events are the typed events of
 generation.runtime.types, in this order:
 
-- `Queued(position, waiting)` on entering the queue and whenever either
-  number changes (position 1 is next to start); again if the engine was busy
-  and the request went back to the head of the queue.
+- `Queued(position, waiting, model_state, eta_s)` on entering the queue and
+  whenever a field changes (position 1 is next to start; the model's state
+  "loading" or "ready"; the estimated seconds until the start, or None);
+  again if the engine was busy and the request went back to the head of the
+  queue.
 - `Started(prompt_tokens, dropped_messages, max_new_tokens, budget_shrunk)`
   once the backend has built the prompt and begins the prefill.
   `max_new_tokens` is the reply's budget in effect: below the asked one (and
@@ -55,6 +57,7 @@ class GenerationRequest:
     # Staff cancelled it from the console (service.cancel(by_staff=True)), so
     # its `Done(cancelled)` is worded as theirs, not the person's own Stop.
     cancelled_by_staff: bool = False
+    wait_shown: tuple | None = None  # last (model_state, eta_s) sent
     timeout: asyncio.TimerHandle | None = None
     events: asyncio.Queue[Event] = field(default_factory=asyncio.Queue)
 

@@ -21,6 +21,7 @@ import socket
 import time
 from collections.abc import Callable
 
+from generation.runtime import eta
 from generation.runtime.backends import Backend
 from generation.runtime.reporting import ReportsMixin
 from generation.runtime.requests import GenerationHandle, GenerationRequest
@@ -86,6 +87,8 @@ class GenerationService(ReportsMixin):
         self.record_listeners: list[Callable[[RequestRecord], None]] = []
         self.stop_listeners: list[Callable[[], None]] = []
         self._tokens = collections.deque()  # (monotonic time, tokens) per report batch
+        # Recent completed replies' run times, for the queued events' eta_s.
+        self.run_times = eta.RunTimes()
         self._held_until = 0.0  # loop time before which nothing is admitted (engine busy)
         self._resume: asyncio.TimerHandle | None = None
         # Set once the backend has named its model (a remote engine does so
@@ -271,6 +274,7 @@ class GenerationService(ReportsMixin):
                     "source": str(r.source),
                     "meta": r.meta,
                     "since": r.enqueued_at,
+                    "eta_s": r.wait_shown[1] if r.wait_shown else None,
                 }
                 for i, r in enumerate(self.queue, start=1)
             ],
@@ -338,10 +342,31 @@ class GenerationService(ReportsMixin):
         self.backend.admit(request)
 
     def show_position(self, request: GenerationRequest, position: int, waiting: int) -> None:
-        """Send `request` a `Queued` event when its (position, waiting) changed."""
-        if request.position != (position, waiting):
-            request.position = (position, waiting)
-            request.emit(Queued(position=position, waiting=waiting))
+        """Send `request` a `Queued` event when its (position, waiting), the
+        model's state or the (rounded) estimate of its start changed."""
+        shown = (self.model_state, self.start_estimate(position))
+        if request.position != (position, waiting) or request.wait_shown != shown:
+            request.position, request.wait_shown = (position, waiting), shown
+            request.emit(Queued(position=position, waiting=waiting, model_state=shown[0], eta_s=shown[1]))
+
+    def start_estimate(self, position: int) -> int | None:
+        """About how many seconds until the request at `position` starts
+        (generation.runtime.eta: Gradio's queue ETA, from this process's
+        recent run times), rounded; None while the model is not ready or
+        fewer than eta.MIN_SAMPLES replies have completed here. With a site
+        queue, `position` is the site's and the cap the site's, while the run
+        times and the running replies are this process's: an estimate."""
+        mean_s = self.run_times.mean()
+        if mean_s is None or self.model_state is not ModelState.READY:
+            return None
+        capacity = self.limits.max_concurrency
+        if self.process_max_concurrency and not self._site_wide():
+            capacity = min(capacity, self.process_max_concurrency)
+        now = time.time()
+        elapsed = [now - r.started_at for r in self.running.values() if r.started_at is not None]
+        return eta.rounded(
+            eta.start_in(position=position, capacity=capacity, mean_s=mean_s, running_elapsed_s=elapsed)
+        )
 
     def reject_waiting(self, request: GenerationRequest, code: ErrorCode) -> None:
         """The site refused `request` (busy, queue_full): it leaves the queue
@@ -396,6 +421,8 @@ class GenerationService(ReportsMixin):
             self.site.ended(request)
         request.state = RequestState.FINISHED
         request.finished_at = time.time()
+        if outcome is Outcome.COMPLETED and request.started_at is not None:
+            self.run_times.add(request.finished_at - request.started_at)
         if error_code is not None:
             request.emit(Error(code=error_code, message=message))
         else:

@@ -73,7 +73,14 @@ async def test_requests_wait_while_the_model_loads(make_service):
     handle = service.submit(user_id=1, messages=ask())
     assert service.status()["model"]["state"] == "loading"
     events = await collect(handle)
-    assert events[0] == {"type": "queued", "position": 1, "waiting": 1}
+    # It says the model is loading; no estimate of its start yet.
+    assert events[0] == {
+        "type": "queued",
+        "position": 1,
+        "waiting": 1,
+        "model_state": "loading",
+        "eta_s": None,
+    }
     assert types(events)[-1] == "done"
 
 

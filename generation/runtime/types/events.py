@@ -9,7 +9,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import ClassVar
 
-from generation.runtime.types.values import ErrorCode, FinishReason, Timings, Usage
+from generation.runtime.types.values import ErrorCode, FinishReason, ModelState, Timings, Usage
 
 
 class _Event:
@@ -24,11 +24,18 @@ class _Event:
 @dataclass(frozen=True)
 class Queued(_Event):
     """The request waits at `position` (1 is next) of `waiting`; sent on
-    entering the queue and whenever either number changes."""
+    entering the queue and whenever any field changes. `model_state` is
+    "loading" while the model loads (or a remote engine is not reached yet):
+    then nothing can start, whatever the position. `eta_s`: about how many
+    seconds until the reply starts (whole seconds, rounded coarser as it
+    grows, see generation.runtime.eta), or None while unknown (too few
+    finished replies, or the model still loading)."""
 
     type: ClassVar[str] = "queued"
     position: int
     waiting: int
+    model_state: ModelState = ModelState.READY
+    eta_s: int | None = None
 
 
 @dataclass(frozen=True)

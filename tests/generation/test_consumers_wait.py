@@ -1,0 +1,99 @@
+"""An honest wait on /ws/chat/: `queued` frames say when the model is still
+loading, and estimate when the reply starts (`eta_s`), on the tiny model."""
+
+import asyncio
+import threading
+
+import pytest
+
+from generation.runtime import registry
+from queueadmin.consumers import QueueConsumer
+from tests.generation.conftest import TIMEOUT, receive_until
+from tests.generation.test_consumers import send_frame
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture
+async def slow_load(tiny_model, monkeypatch):
+    """The model load waits until the test opens the returned gate, as a
+    first load of a big model does for minutes. The service is stopped at
+    teardown."""
+    gate = threading.Event()
+    configured = registry.configured_model_loader
+
+    def gated_loader():
+        load = configured()
+
+        def load_after_gate():
+            gate.wait(TIMEOUT)
+            return load()
+
+        return load_after_gate
+
+    monkeypatch.setattr(registry, "configured_model_loader", gated_loader)
+    yield gate
+    gate.set()
+    service = registry._service
+    if service is not None and service.loop is asyncio.get_running_loop():
+        service.stop()
+
+
+async def test_the_queued_frame_says_the_model_is_loading(
+    slow_load, alice, django_user_model, connect_as, websocket_as
+):
+    """Sent while the model loads, a message is queued with model_state
+    "loading" and no estimate, and the console shows the model loading with
+    the message waiting; once loaded, the reply starts and ends."""
+    chat = await connect_as(alice)
+    service = registry._service
+    service.update_limits(service.limits.replace(max_new_tokens=5))
+    await chat.send_json_to(send_frame())
+    queued = (await receive_until(chat, "queued"))[-1]
+    assert (queued["model_state"], queued["eta_s"], queued["position"]) == ("loading", None, 1)
+    staff = await django_user_model.objects.acreate(username="sam", is_staff=True, is_superuser=True)
+    console = await websocket_as(QueueConsumer, "/ws/queue/", staff)
+    payload = await console.receive_json_from(timeout=TIMEOUT)
+    assert payload["workers"][0]["model"]["state"] == "loading"
+    assert [(row["position"], row["eta_s"]) for row in payload["waiting"]] == [(1, None)]
+    slow_load.set()
+    frames = await receive_until(chat, "done")
+    assert "started" in [frame["type"] for frame in frames]
+    assert all(frame["model_state"] == "ready" for frame in frames if frame["type"] == "queued")
+
+
+async def test_eta_is_null_then_a_number_once_replies_finished(
+    service, alice, bob, django_user_model, connect_as
+):
+    """With one slot taken: no history, no estimate; after three replies
+    completed on the site, the waiting person gets one in whole seconds."""
+    carol = await django_user_model.objects.acreate(username="carol")
+    service.update_limits(service.limits.replace(max_concurrency=1, max_new_tokens=4000))
+    long, waiting = await connect_as(bob), await connect_as(carol)
+    await long.send_json_to(send_frame())
+    await receive_until(long, "started")
+    await waiting.send_json_to(send_frame())
+    queued = (await receive_until(waiting, "queued"))[-1]
+    assert (queued["model_state"], queued["eta_s"]) == ("ready", None)
+    for chat in (long, waiting):
+        await chat.send_json_to({"type": "cancel"})
+        await receive_until(chat, "done")
+
+    service.update_limits(service.limits.replace(max_new_tokens=5))
+    chat = await connect_as(alice)
+    conversation = None
+    for index in range(3):
+        await chat.send_json_to(send_frame(f"Question {index}", conversation))
+        frames = await receive_until(chat, "done")
+        conversation = frames[0]["conversation"]
+
+    service.update_limits(service.limits.replace(max_new_tokens=4000))
+    await long.send_json_to(send_frame("again"))
+    await receive_until(long, "started")
+    await waiting.send_json_to(send_frame("again"))
+    queued = (await receive_until(waiting, "queued"))[-1]
+    assert queued["model_state"] == "ready"
+    assert isinstance(queued["eta_s"], int) and queued["eta_s"] >= 1
+    for chat in (long, waiting):
+        await chat.send_json_to({"type": "cancel"})
+        await receive_until(chat, "done")
