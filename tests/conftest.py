@@ -16,7 +16,7 @@ import torch
 from channels.auth import AuthMiddlewareStack
 from channels.testing import WebsocketCommunicator
 from django.conf import settings as django_settings
-from django.test import AsyncClient
+from django.test import AsyncClient, override_settings
 
 from generation.runtime.backends.local import LocalBackend
 from generation.runtime.loading import cached_folder, resolve_source, shared_model
@@ -51,6 +51,19 @@ def build_tiny_model(target: Path) -> Path:
     model.save_pretrained(target)
     tokenizer.save_pretrained(target)
     return target
+
+
+@pytest.fixture(scope="session", autouse=True)
+def fast_password_hashing():
+    """Hash the test database's passwords with MD5, for the whole session.
+
+    Django's default PBKDF2 takes 0.4 to 1.2 s per hash on this machine, paid
+    for every user a fixture creates and every login; what the tests check
+    does not depend on the hash's strength. Live servers (subprocesses) keep
+    the real settings.
+    """
+    with override_settings(PASSWORD_HASHERS=["django.contrib.auth.hashers.MD5PasswordHasher"]):
+        yield
 
 
 @pytest.fixture(scope="session")
