@@ -6,8 +6,7 @@ import json
 import psutil
 
 from generation.consumers import FRAME_RATE_PER_S
-from generation.wsclient import ChatSocket, login
-from tests.e2e.conftest import PASSWORD
+from generation.wsclient import ChatSocket
 
 CORPUS = {
     "invalid JSON": '{"type": "send", "content": ',
@@ -39,8 +38,7 @@ async def send_corpus(socket) -> None:
 
 
 async def test_malformed_frames_get_invalid_and_memory_stays_flat(stack):
-    cookie = await asyncio.to_thread(login, stack.url, "user3", PASSWORD)
-    socket = await ChatSocket.open(stack.ws_url, cookie, origin=stack.url)
+    socket = await ChatSocket.open(stack.ws_url, stack.cookie("user3"), origin=stack.url)
     for _ in range(5):  # warm-up: allocators and caches reach their working size
         await send_corpus(socket)
     before = daphne_rss_mb(stack)

@@ -10,8 +10,8 @@ import urllib.request
 import pytest
 import websockets
 
-from generation.wsclient import ChatSocket, login
-from tests.e2e.conftest import DAPHNE_PORTS, PASSWORD, REDIS_PORT
+from generation.wsclient import ChatSocket
+from tests.e2e.conftest import DAPHNE_PORTS, REDIS_PORT
 from tests.polling import wait_for
 
 # The seeded tiny model does not stop on this prompt, so with a large token
@@ -21,9 +21,9 @@ LEASE_S = 5  # the site queue's default lease (README, GENERATION_ADMISSION_LEAS
 
 
 async def open_sockets(stack, names):
-    cookies = await asyncio.gather(*(asyncio.to_thread(login, stack.url, name, PASSWORD) for name in names))
+    """Chat sockets through nginx for `names`, on their seeded sessions."""
     return await asyncio.gather(
-        *(ChatSocket.open(stack.ws_url, cookie, origin=stack.url) for cookie in cookies)
+        *(ChatSocket.open(stack.ws_url, stack.cookie(name), origin=stack.url) for name in names)
     )
 
 
