@@ -17,7 +17,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import pytest
@@ -146,10 +146,12 @@ def daphne(env: dict, log_path: Path):
 
 
 @contextmanager
-def daphne_process(env: dict, log_path: Path):
+def daphne_process(env: dict, log_path: Path, *, wait: bool = True, port: int | None = None):
     """As `daphne`, but yield (base URL, its subprocess.Popen), for a test
-    that kills it; stopping a process that is already dead is harmless."""
-    port = free_port()
+    that kills it; stopping a process that is already dead is harmless.
+    With `wait=False` it yields as soon as daphne is started, before it
+    answers (`wait_answering` waits); `port`: a free one when None."""
+    port = port or free_port()
     with open(log_path, "w") as log:
         server = subprocess.Popen(
             [
@@ -171,13 +173,8 @@ def daphne_process(env: dict, log_path: Path):
         )
         url = f"http://127.0.0.1:{port}"
         try:
-            for _ in range(300):
-                try:
-                    urllib.request.urlopen(f"{url}/accounts/login/", timeout=1)
-                    break
-                except OSError:
-                    assert server.poll() is None, log_path.read_text()
-                    time.sleep(0.1)
+            if wait:
+                wait_answering(url, server, log_path)
             yield url, server
         finally:
             server.terminate()
@@ -185,6 +182,37 @@ def daphne_process(env: dict, log_path: Path):
                 server.wait(10)
             except subprocess.TimeoutExpired:
                 server.kill()
+
+
+def wait_answering(url: str, server: subprocess.Popen, log_path: Path) -> None:
+    """Wait until the daphne `server` at `url` answers a page (about 30 s at
+    most); fails with its log (`log_path`) should it exit meanwhile."""
+    for _ in range(300):
+        try:
+            urllib.request.urlopen(f"{url}/accounts/login/", timeout=1)
+            return
+        except OSError:
+            assert server.poll() is None, log_path.read_text()
+            time.sleep(0.1)
+
+
+@contextmanager
+def daphnes(envs: dict[str, dict], folder: Path):
+    """Start one daphne per name in `envs` (its environment; its log
+    `<name>.log` in `folder`), all at once; yield {name: base URL} once every
+    one answers, and stop them afterwards. Started together, none waits for
+    the one before it to import and answer (seconds each on two busy cores)."""
+    ports: set[int] = set()
+    while len(ports) < len(envs):  # none has bound its port yet: no two alike
+        ports.add(free_port())
+    with ExitStack() as stack:
+        started = {
+            name: stack.enter_context(daphne_process(env, folder / f"{name}.log", wait=False, port=port))
+            for (name, env), port in zip(envs.items(), ports, strict=True)
+        }
+        for name, (url, server) in started.items():
+            wait_answering(url, server, folder / f"{name}.log")
+        yield {name: url for name, (url, _) in started.items()}
 
 
 class RedisServer:
