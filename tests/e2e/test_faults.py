@@ -100,6 +100,20 @@ async def test_disconnects_free_slots_and_store_cancelled(stack, long_replies):
     await asyncio.gather(*(socket.close() for socket in fresh))
 
 
+async def streamed_reply(socket, content: str) -> dict:
+    """Ask; once the reply streams, stop it, as the tiny model would write the
+    whole budget of long_replies (4000 tokens); return its terminal event."""
+    await socket.send(content)
+    stopped = False
+    while True:
+        event = await socket.receive(60)
+        if event["type"] == "token" and not stopped:
+            await socket.send_frame({"type": "cancel"})
+            stopped = True
+        if event["type"] in ("done", "error"):
+            return event
+
+
 def generating_worker(stack, message_id):
     [(worker,)] = stack.sql("SELECT worker FROM generation_message WHERE id = %s", message_id)
     return worker
@@ -137,15 +151,17 @@ async def test_killed_process_clients_reconnect_and_replies_end_interrupted(stac
     # The victims reconnect at once through nginx, which skips the dead
     # process, and chat on the other one.
     reconnected = [await socket.reconnect() for socket in victims]
-    replies_after = await asyncio.gather(*(socket.reply("Are you there?") for socket in reconnected))
-    for socket, reply in zip(reconnected, replies_after, strict=True):
-        if reply.terminal.get("code") == "busy":
+    replies_after = await asyncio.gather(
+        *(streamed_reply(socket, "Are you there?") for socket in reconnected)
+    )
+    for socket, terminal in zip(reconnected, replies_after, strict=True):
+        if terminal.get("code") == "busy":
             # The site-wide per-user limit counts the killed process's reply
             # until its lease runs out (GENERATION_ADMISSION_LEASE_S, 5 s).
             await asyncio.sleep(LEASE_S)
-            reply = await socket.reply("Are you there?")
-        assert reply.terminal["type"] == "done"
-        assert generating_worker(stack, reply.terminal["message"]) == "daphne-2"
+            terminal = await streamed_reply(socket, "Are you there?")
+        assert terminal["type"] == "done"
+        assert generating_worker(stack, terminal["message"]) == "daphne-2"
         await socket.close()
     # The survivors' replies streamed on all along; stopped now, they end well.
     for socket in survivors:
