@@ -36,6 +36,20 @@ async def events_until(socket, kinds, timeout=60, into=None):
     return seen
 
 
+async def streamed_reply(socket, content: str) -> dict:
+    """Ask; once the reply streams, stop it, as the tiny model would write the
+    whole budget of long_replies (4000 tokens); return its terminal event."""
+    await socket.send(content)
+    stopped = False
+    while True:
+        event = await socket.receive(60)
+        if event["type"] == "token" and not stopped:
+            await socket.send_frame({"type": "cancel"})
+            stopped = True
+        if event["type"] in ("done", "error"):
+            return event
+
+
 @pytest.fixture
 def long_replies(stack):
     """Replies long enough to be interrupted, ten at once on the site (its
@@ -98,20 +112,6 @@ async def test_disconnects_free_slots_and_store_cancelled(stack, long_replies):
     seen = await asyncio.gather(*(events_until(s, {"token", "queued"}) for s in fresh))
     assert [events[-1]["type"] for events in seen] == ["token"] * 10
     await asyncio.gather(*(socket.close() for socket in fresh))
-
-
-async def streamed_reply(socket, content: str) -> dict:
-    """Ask; once the reply streams, stop it, as the tiny model would write the
-    whole budget of long_replies (4000 tokens); return its terminal event."""
-    await socket.send(content)
-    stopped = False
-    while True:
-        event = await socket.receive(60)
-        if event["type"] == "token" and not stopped:
-            await socket.send_frame({"type": "cancel"})
-            stopped = True
-        if event["type"] in ("done", "error"):
-            return event
 
 
 def generating_worker(stack, message_id):
