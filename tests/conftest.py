@@ -17,12 +17,19 @@ import torch
 from channels.auth import AuthMiddlewareStack
 from channels.testing import WebsocketCommunicator
 from django.conf import settings as django_settings
-from django.test import AsyncClient
+from django.test import AsyncClient, override_settings
 
 from generation.runtime.backends.local import LocalBackend
 from generation.runtime.loading import cached_folder, resolve_source, shared_model
 from generation.runtime.service import GenerationService
 from generation.runtime.types import Limits
+
+# One torch thread in the test process, as GENERATION_TORCH_THREADS=1 gives a
+# server. With torch's default (a thread per core) its threads spin against
+# each other and the other processes of a busy two-core machine: the engine
+# tests took 48 s instead of 5.5 s at load 5. What a test checks does not
+# depend on it; live servers (subprocesses) keep their own setting.
+torch.set_num_threads(1)
 
 
 def build_tiny_model(target: Path) -> Path:
@@ -59,6 +66,19 @@ def build_tiny_model(target: Path) -> Path:
     generation = json.loads(config_path.read_text())
     config_path.write_text(json.dumps({**generation, "do_sample": False, "repetition_penalty": 1.0}))
     return target
+
+
+@pytest.fixture(scope="session", autouse=True)
+def fast_password_hashing():
+    """Hash the test database's passwords with MD5, for the whole session.
+
+    Django's default PBKDF2 takes 0.4 to 1.2 s per hash on this machine, paid
+    for every user a fixture creates and every login; what the tests check
+    does not depend on the hash's strength. Live servers (subprocesses) keep
+    the real settings.
+    """
+    with override_settings(PASSWORD_HASHERS=["django.contrib.auth.hashers.MD5PasswordHasher"]):
+        yield
 
 
 @pytest.fixture(scope="session")

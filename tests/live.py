@@ -7,14 +7,17 @@ processes run a redis-server of their own (`redis_server`), which no other
 test flushes and which they may stop.
 """
 
+import atexit
+import functools
 import json
 import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import pytest
@@ -37,10 +40,44 @@ def free_port() -> int:
 
 def prepare_database(env: dict, seed: str) -> dict:
     """Migrate the database `env` names, run the `seed` code in manage.py
-    shell, and return the JSON object its last printed line holds."""
+    shell, and return the JSON object its last printed line holds.
+
+    A SQLite file that does not exist yet is a copy of one migrated once per
+    test session (`migrated_sqlite`): the same tables, without paying for a
+    `migrate` in every live test."""
+    url = env.get("DATABASE_URL", "")
+    target = Path(url.removeprefix("sqlite:///")) if url.startswith("sqlite:///") else None
+    if target is not None and not target.exists():
+        shutil.copyfile(migrated_sqlite(env), target)
+    else:
+        migrate(env)
+    return manage_shell(env, seed)
+
+
+def migrate(env: dict) -> None:
+    """Run `manage.py migrate` on the database `env` names."""
     manage = [sys.executable, str(ROOT / "manage.py")]
     subprocess.run([*manage, "migrate", "--noinput", "-v", "0"], env=env, cwd=ROOT, check=True)
-    return manage_shell(env, seed)
+
+
+@functools.cache
+def _template_folder() -> Path:
+    folder = Path(tempfile.mkdtemp(prefix="chatsite-migrated-"))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    return folder
+
+
+def migrated_sqlite(env: dict) -> Path:
+    """A SQLite file with every migration applied and nothing else, made by
+    `manage.py migrate` on the first call of the process (with `env`, on a
+    file of its own) and reused after; callers copy it, never write it."""
+    template = _template_folder() / "migrated.sqlite3"
+    if not template.exists():
+        partial = template.with_suffix(".partial")
+        partial.unlink(missing_ok=True)
+        migrate({**env, "DATABASE_URL": f"sqlite:///{partial}"})
+        partial.rename(template)
+    return template
 
 
 def manage(env: dict, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
@@ -73,14 +110,23 @@ def manage_shell(env: dict, code: str):
 def seed_logged_in_users(users: list[str], staff: list[str] = ()) -> str:
     """Code for `prepare_database`'s seed: create `users` (and `staff`, with
     is_staff) and a logged-in session for each; it prints {name: session key}.
-    A session made this way is what the login form makes, without the form."""
+    A session made this way is what the login form makes, without the form.
+
+    Their passwords ("pw-<name>-4821") are hashed with 1,000 PBKDF2
+    iterations, not the default 1,000,000 (0.4 to 1.2 s each here): they log
+    in by session. A login with the password still works (Django reads the
+    iterations from the hash, and upgrades it)."""
     return f"""
 import json
 from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY, get_user_model
+from django.contrib.auth.hashers import PBKDF2PasswordHasher
 from django.contrib.sessions.backends.db import SessionStore
+hasher = PBKDF2PasswordHasher()
 sessions = {{}}
 for name, is_staff in [*((name, False) for name in {list(users)!r}), *((name, True) for name in {list(staff)!r})]:
-    user = get_user_model().objects.create_user(name, password="pw-" + name + "-4821", is_staff=is_staff)
+    user = get_user_model().objects.create_user(name, is_staff=is_staff)
+    user.password = hasher.encode("pw-" + name + "-4821", hasher.salt(), iterations=1000)
+    user.save(update_fields=["password"])
     session = SessionStore()
     session[SESSION_KEY] = str(user.pk)
     session[BACKEND_SESSION_KEY] = "django.contrib.auth.backends.ModelBackend"
@@ -100,10 +146,12 @@ def daphne(env: dict, log_path: Path):
 
 
 @contextmanager
-def daphne_process(env: dict, log_path: Path):
+def daphne_process(env: dict, log_path: Path, *, wait: bool = True, port: int | None = None):
     """As `daphne`, but yield (base URL, its subprocess.Popen), for a test
-    that kills it; stopping a process that is already dead is harmless."""
-    port = free_port()
+    that kills it; stopping a process that is already dead is harmless.
+    With `wait=False` it yields as soon as daphne is started, before it
+    answers (`wait_answering` waits); `port`: a free one when None."""
+    port = port or free_port()
     with open(log_path, "w") as log:
         server = subprocess.Popen(
             [
@@ -125,13 +173,8 @@ def daphne_process(env: dict, log_path: Path):
         )
         url = f"http://127.0.0.1:{port}"
         try:
-            for _ in range(300):
-                try:
-                    urllib.request.urlopen(f"{url}/accounts/login/", timeout=1)
-                    break
-                except OSError:
-                    assert server.poll() is None, log_path.read_text()
-                    time.sleep(0.1)
+            if wait:
+                wait_answering(url, server, log_path)
             yield url, server
         finally:
             server.terminate()
@@ -139,6 +182,37 @@ def daphne_process(env: dict, log_path: Path):
                 server.wait(10)
             except subprocess.TimeoutExpired:
                 server.kill()
+
+
+def wait_answering(url: str, server: subprocess.Popen, log_path: Path) -> None:
+    """Wait until the daphne `server` at `url` answers a page (about 30 s at
+    most); fails with its log (`log_path`) should it exit meanwhile."""
+    for _ in range(300):
+        try:
+            urllib.request.urlopen(f"{url}/accounts/login/", timeout=1)
+            return
+        except OSError:
+            assert server.poll() is None, log_path.read_text()
+            time.sleep(0.1)
+
+
+@contextmanager
+def daphnes(envs: dict[str, dict], folder: Path):
+    """Start one daphne per name in `envs` (its environment; its log
+    `<name>.log` in `folder`), all at once; yield {name: base URL} once every
+    one answers, and stop them afterwards. Started together, none waits for
+    the one before it to import and answer (seconds each on two busy cores)."""
+    ports: set[int] = set()
+    while len(ports) < len(envs):  # none has bound its port yet: no two alike
+        ports.add(free_port())
+    with ExitStack() as stack:
+        started = {
+            name: stack.enter_context(daphne_process(env, folder / f"{name}.log", wait=False, port=port))
+            for (name, env), port in zip(envs.items(), ports, strict=True)
+        }
+        for name, (url, server) in started.items():
+            wait_answering(url, server, folder / f"{name}.log")
+        yield {name: url for name, (url, _) in started.items()}
 
 
 class RedisServer:

@@ -12,7 +12,7 @@ import os
 import subprocess
 import sys
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import psycopg
@@ -29,12 +29,30 @@ DATABASE = "chatsite_e2e"
 PASSWORD = "e2e-pass-4821"
 USERS = [f"user{index}" for index in range(1, 72)]
 
+# All share one password, so one PBKDF2 hash serves them all (each costs
+# 0.4 to 1.2 s on this machine); logins through the form check it as usual.
+# Each user also gets a logged-in session, as the login form makes one, so
+# that tests of many clients need not pay a form login (a PBKDF2 check in the
+# stack) per client; the form itself is tested in test_stack.py. It prints
+# {name: session key}.
 CREATE_USERS = f"""
-from django.contrib.auth import get_user_model
+import json
+from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY, get_user_model
+from django.contrib.auth.hashers import make_password
+from django.contrib.sessions.backends.db import SessionStore
 User = get_user_model()
-for name in {USERS!r}:
-    User.objects.create_user(name, password={PASSWORD!r})
+hashed = make_password({PASSWORD!r})
+User.objects.bulk_create([User(username=name, password=hashed) for name in {USERS!r}])
 User.objects.create_superuser("staff", password={PASSWORD!r})
+sessions = {{}}
+for user in User.objects.filter(username__in={USERS!r}):
+    session = SessionStore()
+    session[SESSION_KEY] = str(user.pk)
+    session[BACKEND_SESSION_KEY] = "django.contrib.auth.backends.ModelBackend"
+    session[HASH_SESSION_KEY] = user.get_session_auth_hash()
+    session.create()
+    sessions[user.username] = session.session_key
+print(json.dumps(sessions))
 """
 
 
@@ -45,9 +63,14 @@ class Stack:
     env: dict
     folder: Path
     staff_cookie: str | None = None
+    sessions: dict[str, str] = field(default_factory=dict)
 
     url = f"http://127.0.0.1:{PORT}"
     ws_url = f"ws://127.0.0.1:{PORT}/ws/chat/"
+
+    def cookie(self, user: str) -> str:
+        """The Cookie header of `user`'s seeded logged-in session (no form login)."""
+        return f"sessionid={self.sessions[user]}"
 
     def manage(self, *args: str) -> str:
         """Run manage.py against the stack's database and Redis."""
@@ -139,7 +162,7 @@ def stack(tiny_model_dir, tmp_path_factory):
     }
     running = Stack(env=stack_env, folder=folder)
     try:
-        running.manage("shell", "-c", CREATE_USERS)
+        running.sessions = json.loads(running.manage("shell", "-c", CREATE_USERS).strip().splitlines()[-1])
         asyncio.run(warm_up(running))
         yield running
     finally:

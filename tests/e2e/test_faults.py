@@ -23,9 +23,9 @@ LEASE_S = 5  # the site queue's default lease (README, GENERATION_ADMISSION_LEAS
 
 
 async def open_sockets(stack, names):
-    cookies = await asyncio.gather(*(asyncio.to_thread(login, stack.url, name, PASSWORD) for name in names))
+    """Chat sockets through nginx for `names`, on their seeded sessions."""
     return await asyncio.gather(
-        *(ChatSocket.open(stack.ws_url, cookie, origin=stack.url) for cookie in cookies)
+        *(ChatSocket.open(stack.ws_url, stack.cookie(name), origin=stack.url) for name in names)
     )
 
 
@@ -36,6 +36,20 @@ async def events_until(socket, kinds, timeout=60, into=None):
         while not seen or seen[-1]["type"] not in kinds:
             seen.append(await socket.receive(timeout))
     return seen
+
+
+async def streamed_reply(socket, content: str) -> dict:
+    """Ask; once the reply streams, stop it, as the tiny model would write the
+    whole budget of long_replies (4000 tokens); return its terminal event."""
+    await socket.send(content)
+    stopped = False
+    while True:
+        event = await socket.receive(60)
+        if event["type"] == "token" and not stopped:
+            await socket.send_frame({"type": "cancel"})
+            stopped = True
+        if event["type"] in ("done", "error"):
+            return event
 
 
 @pytest.fixture
@@ -176,15 +190,17 @@ async def test_killed_process_clients_reconnect_and_replies_end_interrupted(stac
     # The victims reconnect at once through nginx, which skips the dead
     # process, and chat on the other one.
     reconnected = [await socket.reconnect() for socket in victims]
-    replies_after = await asyncio.gather(*(socket.reply("Are you there?") for socket in reconnected))
-    for socket, reply in zip(reconnected, replies_after, strict=True):
-        if reply.terminal.get("code") == "busy":
+    replies_after = await asyncio.gather(
+        *(streamed_reply(socket, "Are you there?") for socket in reconnected)
+    )
+    for socket, terminal in zip(reconnected, replies_after, strict=True):
+        if terminal.get("code") == "busy":
             # The site-wide per-user limit counts the killed process's reply
             # until its lease runs out (GENERATION_ADMISSION_LEASE_S, 5 s).
             await asyncio.sleep(LEASE_S)
-            reply = await socket.reply("Are you there?")
-        assert reply.terminal["type"] == "done"
-        assert generating_worker(stack, reply.terminal["message"]) == "daphne-2"
+            terminal = await streamed_reply(socket, "Are you there?")
+        assert terminal["type"] == "done"
+        assert generating_worker(stack, terminal["message"]) == "daphne-2"
         await socket.close()
     # The survivors' replies streamed on all along; stopped now, they end well.
     for socket in survivors:

@@ -19,13 +19,13 @@ import subprocess
 import time
 import urllib.request
 import uuid
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from pathlib import Path
 
 import websockets
 
 from generation.wsclient import TERMINAL, ChatSocket
-from tests.live import daphne, manage_shell, seed_logged_in_users
+from tests.live import daphnes, manage_shell, seed_logged_in_users
 from tests.polling import poll
 
 USERS = [f"u{index}" for index in range(20)]
@@ -84,11 +84,7 @@ def processes(env: dict, folder: Path, names: list[str], staff_session: str):
     """Run one daphne per name (its GENERATION_WORKER_NAME; log `<name>.log`
     in `folder`); yield {name: base URL} once every one has its model ready
     (asked as staff, with `staff_session`)."""
-    with ExitStack() as stack:
-        bases = {
-            name: stack.enter_context(daphne({**env, "GENERATION_WORKER_NAME": name}, folder / f"{name}.log"))
-            for name in names
-        }
+    with daphnes({name: {**env, "GENERATION_WORKER_NAME": name} for name in names}, folder) as bases:
         wait_ready(bases.values(), staff_session)
         yield bases
 

@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from tests.live import ROOT, daphne, prepare_database, redis_server
+from tests.live import ROOT, daphne, daphnes, prepare_database, redis_server
 from tests.polling import poll
 from tests.queueadmin.test_two_processes import SEED, own_cap, status
 
@@ -54,10 +54,10 @@ def test_limits_saved_while_redis_is_down_reach_every_process(own_redis, tiny_mo
     def caps(*bases: str) -> list:
         return [own_cap(f"{base}/admin/queue/status.json", session) for base in bases]
 
-    with (
-        daphne({**env, "GENERATION_WORKER_NAME": "alpha"}, tmp_path / "alpha.log") as alpha,
-        daphne({**env, "GENERATION_WORKER_NAME": "beta"}, tmp_path / "beta.log") as beta,
-    ):
+    with daphnes(
+        {name: {**env, "GENERATION_WORKER_NAME": name} for name in ("alpha", "beta")}, tmp_path
+    ) as bases:
+        alpha, beta = bases["alpha"], bases["beta"]
         poll(lambda: caps(alpha, beta) == [4, 4], timeout=60)
         # Each hears the other: both have joined the groups.
         poll(lambda: all(len(peers(base)) == 2 for base in (alpha, beta)), timeout=30)

@@ -22,7 +22,7 @@ import pytest
 import websockets
 
 from generation.wsclient import TERMINAL, ChatSocket
-from tests.live import ROOT, daphne, prepare_database, redis_server, seed_logged_in_users
+from tests.live import ROOT, daphnes, prepare_database, redis_server, seed_logged_in_users
 from tests.polling import poll
 
 SEED = seed_logged_in_users([], staff=["boss"])
@@ -52,11 +52,9 @@ def _cluster(tiny_model_dir, tmp_path, redis_port: int):
         "QUEUEADMIN_SETTINGS_CHECK_S": "30",
     }
     session = prepare_database(env, SEED)["boss"]
-    with (
-        daphne({**env, "GENERATION_WORKER_NAME": "alpha"}, tmp_path / "alpha.log") as alpha,
-        daphne({**env, "GENERATION_WORKER_NAME": "beta"}, tmp_path / "beta.log") as beta,
-    ):
-        bases = {"alpha": alpha, "beta": beta}
+    with daphnes(
+        {name: {**env, "GENERATION_WORKER_NAME": name} for name in ("alpha", "beta")}, tmp_path
+    ) as bases:
         urls = {name: f"{url}/admin/queue/status.json" for name, url in bases.items()}
         yield env, urls, session, bases
 
