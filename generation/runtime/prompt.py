@@ -117,15 +117,18 @@ def encode_conversation(tokenizer, messages: list[dict]) -> list[int]:
 
 def _encode_conversation(tokenizer, messages: list[dict], memo: dict) -> list[int]:
     """`encode_conversation`, remembering in `memo` the ids of each piece of
-    text it tokenises (keyed by the text), so that encoding the same turns
-    again, as trimming does from each candidate start, renders only the
-    template and tokenises nothing it has seen. The ids are the same: each
-    piece is tokenised alone either way."""
-    nonce = uuid.uuid4().hex
+    text it tokenises (keyed by the text) and the placeholder marker, so
+    that encoding the same turns again, as trimming does from each candidate
+    start, renders only the template and tokenises nothing it has seen. The
+    ids are the same: each piece is tokenised alone either way."""
+    if ("nonce",) not in memo:
+        nonce = uuid.uuid4().hex
+        memo[("nonce",)] = (nonce, re.compile(f"\ue000{nonce}:(\\d+)\ue001"))
+    nonce, marker = memo[("nonce",)]
     placeholders = [{**m, "content": f"\ue000{nonce}:{i}\ue001"} for i, m in enumerate(messages)]
     rendered = tokenizer.apply_chat_template(placeholders, add_generation_prompt=True, tokenize=False)
     # Odd items are message indices; the even ones are the template's own text.
-    parts = re.split(f"\ue000{nonce}:(\\d+)\ue001", rendered)
+    parts = marker.split(rendered)
     pieces: list[str | int] = []
     for index, part in enumerate(parts):
         if index % 2:
