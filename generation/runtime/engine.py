@@ -12,6 +12,16 @@ decoding; they differ in how many forward passes a step costs.
 - `InterleaveEngine` reproduces ChatStream's design, the benchmark baseline:
   each sequence has its own cache and a step runs one forward pass per
   sequence, round robin.
+
+Prefill is whole or chunked. With `prefill_chunk_tokens` 0 (off), `add`
+prefills the whole prompt in one forward pass and returns the first token,
+and every running reply waits for that pass. With a chunk size, `add` only
+queues the prompt; the model thread then calls `prefill_step` once per loop,
+after the decode step: one forward pass over the next chunk of the oldest
+waiting prompt, into that sequence's own cache. So a running reply waits at
+most one decode step plus one chunk between two tokens, however long the
+prompt. The chunk and the decode step are two forward passes, not one mixed
+batch: simpler, and each is the pass the unchunked engine already runs.
 """
 
 from dataclasses import dataclass, field
@@ -42,6 +52,15 @@ class _Sequence:
     generator: torch.Generator | None = None  # its own, when it asked for a seed
 
 
+@dataclass
+class _Prefill:
+    """A prompt waiting for (the rest of) its chunked prefill."""
+
+    sequence: _Sequence
+    prompt_ids: list[int]
+    cache: GrowingCache = field(default_factory=GrowingCache)
+
+
 class Engine:
     """What both engines share: prefill, sampling and stop rules.
 
@@ -50,25 +69,75 @@ class Engine:
     its own, seeded with it, so that its reply depends only on its prompt,
     its params and the model, not on what else runs in the batch."""
 
-    def __init__(self, model: torch.nn.Module, stop_token_ids: set[int], seed: int = 0):
+    def __init__(
+        self, model: torch.nn.Module, stop_token_ids: set[int], seed: int = 0, prefill_chunk_tokens: int = 0
+    ):
         self.model = model
         self.device = next(model.parameters()).device
         self.stop_token_ids = frozenset(stop_token_ids)
+        # Every sequence, running or still waiting for its prefill.
         self.sequences: dict[str, _Sequence] = {}
         self.generator = torch.Generator(device=self.device).manual_seed(seed)
+        if prefill_chunk_tokens < 0:
+            raise ValueError("prefill_chunk_tokens must be 0 (whole prompts) or more.")
+        self.prefill_chunk_tokens = prefill_chunk_tokens
+        self._waiting: dict[str, _Prefill] = {}  # oldest first
 
     def __len__(self) -> int:
         return len(self.sequences)
 
     @torch.inference_mode()
-    def add(self, seq_id: str, prompt_ids: list[int], params: SamplingParams) -> TokenOutput:
-        """Prefill a new sequence and return its first token. The sequence takes
-        part in the following steps unless that token already finished it."""
+    def add(self, seq_id: str, prompt_ids: list[int], params: SamplingParams) -> TokenOutput | None:
+        """Start a new sequence. Unchunked: prefill it now and return its first
+        token; the sequence takes part in the following steps unless that
+        token already finished it. Chunked: queue it and return None; its
+        first token comes from the `prefill_step` that prefills its last chunk."""
+        if self.prefill_chunk_tokens:
+            sequence = _Sequence(seq_id, params, generator=self._generator_for(params))
+            self.sequences[seq_id] = sequence
+            self._waiting[seq_id] = _Prefill(sequence, list(prompt_ids))
+            return None
         cache = GrowingCache()
         input_ids = torch.tensor([prompt_ids], device=self.device)
         logits = self.model(input_ids=input_ids, past_key_values=cache, use_cache=True).logits
         sequence = _Sequence(seq_id, params, length=len(prompt_ids), generator=self._generator_for(params))
         self.sequences[seq_id] = sequence
+        return self._start(sequence, cache, logits)
+
+    def next_prefill(self) -> str | None:
+        """The sequence the next `prefill_step` works on (the oldest waiting
+        prompt), or None when no prompt waits."""
+        return next(iter(self._waiting), None)
+
+    @torch.inference_mode()
+    def prefill_step(self) -> TokenOutput | None:
+        """Prefill the next chunk (at most `prefill_chunk_tokens` tokens) of the
+        oldest waiting prompt; when that was its last chunk, the sequence joins
+        the running ones and its first token is returned, else None. Should
+        the forward pass raise, the caller removes `next_prefill()`'s sequence."""
+        seq_id = self.next_prefill()
+        if seq_id is None:
+            return None
+        waiting = self._waiting[seq_id]
+        sequence = waiting.sequence
+        chunk = waiting.prompt_ids[sequence.length : sequence.length + self.prefill_chunk_tokens]
+        # Only the last position's logits are ever used: skip the vocabulary
+        # projection of the others (a fifth of a prefill's work on SmolLM2).
+        logits = self.model(
+            input_ids=torch.tensor([chunk], device=self.device),
+            past_key_values=waiting.cache,
+            use_cache=True,
+            logits_to_keep=1,
+        ).logits
+        sequence.length += len(chunk)
+        if sequence.length < len(waiting.prompt_ids):
+            return None
+        del self._waiting[seq_id]
+        return self._start(sequence, waiting.cache, logits)
+
+    def _start(self, sequence: _Sequence, cache: GrowingCache, logits: torch.Tensor) -> TokenOutput:
+        """A prefilled sequence joins the running ones with its first token,
+        sampled from the prompt's last `logits`."""
         self._join(sequence, cache)
         token = self._sample(logits[:, -1, :], [sequence])[0]
         return self._retire([self._record(sequence, token)])[0]
@@ -78,10 +147,12 @@ class Engine:
         before the next step, all in one go (for the batch, one cache
         compaction); unknown ids are ignored."""
         known = [seq_id for seq_id in dict.fromkeys(seq_ids) if seq_id in self.sequences]
-        if known:
-            self._leave(known)
-            for seq_id in known:
-                del self.sequences[seq_id]
+        # A sequence still waiting for its prefill is not in the batch yet.
+        running = [seq_id for seq_id in known if self._waiting.pop(seq_id, None) is None]
+        if running:
+            self._leave(running)
+        for seq_id in known:
+            del self.sequences[seq_id]
 
     def clear(self) -> None:
         """Forget every sequence, e.g. after a failed forward pass left the
@@ -89,7 +160,8 @@ class Engine:
         self.remove(*self.sequences)
 
     def step(self) -> list[TokenOutput]:
-        """Advance every running sequence by one token."""
+        """Advance every running sequence (not those still waiting for their
+        prefill) by one token."""
         raise NotImplementedError
 
     def _join(self, sequence: _Sequence, cache: GrowingCache) -> None:
@@ -151,8 +223,8 @@ class BatchedEngine(Engine):
     """Continuous batching: all running sequences share one left-padded KV
     cache and advance together in one forward pass per step."""
 
-    def __init__(self, model: torch.nn.Module, stop_token_ids: set[int], seed: int = 0):
-        super().__init__(model, stop_token_ids, seed)
+    def __init__(self, model: torch.nn.Module, stop_token_ids: set[int], seed: int = 0, **options):
+        super().__init__(model, stop_token_ids, seed, **options)
         self.cache: GrowingCache | None = None
         self.mask: torch.Tensor | None = None  # [rows, columns]; 0 marks left padding
         self.rows: list[str] = []
@@ -226,7 +298,8 @@ class InterleaveEngine(Engine):
     @torch.inference_mode()
     def step(self) -> list[TokenOutput]:
         outputs = []
-        for sequence in list(self.sequences.values()):
+        running = [s for s in self.sequences.values() if s.seq_id not in self._waiting]
+        for sequence in running:
             input_ids = torch.tensor([[sequence.generated[-1]]], device=self.device)
             logits = self.model(
                 input_ids=input_ids,
@@ -242,12 +315,17 @@ class InterleaveEngine(Engine):
 ENGINES = {"batched": BatchedEngine, "interleave": InterleaveEngine}
 
 
-def make_engine(strategy: str, model: torch.nn.Module, stop_token_ids: set[int]) -> Engine:
-    """Build the engine for a strategy name ("batched" or "interleave")."""
+def make_engine(
+    strategy: str, model: torch.nn.Module, stop_token_ids: set[int], prefill_chunk_tokens: int = 0
+) -> Engine:
+    """Build the engine for a strategy name ("batched" or "interleave");
+    `prefill_chunk_tokens` 0 prefills each prompt whole, else in chunks of
+    at most that many tokens."""
     try:
-        return ENGINES[strategy](model, stop_token_ids)
+        engine_class = ENGINES[strategy]
     except KeyError:
         raise ValueError(f"Unknown generation strategy {strategy!r}; use one of {sorted(ENGINES)}.") from None
+    return engine_class(model, stop_token_ids, prefill_chunk_tokens=prefill_chunk_tokens)
 
 
 def _pad_left(tensor: torch.Tensor, width: int) -> torch.Tensor:

@@ -75,11 +75,16 @@ class ModelWorker:
     """Owns the model thread, its engine, and one detokenizer per sequence."""
 
     def __init__(
-        self, load: Callable[[], "LoadedModel"], deliver: Callable[[list[Report]], None], strategy: str
+        self,
+        load: Callable[[], "LoadedModel"],
+        deliver: Callable[[list[Report]], None],
+        strategy: str,
+        prefill_chunk_tokens: int = 0,
     ):
         self._load = load
         self._deliver = deliver
         self._strategy = strategy
+        self._prefill_chunk_tokens = prefill_chunk_tokens
         self._wake = threading.Condition()
         self._admitted: list = []
         self._cancelled: set[str] = set()
@@ -128,7 +133,12 @@ class ModelWorker:
             self._deliver([BackendFailed(message=f"The model could not be loaded: {error}")])
             return
         self.context_tokens = loaded.model.config.max_position_embeddings
-        engine = make_engine(self._strategy, loaded.model, stop_token_ids(loaded))
+        engine = make_engine(
+            self._strategy,
+            loaded.model,
+            stop_token_ids(loaded),
+            prefill_chunk_tokens=self._prefill_chunk_tokens,
+        )
         detokenizers: dict[str, IncrementalDetokenizer] = {}
         self.info = dataclasses.replace(LOCAL_INFO, model=loaded.name, context_tokens=self.context_tokens)
         self._deliver([BackendReady(info=self.info)])
@@ -167,6 +177,15 @@ class ModelWorker:
                     engine.remove(*stopped)
             if reports:
                 self._deliver(reports)
+            # One chunk of the oldest waiting prompt (chunked prefill), after
+            # the decode step and its reports: a running reply waits at most
+            # one chunk between two tokens, however long the prompt.
+            if engine.next_prefill() is not None:
+                chunk_reports = self._first_token(
+                    engine, detokenizers, engine.next_prefill(), engine.prefill_step
+                )
+                if chunk_reports:
+                    self._deliver(chunk_reports)
 
     def _prefill(self, engine, tokenizer, detokenizers, request) -> list[Report]:
         try:
@@ -185,15 +204,28 @@ class ModelWorker:
         reports: list[Report] = [started]
         params = dataclasses.replace(request.params, max_new_tokens=prompt.max_new_tokens)
         detokenizers[request.id] = IncrementalDetokenizer(tokenizer, params.stop)
+        return [
+            *reports,
+            *self._first_token(
+                engine, detokenizers, request.id, lambda: engine.add(request.id, prompt.ids, params)
+            ),
+        ]
+
+    def _first_token(self, engine, detokenizers, request_id: str, prefill: Callable) -> list[Report]:
+        """Run `prefill` (a whole prefill, or one chunk of `request_id`'s) and
+        report the first token it returns, if any; a failure fails that
+        request alone."""
         try:
-            output = engine.add(request.id, prompt.ids, params)
+            output = prefill()
         except Exception:
-            logger.exception("Prefill failed for request %s", request.id)
-            engine.remove(request.id)
-            detokenizers.pop(request.id)
-            return [*reports, RequestFailed(request.id, ErrorCode.INTERNAL, MODEL_FAILED)]
+            logger.exception("Prefill failed for request %s", request_id)
+            engine.remove(request_id)
+            detokenizers.pop(request_id)
+            return [RequestFailed(request_id, ErrorCode.INTERNAL, MODEL_FAILED)]
+        if output is None:  # chunked: the prompt's first chunk waits for the next prefill_step
+            return []
         stopped: list[str] = []
-        reports += self._token(detokenizers, output, stopped)
+        reports = self._token(detokenizers, output, stopped)
         engine.remove(*stopped)
         return reports
 

@@ -20,18 +20,31 @@ if TYPE_CHECKING:  # loading imports torch, which only the model thread needs
 class LocalBackend(Backend):
     """Generates in this process. `load` returns the model (called in the
     model thread); `strategy` is the engine's: "batched" (continuous
-    batching) or "interleave" (the one-at-a-time baseline)."""
+    batching) or "interleave" (the one-at-a-time baseline);
+    `prefill_chunk_tokens` the engine's prefill chunk (None: the setting
+    GENERATION_PREFILL_CHUNK_TOKENS, 0: whole prompts)."""
 
     kind = "local"
 
-    def __init__(self, load: Callable[[], "LoadedModel"], strategy: str = "batched"):
+    def __init__(
+        self,
+        load: Callable[[], "LoadedModel"],
+        strategy: str = "batched",
+        prefill_chunk_tokens: int | None = None,
+    ):
+        from django.conf import settings
+
         self._load = load
         self._strategy = strategy
+        # None: GENERATION_PREFILL_CHUNK_TOKENS; 0 prefills each prompt whole.
+        self._prefill_chunk_tokens = (
+            settings.GENERATION_PREFILL_CHUNK_TOKENS if prefill_chunk_tokens is None else prefill_chunk_tokens
+        )
         self._worker: ModelWorker | None = None
 
     def start(self, deliver: Deliver) -> None:
         """Start the model thread; it reports BackendReady once loaded."""
-        self._worker = ModelWorker(self._load, deliver, self._strategy)
+        self._worker = ModelWorker(self._load, deliver, self._strategy, self._prefill_chunk_tokens)
         self._worker.start()
 
     def admit(self, request: "GenerationRequest") -> None:
