@@ -91,3 +91,15 @@ def test_a_long_prompt_does_not_stop_running_replies(loaded):
     long_loops = [decoded for seq_id, decoded in during if seq_id == "3"]
     assert len(long_loops) == -(-len(long_prompt) // 32)  # one loop per chunk
     assert all(decoded == {"0", "1", "2"} for decoded in long_loops)
+
+
+@pytest.mark.real_model
+def test_the_bundled_model_writes_the_same_greedy_text_with_chunks(real_model):
+    """On SmolLM2 itself, prompts of a few to some 400 tokens prefilled in
+    chunks of 64, while the others run, get the whole-prefill greedy tokens."""
+    prompt_list = [prompt_of(real_model, words, seed) for seed, words in enumerate([3, 40, 200])]
+    alone = {
+        str(i): generate(real_model, [p], chunk=0, max_new_tokens=16)[0]["0"]
+        for i, p in enumerate(prompt_list)
+    }
+    assert generate(real_model, prompt_list, chunk=64, join_every=2, max_new_tokens=16)[0] == alone
