@@ -16,11 +16,12 @@ decoding; they differ in how many forward passes a step costs.
 Prefill is whole or chunked. With `prefill_chunk_tokens` 0 (off), `add`
 prefills the whole prompt in one forward pass and returns the first token,
 and every running reply waits for that pass. With a chunk size, `add` only
-queues the prompt; the model thread then calls `prefill_step` once per loop,
-after the decode step: one forward pass over the next chunk of the oldest
-waiting prompt, into that sequence's own cache. So a running reply waits at
-most one decode step plus one chunk between two tokens, however long the
-prompt. The chunk and the decode step are two forward passes, not one mixed
+queues the prompt; the model thread then calls `prefill_step` after each
+decode step: forward passes over the next chunk of the oldest waiting
+prompts, oldest first, into each sequence's own cache, `prefill_chunk_tokens`
+tokens in all per loop (several short prompts that arrived together share
+one loop's budget). So a running reply waits at most one decode step plus
+one chunk between two tokens, however long the prompt. The chunk and the decode step are two forward passes, not one mixed
 batch: simpler, and each is the pass the unchunked engine already runs.
 """
 
@@ -109,18 +110,25 @@ class Engine:
         prompt), or None when no prompt waits."""
         return next(iter(self._waiting), None)
 
+    def prefill_left(self, seq_id: str) -> int:
+        """Prompt tokens of a waiting sequence not prefilled yet."""
+        waiting = self._waiting[seq_id]
+        return len(waiting.prompt_ids) - waiting.sequence.length
+
     @torch.inference_mode()
-    def prefill_step(self) -> TokenOutput | None:
-        """Prefill the next chunk (at most `prefill_chunk_tokens` tokens) of the
-        oldest waiting prompt; when that was its last chunk, the sequence joins
-        the running ones and its first token is returned, else None. Should
-        the forward pass raise, the caller removes `next_prefill()`'s sequence."""
+    def prefill_step(self, max_tokens: int | None = None) -> TokenOutput | None:
+        """Prefill the next chunk (at most `max_tokens`, by default
+        `prefill_chunk_tokens` tokens) of the oldest waiting prompt; when that
+        was its last chunk, the sequence joins the running ones and its first
+        token is returned, else None. Should the forward pass raise, the
+        caller removes `next_prefill()`'s sequence."""
         seq_id = self.next_prefill()
         if seq_id is None:
             return None
         waiting = self._waiting[seq_id]
         sequence = waiting.sequence
-        chunk = waiting.prompt_ids[sequence.length : sequence.length + self.prefill_chunk_tokens]
+        size = max_tokens or self.prefill_chunk_tokens
+        chunk = waiting.prompt_ids[sequence.length : sequence.length + size]
         # Only the last position's logits are ever used: skip the vocabulary
         # projection of the others (a fifth of a prefill's work on SmolLM2).
         logits = self.model(

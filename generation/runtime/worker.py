@@ -179,12 +179,17 @@ class ModelWorker:
                     engine.remove(*stopped)
             if reports:
                 self._deliver(reports)
-            # One chunk of the oldest waiting prompt (chunked prefill), after
-            # the decode step and its reports: a running reply waits at most
-            # one chunk between two tokens, however long the prompt.
-            if engine.next_prefill() is not None:
+            # Chunked prefill, after the decode step and its reports: at most
+            # one chunk's worth of prompt tokens per loop, oldest prompt first,
+            # so that a running reply waits about one chunk between two tokens
+            # however long the prompt, while short prompts that arrived
+            # together still start in the same loop.
+            budget = engine.prefill_chunk_tokens
+            while budget > 0 and (request_id := engine.next_prefill()) is not None:
+                size = min(budget, engine.prefill_left(request_id))
+                budget -= size
                 chunk_reports = self._first_token(
-                    engine, detokenizers, engine.next_prefill(), engine.prefill_step
+                    engine, detokenizers, request_id, lambda size=size: engine.prefill_step(size)
                 )
                 if chunk_reports:
                     self._deliver(chunk_reports)

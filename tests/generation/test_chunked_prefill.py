@@ -27,6 +27,17 @@ def prompt_of(loaded, words: int, seed: int) -> list[int]:
     return encode_conversation(loaded.tokenizer, [{"role": "user", "content": text}])
 
 
+def prefill(engine) -> list:
+    """One loop's prefill work, as the model thread does it: up to one chunk's
+    worth of prompt tokens, oldest waiting prompt first."""
+    outputs, budget = [], engine.prefill_chunk_tokens
+    while budget > 0 and (seq_id := engine.next_prefill()) is not None:
+        size = min(budget, engine.prefill_left(seq_id))
+        budget -= size
+        outputs += [o for o in [engine.prefill_step(size)] if o]
+    return outputs
+
+
 def generate(loaded, prompt_list, *, chunk, join_every=1, strategy="batched", max_new_tokens=24):
     """Drive an engine as the model thread does: admissions, one decode
     step, then one prefill chunk; a new prompt arrives every `join_every`
@@ -47,7 +58,7 @@ def generate(loaded, prompt_list, *, chunk, join_every=1, strategy="batched", ma
         if prefilling is not None:
             during_prefill.append((prefilling, {o.seq_id for o in decoded}))
         outputs += decoded
-        outputs += [o for o in [engine.prefill_step()] if o]
+        outputs += prefill(engine)
         for output in outputs:
             tokens[output.seq_id].append(output.token_id)
         loop += 1
@@ -103,3 +114,18 @@ def test_the_bundled_model_writes_the_same_greedy_text_with_chunks(real_model):
         for i, p in enumerate(prompt_list)
     }
     assert generate(real_model, prompt_list, chunk=64, join_every=2, max_new_tokens=16)[0] == alone
+
+
+def test_short_prompts_arriving_together_start_in_the_same_loop(loaded):
+    """Four short prompts that fit one chunk together all get their first
+    token from the first loop; a long one arriving with them takes the rest
+    of the chunk and finishes in later loops."""
+    engine = make_engine("batched", loaded.model, stop_token_ids(loaded), prefill_chunk_tokens=64)
+    short = [prompt_of(loaded, 3, seed) for seed in range(4)]
+    long_prompt = prompt_of(loaded, 100, 9)
+    for index, prompt in enumerate([*short, long_prompt]):
+        assert engine.add(str(index), prompt, SamplingParams(8)) is None
+    first_loop = {o.seq_id for o in prefill(engine)}
+    assert first_loop == {"0", "1", "2", "3"}
+    assert engine.next_prefill() == "4"
+    assert engine.prefill_left("4") == len(long_prompt) - (64 - sum(len(p) for p in short))
