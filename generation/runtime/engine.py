@@ -21,8 +21,9 @@ decode step: forward passes over the next chunk of the oldest waiting
 prompts, oldest first, into each sequence's own cache, `prefill_chunk_tokens`
 tokens in all per loop (several short prompts that arrived together share
 one loop's budget). So a running reply waits at most one decode step plus
-one chunk between two tokens, however long the prompt. The chunk and the decode step are two forward passes, not one mixed
-batch: simpler, and each is the pass the unchunked engine already runs.
+one chunk between two tokens, however long the prompt. The chunk and the
+decode step are two forward passes, not one mixed batch: simpler, and each
+is the pass the unchunked engine already runs.
 """
 
 from dataclasses import dataclass, field
