@@ -245,10 +245,7 @@ class BatchedEngine(Engine):
             return
         width = max(self.mask.shape[1], sequence.length)
         for batch_layer, new_layer in zip(self.cache.layers, cache.layers, strict=True):
-            batch_layer.replace(
-                torch.cat([_pad_left(batch_layer.keys, width), _pad_left(new_layer.keys, width)]),
-                torch.cat([_pad_left(batch_layer.values, width), _pad_left(new_layer.values, width)]),
-            )
+            batch_layer.append_row(new_layer.keys, new_layer.values)
         self.mask = torch.cat([_pad_left(self.mask, width), _pad_left(new_mask, width)])
         self.rows.append(sequence.seq_id)
 
