@@ -43,7 +43,8 @@ class GrowingLayer(DynamicLayer):
             self.lazy_initialization(keys)
         self._key_buffer = self._value_buffer = None
         self._length = 0
-        self._grow(keys, values, keys.shape[-2])
+        # Spare room, so that the next decode step does not grow (copy) it again.
+        self._grow(keys, values, keys.shape[-2] + max(MIN_CAPACITY, keys.shape[-2] // 8))
         self._key_buffer[:, :, : keys.shape[-2]] = keys
         self._value_buffer[:, :, : keys.shape[-2]] = values
         self._length = keys.shape[-2]
