@@ -255,14 +255,17 @@ class BatchedEngine(Engine):
             self.cache, self.mask, self.rows = None, None, []
             return
         self.rows = [self.rows[index] for index in keep]
-        self.cache.batch_select_indices(torch.tensor(keep, device=self.device))
         self.mask = self.mask[keep]
-        # Columns that are padding in every remaining row only cost time: drop them.
+        # Columns that are padding in every remaining row only cost time: drop
+        # them in the same copy as the rows that left (when a long prompt's
+        # reply ends, most of the cache goes, and copying it first would stall
+        # every other reply for that long).
         first_used = int(torch.nonzero(self.mask.any(dim=0))[0])
-        if first_used:
-            self.mask = self.mask[:, first_used:]
-            for layer in self.cache.layers:
-                layer.replace(layer.keys[:, :, first_used:], layer.values[:, :, first_used:])
+        self.mask = self.mask[:, first_used:]
+        index = torch.tensor(keep, device=self.device)
+        for layer in self.cache.layers:
+            if layer.get_seq_length() > 0:
+                layer.replace(layer.keys[:, :, first_used:][index], layer.values[:, :, first_used:][index])
 
     @torch.inference_mode()
     def step(self) -> list[TokenOutput]:
