@@ -243,6 +243,11 @@ GENERATION_DEVICE = os.environ.get("GENERATION_DEVICE", "auto")
 # 0 keeps torch's default (every core); set cores / processes when several
 # processes share a host.
 GENERATION_TORCH_THREADS = env_int("GENERATION_TORCH_THREADS", 0)
+# Prompt tokens prefilled per forward pass between decode steps (chunked
+# prefill); 0 prefills each prompt whole, stalling every running reply meanwhile.
+GENERATION_PREFILL_CHUNK_TOKENS = env_int("GENERATION_PREFILL_CHUNK_TOKENS", 128)
+if GENERATION_PREFILL_CHUNK_TOKENS < 0:
+    raise ImproperlyConfigured("GENERATION_PREFILL_CHUNK_TOKENS must be 0 (whole prompts) or more.")
 GENERATION_CACHE_DIR = Path(
     os.environ.get("GENERATION_CACHE_DIR", Path.home() / ".cache" / "chatsite" / "models")
 )

@@ -16,6 +16,18 @@ decoding; they differ in how many forward passes a step costs.
 Choosing tokens (repetition penalty, temperature, top-k, top-p) is
 generation.runtime.sampler's, for all rows of a step at once; a reply that
 loops is cut with finish reason "repetition" (generation.runtime.loops).
+
+Prefill is whole or chunked. With `prefill_chunk_tokens` 0 (off), `add`
+prefills the whole prompt in one forward pass and returns the first token,
+and every running reply waits for that pass. With a chunk size, `add` only
+queues the prompt; the model thread then calls `prefill_step` after each
+decode step: forward passes over the next chunk of the oldest waiting
+prompts, oldest first, into each sequence's own cache, `prefill_chunk_tokens`
+tokens in all per loop (several short prompts that arrived together share
+one loop's budget). So a running reply waits at most one decode step plus
+one chunk between two tokens, however long the prompt. The chunk and the
+decode step are two forward passes, not one mixed batch: simpler, and each
+is the pass the unchunked engine already runs.
 """
 
 from dataclasses import dataclass, field
@@ -50,6 +62,15 @@ class _Sequence:
     loop: LoopDetector | None = None  # None with ignore_eos: benchmarks run to their length
 
 
+@dataclass
+class _Prefill:
+    """A prompt waiting for (the rest of) its chunked prefill."""
+
+    sequence: _Sequence
+    prompt_ids: list[int]
+    cache: GrowingCache = field(default_factory=GrowingCache)
+
+
 class Engine:
     """What both engines share: prefill, sampling and stop rules.
 
@@ -67,23 +88,38 @@ class Engine:
         stop_token_ids: set[int],
         seed: int = 0,
         defaults: SamplingDefaults | None = None,
+        prefill_chunk_tokens: int = 0,
     ):
         self.model = model
         self.defaults = defaults or SamplingDefaults()
         self.device = next(model.parameters()).device
         self.stop_token_ids = frozenset(stop_token_ids)
+        # Every sequence, running or still waiting for its prefill.
         self.sequences: dict[str, _Sequence] = {}
         self.generator = torch.Generator(device=self.device).manual_seed(seed)
+        if prefill_chunk_tokens < 0:
+            raise ValueError("prefill_chunk_tokens must be 0 (whole prompts) or more.")
+        self.prefill_chunk_tokens = prefill_chunk_tokens
+        self._waiting: dict[str, _Prefill] = {}  # oldest first
 
     def __len__(self) -> int:
         return len(self.sequences)
 
     @torch.inference_mode()
-    def add(self, seq_id: str, prompt_ids: list[int], params: SamplingParams) -> TokenOutput:
-        """Prefill a new sequence and return its first token. The sequence takes
-        part in the following steps unless that token already finished it.
+    def add(self, seq_id: str, prompt_ids: list[int], params: SamplingParams) -> TokenOutput | None:
+        """Start a new sequence. Unchunked: prefill it now and return its first
+        token; the sequence takes part in the following steps unless that
+        token already finished it. Chunked: queue it and return None; its
+        first token comes from the `prefill_step` that prefills its last chunk.
         Sampling fields left at None take the engine's defaults."""
         params = params.resolved(self.defaults)
+        if self.prefill_chunk_tokens:
+            sequence = _Sequence(seq_id, params, generator=self._generator_for(params))
+            if not params.ignore_eos:
+                sequence.loop = LoopDetector(sequence.generated)
+            self.sequences[seq_id] = sequence
+            self._waiting[seq_id] = _Prefill(sequence, list(prompt_ids))
+            return None
         cache = GrowingCache()
         input_ids = torch.tensor([prompt_ids], device=self.device)
         logits = self.model(input_ids=input_ids, past_key_values=cache, use_cache=True).logits
@@ -91,6 +127,49 @@ class Engine:
         if not params.ignore_eos:
             sequence.loop = LoopDetector(sequence.generated)
         self.sequences[seq_id] = sequence
+        return self._start(sequence, cache, logits)
+
+    def next_prefill(self) -> str | None:
+        """The sequence the next `prefill_step` works on (the oldest waiting
+        prompt), or None when no prompt waits."""
+        return next(iter(self._waiting), None)
+
+    def prefill_left(self, seq_id: str) -> int:
+        """Prompt tokens of a waiting sequence not prefilled yet."""
+        waiting = self._waiting[seq_id]
+        return len(waiting.prompt_ids) - waiting.sequence.length
+
+    @torch.inference_mode()
+    def prefill_step(self, max_tokens: int | None = None) -> TokenOutput | None:
+        """Prefill the next chunk (at most `max_tokens`, by default
+        `prefill_chunk_tokens` tokens) of the oldest waiting prompt; when that
+        was its last chunk, the sequence joins the running ones and its first
+        token is returned, else None. Should the forward pass raise, the
+        caller removes `next_prefill()`'s sequence."""
+        seq_id = self.next_prefill()
+        if seq_id is None:
+            return None
+        waiting = self._waiting[seq_id]
+        sequence = waiting.sequence
+        size = max_tokens or self.prefill_chunk_tokens
+        chunk = waiting.prompt_ids[sequence.length : sequence.length + size]
+        # Only the last position's logits are ever used: skip the vocabulary
+        # projection of the others (a fifth of a prefill's work on SmolLM2).
+        logits = self.model(
+            input_ids=torch.tensor([chunk], device=self.device),
+            past_key_values=waiting.cache,
+            use_cache=True,
+            logits_to_keep=1,
+        ).logits
+        sequence.length += len(chunk)
+        if sequence.length < len(waiting.prompt_ids):
+            return None
+        del self._waiting[seq_id]
+        return self._start(sequence, waiting.cache, logits)
+
+    def _start(self, sequence: _Sequence, cache: GrowingCache, logits: torch.Tensor) -> TokenOutput:
+        """A prefilled sequence joins the running ones with its first token,
+        sampled from the prompt's last `logits`."""
         self._join(sequence, cache)
         token = int(self._sample(logits[:, -1, :], [sequence])[0])
         return self._retire([self._record(sequence, token)])[0]
@@ -100,10 +179,12 @@ class Engine:
         before the next step, all in one go (for the batch, one cache
         compaction); unknown ids are ignored."""
         known = [seq_id for seq_id in dict.fromkeys(seq_ids) if seq_id in self.sequences]
-        if known:
-            self._leave(known)
-            for seq_id in known:
-                del self.sequences[seq_id]
+        # A sequence still waiting for its prefill is not in the batch yet.
+        running = [seq_id for seq_id in known if self._waiting.pop(seq_id, None) is None]
+        if running:
+            self._leave(running)
+        for seq_id in known:
+            del self.sequences[seq_id]
 
     def clear(self) -> None:
         """Forget every sequence, e.g. after a failed forward pass left the
@@ -111,7 +192,8 @@ class Engine:
         self.remove(*self.sequences)
 
     def step(self) -> list[TokenOutput]:
-        """Advance every running sequence by one token."""
+        """Advance every running sequence (not those still waiting for their
+        prefill) by one token."""
         raise NotImplementedError
 
     def _join(self, sequence: _Sequence, cache: GrowingCache) -> None:
@@ -169,8 +251,8 @@ class BatchedEngine(Engine):
     """Continuous batching: all running sequences share one left-padded KV
     cache and advance together in one forward pass per step."""
 
-    def __init__(self, model: torch.nn.Module, stop_token_ids: set[int], seed: int = 0, defaults=None):
-        super().__init__(model, stop_token_ids, seed, defaults)
+    def __init__(self, model: torch.nn.Module, stop_token_ids: set[int], seed: int = 0, **options):
+        super().__init__(model, stop_token_ids, seed, **options)
         self.cache: GrowingCache | None = None
         self.mask: torch.Tensor | None = None  # [rows, columns]; 0 marks left padding
         self.rows: list[str] = []
@@ -183,10 +265,7 @@ class BatchedEngine(Engine):
             return
         width = max(self.mask.shape[1], sequence.length)
         for batch_layer, new_layer in zip(self.cache.layers, cache.layers, strict=True):
-            batch_layer.replace(
-                torch.cat([_pad_left(batch_layer.keys, width), _pad_left(new_layer.keys, width)]),
-                torch.cat([_pad_left(batch_layer.values, width), _pad_left(new_layer.values, width)]),
-            )
+            batch_layer.append_row(new_layer.keys, new_layer.values)
         self.mask = torch.cat([_pad_left(self.mask, width), _pad_left(new_mask, width)])
         self.rows.append(sequence.seq_id)
 
@@ -198,14 +277,17 @@ class BatchedEngine(Engine):
             return
         self.history.keep(keep)
         self.rows = [self.rows[index] for index in keep]
-        self.cache.batch_select_indices(torch.tensor(keep, device=self.device))
         self.mask = self.mask[keep]
-        # Columns that are padding in every remaining row only cost time: drop them.
+        # Columns that are padding in every remaining row only cost time: drop
+        # them in the same copy as the rows that left (when a long prompt's
+        # reply ends, most of the cache goes, and copying it first would stall
+        # every other reply for that long).
         first_used = int(torch.nonzero(self.mask.any(dim=0))[0])
-        if first_used:
-            self.mask = self.mask[:, first_used:]
-            for layer in self.cache.layers:
-                layer.replace(layer.keys[:, :, first_used:], layer.values[:, :, first_used:])
+        self.mask = self.mask[:, first_used:]
+        index = torch.tensor(keep, device=self.device)
+        for layer in self.cache.layers:
+            if layer.get_seq_length() > 0:
+                layer.replace(layer.keys[:, :, first_used:][index], layer.values[:, :, first_used:][index])
 
     @torch.inference_mode()
     def step(self) -> list[TokenOutput]:
@@ -254,7 +336,8 @@ class InterleaveEngine(Engine):
     @torch.inference_mode()
     def step(self) -> list[TokenOutput]:
         outputs = []
-        for sequence in list(self.sequences.values()):
+        running = [s for s in self.sequences.values() if s.seq_id not in self._waiting]
+        for sequence in running:
             input_ids = torch.tensor([[sequence.generated[-1]]], device=self.device)
             logits = self.model(
                 input_ids=input_ids,
@@ -271,14 +354,21 @@ ENGINES = {"batched": BatchedEngine, "interleave": InterleaveEngine}
 
 
 def make_engine(
-    strategy: str, model: torch.nn.Module, stop_token_ids: set[int], defaults: SamplingDefaults | None = None
+    strategy: str,
+    model: torch.nn.Module,
+    stop_token_ids: set[int],
+    defaults: SamplingDefaults | None = None,
+    prefill_chunk_tokens: int = 0,
 ) -> Engine:
     """Build the engine for a strategy name ("batched" or "interleave"), with
-    the sampling `defaults` of requests that leave fields at None."""
+    the sampling `defaults` of requests that leave fields at None;
+    `prefill_chunk_tokens` 0 prefills each prompt whole, else in chunks of
+    at most that many tokens."""
     try:
-        return ENGINES[strategy](model, stop_token_ids, defaults=defaults)
+        engine_class = ENGINES[strategy]
     except KeyError:
         raise ValueError(f"Unknown generation strategy {strategy!r}; use one of {sorted(ENGINES)}.") from None
+    return engine_class(model, stop_token_ids, defaults=defaults, prefill_chunk_tokens=prefill_chunk_tokens)
 
 
 def _pad_left(tensor: torch.Tensor, width: int) -> torch.Tensor:

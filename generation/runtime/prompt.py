@@ -112,24 +112,42 @@ def encode_conversation(tokenizer, messages: list[dict]) -> list[int]:
     is seven plain tokens, not the end-of-turn marker. Needs a fast
     (tokenizers-backed) tokenizer, as AutoTokenizer loads for chat models.
     """
-    nonce = uuid.uuid4().hex
+    return _encode_conversation(tokenizer, messages, {})
+
+
+def _encode_conversation(tokenizer, messages: list[dict], memo: dict) -> list[int]:
+    """`encode_conversation`, remembering in `memo` the ids of each piece of
+    text it tokenises (keyed by the text) and the placeholder marker, so
+    that encoding the same turns again, as trimming does from each candidate
+    start, renders only the template and tokenises nothing it has seen. The
+    ids are the same: each piece is tokenised alone either way."""
+    if ("nonce",) not in memo:
+        nonce = uuid.uuid4().hex
+        memo[("nonce",)] = (nonce, re.compile(f"\ue000{nonce}:(\\d+)\ue001"))
+    nonce, marker = memo[("nonce",)]
     placeholders = [{**m, "content": f"\ue000{nonce}:{i}\ue001"} for i, m in enumerate(messages)]
     rendered = tokenizer.apply_chat_template(placeholders, add_generation_prompt=True, tokenize=False)
     # Odd items are message indices; the even ones are the template's own text.
-    parts = re.split(f"\ue000{nonce}:(\\d+)\ue001", rendered)
+    parts = marker.split(rendered)
     pieces: list[str | int] = []
     for index, part in enumerate(parts):
         if index % 2:
             pieces.append(str(messages[int(part)]["content"]))
         else:
-            pieces += _template_pieces(tokenizer, part)
+            key = ("template", part)
+            if key not in memo:
+                memo[key] = _template_pieces(tokenizer, part)
+            pieces += memo[key]
     ids: list[int] = []
     run: list[str] = []
     for piece in [*pieces, None]:
         if isinstance(piece, str):
             run.append(piece)
             continue
-        ids += _encode_plain(tokenizer, "".join(run))
+        text = "".join(run)
+        if text not in memo:
+            memo[text] = _encode_plain(tokenizer, text)
+        ids += memo[text]
         run = []
         if piece is not None:
             ids.append(piece)
@@ -196,12 +214,15 @@ def build_prompt(tokenizer, messages: list[dict], context_tokens: int, max_new_t
     turns = messages[len(system) :]
     ids: list[int] = []
     start = 0
+    # Each attempt renders the template anew but tokenises only text that no
+    # earlier attempt did: every turn's text is tokenised once per request.
+    memo: dict = {}
     for start in range(len(turns)):
         # Start each kept history at a user turn so the model never sees an
         # assistant reply without its question.
         if start and turns[start]["role"] != "user":
             continue
-        ids = encode_conversation(tokenizer, system + turns[start:])
+        ids = _encode_conversation(tokenizer, system + turns[start:], memo)
         if len(ids) + max_new_tokens <= context_tokens:
             return Prompt(ids, start, max_new_tokens, budget_shrunk=False)
     room = context_tokens - len(ids)

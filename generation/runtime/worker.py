@@ -4,8 +4,10 @@ The service hands admitted requests and cancellations over through
 `ModelWorker.admit` and `ModelWorker.cancel`; the thread applies them at the
 next step boundary, runs one engine step, and reports what happened back to
 the service with ONE `deliver` call per step (the typed reports of
-generation.runtime.types). The event loop thus never waits on a forward pass
-or a tokenizer call. generation.runtime.backends.local wraps it as the
+generation.runtime.types); a whole prefill, and a prefill chunk that yields
+a first token, report in a call of their own, so that no token waits for a
+later forward pass. The event loop thus never waits on a forward pass or a
+tokenizer call. generation.runtime.backends.local wraps it as the
 `local` backend.
 """
 
@@ -81,12 +83,14 @@ class ModelWorker:
         deliver: Callable[[list[Report]], None],
         strategy: str,
         overrides: SamplingDefaults | None = None,
+        prefill_chunk_tokens: int = 0,
     ):
         self._load = load
         # The operator's GENERATION_* sampling values, over the model's own.
         self._overrides = overrides or SamplingDefaults.partial("settings")
         self._deliver = deliver
         self._strategy = strategy
+        self._prefill_chunk_tokens = prefill_chunk_tokens
         self._wake = threading.Condition()
         self._admitted: list = []
         self._cancelled: set[str] = set()
@@ -137,7 +141,13 @@ class ModelWorker:
         self.context_tokens = loaded.model.config.max_position_embeddings
         defaults = self._overrides.layered(loaded.sampling, FALLBACK)
         logger.info("Sampling defaults of %s: %s", loaded.name, defaults.describe())
-        engine = make_engine(self._strategy, loaded.model, stop_token_ids(loaded), defaults)
+        engine = make_engine(
+            self._strategy,
+            loaded.model,
+            stop_token_ids(loaded),
+            defaults,
+            prefill_chunk_tokens=self._prefill_chunk_tokens,
+        )
         detokenizers: dict[str, IncrementalDetokenizer] = {}
         self.info = dataclasses.replace(LOCAL_INFO, model=loaded.name, context_tokens=self.context_tokens)
         self._deliver([BackendReady(info=self.info)])
@@ -176,6 +186,20 @@ class ModelWorker:
                     engine.remove(*stopped)
             if reports:
                 self._deliver(reports)
+            # Chunked prefill, after the decode step and its reports: at most
+            # one chunk's worth of prompt tokens per loop, oldest prompt first,
+            # so that a running reply waits about one chunk between two tokens
+            # however long the prompt, while short prompts that arrived
+            # together still start in the same loop.
+            budget = engine.prefill_chunk_tokens
+            while budget > 0 and (request_id := engine.next_prefill()) is not None:
+                size = min(budget, engine.prefill_left(request_id))
+                budget -= size
+                chunk_reports = self._first_token(
+                    engine, detokenizers, request_id, lambda size=size: engine.prefill_step(size)
+                )
+                if chunk_reports:
+                    self._deliver(chunk_reports)
 
     def _prefill(self, engine, tokenizer, detokenizers, request) -> list[Report]:
         try:
@@ -194,15 +218,28 @@ class ModelWorker:
         reports: list[Report] = [started]
         params = dataclasses.replace(request.params, max_new_tokens=prompt.max_new_tokens)
         detokenizers[request.id] = IncrementalDetokenizer(tokenizer, params.stop)
+        return [
+            *reports,
+            *self._first_token(
+                engine, detokenizers, request.id, lambda: engine.add(request.id, prompt.ids, params)
+            ),
+        ]
+
+    def _first_token(self, engine, detokenizers, request_id: str, prefill: Callable) -> list[Report]:
+        """Run `prefill` (a whole prefill, or one chunk of `request_id`'s) and
+        report the first token it returns, if any; a failure fails that
+        request alone."""
         try:
-            output = engine.add(request.id, prompt.ids, params)
+            output = prefill()
         except Exception:
-            logger.exception("Prefill failed for request %s", request.id)
-            engine.remove(request.id)
-            detokenizers.pop(request.id)
-            return [*reports, RequestFailed(request.id, ErrorCode.INTERNAL, MODEL_FAILED)]
+            logger.exception("Prefill failed for request %s", request_id)
+            engine.remove(request_id)
+            detokenizers.pop(request_id)
+            return [RequestFailed(request_id, ErrorCode.INTERNAL, MODEL_FAILED)]
+        if output is None:  # chunked: the prompt's first chunk waits for the next prefill_step
+            return []
         stopped: list[str] = []
-        reports += self._token(detokenizers, output, stopped)
+        reports = self._token(detokenizers, output, stopped)
         engine.remove(*stopped)
         return reports
 

@@ -23,7 +23,9 @@ class LocalBackend(Backend):
     model thread); `strategy` is the engine's: "batched" (continuous
     batching) or "interleave" (the one-at-a-time baseline). `sampling`: the
     operator's sampling values (GENERATION_TEMPERATURE and the like), which
-    win over the model's own defaults; None fields defer to the model."""
+    win over the model's own defaults; None fields defer to the model.
+    `prefill_chunk_tokens`: the engine's prefill chunk (None: the setting
+    GENERATION_PREFILL_CHUNK_TOKENS, 0: whole prompts)."""
 
     kind = "local"
 
@@ -32,15 +34,28 @@ class LocalBackend(Backend):
         load: Callable[[], "LoadedModel"],
         strategy: str = "batched",
         sampling: "SamplingDefaults | None" = None,
+        prefill_chunk_tokens: int | None = None,
     ):
+        from django.conf import settings
+
         self._load = load
         self._strategy = strategy
         self._sampling = sampling
+        # None: GENERATION_PREFILL_CHUNK_TOKENS; 0 prefills each prompt whole.
+        self._prefill_chunk_tokens = (
+            settings.GENERATION_PREFILL_CHUNK_TOKENS if prefill_chunk_tokens is None else prefill_chunk_tokens
+        )
         self._worker: ModelWorker | None = None
 
     def start(self, deliver: Deliver) -> None:
         """Start the model thread; it reports BackendReady once loaded."""
-        self._worker = ModelWorker(self._load, deliver, self._strategy, self._sampling)
+        self._worker = ModelWorker(
+            self._load,
+            deliver,
+            self._strategy,
+            self._sampling,
+            prefill_chunk_tokens=self._prefill_chunk_tokens,
+        )
         self._worker.start()
 
     def admit(self, request: "GenerationRequest") -> None:
