@@ -49,26 +49,31 @@ export function markCurrent(list, id) {
   }
 }
 
+// A title nobody could see or hear (blank, or only invisible characters such
+// as U+FEFF) would leave its button without a name.
+const shownTitle = (title) => (title.replace(/[\p{White_Space}\p{Cf}]/gu, "") ? title : "Untitled conversation");
+
 function conversationItem(conversation, actions) {
   const li = document.createElement("li");
   li.dataset.id = conversation.id;
-  const open = button("open", conversation.title, () => actions.open(conversation.id));
-  open.title = conversation.title;
+  const title = shownTitle(conversation.title);
+  const open = button("open", title, () => actions.open(conversation.id));
+  open.title = title;
   const rename = button("tool", "Rename", async () => {
-    const title = window.prompt("New title", conversation.title);
-    if (title && title.trim()) {
-      await api(`/api/conversations/${conversation.id}/rename/`, { title }).catch(actions.failed);
+    const newTitle = window.prompt("New title", conversation.title);
+    if (newTitle && newTitle.trim()) {
+      await api(`/api/conversations/${conversation.id}/rename/`, { title: newTitle }).catch(actions.failed);
       actions.changed();
     }
   });
-  rename.setAttribute("aria-label", `Rename “${conversation.title}”`);
+  rename.setAttribute("aria-label", `Rename “${title}”`);
   const remove = button("tool", "Delete", async () => {
-    if (!window.confirm(`Delete “${conversation.title}”?`)) return;
+    if (!window.confirm(`Delete “${title}”?`)) return;
     await api(`/api/conversations/${conversation.id}/delete/`, {}).catch(actions.failed);
     actions.deleted(conversation.id);
     actions.changed();
   });
-  remove.setAttribute("aria-label", `Delete “${conversation.title}”`);
+  remove.setAttribute("aria-label", `Delete “${title}”`);
   li.append(open, rename, remove);
   return li;
 }
