@@ -1,11 +1,19 @@
 // The chat page: sidebar, message list and composer, talking to /ws/chat/
 // (protocol in docs/protocol.md) and to the /api/conversations/ JSON views.
+// This module holds the page's state and wiring; socket.js the connection,
+// messages.js (with markdown.js) each message's DOM, conversations.js the
+// sidebar and the JSON views.
 //
-// Model output and every stored text is inserted with textContent or text
-// nodes, never as HTML: a reply may contain markup and must show as text.
+// What people type is shown as text; the model's replies as Markdown that
+// markdown.js sanitises. Nothing else ever goes in as HTML.
+
+import { connectSocket } from "./socket.js";
+import { api, markCurrent, renderConversations } from "./conversations.js";
+import {
+  addFailure, flushBody, messageView, setBodySoon, setLive, stats, storedMessage,
+} from "./messages.js";
 
 const config = JSON.parse(document.getElementById("chat-config").textContent);
-const csrfToken = document.querySelector("[name=csrfmiddlewaretoken]").value;
 const $ = (id) => document.getElementById(id);
 const els = {
   chat: $("chat"), list: $("conversations"), newChat: $("new-chat"), messages: $("messages"),
@@ -34,56 +42,21 @@ const STATUS_TEXT = {
 const state = {
   conversation: config.conversation,
   socket: null,
-  attempts: 0,
   dropped: false,
   pending: null, // {content, el}: sent, not yet accepted by the server
-  active: null, // {request, content, el, text, status}: the reply in progress
+  active: null, // {request, content, ...view}: the reply in progress
 };
 
-// HTTP ---------------------------------------------------------------------
-
-async function api(path, body) {
-  const options = body === undefined ? {} : {
-    method: "POST",
-    headers: { "Content-Type": "application/json", "X-CSRFToken": csrfToken },
-    body: JSON.stringify(body),
-  };
-  const response = await fetch(path, { credentials: "same-origin", ...options });
-  if (response.status === 401) window.location.reload(); // back to the login form
-  if (!response.ok) {
-    // A refusal (400) says why in {"error": "..."}; show that, not a status code.
-    const { error } = await response.json().catch(() => ({}));
-    throw Object.assign(new Error(`HTTP ${response.status}`), { userMessage: error });
-  }
-  return response.json();
-}
+// Conversations ------------------------------------------------------------
 
 async function loadConversations() {
   const { conversations } = await api("/api/conversations/");
-  els.list.replaceChildren(...conversations.map(sidebarItem));
-}
-
-function sidebarItem(conversation) {
-  const li = document.createElement("li");
-  li.dataset.id = conversation.id;
-  li.classList.toggle("current", conversation.id === state.conversation);
-  const open = button("open", conversation.title, () => openConversation(conversation.id, true));
-  open.title = conversation.title;
-  const rename = button("tool", "Rename", async () => {
-    const title = window.prompt("New title", conversation.title);
-    if (title && title.trim()) {
-      await api(`/api/conversations/${conversation.id}/rename/`, { title }).catch(showFailure);
-      loadConversations();
-    }
+  renderConversations(els.list, conversations, state.conversation, {
+    open: (id) => openConversation(id, true),
+    changed: () => loadConversations().catch(() => {}),
+    deleted: (id) => { if (id === state.conversation) newChat(); },
+    failed: showFailure,
   });
-  const remove = button("tool", "Delete", async () => {
-    if (!window.confirm(`Delete “${conversation.title}”?`)) return;
-    await api(`/api/conversations/${conversation.id}/delete/`, {}).catch(showFailure);
-    if (conversation.id === state.conversation) newChat();
-    loadConversations();
-  });
-  li.append(open, rename, remove);
-  return li;
 }
 
 async function openConversation(id, push) {
@@ -94,7 +67,8 @@ async function openConversation(id, push) {
   try {
     const { messages } = await api(`/api/conversations/${id}/`);
     if (state.conversation !== id) return; // another one was opened meanwhile
-    els.messages.replaceChildren(...messages.map(storedMessage));
+    const words = { statusText: STATUS_TEXT, errorText: ERROR_TEXT, retry: sendMessage };
+    els.messages.replaceChildren(...messages.map((message) => storedMessage(message, words)));
     scrollToEnd(true);
   } catch (error) {
     showNotice("That conversation could not be loaded.");
@@ -111,69 +85,15 @@ function newChat() {
 }
 
 function highlightCurrent() {
-  for (const li of els.list.children) li.classList.toggle("current", Number(li.dataset.id) === state.conversation);
+  markCurrent(els.list, state.conversation);
 }
 
-// Rendering ----------------------------------------------------------------
+// Page furniture -----------------------------------------------------------
 
-function button(className, label, onClick) {
-  const b = document.createElement("button");
-  b.type = "button";
-  b.className = className;
-  b.textContent = label;
-  b.addEventListener("click", onClick);
-  return b;
-}
-
-function messageElement(role, content) {
-  const li = document.createElement("li");
-  li.className = `message ${role}`;
-  const body = document.createElement("div");
-  body.className = "body";
-  const text = document.createTextNode(content);
-  body.append(text);
-  const status = document.createElement("div");
-  status.className = "status";
-  li.append(body, status);
-  els.messages.append(li);
-  return { el: li, text, status };
-}
-
-function storedMessage(message) {
-  const { el, status } = messageElement(message.role, message.content);
-  el.dataset.id = message.id;
-  if (message.role === "user" && message.status === "error") {
-    addFailure(el, ERROR_TEXT[message.error_code] || ERROR_TEXT.internal, message.content);
-  } else if (message.status === "error") {
-    addFailure(el, ERROR_TEXT[message.error_code] || ERROR_TEXT.internal, null);
-  } else if (message.role === "assistant") {
-    status.textContent = [STATUS_TEXT[message.status], stats(message.usage, message.timings)].filter(Boolean).join(" ");
-  }
-  return el;
-}
-
-function stats(usage, timings) {
-  if (!usage || !timings || timings.ttft_ms == null) return "";
-  const parts = [`First token in ${(timings.ttft_ms / 1000).toFixed(2)} s`];
-  const seconds = (timings.total_ms - timings.ttft_ms) / 1000;
-  if (usage.completion_tokens > 1 && seconds > 0) {
-    parts.push(`${((usage.completion_tokens - 1) / seconds).toFixed(1)} tokens/s`);
-  }
-  return parts.join(" · ");
-}
-
-function addFailure(el, text, retryContent) {
-  const failure = document.createElement("div");
-  failure.className = "failure";
-  failure.setAttribute("role", "alert");
-  failure.append(document.createTextNode(text));
-  if (retryContent) {
-    const retry = button("retry", "Retry", () => {
-      if (sendMessage(retryContent)) failure.remove();
-    });
-    failure.append(retry);
-  }
-  el.append(failure);
+function addMessage(role, content) {
+  const view = messageView(role, content);
+  els.messages.append(view.el);
+  return view;
 }
 
 function scrollToEnd(force) {
@@ -199,8 +119,7 @@ function setBusy(busy) {
 // Sending ------------------------------------------------------------------
 
 function sendMessage(content) {
-  const socket = state.socket;
-  if (!socket || socket.readyState !== WebSocket.OPEN) {
+  if (!state.socket.isOpen()) {
     showNotice("Not connected to the server yet; your message is kept. Trying to reconnect…");
     return false;
   }
@@ -209,8 +128,8 @@ function sendMessage(content) {
     return false;
   }
   showNotice("");
-  state.pending = { content, el: messageElement("user", content).el };
-  socket.send(JSON.stringify({ type: "send", conversation: state.conversation, content }));
+  state.pending = { content, el: addMessage("user", content).el };
+  state.socket.send({ type: "send", conversation: state.conversation, content });
   setBusy(true);
   scrollToEnd(true);
   return true;
@@ -261,9 +180,10 @@ const handlers = {
     const isNew = state.conversation !== frame.conversation;
     state.conversation = frame.conversation;
     if (location.pathname !== `/c/${frame.conversation}/`) history.pushState({}, "", `/c/${frame.conversation}/`);
-    const reply = messageElement("assistant", "");
+    const reply = addMessage("assistant", "");
+    setLive(reply, true);
     reply.status.textContent = "Waiting…";
-    state.active = { request: frame.request, content, ...reply };
+    state.active = Object.assign(reply, { request: frame.request, content });
     if (isNew) loadConversations().then(highlightCurrent);
   },
   queued(frame) {
@@ -278,13 +198,12 @@ const handlers = {
   },
   token(frame) {
     const active = current(frame);
-    if (!active) return;
-    active.text.appendData(frame.text);
-    scrollToEnd(false);
+    if (active) setBodySoon(active, active.source + frame.text, () => scrollToEnd(false));
   },
   done(frame) {
     const active = current(frame);
     if (!active) return;
+    flushBody(active);
     const note = frame.finish_reason === "cancelled" ? STATUS_TEXT.cancelled
       : frame.finish_reason === "length" ? "Cut off at the length limit." : "";
     if (frame.message === null) active.el.remove(); // stopped before it began
@@ -294,8 +213,9 @@ const handlers = {
   error(frame) {
     const active = current(frame);
     if (active) {
-      if (!active.text.data) active.status.textContent = "";
-      addFailure(active.el, frame.message, active.content);
+      flushBody(active);
+      if (!active.source) active.status.textContent = "";
+      addFailure(active.el, frame.message, active.content ? () => sendMessage(active.content) : null);
       finishActive();
       return;
     }
@@ -312,6 +232,7 @@ function current(frame) {
 }
 
 function finishActive() {
+  setLive(state.active, false);
   state.active = null;
   setBusy(false);
   loadConversations().catch(() => {});
@@ -320,37 +241,29 @@ function finishActive() {
 // Connection ---------------------------------------------------------------
 
 function connect() {
-  const scheme = location.protocol === "https:" ? "wss" : "ws";
-  const socket = new WebSocket(`${scheme}://${location.host}${config.socketPath}`);
-  state.socket = socket;
-  socket.addEventListener("open", () => {
-    state.attempts = 0;
-    els.connection.textContent = "";
-    document.body.dataset.connected = "true";
-    if (state.dropped) resync();
-  });
-  socket.addEventListener("message", (event) => {
-    let frame;
-    try { frame = JSON.parse(event.data); } catch { return; }
-    const handler = handlers[frame.type];
-    if (handler) handler(frame);
-  });
-  socket.addEventListener("close", (event) => {
-    document.body.dataset.connected = "false";
-    if (event.code === 4401) { window.location.reload(); return; } // logged out
-    state.dropped = true;
-    restorePending();
-    if (state.active) {
-      state.active.status.textContent = "Connection lost; the reply was stopped.";
-      state.active = null;
-    }
-    setBusy(false);
-    // Exponential backoff with jitter, so that a restarted server is not
-    // hit by every tab at the same instant.
-    const delay = Math.min(30000, 500 * 2 ** state.attempts) * (0.5 + Math.random() / 2);
-    state.attempts += 1;
-    els.connection.textContent = "Connection lost. Reconnecting…";
-    setTimeout(connect, delay);
+  state.socket = connectSocket(config.socketPath, {
+    onOpen() {
+      els.connection.textContent = "";
+      document.body.dataset.connected = "true";
+      if (state.dropped) resync();
+    },
+    onFrame(frame) {
+      const handler = handlers[frame.type];
+      if (handler) handler(frame);
+    },
+    onDrop() {
+      document.body.dataset.connected = "false";
+      state.dropped = true;
+      restorePending();
+      if (state.active) {
+        flushBody(state.active);
+        state.active.status.textContent = "Connection lost; the reply was stopped.";
+        setLive(state.active, false);
+        state.active = null;
+      }
+      setBusy(false);
+      els.connection.textContent = "Connection lost. Reconnecting…";
+    },
   });
 }
 
@@ -374,9 +287,7 @@ els.input.addEventListener("keydown", (event) => {
   event.preventDefault();
   submitInput();
 });
-els.stop.addEventListener("click", () => {
-  if (state.socket && state.socket.readyState === WebSocket.OPEN) state.socket.send(JSON.stringify({ type: "cancel" }));
-});
+els.stop.addEventListener("click", () => state.socket.send({ type: "cancel" }));
 els.newChat.addEventListener("click", newChat);
 els.toggle.addEventListener("click", () => {
   const open = els.chat.classList.toggle("sidebar-open");

@@ -1,14 +1,14 @@
 // The admin queue console: renders the live payload from /ws/queue/ and the
 // last hour's snapshots. Every value from the server goes in as text, never
 // as HTML, because user names and model errors are not ours to trust.
-"use strict";
+
+import { connectSocket } from "./socket.js";
 
 (function () {
   const root = document.getElementById("console");
   if (!root) return;
   const HISTORY_REFRESH_MS = 5000;
-  let socket = null;
-  let retryMs = 500;
+  let socket = null; // connectSocket's {send, isOpen}
   let chart = null;
 
   // Formatting -------------------------------------------------------------
@@ -56,9 +56,7 @@
     button.textContent = "Cancel";
     button.addEventListener("click", () => {
       button.disabled = true;
-      if (socket && socket.readyState === WebSocket.OPEN) {
-        socket.send(JSON.stringify({ type: "cancel", request: request }));
-      }
+      if (socket) socket.send({ type: "cancel", request: request });
     });
     return button;
   }
@@ -218,29 +216,24 @@
   // The socket -------------------------------------------------------------
 
   function connect() {
-    const scheme = location.protocol === "https:" ? "wss://" : "ws://";
-    socket = new WebSocket(scheme + location.host + root.dataset.wsPath);
     const status = root.querySelector("#connection");
-    socket.addEventListener("open", () => {
-      retryMs = 500;
-      root.dataset.connected = "true";
-      status.textContent = "Live";
-    });
-    socket.addEventListener("message", (event) => {
-      const frame = JSON.parse(event.data);
-      if (frame.type === "queue.status") render(frame);
-      else if (frame.type === "error" && frame.message) status.textContent = frame.message;
-      else if (frame.type === "cancel.sent") status.textContent = "Live";
-    });
-    socket.addEventListener("close", (event) => {
-      root.dataset.connected = "false";
-      if (event.code === 4401 || event.code === 4403) {
-        location.reload(); // the admin shows its login
-        return;
-      }
-      status.textContent = "Disconnected; reconnecting…";
-      setTimeout(connect, retryMs);
-      retryMs = Math.min(retryMs * 2, 10000);
+    // Logged out (4401) or no longer staff (4403): a reload shows the admin's login.
+    socket = connectSocket(root.dataset.wsPath, {
+      reloadCodes: [4401, 4403],
+      maxDelayMs: 10000,
+      onOpen() {
+        root.dataset.connected = "true";
+        status.textContent = "Live";
+      },
+      onFrame(frame) {
+        if (frame.type === "queue.status") render(frame);
+        else if (frame.type === "error" && frame.message) status.textContent = frame.message;
+        else if (frame.type === "cancel.sent") status.textContent = "Live";
+      },
+      onDrop() {
+        root.dataset.connected = "false";
+        status.textContent = "Disconnected; reconnecting…";
+      },
     });
   }
 

@@ -8,6 +8,8 @@ import os
 
 import pytest
 
+from tests.browser.corpus import MARKDOWN
+from tests.browser.corpus import XSS as XSS_CORPUS
 from tests.live import daphne, prepare_database
 
 CHROMIUM = "/usr/bin/chromium"
@@ -26,7 +28,18 @@ keeper.user_permissions.add(Permission.objects.get(codename="change_generationse
 conversation = Conversation.objects.create(owner=user, title={XSS!r})
 Message.objects.create(conversation=conversation, role="user", content="show me markup")
 Message.objects.create(conversation=conversation, role="assistant", content={XSS!r}, status="complete")
-print(json.dumps({{"xss_conversation": conversation.pk}}))
+# Stored replies for the rendering tests (tests/browser/corpus.py).
+markdown = Conversation.objects.create(owner=user, title="Markdown")
+Message.objects.create(conversation=markdown, role="user", content="show me Markdown")
+Message.objects.create(conversation=markdown, role="assistant", content={MARKDOWN!r}, status="complete")
+attacks = Conversation.objects.create(owner=user, title={XSS_CORPUS[:200]!r})
+Message.objects.create(conversation=attacks, role="user", content={XSS_CORPUS!r})
+Message.objects.create(conversation=attacks, role="assistant", content={XSS_CORPUS!r}, status="complete")
+print(json.dumps({{
+    "xss_conversation": conversation.pk,
+    "markdown_conversation": markdown.pk,
+    "attack_conversation": attacks.pk,
+}}))
 """
 
 

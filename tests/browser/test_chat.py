@@ -12,7 +12,9 @@ def reply_length(page) -> int:
 
 
 def test_send_stream_stop_and_reload(page, chat_server):
-    """A reply streams in, Stop stops it, and a reload shows what was saved."""
+    """A reply streams in, rendered as Markdown, into a polite live region
+    that is busy until it ends; Stop stops it, and a reload shows what was
+    saved, rendered the same."""
     page.fill("#input", "first line")
     page.press("#input", "Shift+Enter")
     page.type("#input", "hello")
@@ -27,11 +29,18 @@ def test_send_stream_stop_and_reload(page, chat_server):
     first = reply_length(page)
     page.wait_for_function(f"document.querySelector('{REPLY}').textContent.length > {first}")
     assert page.is_visible("#stop")
+    assert page.get_attribute(REPLY, "aria-live") == "polite"
+    assert page.get_attribute(REPLY, "aria-busy") == "true"
+    # Markdown, not a bare text node: the text sits in block elements.
+    assert page.eval_on_selector(
+        REPLY, "el => el.children.length > 0 && [...el.childNodes].every((n) => n.nodeType === 1)"
+    )
 
     page.click("#stop")
     page.wait_for_selector(".message.assistant .status >> text=Stopped.")
     assert page.is_visible("#send")
-    stopped_text = page.text_content(REPLY)
+    assert page.get_attribute(REPLY, "aria-busy") == "false"
+    stopped_text, stopped_html = page.text_content(REPLY), page.inner_html(REPLY)
     page.wait_for_timeout(300)
     assert page.text_content(REPLY) == stopped_text  # no longer growing
     assert re.search(r"/c/\d+/$", page.url)
@@ -41,6 +50,7 @@ def test_send_stream_stop_and_reload(page, chat_server):
     page.wait_for_selector(REPLY)
     assert page.text_content(".message.user .body") == "hello"
     assert page.text_content(REPLY) == stopped_text
+    assert page.inner_html(REPLY) == stopped_html  # stored replies render as streamed ones
     status = page.text_content(".message.assistant .status")
     assert "Stopped." in status
     assert "First token in" in status
