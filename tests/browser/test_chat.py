@@ -81,7 +81,7 @@ def test_markup_in_messages_shows_as_text(page, chat_server):
     page.wait_for_selector("#stop", state="visible")
     page.click("#stop")
     page.wait_for_selector("#send", state="visible")
-    assert page.text_content(".message.user >> nth=-1") == XSS
+    assert page.text_content(".message.user >> nth=-1 >> .body") == XSS
     assert page.locator(".messages img").count() == 0
     page.wait_for_timeout(200)
     assert page.dialogs == []
