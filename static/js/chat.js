@@ -9,6 +9,7 @@
 
 import { connectSocket } from "./socket.js";
 import { api, markCurrent, renderConversations } from "./conversations.js";
+import { temperatureControl } from "./sampling.js";
 import {
   addFailure, button, flushBody, messageView, setBody, setBodySoon, setLive, stats, storedMessage, viewOf,
 } from "./messages.js";
@@ -88,8 +89,9 @@ async function openConversation(id, push) {
   els.chat.classList.remove("sidebar-open");
   highlightCurrent();
   try {
-    const { messages } = await api(`/api/conversations/${id}/`);
+    const { conversation, messages } = await api(`/api/conversations/${id}/`);
     if (state.conversation !== id) return; // another one was opened meanwhile
+    temperature.show(id, conversation.temperature);
     const words = { statusText: STATUS_TEXT, errorText: ERROR_TEXT, retry: sendMessage };
     els.messages.replaceChildren(...messages.map((message) => storedMessage(message, words)));
     for (const message of messages) {
@@ -113,6 +115,7 @@ async function openConversation(id, push) {
 
 function newChat() {
   endEditing();
+  temperature.show(null, null);
   state.conversation = null;
   state.loaded = null;
   history.pushState({}, "", "/");
@@ -339,7 +342,11 @@ const handlers = {
     state.active = Object.assign(reply, {
       request: frame.request, content, question: frame.user_message, conversation: frame.conversation,
     });
-    if (isNew) { state.loaded = frame.conversation; loadConversations().then(highlightCurrent); }
+    if (isNew) {
+      state.loaded = frame.conversation;
+      temperature.show(frame.conversation, null);
+      loadConversations().then(highlightCurrent);
+    }
     refreshTurnActions();
     scrollToEnd(true);
   },
@@ -497,9 +504,17 @@ els.toggle.addEventListener("click", () => {
 window.addEventListener("popstate", () => {
   const match = location.pathname.match(/^\/c\/(\d+)\/$/);
   if (match) openConversation(Number(match[1]), false);
-  else { state.conversation = null; els.messages.replaceChildren(); highlightCurrent(); }
+  else {
+    state.conversation = null;
+    els.messages.replaceChildren();
+    temperature.show(null, null);
+    highlightCurrent();
+  }
 });
 
+const temperature = temperatureControl(
+  $("temperature-control"), $("temperature"), () => state.conversation, showFailure,
+);
 loadConversations().catch(showFailure);
 if (state.conversation) openConversation(state.conversation, false);
 connect();

@@ -189,3 +189,18 @@ def test_regenerate_and_edit_replace_the_last_turn(page, chat_server):
     assert page.locator(".message.assistant").count() == 1
     history = page.evaluate(f"fetch('/api/conversations/{conversation}/').then(r => r.json())")
     assert [m["content"] for m in history["messages"] if m["role"] == "user"] == ["second try"]
+
+
+def test_temperature_is_set_per_conversation(page, chat_server):
+    """The temperature chosen for a conversation is stored and shown again
+    after a reload; a new chat shows no control until it has a conversation."""
+    assert page.is_hidden("#temperature")
+    page.goto(f"{chat_server['url']}/c/{chat_server['markdown_conversation']}/")
+    page.wait_for_selector("#temperature", state="visible")
+    assert page.input_value("#temperature") == ""
+    with page.expect_response("**/sampling/"):
+        page.select_option("#temperature", "0.7")
+    page.reload()
+    page.wait_for_function("document.getElementById('temperature').value === '0.7'")
+    with page.expect_response("**/sampling/"):
+        page.select_option("#temperature", "")
