@@ -92,7 +92,10 @@ async function openConversation(id, push) {
     const { conversation, messages } = await api(`/api/conversations/${id}/`);
     if (state.conversation !== id) return; // another one was opened meanwhile
     temperature.show(id, conversation.temperature);
-    const words = { statusText: STATUS_TEXT, errorText: ERROR_TEXT, retry: sendMessage };
+    const words = {
+      statusText: STATUS_TEXT, errorText: ERROR_TEXT, retry: sendMessage,
+      finishText: { length: WORDS.cutLength, repetition: WORDS.cutRepetition },
+    };
     els.messages.replaceChildren(...messages.map((message) => storedMessage(message, words)));
     for (const message of messages) {
       // Staff's Stop reads as a failure with Retry (a new reply to the question).
