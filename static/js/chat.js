@@ -10,6 +10,7 @@
 import { connectSocket } from "./socket.js";
 import { api, markCurrent, renderConversations } from "./conversations.js";
 import { temperatureControl } from "./sampling.js";
+import { STATUS_TEXT, WORDS, queueText } from "./words.js";
 import {
   addFailure, button, flushBody, messageView, setBody, setBodySoon, setLive, stats, storedMessage, viewOf,
 } from "./messages.js";
@@ -34,31 +35,6 @@ const blank = (text) => /^[\t\n\v\f\r\x1c-\x1f \x85\xa0\u1680\u2000-\u200a\u2028
 // The server's words for each error code (generation.runtime.types.ERROR_TEXT),
 // for stored failures; live error frames carry their own message.
 const ERROR_TEXT = config.errorText;
-const STATUS_TEXT = {
-  cancelled: "Stopped.",
-  interrupted: "Interrupted: the server stopped before this reply was finished.",
-  generating: "Still being written…",
-};
-// Every other word this module shows, in one place for translation.
-const WORDS = {
-  waiting: "Waiting…",
-  writing: "Writing…",
-  loading: "The model is loading; your reply will start when it is ready.",
-  position: (position, waiting) => `Waiting in queue: position ${position} of ${waiting}`,
-  startsIn: (seconds) => (seconds >= 60
-    ? `Starts in about ${Math.round(seconds / 60)} min`
-    : `Starts in about ${seconds} s`),
-  cutLength: "Cut off at the length limit.",
-  cutRepetition: "Cut off because the reply kept repeating itself.",
-  regenerate: "Regenerate",
-  regenerateLabel: "Write a new reply to this question",
-  edit: "Edit",
-  editLabel: "Edit this question and ask again",
-  editing: "Editing your last question: Send asks again with the new text.",
-  cancelEdit: "Cancel",
-  reconnecting: "Connection lost. Reconnecting…",
-};
-
 const state = {
   conversation: config.conversation,
   socket: null,
@@ -112,7 +88,7 @@ async function openConversation(id, push) {
     // would answer busy); that one ends first.
     if (!state.active || state.active.conversation === id) state.socket?.send({ type: "open", conversation: id });
   } catch (error) {
-    showNotice("That conversation could not be loaded.");
+    showNotice(WORDS.notLoaded);
   }
 }
 
@@ -152,7 +128,7 @@ function showNotice(text) {
 }
 
 function showFailure(error) {
-  showNotice(error?.userMessage || "That did not work. Please try again.");
+  showNotice(error?.userMessage || WORDS.failed);
 }
 
 function setBusy(busy) {
@@ -165,7 +141,7 @@ function setBusy(busy) {
 // True when a frame may be sent now; otherwise says why, in words.
 function canSend() {
   if (!state.socket.isOpen()) {
-    showNotice("Not connected to the server yet; your message is kept. Trying to reconnect…");
+    showNotice(WORDS.notConnected);
     return false;
   }
   if (state.pending || state.active) {
@@ -278,7 +254,7 @@ function submitInput() {
   if (blank(content)) return;
   // Text over the limit stays in the box, whole: only the person cuts it.
   if (codePoints(content) > config.maxChars) {
-    showNotice(`Your message is longer than ${config.maxChars} characters. Please shorten it.`);
+    showNotice(WORDS.tooLong(config.maxChars));
     els.notice.dataset.overLimit = "1";
     return;
   }
@@ -306,14 +282,6 @@ function restorePending() {
   if (state.pending.content !== null && blank(els.input.value)) els.input.value = state.pending.content;
   state.pending = null;
   updateCount();
-}
-
-// The status line of a waiting reply, from a `queued` frame (or `attached`).
-function queueText({ position, waiting, model_state: modelState, eta_s: eta }) {
-  if (modelState === "loading") return WORDS.loading;
-  if (position == null) return WORDS.waiting;
-  const where = WORDS.position(position, waiting);
-  return typeof eta === "number" ? `${where}. ${WORDS.startsIn(eta)}` : where;
 }
 
 // Server frames ------------------------------------------------------------

@@ -204,3 +204,24 @@ def test_temperature_is_set_per_conversation(page, chat_server):
     page.wait_for_function("document.getElementById('temperature').value === '0.7'")
     with page.expect_response("**/sampling/"):
         page.select_option("#temperature", "")
+
+
+def test_queue_wording_follows_model_state_and_eta(page):
+    """The page words a `queued` frame as a person expects: the model loading
+    (no position), a position with "Starts in about …" (minutes from 60 s),
+    or the position alone while there is no estimate."""
+    words = page.evaluate(
+        """async () => {
+          const { queueText } = await import('/static/js/words.js');
+          return [
+            {position: 2, waiting: 3, model_state: 'loading', eta_s: null},
+            {position: 2, waiting: 3, model_state: 'ready', eta_s: 20},
+            {position: 1, waiting: 1, model_state: 'ready', eta_s: 120},
+            {position: 1, waiting: 4, model_state: 'ready', eta_s: null},
+          ].map(queueText);
+        }"""
+    )
+    assert "loading" in words[0] and "position" not in words[0]
+    assert words[1] == "Waiting in queue: position 2 of 3. Starts in about 20 s"
+    assert words[2].endswith("Starts in about 2 min")
+    assert words[3] == "Waiting in queue: position 1 of 4"
