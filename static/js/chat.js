@@ -367,10 +367,10 @@ const handlers = {
     if (!active) return;
     flushBody(active);
     const byStaff = frame.code === "cancelled_by_staff";
-    const note = byStaff ? ""
-      : frame.finish_reason === "cancelled" ? STATUS_TEXT.cancelled
-        : frame.finish_reason === "length" ? WORDS.cutLength
-          : frame.finish_reason === "repetition" ? WORDS.cutRepetition : "";
+    // Staff's Stop reads "Stopped." too, as after a reload, with their words below.
+    const note = frame.finish_reason === "cancelled" ? STATUS_TEXT.cancelled
+      : frame.finish_reason === "length" ? WORDS.cutLength
+        : frame.finish_reason === "repetition" ? WORDS.cutRepetition : "";
     if (frame.message === null) active.el.remove(); // stopped before it began
     active.status.textContent = [note, stats(frame.usage, frame.timings)].filter(Boolean).join(" ");
     if (byStaff) {
