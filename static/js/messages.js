@@ -206,17 +206,19 @@ export function addFailure(el, text, onRetry = null) {
 /**
  * The element of a stored `message` (from /api/conversations/<id>/), its
  * reply rendered as a streamed one is. `statusText` words a status code
- * (cancelled, interrupted, generating), `errorText` an error code; a failed
- * question of the person's gets Retry through `retry(content)`.
+ * (cancelled, interrupted, generating), `finishText` a complete reply's
+ * finish_reason when it was cut (length, repetition), `errorText` an error
+ * code; a failed question of the person's gets Retry through `retry(content)`.
  */
-export function storedMessage(message, { statusText, errorText, retry }) {
+export function storedMessage(message, { statusText, finishText = {}, errorText, retry }) {
   const view = messageView(message.role, message.content);
   view.el.dataset.id = message.id;
   if (message.status === "error") {
     const text = errorText[message.error_code] || errorText.internal;
     addFailure(view.el, text, message.role === "user" ? () => retry(message.content) : null);
   } else if (message.role === "assistant") {
-    view.status.textContent = [statusText[message.status], stats(message.usage, message.timings)]
+    const note = statusText[message.status] || finishText[message.finish_reason];
+    view.status.textContent = [note, stats(message.usage, message.timings)]
       .filter(Boolean).join(" ");
   }
   return view.el;

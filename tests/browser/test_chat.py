@@ -81,7 +81,7 @@ def test_markup_in_messages_shows_as_text(page, chat_server):
     page.wait_for_selector("#stop", state="visible")
     page.click("#stop")
     page.wait_for_selector("#send", state="visible")
-    assert page.text_content(".message.user >> nth=-1") == XSS
+    assert page.text_content(".message.user >> nth=-1 >> .body") == XSS
     assert page.locator(".messages img").count() == 0
     page.wait_for_timeout(200)
     assert page.dialogs == []
@@ -128,3 +128,100 @@ def test_the_page_judges_blank_text_as_the_server_does(page):
     page.press("#input", "Enter")
     page.wait_for_selector(".message.user")
     assert page.input_value("#input") == ""
+
+
+def stop_reply(page):
+    page.click("#stop")
+    page.wait_for_selector("#send", state="visible")
+
+
+def test_reload_mid_reply_reattaches(page):
+    """Reloading while a reply is written shows its text so far, and the rest
+    keeps streaming into the same reply, which Stop still stops."""
+    page.fill("#input", "keep writing")
+    page.press("#input", "Enter")
+    page.wait_for_function(f"document.querySelector('{REPLY}')?.textContent.length > 0")
+    before = page.text_content(REPLY)
+
+    page.reload()
+    page.wait_for_selector("#stop", state="visible")  # attached: the page knows a reply is live
+    page.wait_for_function(f"document.querySelector('{REPLY}')?.textContent.length > {len(before)}")
+    assert page.text_content(REPLY).startswith(before)
+    assert page.locator(".message.assistant").count() == 1
+    assert page.get_attribute(REPLY, "aria-busy") == "true"
+    stop_reply(page)
+    page.wait_for_selector(".message.assistant .status >> text=Stopped.")
+
+
+def test_regenerate_and_edit_replace_the_last_turn(page, chat_server):
+    """Regenerate shows a new reply in place of the old one and stores it; Edit
+    puts the question back in the box, and sending it replaces the question
+    and its reply. Superseded messages leave the page and the history."""
+    page.fill("#input", "first try")
+    page.press("#input", "Enter")
+    page.wait_for_function(f"document.querySelector('{REPLY}')?.textContent.length > 0")
+    stop_reply(page)
+    old_reply = page.get_attribute(".message.assistant", "data-id")
+
+    page.click("button.regenerate")
+    page.wait_for_function(
+        f"(r => r && r.dataset.id && r.dataset.id !== '{old_reply}')(document.querySelector('.message.assistant'))"
+    )
+    page.wait_for_function(f"document.querySelector('{REPLY}')?.textContent.length > 0")
+    stop_reply(page)
+    new_reply = page.get_attribute(".message.assistant", "data-id")
+    assert page.locator(".message").count() == 2
+    conversation = int(re.search(r"/c/(\d+)/$", page.url).group(1))
+    history = page.evaluate(f"fetch('/api/conversations/{conversation}/').then(r => r.json())")
+    assert [(m["role"], str(m["id"])) for m in history["messages"]][1] == ("assistant", new_reply)
+    assert len(history["messages"]) == 2
+
+    page.fill("#input", "draft kept")
+    page.click("button.edit")
+    assert page.input_value("#input") == "first try"
+    page.fill("#input", "second try")
+    page.press("#input", "Enter")
+    page.wait_for_selector(".message.user >> text=second try")
+    assert page.input_value("#input") == "draft kept"  # the draft comes back
+    page.wait_for_function(f"document.querySelector('{REPLY}')?.textContent.length > 0")
+    stop_reply(page)
+    assert page.locator(".message.user").count() == 1
+    assert page.locator(".message.assistant").count() == 1
+    history = page.evaluate(f"fetch('/api/conversations/{conversation}/').then(r => r.json())")
+    assert [m["content"] for m in history["messages"] if m["role"] == "user"] == ["second try"]
+
+
+def test_temperature_is_set_per_conversation(page, chat_server):
+    """The temperature chosen for a conversation is stored and shown again
+    after a reload; a new chat shows no control until it has a conversation."""
+    assert page.is_hidden("#temperature")
+    page.goto(f"{chat_server['url']}/c/{chat_server['markdown_conversation']}/")
+    page.wait_for_selector("#temperature", state="visible")
+    assert page.input_value("#temperature") == ""
+    with page.expect_response("**/sampling/"):
+        page.select_option("#temperature", "0.7")
+    page.reload()
+    page.wait_for_function("document.getElementById('temperature').value === '0.7'")
+    with page.expect_response("**/sampling/"):
+        page.select_option("#temperature", "")
+
+
+def test_queue_wording_follows_model_state_and_eta(page):
+    """The page words a `queued` frame as a person expects: the model loading
+    (no position), a position with "Starts in about …" (minutes from 60 s),
+    or the position alone while there is no estimate."""
+    words = page.evaluate(
+        """async () => {
+          const { queueText } = await import('/static/js/words.js');
+          return [
+            {position: 2, waiting: 3, model_state: 'loading', eta_s: null},
+            {position: 2, waiting: 3, model_state: 'ready', eta_s: 20},
+            {position: 1, waiting: 1, model_state: 'ready', eta_s: 120},
+            {position: 1, waiting: 4, model_state: 'ready', eta_s: null},
+          ].map(queueText);
+        }"""
+    )
+    assert "loading" in words[0] and "position" not in words[0]
+    assert words[1] == "Waiting in queue: position 2 of 3. Starts in about 20 s"
+    assert words[2].endswith("Starts in about 2 min")
+    assert words[3] == "Waiting in queue: position 1 of 4"

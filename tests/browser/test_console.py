@@ -64,6 +64,9 @@ def test_staff_watch_a_reply_change_the_cap_and_cancel(console, page):
 
     console.click(f"{RUNNING_ROW} button.cancel")
     page.wait_for_selector(".message.assistant .status >> text=Stopped.")
+    # The person is told, in words, that staff stopped it, and may retry.
+    page.wait_for_selector(".message.assistant .failure >> text=staff stopped this reply")
+    assert page.is_visible(".message.assistant .failure button.retry")
     console.wait_for_selector("#running tbody tr.empty")
 
 
