@@ -91,7 +91,10 @@ class Stack:
 
     def set_limits(self, **values: int) -> None:
         """Change the live generation settings the way the console does, and
-        wait until every process applies them."""
+        wait until every process applies them at the site: each has them, and
+        none is in its per-process fallback (after a Redis restart a process
+        rejoins the site queue only at its next probe, and until then it
+        admits against its own cap, as designed)."""
         self.manage(
             "shell",
             "-c",
@@ -99,9 +102,14 @@ class Stack:
         )
         for port in DAPHNE_PORTS:
             poll(lambda port=port: values.items() <= self.own_limits(port).items(), timeout=10)
+            poll(lambda port=port: not self.own_status(port)["admission"].get("fallback"), timeout=30)
 
     def own_limits(self, port: int) -> dict:
         """The limits the daphne process on `port` itself applies (its status.json)."""
+        return self.own_status(port)["limits"]
+
+    def own_status(self, port: int) -> dict:
+        """The daphne process on `port`'s own entry in its status.json."""
         if self.staff_cookie is None:
             self.staff_cookie = login(self.url, "staff", PASSWORD)
         request = urllib.request.Request(
@@ -110,7 +118,7 @@ class Stack:
         with urllib.request.urlopen(request, timeout=10) as response:
             payload = json.load(response)
         [own] = [worker for worker in payload["workers"] if worker["local"]]
-        return own["limits"]
+        return own
 
     def daphne_pid(self, index: int) -> int:
         """The pid of daphne process `index` (1 or 2) as now running."""
