@@ -5,7 +5,6 @@ import contextlib
 import itertools
 import os
 import signal
-import subprocess
 import urllib.request
 
 import pytest
@@ -13,7 +12,7 @@ import websockets
 
 from generation.replies import PARTIAL_SAVE_INTERVAL_S
 from generation.wsclient import ChatSocket, login
-from tests.e2e.conftest import DAPHNE_PORTS, PASSWORD, REDIS_PORT
+from tests.e2e.conftest import DAPHNE_PORTS, PASSWORD
 from tests.polling import wait_for
 
 # The seeded tiny model does not stop on this prompt, so with a large token
@@ -241,46 +240,3 @@ def port_answers(port: int) -> bool:
     except OSError:
         return False
     return True
-
-
-def redis(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(["redis-cli", "-p", str(REDIS_PORT), *args], capture_output=True, text=True)
-
-
-async def test_redis_restart(stack):
-    """While Redis is down, chat on an open socket still works (the channel
-    layer is only for broadcasts); once it is back, new connections work."""
-    [before] = await open_sockets(stack, ["user56"])
-    assert (await before.reply("Before the restart")).terminal["type"] == "done"
-    redis("shutdown", "nosave")
-    await wait_for(lambda: redis("ping").returncode != 0, timeout=30)
-    try:
-        assert (await before.reply("While Redis is down")).terminal["type"] == "done"
-    finally:
-        subprocess.run(
-            [
-                "redis-server",
-                "--daemonize",
-                "yes",
-                "--bind",
-                "127.0.0.1",
-                "--port",
-                str(REDIS_PORT),
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                str(stack.folder),
-                "--pidfile",
-                str(stack.folder / "redis.pid"),
-                "--logfile",
-                str(stack.folder / "redis.log"),
-            ],
-            check=True,
-        )
-    await wait_for(lambda: redis("ping").stdout.strip() == "PONG", timeout=30)
-    [after] = await open_sockets(stack, ["user57"])
-    assert (await after.reply("After the restart")).terminal["type"] == "done"
-    await after.close()
-    await before.close()
