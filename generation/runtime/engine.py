@@ -113,19 +113,18 @@ class Engine:
         first token comes from the `prefill_step` that prefills its last chunk.
         Sampling fields left at None take the engine's defaults."""
         params = params.resolved(self.defaults)
+        sequence = _Sequence(seq_id, params, generator=self._generator_for(params))
+        if not params.ignore_eos:
+            sequence.loop = LoopDetector(sequence.generated)
         if self.prefill_chunk_tokens:
-            sequence = _Sequence(seq_id, params, generator=self._generator_for(params))
-            if not params.ignore_eos:
-                sequence.loop = LoopDetector(sequence.generated)
             self.sequences[seq_id] = sequence
             self._waiting[seq_id] = _Prefill(sequence, list(prompt_ids))
             return None
         cache = GrowingCache()
         input_ids = torch.tensor([prompt_ids], device=self.device)
         logits = self.model(input_ids=input_ids, past_key_values=cache, use_cache=True).logits
-        sequence = _Sequence(seq_id, params, length=len(prompt_ids), generator=self._generator_for(params))
-        if not params.ignore_eos:
-            sequence.loop = LoopDetector(sequence.generated)
+        # Registered only once its prefill succeeded: a failed one leaves no trace.
+        sequence.length = len(prompt_ids)
         self.sequences[seq_id] = sequence
         return self._start(sequence, cache, logits)
 
