@@ -77,9 +77,21 @@ class ChatSocket:
 
     @classmethod
     async def open(cls, ws_url: str, cookie: str, origin: str) -> "ChatSocket":
-        """Connect with the session cookie and the page's origin."""
+        """Connect with the session cookie and the page's origin.
+
+        The client reads every frame as it arrives (`max_queue=None`), as a
+        browser does: with websockets' default of 16 unread frames it stops
+        reading the socket, so a caller busy elsewhere while a reply streams
+        would leave daphne's pings unanswered, and daphne drops the
+        connection after its ping timeout (5 s in tests/live.py).
+        """
         connection = await websockets.connect(
-            ws_url, additional_headers={"Cookie": cookie}, origin=origin, max_size=None, open_timeout=30
+            ws_url,
+            additional_headers={"Cookie": cookie},
+            origin=origin,
+            max_size=None,
+            max_queue=None,
+            open_timeout=30,
         )
         return cls(connection, ws_url, cookie, origin)
 

@@ -138,6 +138,28 @@ def most_at_once(records: list[dict]) -> int:
     return most
 
 
+def started_out_of_turn(records: list[dict], cap: int) -> list[str]:
+    """The requests of `records` (in arrival order) that started while an
+    earlier arrival waited with no slot kept for it.
+
+    FIFO with several processes: the site queue keeps a slot for the head of
+    the queue, and its owner starts it when it next claims; so when two
+    slots free at once, a later arrival on a quicker process may start a few
+    milliseconds before an earlier one. What must never happen is that a
+    later request takes the slot an earlier one waits for: at the moment
+    request j starts, the replies running (j included) plus the earlier
+    arrivals not yet started must fit in the cap.
+    """
+    late = []
+    for j, row in enumerate(records):
+        at = row["started"]
+        running = sum(1 for other in records if other["started"] <= at < other["finished"])
+        waiting_before = sum(1 for other in records[:j] if other["started"] > at)
+        if running + waiting_before > cap:
+            late.append(row["request"])
+    return late
+
+
 def log_says(folder: Path, names: list[str], words: str) -> bool:
     """Whether the log of every process in `names` contains `words`."""
     return all(words in (folder / f"{name}.log").read_text() for name in names)
