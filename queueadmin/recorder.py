@@ -10,7 +10,7 @@ import logging
 import threading
 
 from channels.db import database_sync_to_async
-from django.db import connections
+from django.db import InterfaceError, OperationalError, connections
 
 from generation.runtime.types import Outcome, RequestRecord
 from queueadmin import services
@@ -52,15 +52,38 @@ class StatsRecorder:
         return records, snapshots
 
     async def flush(self) -> None:
-        """Write what is buffered in one transaction; on failure, drop it and warn."""
+        """Write what is buffered in one transaction.
+
+        When the database cannot be reached (OperationalError, InterfaceError:
+        a restart, a lost connection, a locked SQLite file) the batch goes
+        back to the front of the buffers for the next flush, within
+        MAX_BUFFERED; any other database error means a row the database
+        refuses, which no retry would mend, so the batch is dropped with a
+        warning naming the error (as is any other failure, so that the
+        write task goes on).
+        """
         records, snapshots = self._take()
         if records or snapshots:
             try:
                 await database_sync_to_async(services.stats_batch_create)(
                     records=records, snapshots=snapshots
                 )
+            except (OperationalError, InterfaceError) as error:
+                logger.warning(
+                    "Could not write %d records and %d snapshots, kept for the next try: %s",
+                    len(records),
+                    len(snapshots),
+                    error,
+                )
+                self._put_back(records, snapshots)
             except Exception as error:
                 logger.warning("Dropped %d records and %d snapshots: %s", len(records), len(snapshots), error)
+
+    def _put_back(self, records: list[RequestRecord], snapshots: list[dict]) -> None:
+        # What arrived meanwhile goes after the older batch; the oldest are
+        # dropped first if the total would pass MAX_BUFFERED.
+        self.records = (records + self.records)[-MAX_BUFFERED:]
+        self.snapshots = (snapshots + self.snapshots)[-MAX_BUFFERED:]
 
     def flush_in_thread(self) -> None:
         """Write what is buffered from a thread, waiting for it a few seconds.

@@ -6,11 +6,14 @@ import datetime
 import pytest
 from channels.db import database_sync_to_async
 from django.core.management import call_command
+from django.db import OperationalError
 from django.utils import timezone
 
-from generation.runtime.types import RequestSource
+from generation.runtime.requests import GenerationRequest
+from generation.runtime.sampling import SamplingParams
+from generation.runtime.types import Outcome, RequestRecord, RequestSource
 from generation.services import api_key_create
-from queueadmin import control, metrics
+from queueadmin import control, metrics, recorder, services
 from queueadmin.models import GenerationRecord, QueueSnapshot
 from tests.polling import wait_for
 from tests.queueadmin.conftest import LONG
@@ -167,3 +170,30 @@ def test_prune_stats_removes_old_rows():
     call_command("prune_stats", "--days", "7")
     assert list(GenerationRecord.objects.values_list("request_id", flat=True)) == ["r1"]
     assert QueueSnapshot.objects.count() == 1
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_records_written_while_the_database_is_away_are_kept_for_the_next_flush(monkeypatch):
+    """A flush that finds the database unreachable loses nothing: the batch
+    is written by the next flush, with what arrived meanwhile."""
+
+    def record(user: int) -> RequestRecord:
+        request = GenerationRequest(user_id=user, messages=SHORT, params=SamplingParams(max_new_tokens=8), meta={})
+        return RequestRecord.of(
+            request, worker="w", finished_at=request.enqueued_at, outcome=Outcome.CANCELLED
+        )
+
+    stats = recorder.StatsRecorder()
+    first, second = record(1), record(2)
+    stats.add_record(first)
+    real = services.stats_batch_create
+
+    def database_away(**batch):
+        raise OperationalError("server closed the connection unexpectedly")
+
+    monkeypatch.setattr(services, "stats_batch_create", database_away)  # a fault on cue
+    await stats.flush()
+    stats.add_record(second)
+    monkeypatch.setattr(services, "stats_batch_create", real)
+    await stats.flush()
+    assert set(await stored([first.request_id, second.request_id])) == {first.request_id, second.request_id}
