@@ -359,6 +359,23 @@ def api_key_revoke(*, api_key: ApiKey) -> None:
     transaction.on_commit(lambda: _broadcast_revoked(key_id))
 
 
+def api_key_renew_digest(*, api_key: ApiKey, token: str) -> bool:
+    """Re-make `api_key`'s stored digest under the current SECRET_KEY when
+    it was made under one of SECRET_KEY_FALLBACKS; True when it wrote.
+
+    Called by the API after `token` authenticated `api_key`, so a key used
+    while a rotation is under way outlives the removal of the old secret,
+    as Django renews a session's auth hash (django.contrib.auth.get_user).
+    A key not used until the fallback is gone stops working then.
+    """
+    digest = ApiKey.token_digest(token, settings.SECRET_KEY)
+    if api_key.digest == digest:
+        return False
+    api_key.digest = digest
+    api_key.save(update_fields=["digest"])
+    return True
+
+
 def api_key_touch(*, api_key: ApiKey) -> None:
     """Record that `api_key` was just used: sets last_used_at to now unless it
     is less than API_KEY_TOUCH_INTERVAL old, so a busy key costs one write a

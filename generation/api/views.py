@@ -61,6 +61,7 @@ SERVING_SINCE = int(time.time())
 
 _authenticate = database_sync_to_async(selectors.api_key_authenticate)
 _touch = database_sync_to_async(services.api_key_touch)
+_renew_digest = database_sync_to_async(services.api_key_renew_digest)
 
 
 def _error_response(error: ApiError) -> JsonResponse:
@@ -102,6 +103,7 @@ async def authenticate(request):
     api_key = await _authenticate(token.strip())
     if api_key is None:
         raise errors.unauthenticated("The API key is unknown or was revoked, or its account is inactive.")
+    await _renew_digest(api_key=api_key, token=token.strip())
     await _touch(api_key=api_key)
     return api_key
 

@@ -87,6 +87,21 @@ def test_keys_survive_a_secret_key_rotation_with_fallbacks(alice, settings):
     assert selectors.api_key_authenticate(token) is None
 
 
+def test_a_key_used_during_a_rotation_outlives_the_old_secret(alice, settings):
+    """A key the API accepted under the old secret (a fallback) has its
+    digest renewed to the new one, so removing the fallback does not end it;
+    a key not used during the rotation ends then."""
+    used, used_token = services.api_key_create(user=alice, name="used")
+    _, idle_token = services.api_key_create(user=alice, name="idle")
+    old = settings.SECRET_KEY
+    settings.SECRET_KEY = "another-secret-key-for-the-rotation-test-0123456789"
+    settings.SECRET_KEY_FALLBACKS = [old]
+    assert services.api_key_renew_digest(api_key=selectors.api_key_authenticate(used_token), token=used_token)
+    settings.SECRET_KEY_FALLBACKS = []
+    assert selectors.api_key_authenticate(used_token).pk == used.pk
+    assert selectors.api_key_authenticate(idle_token) is None
+
+
 def test_last_used_is_written_at_most_once_a_minute(alice, django_assert_num_queries):
     """The first use is recorded; uses within the minute write nothing (not
     even through a fresh copy of the row, as another process would hold);
