@@ -86,7 +86,7 @@ def run_configurations(
             "load_after": [round(value, 2) for value in os.getloadavg()],
         }
         if progress:
-            progress(f"  done: {name}: {child['figures']['aggregate_tok_s']} tok/s")
+            progress(f"  done: {name}: {json.dumps(child['figures'])}")
     if unavailable:
         run["unavailable"] = unavailable
     report["run"] = run
