@@ -164,7 +164,7 @@ class Reply:
 
 
 def words_text(tokenizer, rng: random.Random, tokens: int) -> str:
-    """Plain text of exactly about `tokens` tokens, drawn from `rng`."""
+    """Plain text of `tokens` tokens (give or take a few on re-tokenising), drawn from `rng`."""
     text = " ".join(rng.choice(WORDS) for _ in range(int(tokens * 1.3) + 8))
     ids = tokenizer(text, add_special_tokens=False)["input_ids"][:tokens]
     return tokenizer.decode(ids)
@@ -226,7 +226,8 @@ async def converse(
         reply = await send(service, conversation.index, turn + 1, history, paste, workload.new_tokens)
         replies.append(reply)
         history.append({"role": "assistant", "content": reply.text})
-        await asyncio.sleep(conversation.think_s[turn])
+        if turn < turns - 1:
+            await asyncio.sleep(conversation.think_s[turn])
     return replies, history
 
 
