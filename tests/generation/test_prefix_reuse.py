@@ -196,3 +196,33 @@ def test_no_budget_no_reuse(loaded):
     reply = drive(engine, {"a": first})[0]["a"]
     assert drive(engine, {"b": first + reply})[1]["b"] == 0
     assert engine.prefix_cache.nbytes == 0
+
+
+async def test_the_next_turn_through_the_service_reuses_the_first(make_service):
+    """A conversation's second turn, sent through the generation service as
+    the chat sends it (history as text), reuses at least the first turn's
+    prompt, and its record says how many tokens; a conversation that starts
+    over from another question does not."""
+    service = await make_service(max_new_tokens=12)
+    records = {}
+    service.record_listeners.append(lambda record: records.__setitem__(record.request_id, record))
+    first = [{"role": "user", "content": text_of(60, 4)}]
+
+    async def turn(messages):
+        events = [event.as_dict() async for event in service.submit(user_id=1, messages=messages)]
+        assert events[-1]["type"] == "done"
+        return events[-1]
+
+    done = await turn(first)
+    second = await turn([*first, {"role": "assistant", "content": done["text"]}, *ask_again()])
+    other = await turn([{"role": "user", "content": text_of(60, 5)}])
+    ids = list(records)
+    prompt_tokens = records[ids[0]].prompt_tokens
+    assert records[ids[0]].cached_tokens == 0
+    assert prompt_tokens - 1 <= records[ids[1]].cached_tokens < second["usage"]["prompt_tokens"]
+    assert 0 < records[ids[2]].cached_tokens < 40  # the template's system turn alone
+    assert other["usage"]["prompt_tokens"] > 40
+
+
+def ask_again():
+    return [{"role": "user", "content": "And then?"}]
