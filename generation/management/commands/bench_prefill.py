@@ -1,6 +1,6 @@
 """`manage.py bench_prefill`: what a long prompt costs the replies already running.
 
-Two measurements, on the configured model (the bundled SmolLM2 by default):
+Measurements on the configured model (the bundled SmolLM2 by default):
 
 - `--mode gap` (the default): 8 replies stream; once each has tokens, a
   prompt of about 3,000 tokens arrives. For each prefill chunk size (0 =
@@ -11,15 +11,17 @@ Two measurements, on the configured model (the bundled SmolLM2 by default):
 - `--mode prompt`: how long building the prompt (chat template, tokenising,
   trimming to the context) takes for histories of 10, 20 and 40 turns that
   do not fit the context, on the model thread's tokenizer.
-- `--mode reuse`: prefix reuse. One conversation of `--turns` turns on an
-  idle service with the prefix cache (`--prefix-cache-mb`, default the
-  setting): each turn's TTFT and reused prompt tokens; then the last turn
-  and the middle one, with the very same history, on a service without the
-  cache (budget 0): their TTFT and whether the reply text is the same.
-- `--mode reuse-load`: `--concurrency` conversations at once, each for
-  `--turns` turns, on one service with `--prefix-cache-mb`: aggregate tok/s,
-  TTFT p50/p95, reused prompt tokens and the process's peak RSS (run one
-  process per budget: the peak is the process's).
+- `--mode reuse`: prefix reuse. One greedy conversation of `--turns` turns
+  on an idle service with the prefix cache (`--prefix-cache-mb`, default
+  the setting): each turn's TTFT and reused prompt tokens; then the last
+  turn and the middle one, with the very same history, on a service
+  without the cache (budget 0): their TTFT and whether the reply text is
+  the same.
+- `--mode reuse-load`: `--concurrency` greedy conversations at once, each
+  for `--turns` turns of replies of exactly `--reply-tokens` tokens, on one
+  service with `--prefix-cache-mb`: aggregate tok/s, TTFT p50/p95, reused
+  prompt tokens and the process's peak RSS (run one process per budget:
+  the peak is the process's).
 """
 
 import asyncio
@@ -102,7 +104,7 @@ async def reuse_turns(load, prefix_cache_mb, turns: int, reply_tokens: int, hist
         messages: list[dict] = []
         for turn in only or range(1, turns + 1):
             sent = history[turn] if history else [*messages, {"role": "user", "content": question(turn)}]
-            handle = service.submit(user_id=1, messages=sent, max_new_tokens=reply_tokens)
+            handle = service.submit(user_id=1, messages=sent, max_new_tokens=reply_tokens, temperature=0.0)
             started, times = time.perf_counter(), []
             done = await collect_done(handle, times)
             await asyncio.sleep(0.05)  # the record follows the Done event
@@ -172,7 +174,7 @@ async def reuse_load(load, prefix_cache_mb, concurrency: int, turns: int, reply_
         for turn in range(1, turns + 1):
             messages = [*messages, {"role": "user", "content": question(user * 100 + turn)}]
             handle = service.submit(
-                user_id=user, messages=messages, max_new_tokens=reply_tokens, ignore_eos=True
+                user_id=user, messages=messages, max_new_tokens=reply_tokens, ignore_eos=True, temperature=0.0
             )
             started, times = time.perf_counter(), []
             done = await collect_done(handle, times)
@@ -262,7 +264,7 @@ class Command(BaseCommand):
         )
         parser.add_argument("--long-tokens", type=int, default=3000)
         parser.add_argument("--turns", type=int, default=20, help="reuse modes: turns per conversation")
-        parser.add_argument("--reply-tokens", type=int, default=120, help="reuse modes: reply budget")
+        parser.add_argument("--reply-tokens", type=int, default=200, help="reuse modes: reply budget")
         parser.add_argument("--concurrency", type=int, default=16, help="reuse-load: conversations at once")
         parser.add_argument(
             "--prefix-cache-mb", type=int, help="reuse modes: the budget (default GENERATION_PREFIX_CACHE_MB)"
