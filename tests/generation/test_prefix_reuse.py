@@ -147,6 +147,19 @@ def test_a_changed_conversation_gets_only_what_it_shares(loaded, chunk):
     assert drive(engine, {"again": original})[1]["again"] == len(original) - 1
 
 
+@pytest.mark.real_model
+def test_the_bundled_model_writes_the_same_greedy_text_with_reuse(real_model):
+    """On SmolLM2 itself, the second turns of three conversations, batched
+    and chunked, reuse their first turns and write the fresh greedy text."""
+    engine = engine_of(real_model, chunk=64)
+    firsts = {str(i): p for i, p in enumerate(first_turns(real_model, 8)[2::3])}
+    replies, _ = drive(engine, firsts, join_every=2)
+    seconds = {i: firsts[i] + replies[i] + ids_of(real_model, 30, int(i)) for i in firsts}
+    tokens, reused = drive(engine, seconds, join_every=2)
+    assert reused == {i: len(firsts[i]) + len(replies[i]) - 1 for i in firsts}
+    assert tokens == {i: fresh(real_model, seconds[i]) for i in firsts}
+
+
 def test_the_store_stays_in_its_budget_and_evicts_the_oldest(loaded):
     """With room for about two conversations, a third evicts the least
     recently used one, the store never holds more than its budget, and the
