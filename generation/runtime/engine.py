@@ -76,6 +76,11 @@ class _Prefill:
     sequence: _Sequence
     prompt_ids: list[int]
     cache: GrowingCache = field(default_factory=GrowingCache)
+    # The reused prefix's KV (views of the prefix cache's entry), copied into
+    # `cache` only when its prefill begins: sixteen prompts admitted at once
+    # would otherwise each hold a copy while they wait. (Should the entry be
+    # evicted meanwhile, these views keep its block alive until then.)
+    reused: list[LayerKV] = field(default_factory=list)
 
 
 class Engine:
@@ -133,12 +138,12 @@ class Engine:
             sequence.loop = LoopDetector(sequence.generated)
         reused, layers = self.prefix_cache.lookup(prompt_ids)
         self.last_reused_tokens = reused
-        cache = _cache_of(layers)
         sequence.length = reused
         if self.prefill_chunk_tokens:
             self.sequences[seq_id] = sequence
-            self._waiting[seq_id] = _Prefill(sequence, prompt_ids, cache)
+            self._waiting[seq_id] = _Prefill(sequence, prompt_ids, reused=layers)
             return None
+        cache = _cache_of(layers)
         input_ids = torch.tensor([prompt_ids[reused:]], device=self.device)
         logits = self.model(input_ids=input_ids, past_key_values=cache, use_cache=True).logits
         # Registered only once its prefill succeeded: a failed one leaves no trace.
@@ -168,6 +173,8 @@ class Engine:
             return None
         waiting = self._waiting[seq_id]
         sequence = waiting.sequence
+        if waiting.reused:
+            waiting.cache, waiting.reused = _cache_of(waiting.reused), []
         size = max_tokens or self.prefill_chunk_tokens
         chunk = waiting.prompt_ids[sequence.length : sequence.length + size]
         # Only the last position's logits are ever used: skip the vocabulary

@@ -104,8 +104,7 @@ class PrefixCache:
         while self._entries and self.nbytes + nbytes > self.budget_bytes:
             self._drop(next(iter(self._entries)))
             self.evictions += 1
-        copies = [(k[:, :, :tokens].clone(), v[:, :, :tokens].clone()) for k, v in layers]
-        self._entries[self._next_key] = _Entry(new_ids, copies, nbytes)
+        self._entries[self._next_key] = _Entry(new_ids, _copy(layers, tokens), nbytes)
         self._next_key += 1
         self.nbytes += nbytes
 
@@ -116,6 +115,21 @@ class PrefixCache:
 
     def _drop(self, key: int) -> None:
         self.nbytes -= self._entries.pop(key).nbytes
+
+
+def _copy(layers: list[LayerKV], tokens: int) -> list[LayerKV]:
+    """The first `tokens` of each layer's keys and values, copied into ONE
+    block ([layers, 2, heads, tokens, dim]) of which the result holds
+    views. One large allocation gets pages of its own from the C allocator,
+    which go back to the system when the entry is evicted; some sixty small
+    ones per entry would fragment the heap and keep the process's memory
+    above the budget."""
+    keys, values = layers[0]
+    block = keys.new_empty((len(layers), 2, keys.shape[1], tokens, keys.shape[-1]))
+    for index, (keys, values) in enumerate(layers):
+        block[index, 0] = keys[0, :, :tokens]
+        block[index, 1] = values[0, :, :tokens]
+    return [(block[index, 0][None], block[index, 1][None]) for index in range(len(layers))]
 
 
 def _common_prefix(a: torch.Tensor, b: torch.Tensor) -> int:
