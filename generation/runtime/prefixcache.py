@@ -11,7 +11,10 @@ edited or regenerated shares only the ids it really shares (perhaps just
 the system turn, perhaps nothing), and gets exactly that much. The store
 holds at most `budget_bytes` of keys and values; the least recently used
 entries go first, and an entry whose ids start another's is dropped as the
-longer one arrives (the next turn supersedes the previous one).
+longer one arrives (the next turn supersedes the previous one). A prompt
+waiting for its chunked prefill holds views of the entry it will reuse, so
+an entry evicted meanwhile lives on, outside the budget, until that
+prefill starts.
 
 Not thread safe: the model thread alone uses it, through the engine.
 """
