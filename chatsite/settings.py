@@ -251,6 +251,11 @@ GENERATION_TORCH_THREADS = env_int("GENERATION_TORCH_THREADS", 0)
 GENERATION_PREFILL_CHUNK_TOKENS = env_int("GENERATION_PREFILL_CHUNK_TOKENS", 128)
 if GENERATION_PREFILL_CHUNK_TOKENS < 0:
     raise ImproperlyConfigured("GENERATION_PREFILL_CHUNK_TOKENS must be 0 (whole prompts) or more.")
+# Megabytes of keys and values kept from finished replies, so that a
+# conversation's next turn prefills only its new tokens (prefix reuse); 0: off.
+GENERATION_PREFIX_CACHE_MB = env_int("GENERATION_PREFIX_CACHE_MB", 256)
+if GENERATION_PREFIX_CACHE_MB < 0:
+    raise ImproperlyConfigured("GENERATION_PREFIX_CACHE_MB must be 0 (no prefix reuse) or more.")
 GENERATION_CACHE_DIR = Path(
     os.environ.get("GENERATION_CACHE_DIR", Path.home() / ".cache" / "chatsite" / "models")
 )

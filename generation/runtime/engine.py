@@ -28,14 +28,20 @@ one loop's budget). So a running reply waits at most one decode step plus
 one chunk between two tokens, however long the prompt. The chunk and the
 decode step are two forward passes, not one mixed batch: simpler, and each
 is the pass the unchunked engine already runs.
+
+Prefix reuse (`prefix_cache_bytes` above 0): when a sequence leaves, the KV
+of the tokens the model read (its prompt and reply) goes to a
+`PrefixCache`; a new prompt starting with the same token ids starts from a
+copy of that KV, and its prefill, whole or chunked, covers only the rest.
 """
 
 from dataclasses import dataclass, field
 
 import torch
 
-from generation.runtime.kvcache import GrowingCache
+from generation.runtime.kvcache import GrowingCache, GrowingLayer
 from generation.runtime.loops import LoopDetector
+from generation.runtime.prefixcache import LayerKV, PrefixCache
 from generation.runtime.sampler import TokenHistory, penalise, pick
 from generation.runtime.sampling import SamplingDefaults, SamplingParams
 
@@ -55,6 +61,7 @@ class TokenOutput:
 class _Sequence:
     seq_id: str
     params: SamplingParams
+    prompt_ids: list[int] = field(default_factory=list)
     generated: list[int] = field(default_factory=list)
     cache: GrowingCache | None = None  # interleave only: the batch holds the rest
     length: int = 0  # tokens in this sequence's cache
@@ -69,6 +76,11 @@ class _Prefill:
     sequence: _Sequence
     prompt_ids: list[int]
     cache: GrowingCache = field(default_factory=GrowingCache)
+    # The reused prefix's KV (views of the prefix cache's entry), copied into
+    # `cache` only when its prefill begins: sixteen prompts admitted at once
+    # would otherwise each hold a copy while they wait. (Should the entry be
+    # evicted meanwhile, these views keep its block alive until then.)
+    reused: list[LayerKV] = field(default_factory=list)
 
 
 class Engine:
@@ -80,7 +92,8 @@ class Engine:
     its params and the model, not on what else runs in the batch.
 
     `defaults` fill the sampling fields a request left at None (the worker
-    passes the model's; without, greedy and no penalty)."""
+    passes the model's; without, greedy and no penalty).
+    `prefix_cache_bytes`: the budget of the prefix cache (0: no reuse)."""
 
     def __init__(
         self,
@@ -89,6 +102,7 @@ class Engine:
         seed: int = 0,
         defaults: SamplingDefaults | None = None,
         prefill_chunk_tokens: int = 0,
+        prefix_cache_bytes: int = 0,
     ):
         self.model = model
         self.defaults = defaults or SamplingDefaults()
@@ -101,6 +115,9 @@ class Engine:
             raise ValueError("prefill_chunk_tokens must be 0 (whole prompts) or more.")
         self.prefill_chunk_tokens = prefill_chunk_tokens
         self._waiting: dict[str, _Prefill] = {}  # oldest first
+        self.prefix_cache = PrefixCache(prefix_cache_bytes)
+        # Prompt tokens of the latest `add` whose KV came from the prefix cache.
+        self.last_reused_tokens = 0
 
     def __len__(self) -> int:
         return len(self.sequences)
@@ -111,17 +128,23 @@ class Engine:
         token; the sequence takes part in the following steps unless that
         token already finished it. Chunked: queue it and return None; its
         first token comes from the `prefill_step` that prefills its last chunk.
-        Sampling fields left at None take the engine's defaults."""
+        Sampling fields left at None take the engine's defaults. With the
+        prefix cache, the prompt's longest stored prefix is not prefilled
+        again (`last_reused_tokens` says how many tokens that was)."""
         params = params.resolved(self.defaults)
-        sequence = _Sequence(seq_id, params, generator=self._generator_for(params))
+        prompt_ids = list(prompt_ids)
+        sequence = _Sequence(seq_id, params, prompt_ids, generator=self._generator_for(params))
         if not params.ignore_eos:
             sequence.loop = LoopDetector(sequence.generated)
+        reused, layers = self.prefix_cache.lookup(prompt_ids)
+        self.last_reused_tokens = reused
+        sequence.length = reused
         if self.prefill_chunk_tokens:
             self.sequences[seq_id] = sequence
-            self._waiting[seq_id] = _Prefill(sequence, list(prompt_ids))
+            self._waiting[seq_id] = _Prefill(sequence, prompt_ids, reused=layers)
             return None
-        cache = GrowingCache()
-        input_ids = torch.tensor([prompt_ids], device=self.device)
+        cache = _cache_of(layers)
+        input_ids = torch.tensor([prompt_ids[reused:]], device=self.device)
         logits = self.model(input_ids=input_ids, past_key_values=cache, use_cache=True).logits
         # Registered only once its prefill succeeded: a failed one leaves no trace.
         sequence.length = len(prompt_ids)
@@ -150,6 +173,8 @@ class Engine:
             return None
         waiting = self._waiting[seq_id]
         sequence = waiting.sequence
+        if waiting.reused:
+            waiting.cache, waiting.reused = _cache_of(waiting.reused), []
         size = max_tokens or self.prefill_chunk_tokens
         chunk = waiting.prompt_ids[sequence.length : sequence.length + size]
         # Only the last position's logits are ever used: skip the vocabulary
@@ -176,19 +201,23 @@ class Engine:
     def remove(self, *seq_ids: str) -> None:
         """Drop sequences (cancelled, failed, or ended by a stop string)
         before the next step, all in one go (for the batch, one cache
-        compaction); unknown ids are ignored."""
+        compaction); unknown ids are ignored. What the model read of them
+        goes to the prefix cache."""
+        self._remove(seq_ids, reusable=True)
+
+    def _remove(self, seq_ids, reusable: bool) -> None:
         known = [seq_id for seq_id in dict.fromkeys(seq_ids) if seq_id in self.sequences]
         # A sequence still waiting for its prefill is not in the batch yet.
         running = [seq_id for seq_id in known if self._waiting.pop(seq_id, None) is None]
         if running:
-            self._leave(running)
+            self._leave(running, reusable)
         for seq_id in known:
             del self.sequences[seq_id]
 
     def clear(self) -> None:
         """Forget every sequence, e.g. after a failed forward pass left the
-        caches in an unknown state."""
-        self.remove(*self.sequences)
+        caches in an unknown state (so none of it is kept for reuse)."""
+        self._remove(list(self.sequences), reusable=False)
 
     def step(self) -> list[TokenOutput]:
         """Advance every running sequence (not those still waiting for their
@@ -198,8 +227,18 @@ class Engine:
     def _join(self, sequence: _Sequence, cache: GrowingCache) -> None:
         raise NotImplementedError
 
-    def _leave(self, seq_ids: list[str]) -> None:
+    def _leave(self, seq_ids: list[str], reusable: bool = True) -> None:
+        """Take running sequences out of the batch (or their own caches);
+        `reusable`: first hand their KV to the prefix cache (`_keep`)."""
         raise NotImplementedError
+
+    def _keep(self, sequence: _Sequence, layers: list[LayerKV]) -> None:
+        """Store a leaving sequence's KV (per layer [1, heads, length, dim],
+        views the cache copies) under the ids the model read: the prompt and
+        the reply but its last token, which was sampled and never fed."""
+        if self.prefix_cache.budget_bytes and sequence.length:
+            ids = (sequence.prompt_ids + sequence.generated)[: sequence.length]
+            self.prefix_cache.store(ids, layers)
 
     def _record(self, sequence: _Sequence, token: int) -> TokenOutput:
         """Append a sampled token; say whether it finishes the sequence."""
@@ -268,7 +307,19 @@ class BatchedEngine(Engine):
         self.mask = torch.cat([_pad_left(self.mask, width), _pad_left(new_mask, width)])
         self.rows.append(sequence.seq_id)
 
-    def _leave(self, seq_ids: list[str]) -> None:
+    def _leave(self, seq_ids: list[str], reusable: bool = True) -> None:
+        if reusable and self.prefix_cache.budget_bytes:
+            # Rows are right-aligned: a row's tokens are the last `length` columns.
+            width = self.mask.shape[1]
+            for index, seq_id in enumerate(self.rows):
+                if seq_id in seq_ids:
+                    sequence = self.sequences[seq_id]
+                    start = width - sequence.length
+                    layers = [
+                        (layer.keys[index : index + 1, :, start:], layer.values[index : index + 1, :, start:])
+                        for layer in self.cache.layers
+                    ]
+                    self._keep(sequence, layers)
         keep = [index for index, seq_id in enumerate(self.rows) if seq_id not in seq_ids]
         if not keep:
             self.cache, self.mask, self.rows = None, None, []
@@ -328,9 +379,12 @@ class InterleaveEngine(Engine):
     def _join(self, sequence: _Sequence, cache: GrowingCache) -> None:
         sequence.cache = cache
 
-    def _leave(self, seq_ids: list[str]) -> None:
+    def _leave(self, seq_ids: list[str], reusable: bool = True) -> None:
         for seq_id in seq_ids:
-            self.sequences[seq_id].cache = None
+            sequence = self.sequences[seq_id]
+            if reusable and self.prefix_cache.budget_bytes:
+                self._keep(sequence, [(layer.keys, layer.values) for layer in sequence.cache.layers])
+            sequence.cache = None
 
     @torch.inference_mode()
     def step(self) -> list[TokenOutput]:
@@ -358,16 +412,35 @@ def make_engine(
     stop_token_ids: set[int],
     defaults: SamplingDefaults | None = None,
     prefill_chunk_tokens: int = 0,
+    prefix_cache_bytes: int = 0,
 ) -> Engine:
     """Build the engine for a strategy name ("batched" or "interleave"), with
     the sampling `defaults` of requests that leave fields at None;
     `prefill_chunk_tokens` 0 prefills each prompt whole, else in chunks of
-    at most that many tokens."""
+    at most that many tokens; `prefix_cache_bytes` 0 turns prefix reuse off,
+    else bounds the KV kept for it."""
     try:
         engine_class = ENGINES[strategy]
     except KeyError:
         raise ValueError(f"Unknown generation strategy {strategy!r}; use one of {sorted(ENGINES)}.") from None
-    return engine_class(model, stop_token_ids, defaults=defaults, prefill_chunk_tokens=prefill_chunk_tokens)
+    return engine_class(
+        model,
+        stop_token_ids,
+        defaults=defaults,
+        prefill_chunk_tokens=prefill_chunk_tokens,
+        prefix_cache_bytes=prefix_cache_bytes,
+    )
+
+
+def _cache_of(layers: list[LayerKV]) -> GrowingCache:
+    """A new cache holding a copy of these per-layer keys and values (none:
+    an empty cache)."""
+    cache = GrowingCache()
+    for keys, values in layers:
+        layer = GrowingLayer()
+        layer.replace(keys, values)
+        cache.layers.append(layer)
+    return cache
 
 
 def _pad_left(tensor: torch.Tensor, width: int) -> torch.Tensor:

@@ -85,6 +85,7 @@ class ReportsMixin:
                     request.prompt_tokens = report.prompt_tokens
                     request.max_new_tokens = report.max_new_tokens
                     request.budget_shrunk = report.budget_shrunk
+                    request.cached_tokens = report.cached_tokens
                     request.emit(
                         Started(
                             prompt_tokens=report.prompt_tokens,

@@ -49,6 +49,7 @@ class GenerationRequest:
     first_token_at: float | None = None
     finished_at: float | None = None
     prompt_tokens: int = 0
+    cached_tokens: int = 0  # of the prompt's, reused from an earlier reply's KV
     completion_tokens: int = 0
     max_new_tokens: int = 0  # the reply budget in effect, once started
     budget_shrunk: bool = False

@@ -84,6 +84,7 @@ class ModelWorker:
         strategy: str,
         overrides: SamplingDefaults | None = None,
         prefill_chunk_tokens: int = 0,
+        prefix_cache_bytes: int = 0,
     ):
         self._load = load
         # The operator's GENERATION_* sampling values, over the model's own.
@@ -91,6 +92,7 @@ class ModelWorker:
         self._deliver = deliver
         self._strategy = strategy
         self._prefill_chunk_tokens = prefill_chunk_tokens
+        self._prefix_cache_bytes = prefix_cache_bytes
         self._wake = threading.Condition()
         self._admitted: list = []
         self._cancelled: set[str] = set()
@@ -147,6 +149,7 @@ class ModelWorker:
             stop_token_ids(loaded),
             defaults,
             prefill_chunk_tokens=self._prefill_chunk_tokens,
+            prefix_cache_bytes=self._prefix_cache_bytes,
         )
         detokenizers: dict[str, IncrementalDetokenizer] = {}
         self.info = dataclasses.replace(LOCAL_INFO, model=loaded.name, context_tokens=self.context_tokens)
@@ -215,15 +218,15 @@ class ModelWorker:
             max_new_tokens=prompt.max_new_tokens,
             budget_shrunk=prompt.budget_shrunk,
         )
-        reports: list[Report] = [started]
         params = dataclasses.replace(request.params, max_new_tokens=prompt.max_new_tokens)
         detokenizers[request.id] = IncrementalDetokenizer(tokenizer, params.stop)
-        return [
-            *reports,
-            *self._first_token(
-                engine, detokenizers, request.id, lambda: engine.add(request.id, prompt.ids, params)
-            ),
-        ]
+        engine.last_reused_tokens = 0  # a failed add leaves no stale count
+        first = self._first_token(
+            engine, detokenizers, request.id, lambda: engine.add(request.id, prompt.ids, params)
+        )
+        # Reported before the first token, though the prefix cache was only
+        # searched by `add`.
+        return [dataclasses.replace(started, cached_tokens=engine.last_reused_tokens), *first]
 
     def _first_token(self, engine, detokenizers, request_id: str, prefill: Callable) -> list[Report]:
         """Run `prefill` (a whole prefill, or one chunk of `request_id`'s) and

@@ -23,3 +23,37 @@ def test_prompt_mode_reports_trimmed_histories(tiny_model, tmp_path):
     rows = json.loads(path.read_text())["results"]
     assert [row["turns"] for row in rows] == [10, 20, 40]
     assert rows[2]["dropped_messages"] > 0 and rows[2]["prompt_tokens"] <= 8192
+
+
+def test_reuse_mode_reports_each_turn_and_the_fresh_comparison(tiny_model, tmp_path):
+    """Each turn's TTFT and reused tokens; the middle and last turns again
+    without the prefix cache, with the same text."""
+    path = tmp_path / "reuse.json"
+    call_command(
+        "bench_prefill", "--mode", "reuse", "--turns", "4", "--reply-tokens", "6", "--json", str(path)
+    )
+    rows = json.loads(path.read_text())["results"]
+    assert [row["turn"] for row in rows] == [1, 2, 3, 4]
+    assert rows[0]["reused_tokens"] == 0 < rows[3]["reused_tokens"] < rows[3]["prompt_tokens"]
+    assert [row["same_text"] for row in rows] == ["", True, "", True]
+    assert rows[3]["ttft_fresh_ms"] > 0
+
+
+def test_reuse_load_mode_reports_peak_rss(tiny_model, tmp_path):
+    """Several conversations at once: throughput, TTFT, reuse and peak RSS."""
+    path = tmp_path / "load.json"
+    call_command(
+        "bench_prefill",
+        "--mode",
+        "reuse-load",
+        "--concurrency",
+        "3",
+        "--turns",
+        "2",
+        "--reply-tokens",
+        "5",
+        "--json",
+        str(path),
+    )
+    [row] = json.loads(path.read_text())["results"]
+    assert row["concurrency"] == 3 and row["reused_tokens"] > 0 and row["peak_rss_mb"] > 0

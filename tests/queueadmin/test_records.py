@@ -155,6 +155,22 @@ async def test_metrics_count_requests_and_tokens(live, settings):
         assert name in text
 
 
+@pytest.mark.django_db(transaction=True)
+async def test_metrics_count_the_prompt_tokens_a_next_turn_reused(live):
+    """A conversation's second turn reuses the first turn's keys and values
+    (prefix reuse), and /metrics counts those prompt tokens."""
+    before = metrics.PREFIX_CACHE_HIT_TOKENS._value.get()
+    done = await finish(live.submit(user_id=1, messages=SHORT, max_new_tokens=4))
+    history = [*SHORT, {"role": "assistant", "content": done["text"]}, {"role": "user", "content": "Sure?"}]
+    second = await finish(live.submit(user_id=1, messages=history, max_new_tokens=4))
+    assert second["type"] == "done"
+    first_prompt = done["usage"]["prompt_tokens"]
+    await wait_for(
+        lambda: metrics.PREFIX_CACHE_HIT_TOKENS._value.get() >= before + first_prompt - 1, timeout=3
+    )
+    assert "chatsite_prefix_cache_hit_tokens_total" in metrics.render().decode()
+
+
 @pytest.mark.django_db
 def test_prune_stats_removes_old_rows():
     """prune_stats --days N deletes records and snapshots older than N days."""

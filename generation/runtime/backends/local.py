@@ -25,7 +25,9 @@ class LocalBackend(Backend):
     operator's sampling values (GENERATION_TEMPERATURE and the like), which
     win over the model's own defaults; None fields defer to the model.
     `prefill_chunk_tokens`: the engine's prefill chunk (None: the setting
-    GENERATION_PREFILL_CHUNK_TOKENS, 0: whole prompts)."""
+    GENERATION_PREFILL_CHUNK_TOKENS, 0: whole prompts). `prefix_cache_mb`:
+    the budget of reusable KV (None: GENERATION_PREFIX_CACHE_MB, 0: no
+    prefix reuse)."""
 
     kind = "local"
 
@@ -35,6 +37,7 @@ class LocalBackend(Backend):
         strategy: str = "batched",
         sampling: "SamplingDefaults | None" = None,
         prefill_chunk_tokens: int | None = None,
+        prefix_cache_mb: int | None = None,
     ):
         from django.conf import settings
 
@@ -44,6 +47,9 @@ class LocalBackend(Backend):
         # None: GENERATION_PREFILL_CHUNK_TOKENS; 0 prefills each prompt whole.
         self._prefill_chunk_tokens = (
             settings.GENERATION_PREFILL_CHUNK_TOKENS if prefill_chunk_tokens is None else prefill_chunk_tokens
+        )
+        self._prefix_cache_mb = (
+            settings.GENERATION_PREFIX_CACHE_MB if prefix_cache_mb is None else prefix_cache_mb
         )
         self._worker: ModelWorker | None = None
 
@@ -55,6 +61,7 @@ class LocalBackend(Backend):
             self._strategy,
             self._sampling,
             prefill_chunk_tokens=self._prefill_chunk_tokens,
+            prefix_cache_bytes=self._prefix_cache_mb * 2**20,
         )
         self._worker.start()
 

@@ -27,7 +27,9 @@ class RequestRecord:
     from the commands; queueadmin links a record to its user and
     conversation only when these are integer pks. `source` says whether the
     chat or the API sent it, and `api_key_id` with which key (the pk of a
-    generation.ApiKey; None for the chat)."""
+    generation.ApiKey; None for the chat). `cached_tokens`: prompt tokens
+    whose KV the engine reused rather than prefilled (prefix reuse); not
+    stored in GenerationRecord rows, counted in /metrics."""
 
     request_id: str
     worker: str
@@ -46,6 +48,7 @@ class RequestRecord:
     error_code: ErrorCode | None = None
     source: RequestSource = RequestSource.CHAT
     api_key_id: int | None = None
+    cached_tokens: int = 0
 
     @classmethod
     def of(
@@ -78,4 +81,5 @@ class RequestRecord:
             error_code=error_code,
             source=request.source,
             api_key_id=request.api_key_id,
+            cached_tokens=request.cached_tokens,
         )

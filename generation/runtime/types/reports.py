@@ -34,13 +34,15 @@ class RequestStarted:
     """The prompt is built and the prefill begins. `max_new_tokens` is the
     reply budget in effect, below the asked one (`budget_shrunk`) when the
     newest message left less room in the context; `dropped_messages` older
-    messages did not fit."""
+    messages did not fit. `cached_tokens`: prompt tokens whose KV was reused
+    from an earlier reply (prefix reuse), not prefilled again."""
 
     request_id: str
     prompt_tokens: int
     dropped_messages: int
     max_new_tokens: int
     budget_shrunk: bool = False
+    cached_tokens: int = 0
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,142 @@
+"""Prefix reuse: the KV of finished sequences, kept for the next turn.
+
+Turn 20 of a conversation starts with the 19 turns the engine already saw:
+the previous prompt and the reply it wrote. When a sequence leaves the
+engine, its keys and values (prompt and reply, as far as the model read
+them) are kept here under their token ids; a new prompt that starts with
+the same ids gets a copy of that KV, and its prefill covers only the rest.
+
+The match is on token ids, never text: a conversation that was trimmed,
+edited or regenerated shares only the ids it really shares (perhaps just
+the system turn, perhaps nothing), and gets exactly that much. The store
+holds at most `budget_bytes` of keys and values; the least recently used
+entries go first, and an entry whose ids start another's is dropped as the
+longer one arrives (the next turn supersedes the previous one). A prompt
+waiting for its chunked prefill holds views of the entry it will reuse, so
+an entry evicted meanwhile lives on, outside the budget, until that
+prefill starts.
+
+Not thread safe: the model thread alone uses it, through the engine.
+"""
+
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import torch
+
+LayerKV = tuple[torch.Tensor, torch.Tensor]  # keys, values: [1, kv_heads, tokens, head_dim]
+
+
+@dataclass
+class _Entry:
+    ids: torch.Tensor  # [tokens] int64
+    layers: list[LayerKV]
+    nbytes: int
+
+
+class PrefixCache:
+    """Reusable KV of finished sequences, in an LRU store of at most
+    `budget_bytes` (0 keeps nothing: reuse off).
+
+    `hit_tokens` counts the prompt tokens whose KV came from here, since the
+    start; `evictions` the entries dropped to stay in the budget."""
+
+    def __init__(self, budget_bytes: int):
+        if budget_bytes < 0:
+            raise ValueError("The prefix cache budget must be 0 (off) or more bytes.")
+        self.budget_bytes = budget_bytes
+        self._entries: OrderedDict[int, _Entry] = OrderedDict()  # least recently used first
+        self._next_key = 0
+        self.nbytes = 0
+        self.hit_tokens = 0
+        self.evictions = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def lookup(self, prompt_ids: list[int]) -> tuple[int, list[LayerKV]]:
+        """The longest stored prefix of `prompt_ids`, at most all but its last
+        token (the prefill needs one token to compute the first reply
+        token's logits): (tokens, per layer (keys, values) [1, heads, tokens,
+        dim] views of the store, to be copied), or (0, []) when nothing
+        matches. A prompt that extends a whole entry makes it the most
+        recently used. A partial hit does not: every chat prompt shares the
+        template's system turn with every entry, and would otherwise keep
+        them all fresh; the tokens it shares come back anyway when the
+        sequence that reused them leaves, in its own entry."""
+        if not self._entries or len(prompt_ids) < 2:
+            return 0, []
+        prompt = torch.tensor(prompt_ids[:-1], dtype=torch.long)
+        best_key, best = None, 0
+        for key, entry in self._entries.items():
+            shared = _common_prefix(entry.ids, prompt)
+            if shared > best:
+                best_key, best = key, shared
+        if best_key is None:
+            return 0, []
+        entry = self._entries[best_key]
+        if best == len(entry.ids):
+            self._entries.move_to_end(best_key)
+        self.hit_tokens += best
+        layers = entry.layers
+        return best, [(keys[:, :, :best], values[:, :, :best]) for keys, values in layers]
+
+    def store(self, ids: list[int], layers: list[LayerKV]) -> None:
+        """Keep the KV of a sequence that left the engine: `ids` the tokens
+        the model read, `layers` per layer (keys, values) [1, heads,
+        len(ids), dim], copied here. Entries whose ids start `ids` are
+        dropped (superseded); if a stored entry already starts with `ids`,
+        nothing is added. Least recently used entries are evicted to make
+        room; a sequence larger than the whole budget keeps its leading
+        tokens only."""
+        if self.budget_bytes == 0 or not ids:
+            return
+        per_token = sum(k.nbytes + v.nbytes for k, v in layers) // len(ids)
+        tokens = min(len(ids), self.budget_bytes // max(per_token, 1))
+        if tokens == 0:
+            return
+        new_ids = torch.tensor(ids[:tokens], dtype=torch.long)
+        for key, entry in list(self._entries.items()):
+            shared = _common_prefix(entry.ids, new_ids)
+            if shared == len(new_ids):  # already covered
+                self._entries.move_to_end(key)
+                return
+            if shared == len(entry.ids):  # superseded
+                self._drop(key)
+        nbytes = per_token * tokens
+        while self._entries and self.nbytes + nbytes > self.budget_bytes:
+            self._drop(next(iter(self._entries)))
+            self.evictions += 1
+        self._entries[self._next_key] = _Entry(new_ids, _copy(layers, tokens), nbytes)
+        self._next_key += 1
+        self.nbytes += nbytes
+
+    def clear(self) -> None:
+        """Forget every entry."""
+        self._entries.clear()
+        self.nbytes = 0
+
+    def _drop(self, key: int) -> None:
+        self.nbytes -= self._entries.pop(key).nbytes
+
+
+def _copy(layers: list[LayerKV], tokens: int) -> list[LayerKV]:
+    """The first `tokens` of each layer's keys and values, copied into ONE
+    block ([layers, 2, heads, tokens, dim]) of which the result holds
+    views. One large allocation gets pages of its own from the C allocator,
+    which go back to the system when the entry is evicted; some sixty small
+    ones per entry would fragment the heap and keep the process's memory
+    above the budget."""
+    keys, values = layers[0]
+    block = keys.new_empty((len(layers), 2, keys.shape[1], tokens, keys.shape[-1]))
+    for index, (keys, values) in enumerate(layers):
+        block[index, 0] = keys[0, :, :tokens]
+        block[index, 1] = values[0, :, :tokens]
+    return [(block[index, 0][None], block[index, 1][None]) for index in range(len(layers))]
+
+
+def _common_prefix(a: torch.Tensor, b: torch.Tensor) -> int:
+    """How many leading ids two 1-d id tensors share."""
+    n = min(len(a), len(b))
+    differ = torch.nonzero(a[:n] != b[:n])
+    return int(differ[0]) if len(differ) else n
