@@ -20,6 +20,7 @@ from django.core.exceptions import ImproperlyConfigured
 from generation.runtime.backends import Backend
 from generation.runtime.sampling import SamplingDefaults
 from generation.runtime.service import GenerationService
+from generation.runtime.startorder import StartOrder
 from generation.runtime.types import BackendInfo, Limits
 
 _service: GenerationService | None = None
@@ -161,6 +162,7 @@ def get_service() -> GenerationService:
             backend=make_backend(),
             limits=default_limits(),
             process_max_concurrency=settings.GENERATION_PROCESS_MAX_CONCURRENCY,
+            start_order=StartOrder(half_life_s=settings.GENERATION_FAIR_SHARE_HALF_LIFE_S),
         )
         _service.site = make_site_queue(_service)
         _service.start()
