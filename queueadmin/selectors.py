@@ -131,6 +131,8 @@ def _request_row(worker: str, item: dict) -> dict:
         "conversation": meta.get("conversation"),
         "since": item.get("since"),
     }
+    if item.get("class"):
+        row["class"] = item["class"]  # its priority class (issue #15)
     if "tokens" in item:
         row["tokens"] = item["tokens"]
     if "position" in item:
@@ -199,7 +201,9 @@ def console_payload(statuses: list[dict], *, local_worker: str | None = None, sa
         waiting += [_request_row(name, item) for item in status["waiting"]]
         for key, values in status["samples"].items():
             samples[key] += values
-    waiting.sort(key=lambda row: row["since"] or 0)
+    # In start order: a process's positions are its start order (priority
+    # classes, issue #15), or the site's with the site queue.
+    waiting.sort(key=lambda row: (row.get("position") or 0, row["since"] or 0))
     return {
         "type": events.CONSOLE_STATUS,
         "time": time.time(),

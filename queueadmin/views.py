@@ -56,6 +56,8 @@ def console(request):
         "can_change": can_change,
         "changes": selectors.settings_changes_recent(),
         "settings_check_s": settings.QUEUEADMIN_SETTINGS_CHECK_S,
+        "priority_classes": selectors.priority_classes_list(),
+        "ageing_s": settings.GENERATION_PRIORITY_AGEING_S,
     }
     return render(request, "admin/queue/console.html", context, status=400 if form.errors else 200)
 

@@ -93,3 +93,24 @@ async def test_a_class_set_by_command_applies_live_to_waiting_requests(settings,
     assert api.request.position == (2, 2)
     for handle in (running, api, chat):
         handle.cancel()
+
+
+def test_the_admin_page_saves_and_deletes_through_the_service(admin_client):
+    """Adding a class in the admin audits it like the command; the console
+    lists it; deleting it there is audited too."""
+    Group.objects.create(name="support")
+    group = Group.objects.get(name="support")
+    response = admin_client.post(
+        "/admin/queueadmin/priorityclass/add/",
+        {"name": "support", "rank": 2, "groups": [group.pk], "staff": "on"},
+    )
+    assert response.status_code == 302, response.content[:2000]
+    assert run("list").splitlines() == ["support: rank 2; group support, staff"]
+    assert "priority class support" in SettingsChange.objects.get().summary()
+    page = admin_client.get("/admin/queue/").content.decode()
+    assert "<td>support</td>" in page and "Edit the priority classes" in page
+    row = selectors.priority_classes_list()[0]
+    response = admin_client.post(f"/admin/queueadmin/priorityclass/{row.pk}/delete/", {"post": "yes"})
+    assert response.status_code == 302
+    assert not selectors.priority_classes_list()
+    assert SettingsChange.objects.count() == 2
