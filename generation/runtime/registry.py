@@ -129,7 +129,10 @@ def make_site_queue(service: GenerationService):
         socket_connect_timeout=settings.GENERATION_ADMISSION_TIMEOUT_S,
     )
     admission = RedisAdmission(
-        client, prefix=settings.GENERATION_ADMISSION_PREFIX, lease_s=settings.GENERATION_ADMISSION_LEASE_S
+        client,
+        prefix=settings.GENERATION_ADMISSION_PREFIX,
+        lease_s=settings.GENERATION_ADMISSION_LEASE_S,
+        half_life_s=settings.GENERATION_FAIR_SHARE_HALF_LIFE_S,
     )
     return SiteQueue(service, admission, process=service.worker_name)
 

@@ -213,8 +213,12 @@ class GenerationService(ReportsMixin):
         """Apply a new priority policy (generation.runtime.admission.order.
         PriorityPolicy; None or empty: arrival order) to this process's own
         queue now: waiting requests are reordered and shown their new
-        positions. (The site queue in Redis keeps arrival order.)"""
+        positions; with a site queue, its order too (sent only when the
+        policy changed: each read of the saved row applies it again)."""
+        changed = policy != self.start_order.policy
         self.start_order.policy = policy
+        if self.site is not None and changed:
+            self.site.set_policy(policy)
         self._admit()
 
     def cancel(self, request_id: str, *, by_staff: bool = False) -> None:
@@ -377,7 +381,6 @@ class GenerationService(ReportsMixin):
                 request.position is not None
                 and position > request.position[0]
                 and bool(self.start_order.policy)
-                and not self._site_wide()
             )
             request.position, request.wait_shown = (position, waiting), shown
             request.emit(
