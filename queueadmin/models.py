@@ -246,6 +246,9 @@ class GenerationRecord(models.Model):
         help_text="The newest message left less room in the context than max_new_tokens asked for.",
     )
     outcome = models.CharField(max_length=16, choices=Outcome.choices)
+    priority_class = models.CharField(
+        max_length=40, blank=True, help_text="Its priority class when it arrived; empty without classes."
+    )
     finish_reason = models.CharField(max_length=16, blank=True)
     error_code = models.CharField(max_length=32, blank=True)
 

@@ -61,6 +61,21 @@ def priority_policy_get() -> PriorityPolicy:
     return PriorityPolicy(classes=tuple(classes), ageing_s=settings.GENERATION_PRIORITY_AGEING_S)
 
 
+def queue_waits_by_class(*, since: float) -> dict[str, dict]:
+    """{priority class: {"p50", "p95", "count"}} of the queue waits (ms,
+    enqueue to start) of the requests that arrived after `since` (epoch
+    seconds) and started; requests from before any class was defined count
+    under "". Best class first is the caller's business."""
+    start = datetime.datetime.fromtimestamp(since, tz=datetime.UTC)
+    rows = GenerationRecord.objects.filter(enqueued_at__gte=start, started_at__isnull=False).values_list(
+        "priority_class", "enqueued_at", "started_at"
+    )
+    waits: dict[str, list[float]] = {}
+    for name, enqueued, started in rows:
+        waits.setdefault(name, []).append((started - enqueued).total_seconds() * 1000)
+    return {name: summarize(values) for name, values in waits.items()}
+
+
 def settings_changes_recent(*, limit: int = 20) -> list[SettingsChange]:
     """The latest settings changes, newest first."""
     return list(SettingsChange.objects.select_related("user")[:limit])

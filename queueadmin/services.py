@@ -190,6 +190,7 @@ def generation_records_create(*, records: list[RequestRecord]) -> list[Generatio
                 max_new_tokens=record.max_new_tokens,
                 budget_shrunk=record.budget_shrunk,
                 outcome=record.outcome,
+                priority_class=record.priority_class[:40],
                 finish_reason=record.finish_reason or "",
                 error_code=record.error_code or "",
             )

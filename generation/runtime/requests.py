@@ -61,6 +61,7 @@ class GenerationRequest:
     # Sent back to the head of the queue (the engine was busy): it starts
     # before every other waiting request, whatever their classes.
     deferred: bool = False
+    priority_class: str = ""  # its class's name when it arrived ("" without classes)
     timeout: asyncio.TimerHandle | None = None
     events: asyncio.Queue[Event] = field(default_factory=asyncio.Queue)
 

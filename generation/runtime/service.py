@@ -324,6 +324,7 @@ class GenerationService(ReportsMixin):
 
     def _wait(self, request: GenerationRequest) -> None:
         self.start_order.joined(request, self._active())
+        request.priority_class = self.start_order.class_of(request)
         self.queue.append(request)
         request.timeout = self.loop.call_later(self.limits.queue_timeout_s, self._expire, request)
 

@@ -114,3 +114,39 @@ def test_the_admin_page_saves_and_deletes_through_the_service(admin_client):
     assert response.status_code == 302
     assert not selectors.priority_classes_list()
     assert SettingsChange.objects.count() == 2
+
+
+def test_the_console_shows_each_class_queue_wait_over_the_last_hour(admin_client):
+    """Records keep their request's class; the console shows per class the
+    p50 / p95 of the queue wait of the last hour."""
+    import time
+
+    from generation.runtime.types import Outcome, RequestRecord
+
+    run("set", "support", "--rank", "1", "--staff")
+    now = time.time()
+    records = [
+        RequestRecord(
+            request_id=f"r{i}",
+            worker="w",
+            user_id="cli",
+            meta={},
+            enqueued_at=now - 10,
+            started_at=now - 10 + wait,
+            first_token_at=None,
+            finished_at=now,
+            prompt_tokens=1,
+            completion_tokens=1,
+            max_new_tokens=8,
+            budget_shrunk=False,
+            outcome=Outcome.COMPLETED,
+            priority_class=name,
+        )
+        for i, (name, wait) in enumerate([("support", 0.1), ("support", 0.3), ("default", 5.0)])
+    ]
+    services.generation_records_create(records=records)
+    waits = selectors.queue_waits_by_class(since=now - 3600)
+    assert waits["support"] == {"p50": 100, "p95": 300, "count": 2}
+    assert waits["default"]["count"] == 1
+    page = admin_client.get("/admin/queue/").content.decode()
+    assert "100 / 300 ms (2)" in page

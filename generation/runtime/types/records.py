@@ -27,7 +27,8 @@ class RequestRecord:
     from the commands; queueadmin links a record to its user and
     conversation only when these are integer pks. `source` says whether the
     chat or the API sent it, and `api_key_id` with which key (the pk of a
-    generation.ApiKey; None for the chat)."""
+    generation.ApiKey; None for the chat). `priority_class`: the name of its
+    priority class when it arrived ("" with no classes; issue #15)."""
 
     request_id: str
     worker: str
@@ -46,6 +47,7 @@ class RequestRecord:
     error_code: ErrorCode | None = None
     source: RequestSource = RequestSource.CHAT
     api_key_id: int | None = None
+    priority_class: str = ""
 
     @classmethod
     def of(
@@ -78,4 +80,5 @@ class RequestRecord:
             error_code=error_code,
             source=request.source,
             api_key_id=request.api_key_id,
+            priority_class=request.priority_class,
         )
