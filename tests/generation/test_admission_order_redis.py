@@ -6,7 +6,7 @@ LocalAdmission, the reference model, and compare who starts and the
 positions shown. Ageing needs a clock the test can advance, which Redis's
 `TIME` is not: it is checked on LocalAdmission (test_admission_order) and
 kept out of reach here (a long interval); the service decays with a long
-half-life here for the same reason.
+no decay here for the same reason.
 """
 
 import uuid
@@ -23,7 +23,7 @@ from tests.live import redis_server
 
 API = RequestSource.API
 NO_AGEING_S = 1e6
-NO_DECAY_S = 1e9
+NO_DECAY_S = 0  # no decay: the two clocks would round ties apart
 
 
 @pytest.fixture(scope="module")

@@ -83,17 +83,16 @@ class LocalAdmission(Admission):
         if not rejoin and self._count(user) >= self.limits.max_active_for(source):
             return Refused(ErrorCode.BUSY)
         waiting = self._waiting()
-        active = {held.person for held in self._tickets.values()}
-        if person not in active:
-            self.fair.join(person, active, now)
         held = _Ticket(process, user, now + self.lease_s, person=person, source=source, arrived=now)
         if not waiting and self._running() < self.limits.max_concurrency and local_free > 0:
             held.running = True
+            self._join(person, now)
             self._tickets[ticket] = held
             self._room[process] = (local_free - 1, now + self.lease_s)
             return Admitted()
         if not rejoin and len(waiting) >= self.limits.max_queue_size:
             return Refused(ErrorCode.QUEUE_FULL)
+        self._join(person, now)
         self._tickets[ticket] = held
         order = self._order(now)
         return Waiting(position=order.index(ticket) + 1, waiting=len(order))
@@ -192,6 +191,13 @@ class LocalAdmission(Admission):
 
     def _waiting(self) -> list[str]:
         return [name for name, held in self._tickets.items() if not held.running]
+
+    def _join(self, person: str, now: float) -> None:
+        """A ticket of `person` is taken: if they had none, they join the
+        fair shares at the least service of those active (order.FairShare)."""
+        active = {held.person for held in self._tickets.values()}
+        if person not in active:
+            self.fair.join(person, active, now)
 
     def _order(self, now: float) -> list[str]:
         """The waiting tickets in start order (order.start_order)."""

@@ -180,7 +180,7 @@ def start_order(
 
 class FairShare:
     """Each person's service (tokens generated for them), decayed with
-    `half_life_s`, for the order inside a class. A person who becomes active
+    `half_life_s` (0: no decay), for the order inside a class. A person who becomes active
     (`join`) is lifted to the least service of the people active now, so
     idle time banks no credit (VTC's counter lift). Not thread-safe; one
     per queue."""
