@@ -44,6 +44,9 @@ from generation.runtime.types import (
 logger = logging.getLogger(__name__)
 
 THROUGHPUT_WINDOW_S = 10
+REORDER_CHECK_S = 1.0
+"""With priority classes, how often waiting requests' positions are checked
+again: ageing moves a request up with time alone, no event."""
 OWN_QUEUE = {"scope": "process", "fallback": False, "error": ""}
 """The `admission` status of a process that admits by its own queue and cap
 (no site queue); a SiteQueue reports its own (SiteQueue.status)."""
@@ -96,6 +99,7 @@ class GenerationService(ReportsMixin):
         self.run_times = eta.RunTimes()
         self._held_until = 0.0  # loop time before which nothing is admitted (engine busy)
         self._resume: asyncio.TimerHandle | None = None
+        self._reorder: asyncio.TimerHandle | None = None  # the next ageing check
         # Set once the backend has named its model (a remote engine does so
         # when first reached); awaited by `amodel_name`.
         self.model_named = asyncio.Event()
@@ -131,8 +135,9 @@ class GenerationService(ReportsMixin):
             listener()
         if self.site is not None:
             self.site.stop()
-        if self._resume is not None:
-            self._resume.cancel()
+        for timer in (self._resume, self._reorder):
+            if timer is not None:
+                timer.cancel()
         self.backend.stop()
 
     def _deliver(self, reports: list) -> None:
@@ -357,6 +362,14 @@ class GenerationService(ReportsMixin):
         waiting = len(self.queue)
         for position, request in enumerate(self.waiting_in_order(), start=1):
             self.show_position(request, position, waiting)
+        # Ageing reorders the queue with time alone: look again in a second.
+        if self.queue and self.start_order.policy and self._reorder is None:
+            self._reorder = self.loop.call_later(REORDER_CHECK_S, self._reordered)
+
+    def _reordered(self) -> None:
+        self._reorder = None
+        if not self._site_wide():
+            self._publish_positions()
 
     # What the site queue calls (generation.runtime.sitequeue) ---------
 
