@@ -105,6 +105,20 @@ async def test_a_light_user_goes_before_a_heavy_users_backlog_site_wide(pair):
     assert await both.positions("p") == {"l1": (1, 3), "h2": (2, 3), "h3": (3, 3)}
 
 
+async def test_less_service_goes_first_even_with_more_requests_ahead(pair):
+    """Cap 2, one class: x has three requests, y two; y's running reply has
+    made 500 tokens, x's none: x's third goes before y's second, though x
+    has more requests ahead of it (service first, then turns)."""
+    both = Both(*pair)
+    limits = Limits(max_concurrency=2, max_queue_size=20, max_active_per_user=3)
+    await both.set_limits(limits)
+    await both.set_policy(policy(PriorityClass("team", 1, frozenset({"x", "y"}))))
+    for ticket in ("x1", "y1", "x2", "x3", "y2"):
+        await both.enqueue(ticket, "p", ticket[0], limits, local_free=2)
+    await both.account("y1", 500)
+    assert await both.positions("p") == {"x2": (1, 3), "x3": (2, 3), "y2": (3, 3)}
+
+
 PEOPLE = ["a", "b", "c", "d"]
 ops = st.one_of(
     st.tuples(st.just("arrive"), st.sampled_from(PEOPLE), st.sampled_from(list(RequestSource))),
