@@ -128,10 +128,12 @@ class SiteQueue:
         """`request` ended (done, cancelled, timed out, failed): free its
         ticket at the site at once."""
         if self.tickets.pop(request.id, None) is not None:
-            if request.completion_tokens:  # its person's fair share (issue #15)
-                tokens = request.completion_tokens
-                self._ops.put_nowait(lambda: self._call(self.admission.account(request.id, tokens)))
             self._ops.put_nowait(lambda: self._release(request.id))
+            if request.completion_tokens:  # its person's fair share (issue #15), after the release
+                tokens, user = request.completion_tokens, str(request.user_id)
+                self._ops.put_nowait(
+                    lambda: self._call(self.admission.account(request.id, tokens, user=user))
+                )
 
     def defer(self, request: GenerationRequest) -> None:
         """The engine was busy: `request` goes back to the head of the site

@@ -182,9 +182,10 @@ class Admission(abc.ABC):
         ignores it: the site queue in Redis keeps arrival order for now."""
         return None
 
-    async def account(self, ticket: str, tokens: int) -> None:
+    async def account(self, ticket: str, tokens: int, *, user: str | None = None) -> None:
         """Count `tokens` generated for `ticket`'s person in their fair
-        share (call before `release`). This default ignores it."""
+        share; `user` (as given to `enqueue`) names the person when the
+        ticket may already be released. This default ignores it."""
         return None
 
     async def wakeups(self) -> AsyncIterator[str]:

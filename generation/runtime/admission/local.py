@@ -160,10 +160,11 @@ class LocalAdmission(Admission):
     async def set_policy(self, policy: PriorityPolicy | None) -> None:
         self.policy = policy
 
-    async def account(self, ticket: str, tokens: int) -> None:
+    async def account(self, ticket: str, tokens: int, *, user: str | None = None) -> None:
         held = self._tickets.get(ticket)
-        if held is not None:
-            self.fair.charge(held.person, tokens, self.clock())
+        person = held.person if held is not None else user
+        if person is not None:
+            self.fair.charge(str(person), tokens, self.clock())
 
     async def snapshot(self) -> Snapshot:
         self._reap()

@@ -31,8 +31,10 @@ return 1
 """
 
 ACCOUNT = """
--- ARGV 3 ticket, 4 tokens generated for it.
+-- ARGV 3 ticket, 4 tokens generated for it, 5 its user ('' unknown: the
+-- ticket's own, which a release has already dropped).
 local user = redis.call('HGET', K_USER, ARGV[3])
+if not user and ARGV[5] ~= '' then user = ARGV[5] end
 if not user or redis.call('HGET', K_PRIO, 'on') ~= '1' then return 0 end
 local person = prio_person(user)
 prio_fair_set(person, prio_fair(person, now) + tonumber(ARGV[4]), now)

@@ -173,10 +173,11 @@ class RedisAdmission(Admission):
                     args += [f"{side}:{person}", policy.level(person, source)]
         await self._run("set_policy_order", *args)
 
-    async def account(self, ticket: str, tokens: int) -> None:
-        """Count `tokens` generated for `ticket`'s person (before `release`)."""
+    async def account(self, ticket: str, tokens: int, *, user: str | None = None) -> None:
+        """Count `tokens` generated for `ticket`'s person (`user` when the
+        ticket is already released)."""
         if tokens > 0:
-            await self._run("account", ticket, tokens)
+            await self._run("account", ticket, tokens, "" if user is None else str(user))
 
     async def wakeups(self) -> AsyncIterator[str]:
         """Yield the word of each PUBLISH on the wake-up channel (SUBSCRIBE on
