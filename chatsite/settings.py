@@ -287,6 +287,10 @@ if GENERATION_PROCESS_MAX_CONCURRENCY < 0:
 # One queue for the whole site (issue #11): with REDIS_URL set, every process
 # admits through the same Redis keys (generation.runtime.sitequeue).
 GENERATION_SITE_QUEUE = env_bool("GENERATION_SITE_QUEUE", True)
+# Priority classes (issue #15): a waiting request rises one class per this many
+# seconds waited, and a person's counted service halves every half-life.
+GENERATION_PRIORITY_AGEING_S = env_float("GENERATION_PRIORITY_AGEING_S", 60.0, minimum=1)
+GENERATION_FAIR_SHARE_HALF_LIFE_S = env_float("GENERATION_FAIR_SHARE_HALF_LIFE_S", 300.0, minimum=1)
 GENERATION_ADMISSION_PREFIX = os.environ.get("GENERATION_ADMISSION_PREFIX", "chatsite:admission")
 # A killed process's slots come back within this many seconds.
 GENERATION_ADMISSION_LEASE_S = env_float("GENERATION_ADMISSION_LEASE_S", 5.0)

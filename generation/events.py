@@ -148,13 +148,21 @@ def accepted(request: str, conversation: int, user_message: int) -> dict:
 
 
 def queued(
-    request: str, position: int, waiting: int, *, model_state: str = "ready", eta_s: int | None = None
+    request: str,
+    position: int,
+    waiting: int,
+    *,
+    model_state: str = "ready",
+    eta_s: int | None = None,
+    moved_back: bool = False,
 ) -> dict:
     """The request waits in the queue at `position` of `waiting`;
     `model_state` is "loading" while the model loads (nothing starts until it
     is "ready"), `eta_s` about how many seconds until the reply starts, or
-    None while unknown (see generation.runtime.eta)."""
-    return {
+    None while unknown (see generation.runtime.eta). `moved_back` (sent only
+    when true): the position grew because requests of a better priority
+    class went ahead (issue #15)."""
+    frame = {
         "type": "queued",
         "request": request,
         "position": position,
@@ -162,6 +170,9 @@ def queued(
         "model_state": str(model_state),
         "eta_s": eta_s,
     }
+    if moved_back:
+        frame["moved_back"] = True
+    return frame
 
 
 def started(request: str, message: int) -> dict:

@@ -193,6 +193,7 @@ class LiveReply:
                             event.waiting,
                             model_state=event.model_state,
                             eta_s=event.eta_s,
+                            moved_back=event.moved_back,
                         )
                     )
                 elif isinstance(event, Started):

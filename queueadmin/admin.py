@@ -14,6 +14,7 @@ from queueadmin.models import (
     LIMIT_FIELDS,
     GenerationRecord,
     GenerationSettings,
+    PriorityClass,
     QueueSnapshot,
     SettingsChange,
 )
@@ -42,6 +43,52 @@ class GenerationSettingsAdmin(admin.ModelAdmin):
     def save_model(self, request, obj, form, change):
         saved = services.generation_settings_update(user=request.user, limits=form.limits())
         obj.pk = saved.pk
+
+
+@admin.register(PriorityClass)
+class PriorityClassAdmin(admin.ModelAdmin):
+    """The priority classes (issue #15). Saving and deleting go through
+    queueadmin.services, as `manage.py priority_class` does: audited in the
+    settings' trail and applied live in every process. A class keeps its
+    name (delete it and add another to rename)."""
+
+    list_display = ("name", "rank", "members")
+    fields = ("name", "rank", "groups", "staff", "api")
+    filter_horizontal = ("groups",)
+
+    def get_readonly_fields(self, request, obj=None):
+        return ("name",) if obj is not None else ()
+
+    @admin.display(description="members")
+    def members(self, obj):
+        described = obj.describe()
+        names = (
+            [f"group {g}" for g in described["groups"]] + ["staff"] * obj.staff + ["API requests"] * obj.api
+        )
+        return ", ".join(names) or "-"
+
+    def save_model(self, request, obj, form, change):
+        # Saved with its groups in save_related, through the service.
+        pass
+
+    def save_related(self, request, form, formsets, change):
+        data = form.cleaned_data
+        saved = services.priority_class_set(
+            user=request.user,
+            name=form.instance.name if change else data["name"],
+            rank=data["rank"],
+            groups=[group.name for group in data["groups"]],
+            staff=data["staff"],
+            api=data["api"],
+        )
+        form.instance.pk = saved.pk
+
+    def delete_model(self, request, obj):
+        services.priority_class_delete(user=request.user, name=obj.name)
+
+    def delete_queryset(self, request, queryset):
+        for row in queryset:
+            services.priority_class_delete(user=request.user, name=row.name)
 
 
 @admin.register(SettingsChange)

@@ -134,7 +134,7 @@ class Control:
         kind = message.get("type")
         if kind == events.SETTINGS_CHANGED:
             limits = events.settings_changed_limits(message, base=self.service.limits)
-            self.settings.apply(limits, message["version"])
+            self.settings.apply(limits, message["version"], events.settings_changed_policy(message))
         elif kind == events.REQUEST_CANCEL:
             self.service.cancel(str(message["request"]), by_staff=True)
         elif kind == events.WORKER_STATUS:

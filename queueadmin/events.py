@@ -7,6 +7,7 @@ that every process knows the whole cluster. Messages are plain JSON-safe
 dicts with dotted `type` names; group names come from `group_name` only.
 """
 
+from generation.runtime.admission.order import PriorityPolicy
 from generation.runtime.types import Limits
 
 CONTROL = "control"
@@ -25,11 +26,22 @@ def group_name(kind: str) -> str:
     return f"queueadmin.{kind}"
 
 
-def settings_changed(*, limits: Limits, version: int) -> dict:
+def settings_changed(*, limits: Limits, version: int, policy: PriorityPolicy | None = None) -> dict:
     """Tell every process to apply `limits` (unless it already has a newer
     version); they travel as JSON (`Limits.as_dict`), read back by
-    `settings_changed_limits`."""
-    return {"type": SETTINGS_CHANGED, "limits": limits.as_dict(), "version": version}
+    `settings_changed_limits`. A priority class change adds the whole
+    `policy` (`PriorityPolicy.as_dict`, read back by `settings_changed_policy`)."""
+    message = {"type": SETTINGS_CHANGED, "limits": limits.as_dict(), "version": version}
+    if policy is not None:
+        message["priority"] = policy.as_dict()
+    return message
+
+
+def settings_changed_policy(message: dict) -> PriorityPolicy | None:
+    """The priority policy of a `settings.changed` message, None when it
+    carries none (a change of the limits only)."""
+    data = message.get("priority")
+    return None if data is None else PriorityPolicy.from_dict(data)
 
 
 def settings_changed_limits(message: dict, *, base: Limits) -> Limits:

@@ -37,13 +37,18 @@ class SettingsFollower:
         self.loaded = False  # the row has been read (or tried) once
         self._reload = asyncio.Event()  # wakes `run` to read the row now
 
-    def apply(self, limits: Limits, version: int) -> None:
+    def apply(self, limits: Limits, version: int, policy=None) -> None:
         """Apply saved limits unless a newer version is already in force.
 
         Called with a broadcast `settings.changed` and with each read of the row;
         the version stops a late read from undoing a newer broadcast.
+        `policy` (a PriorityPolicy, or None: unchanged) is applied also at
+        the version in force, so that each read of the row brings group
+        membership changes in.
         """
         self.saved_version = max(self.saved_version, version)
+        if policy is not None and version >= self.version:
+            self.service.update_priority(policy)
         if version <= self.version:
             return
         self.version = version
@@ -81,16 +86,24 @@ class SettingsFollower:
 
     async def _read(self) -> None:
         try:
-            saved = await database_sync_to_async(selectors.generation_settings_saved)()
+            saved = await database_sync_to_async(_saved_with_policy)()
         except Exception as error:
             logger.warning(
                 "Could not read the generation settings; keeping version %d: %s", self.version, error
             )
             return
-        if saved is not None:
-            self.apply(*saved)
+        if saved[0] is not None:
+            self.apply(*saved[0], saved[1])
+        elif saved[1]:
+            self.service.update_priority(saved[1])
         elif not self.loaded:
             # Never saved: the environment's limits rule. Applying them once
             # also makes them the site queue's, replacing whatever an
             # earlier deployment left in Redis.
             self.service.update_limits(self.service.limits)
+
+
+def _saved_with_policy():
+    """(the saved (limits, version) or None, the priority policy), in one
+    thread hop."""
+    return selectors.generation_settings_saved(), selectors.priority_policy_get()

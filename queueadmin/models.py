@@ -146,6 +146,40 @@ def max_new_tokens_bound_text(context: int) -> str:
     )
 
 
+class PriorityClass(models.Model):
+    """A class of generation requests that starts before worse ones (issue
+    #15): lower `rank` first. A person's request takes the best class they
+    belong to: through one of `groups`, being staff (`staff`), or, for
+    requests through the API, `api`. A class named "default" holds everyone
+    in no other class (without one, they rank 100). Written through
+    queueadmin.services (audited, applied live)."""
+
+    name = models.SlugField(max_length=40, unique=True)
+    rank = models.PositiveIntegerField(
+        validators=[MaxValueValidator(10_000)], help_text="Lower starts first."
+    )
+    groups = models.ManyToManyField("auth.Group", blank=True, related_name="+")
+    staff = models.BooleanField(default=False, help_text="Staff members belong to this class.")
+    api = models.BooleanField(default=False, help_text="Requests through the API belong to this class.")
+    updated = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["rank", "name"]
+        verbose_name_plural = "priority classes"
+
+    def __str__(self) -> str:
+        return f"{self.name} (rank {self.rank})"
+
+    def describe(self) -> dict:
+        """JSON-safe: what the class is, for the audit trail and the console."""
+        return {
+            "rank": self.rank,
+            "groups": sorted(g.name for g in self.groups.all()),
+            "staff": self.staff,
+            "api": self.api,
+        }
+
+
 class SettingsChange(models.Model):
     """One saved change of the generation settings: who, when, old → new."""
 
@@ -212,6 +246,9 @@ class GenerationRecord(models.Model):
         help_text="The newest message left less room in the context than max_new_tokens asked for.",
     )
     outcome = models.CharField(max_length=16, choices=Outcome.choices)
+    priority_class = models.CharField(
+        max_length=40, blank=True, help_text="Its priority class when it arrived; empty without classes."
+    )
     finish_reason = models.CharField(max_length=16, blank=True)
     error_code = models.CharField(max_length=32, blank=True)
 

@@ -7,11 +7,22 @@ the console's WebSocket and status.json send; it reads memory only.
 import datetime
 import time
 
+from django.conf import settings
+from django.contrib.auth import get_user_model
+
+from generation.runtime.admission.order import PriorityClass as RuntimeClass
+from generation.runtime.admission.order import PriorityPolicy
 from generation.runtime.service import OWN_QUEUE
 from generation.runtime.types import Limits, RequestSource
 from generation.stats import summarize
 from queueadmin import events
-from queueadmin.models import GenerationRecord, GenerationSettings, QueueSnapshot, SettingsChange
+from queueadmin.models import (
+    GenerationRecord,
+    GenerationSettings,
+    PriorityClass,
+    QueueSnapshot,
+    SettingsChange,
+)
 
 
 def generation_settings_get() -> GenerationSettings:
@@ -24,6 +35,45 @@ def generation_settings_saved() -> tuple[Limits, int] | None:
     """(limits, version) of the saved row, or None before it is first saved."""
     row = GenerationSettings.objects.filter(pk=GenerationSettings.SINGLETON_PK).first()
     return None if row is None else (row.limits(), row.version)
+
+
+def priority_classes_list() -> list[PriorityClass]:
+    """The priority classes, best first, with their groups."""
+    return list(PriorityClass.objects.prefetch_related("groups"))
+
+
+def priority_policy_get() -> PriorityPolicy:
+    """The priority classes as the runtime applies them: each with the ids
+    of its members resolved now (its groups' members, and the active staff
+    when it counts staff), and GENERATION_PRIORITY_AGEING_S. Empty (falsy)
+    when staff defined no class: first come, first served."""
+    users = get_user_model().objects
+    classes = []
+    for row in priority_classes_list():
+        members = set(users.filter(groups__in=row.groups.all()).values_list("pk", flat=True))
+        if row.staff:
+            members |= set(users.filter(is_staff=True, is_active=True).values_list("pk", flat=True))
+        classes.append(
+            RuntimeClass(
+                name=row.name, rank=row.rank, users=frozenset(str(pk) for pk in members), api=row.api
+            )
+        )
+    return PriorityPolicy(classes=tuple(classes), ageing_s=settings.GENERATION_PRIORITY_AGEING_S)
+
+
+def queue_waits_by_class(*, since: float) -> dict[str, dict]:
+    """{priority class: {"p50", "p95", "count"}} of the queue waits (ms,
+    enqueue to start) of the requests that arrived after `since` (epoch
+    seconds) and started; requests from before any class was defined count
+    under "". Best class first is the caller's business."""
+    start = datetime.datetime.fromtimestamp(since, tz=datetime.UTC)
+    rows = GenerationRecord.objects.filter(enqueued_at__gte=start, started_at__isnull=False).values_list(
+        "priority_class", "enqueued_at", "started_at"
+    )
+    waits: dict[str, list[float]] = {}
+    for name, enqueued, started in rows:
+        waits.setdefault(name, []).append((started - enqueued).total_seconds() * 1000)
+    return {name: summarize(values) for name, values in waits.items()}
 
 
 def settings_changes_recent(*, limit: int = 20) -> list[SettingsChange]:
@@ -96,6 +146,8 @@ def _request_row(worker: str, item: dict) -> dict:
         "conversation": meta.get("conversation"),
         "since": item.get("since"),
     }
+    if item.get("class"):
+        row["class"] = item["class"]  # its priority class (issue #15)
     if "tokens" in item:
         row["tokens"] = item["tokens"]
     if "position" in item:
@@ -164,7 +216,9 @@ def console_payload(statuses: list[dict], *, local_worker: str | None = None, sa
         waiting += [_request_row(name, item) for item in status["waiting"]]
         for key, values in status["samples"].items():
             samples[key] += values
-    waiting.sort(key=lambda row: row["since"] or 0)
+    # In start order: a process's positions are its start order (priority
+    # classes, issue #15), or the site's with the site queue.
+    waiting.sort(key=lambda row: (row.get("position") or 0, row["since"] or 0))
     return {
         "type": events.CONSOLE_STATUS,
         "time": time.time(),

@@ -20,6 +20,7 @@ from queueadmin import events
 from queueadmin.models import (
     GenerationRecord,
     GenerationSettings,
+    PriorityClass,
     QueueSnapshot,
     SettingsChange,
 )
@@ -71,6 +72,69 @@ def generation_settings_update(*, user, limits: Limits) -> GenerationSettings:
     message = events.settings_changed(limits=row.limits(), version=row.version)
     transaction.on_commit(functools.partial(_broadcast_control, message))
     return row
+
+
+def _priority_changed(*, user, name: str, old: dict | None, new: dict | None) -> None:
+    """Audit a priority class change as a settings change (a new version,
+    so that every process's follower picks it up even if it misses the
+    broadcast) and broadcast the new policy with the limits after commit."""
+    from queueadmin.selectors import priority_policy_get
+
+    row = GenerationSettings.objects.select_for_update().filter(pk=GenerationSettings.SINGLETON_PK).first()
+    if row is None:
+        row = GenerationSettings(pk=GenerationSettings.SINGLETON_PK)
+    row.version += 1
+    row.updated_by = user if user is not None and user.is_authenticated else None
+    row.save()
+    SettingsChange.objects.create(
+        user=row.updated_by,
+        username=user.get_username() if row.updated_by else "",
+        changes={f"priority class {name}": {"old": old, "new": new}},
+    )
+    message = events.settings_changed(limits=row.limits(), version=row.version, policy=priority_policy_get())
+    transaction.on_commit(functools.partial(_broadcast_control, message))
+
+
+@transaction.atomic
+def priority_class_set(
+    *, user, name: str, rank: int, groups: list[str] = (), staff: bool = False, api: bool = False
+) -> PriorityClass:
+    """Create or update the priority class `name` (lower `rank` starts
+    first; members: the Django `groups` named, staff if `staff`, API
+    requests if `api`), audit it and apply it live in every process.
+    ValidationError for a bad name or rank, or a group that does not exist.
+    Saving it unchanged writes nothing."""
+    from django.contrib.auth.models import Group
+    from django.core.exceptions import ValidationError
+
+    found = list(Group.objects.filter(name__in=groups))
+    missing = sorted(set(groups) - {g.name for g in found})
+    if missing:
+        raise ValidationError(f"No such group: {', '.join(missing)}")
+    row = PriorityClass.objects.select_for_update().filter(name=name).first()
+    old = row.describe() if row is not None else None
+    row = row or PriorityClass(name=name)
+    row.rank, row.staff, row.api = rank, staff, api
+    row.full_clean()
+    row.save()
+    row.groups.set(found)
+    new = row.describe()
+    if new != old:
+        _priority_changed(user=user, name=name, old=old, new=new)
+    return row
+
+
+@transaction.atomic
+def priority_class_delete(*, user, name: str) -> bool:
+    """Delete the priority class `name`, audited and applied live; False
+    when there was none."""
+    row = PriorityClass.objects.select_for_update().filter(name=name).first()
+    if row is None:
+        return False
+    old = row.describe()
+    row.delete()
+    _priority_changed(user=user, name=name, old=old, new=None)
+    return True
 
 
 def generation_settings_change(*, user, **changes) -> GenerationSettings:
@@ -126,6 +190,7 @@ def generation_records_create(*, records: list[RequestRecord]) -> list[Generatio
                 max_new_tokens=record.max_new_tokens,
                 budget_shrunk=record.budget_shrunk,
                 outcome=record.outcome,
+                priority_class=record.priority_class[:40],
                 finish_reason=record.finish_reason or "",
                 error_code=record.error_code or "",
             )

@@ -56,8 +56,19 @@ def console(request):
         "can_change": can_change,
         "changes": selectors.settings_changes_recent(),
         "settings_check_s": settings.QUEUEADMIN_SETTINGS_CHECK_S,
+        "priority_classes": _with_waits(selectors.priority_classes_list()),
+        "ageing_s": settings.GENERATION_PRIORITY_AGEING_S,
     }
     return render(request, "admin/queue/console.html", context, status=400 if form.errors else 200)
+
+
+def _with_waits(classes: list) -> list:
+    """Each class with its `waits` ({"p50", "p95", "count"} ms, or None)
+    over the last hour; the default class is not a row, so it is left out."""
+    waits = selectors.queue_waits_by_class(since=time.time() - HISTORY_S)
+    for row in classes:
+        row.waits = waits.get(row.name)
+    return classes
 
 
 @require_GET

@@ -20,6 +20,7 @@ from django.core.exceptions import ImproperlyConfigured
 from generation.runtime.backends import Backend
 from generation.runtime.sampling import SamplingDefaults
 from generation.runtime.service import GenerationService
+from generation.runtime.startorder import StartOrder
 from generation.runtime.types import BackendInfo, Limits
 
 _service: GenerationService | None = None
@@ -128,7 +129,10 @@ def make_site_queue(service: GenerationService):
         socket_connect_timeout=settings.GENERATION_ADMISSION_TIMEOUT_S,
     )
     admission = RedisAdmission(
-        client, prefix=settings.GENERATION_ADMISSION_PREFIX, lease_s=settings.GENERATION_ADMISSION_LEASE_S
+        client,
+        prefix=settings.GENERATION_ADMISSION_PREFIX,
+        lease_s=settings.GENERATION_ADMISSION_LEASE_S,
+        half_life_s=settings.GENERATION_FAIR_SHARE_HALF_LIFE_S,
     )
     return SiteQueue(service, admission, process=service.worker_name)
 
@@ -161,6 +165,7 @@ def get_service() -> GenerationService:
             backend=make_backend(),
             limits=default_limits(),
             process_max_concurrency=settings.GENERATION_PROCESS_MAX_CONCURRENCY,
+            start_order=StartOrder(half_life_s=settings.GENERATION_FAIR_SHARE_HALF_LIFE_S),
         )
         _service.site = make_site_queue(_service)
         _service.start()

@@ -50,6 +50,7 @@ class ReportsMixin:
         `retry_after_s` seconds (then `_admit` runs again by itself)."""
         del self.running[request.id]
         request.state, request.started_at, request.position = RequestState.QUEUED, None, None
+        request.deferred = True
         self.queue.appendleft(request)
         if self.site is not None:
             self.site.defer(request)

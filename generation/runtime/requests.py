@@ -59,6 +59,10 @@ class GenerationRequest:
     # its `Done(cancelled)` is worded as theirs, not the person's own Stop.
     cancelled_by_staff: bool = False
     wait_shown: tuple | None = None  # last (model_state, eta_s) sent
+    # Sent back to the head of the queue (the engine was busy): it starts
+    # before every other waiting request, whatever their classes.
+    deferred: bool = False
+    priority_class: str = ""  # its class's name when it arrived ("" without classes)
     timeout: asyncio.TimerHandle | None = None
     events: asyncio.Queue[Event] = field(default_factory=asyncio.Queue)
 

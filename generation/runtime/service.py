@@ -26,6 +26,7 @@ from generation.runtime.backends import Backend
 from generation.runtime.reporting import ReportsMixin
 from generation.runtime.requests import GenerationHandle, GenerationRequest
 from generation.runtime.sampling import SamplingParams
+from generation.runtime.startorder import StartOrder
 from generation.runtime.types import (
     Done,
     Error,
@@ -43,6 +44,9 @@ from generation.runtime.types import (
 logger = logging.getLogger(__name__)
 
 THROUGHPUT_WINDOW_S = 10
+REORDER_CHECK_S = 1.0
+"""With priority classes, how often waiting requests' positions are checked
+again: ageing moves a request up with time alone, no event."""
 OWN_QUEUE = {"scope": "process", "fallback": False, "error": ""}
 """The `admission` status of a process that admits by its own queue and cap
 (no site queue); a SiteQueue reports its own (SiteQueue.status)."""
@@ -68,8 +72,12 @@ class GenerationService(ReportsMixin):
         limits: Limits,
         worker_name: str | None = None,
         process_max_concurrency: int = 0,
+        start_order: StartOrder | None = None,
     ):
         self.limits = limits
+        # Priority classes and fair shares (issue #15): the order in which
+        # this process's own queue starts; arrival order until staff set a policy.
+        self.start_order = start_order or StartOrder()
         # The most replies this process's engine runs at once, under the cap;
         # 0: the cap alone (GENERATION_PROCESS_MAX_CONCURRENCY).
         self.process_max_concurrency = process_max_concurrency
@@ -91,6 +99,7 @@ class GenerationService(ReportsMixin):
         self.run_times = eta.RunTimes()
         self._held_until = 0.0  # loop time before which nothing is admitted (engine busy)
         self._resume: asyncio.TimerHandle | None = None
+        self._reorder: asyncio.TimerHandle | None = None  # the next ageing check
         # Set once the backend has named its model (a remote engine does so
         # when first reached); awaited by `amodel_name`.
         self.model_named = asyncio.Event()
@@ -126,8 +135,9 @@ class GenerationService(ReportsMixin):
             listener()
         if self.site is not None:
             self.site.stop()
-        if self._resume is not None:
-            self._resume.cancel()
+        for timer in (self._resume, self._reorder):
+            if timer is not None:
+                timer.cancel()
         self.backend.stop()
 
     def _deliver(self, reports: list) -> None:
@@ -204,6 +214,18 @@ class GenerationService(ReportsMixin):
             self._admit()
         return handle
 
+    def update_priority(self, policy) -> None:
+        """Apply a new priority policy (generation.runtime.admission.order.
+        PriorityPolicy; None or empty: arrival order) to this process's own
+        queue now: waiting requests are reordered and shown their new
+        positions; with a site queue, its order too (sent only when the
+        policy changed: each read of the saved row applies it again)."""
+        changed = policy != self.start_order.policy
+        self.start_order.policy = policy
+        if self.site is not None and changed:
+            self.site.set_policy(policy)
+        self._admit()
+
     def cancel(self, request_id: str, *, by_staff: bool = False) -> None:
         """Cancel a queued or running request; unknown or finished ids are ignored.
         `by_staff`: staff stopped it from the console, which its reader is told
@@ -275,8 +297,9 @@ class GenerationService(ReportsMixin):
                     "meta": r.meta,
                     "since": r.enqueued_at,
                     "eta_s": r.wait_shown[1] if r.wait_shown else None,
+                    "class": self.start_order.class_of(r),
                 }
-                for i, r in enumerate(self.queue, start=1)
+                for i, r in enumerate(self.waiting_in_order(), start=1)
             ],
             "tokens_per_s": round(self.tokens_per_second(), 2),
         }
@@ -305,6 +328,8 @@ class GenerationService(ReportsMixin):
         return self.local_room() > 0
 
     def _wait(self, request: GenerationRequest) -> None:
+        self.start_order.joined(request, self._active())
+        request.priority_class = self.start_order.class_of(request)
         self.queue.append(request)
         request.timeout = self.loop.call_later(self.limits.queue_timeout_s, self._expire, request)
 
@@ -317,8 +342,16 @@ class GenerationService(ReportsMixin):
                 self.site.wake()
             return
         while self.queue and self._has_free_slot():
-            self.start_waiting(self.queue[0])
+            self.start_waiting(self.waiting_in_order()[0])
         self._publish_positions()
+
+    def waiting_in_order(self) -> list[GenerationRequest]:
+        """This process's waiting requests in the order they start (its own
+        queue's StartOrder; arrival order with a site queue, whose order the
+        site decides)."""
+        if self._site_wide():
+            return list(self.queue)
+        return self.start_order.order(self.queue, self.running.values())
 
     def _publish_positions(self) -> None:
         """Tell every waiting request its (position, waiting) when it changed
@@ -327,8 +360,16 @@ class GenerationService(ReportsMixin):
             self.site.wake()
             return
         waiting = len(self.queue)
-        for position, request in enumerate(self.queue, start=1):
+        for position, request in enumerate(self.waiting_in_order(), start=1):
             self.show_position(request, position, waiting)
+        # Ageing reorders the queue with time alone: look again in a second.
+        if self.queue and self.start_order.policy and self._reorder is None:
+            self._reorder = self.loop.call_later(REORDER_CHECK_S, self._reordered)
+
+    def _reordered(self) -> None:
+        self._reorder = None
+        if not self._site_wide():
+            self._publish_positions()
 
     # What the site queue calls (generation.runtime.sitequeue) ---------
 
@@ -336,6 +377,7 @@ class GenerationService(ReportsMixin):
         """Start `request`, which waits in this process's queue, on the backend."""
         self.queue.remove(request)
         request.timeout.cancel()
+        request.deferred = False
         request.state = RequestState.RUNNING
         request.started_at = time.time()
         self.running[request.id] = request
@@ -343,11 +385,27 @@ class GenerationService(ReportsMixin):
 
     def show_position(self, request: GenerationRequest, position: int, waiting: int) -> None:
         """Send `request` a `Queued` event when its (position, waiting), the
-        model's state or the (rounded) estimate of its start changed."""
+        model's state or the (rounded) estimate of its start changed. The
+        event says `moved_back` when the position grew because a request of
+        a better class (or one that waited longer) went ahead of it in this
+        process's own start order."""
         shown = (self.model_state, self.start_estimate(position))
         if request.position != (position, waiting) or request.wait_shown != shown:
+            moved_back = (
+                request.position is not None
+                and position > request.position[0]
+                and bool(self.start_order.policy)
+            )
             request.position, request.wait_shown = (position, waiting), shown
-            request.emit(Queued(position=position, waiting=waiting, model_state=shown[0], eta_s=shown[1]))
+            request.emit(
+                Queued(
+                    position=position,
+                    waiting=waiting,
+                    model_state=shown[0],
+                    eta_s=shown[1],
+                    moved_back=moved_back,
+                )
+            )
 
     def start_estimate(self, position: int) -> int | None:
         """About how many seconds until the request at `position` starts
@@ -421,6 +479,8 @@ class GenerationService(ReportsMixin):
             self.site.ended(request)
         request.state = RequestState.FINISHED
         request.finished_at = time.time()
+        if request.completion_tokens:
+            self.start_order.charge(request)
         if outcome is Outcome.COMPLETED and request.started_at is not None:
             self.run_times.add(request.finished_at - request.started_at)
         if error_code is not None:

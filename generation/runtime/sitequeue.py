@@ -89,6 +89,7 @@ class SiteQueue:
         self._held: dict[str, GenerationRequest] = {}
         self._tasks: list[asyncio.Task] = []
         self._listener: asyncio.Task | None = None
+        self._policy = None  # the priority policy last set (issue #15)
 
     # Lifecycle ---------------------------------------------------------
 
@@ -128,6 +129,11 @@ class SiteQueue:
         ticket at the site at once."""
         if self.tickets.pop(request.id, None) is not None:
             self._ops.put_nowait(lambda: self._release(request.id))
+            if request.completion_tokens:  # its person's fair share (issue #15), after the release
+                tokens, user = request.completion_tokens, str(request.user_id)
+                self._ops.put_nowait(
+                    lambda: self._call(self.admission.account(request.id, tokens, user=user))
+                )
 
     def defer(self, request: GenerationRequest) -> None:
         """The engine was busy: `request` goes back to the head of the site
@@ -141,6 +147,12 @@ class SiteQueue:
     def set_limits(self, limits) -> None:
         """The console saved new limits: make them the site's."""
         self._ops.put_nowait(lambda: self._call(self.admission.set_limits(limits)))
+
+    def set_policy(self, policy) -> None:
+        """Staff changed the priority classes (issue #15): make `policy`
+        the site queue's start order (sent again on a rejoin)."""
+        self._policy = policy
+        self._ops.put_nowait(lambda: self._call(self.admission.set_policy(policy)))
 
     def wake(self) -> None:
         """Claim what may start here and refresh positions, soon (at most one pending)."""
@@ -266,6 +278,8 @@ class SiteQueue:
             await self.admission.release(ticket)
         self._stale.clear()
         await self.admission.set_limits(self.service.limits)
+        if self._policy:  # a restarted Redis forgot it (issue #15)
+            await self.admission.set_policy(self._policy)
         for request in accepted:
             await self._enqueue(request, rejoin=True)
         self._listen()

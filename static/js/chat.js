@@ -350,7 +350,13 @@ const handlers = {
   idle() {},
   queued(frame) {
     const active = current(frame);
-    if (active) active.status.textContent = queueText(frame);
+    if (!active) return;
+    // "Moved back" stays shown until the place gets better again.
+    const before = active.position;
+    active.movedBack = Boolean(frame.moved_back)
+      || (Boolean(active.movedBack) && before != null && frame.position >= before);
+    active.position = frame.position;
+    active.status.textContent = queueText(frame, { movedBack: active.movedBack });
   },
   started(frame) {
     const active = current(frame);

@@ -160,13 +160,14 @@ import { connectSocket } from "./socket.js";
       cell(tr, r.position, "num position");
       cell(tr, r.user, "user");
       cell(tr, SOURCES[r.source] || r.source, "source");
+      cell(tr, r.class || "", "class");
       cell(tr, r.conversation, "conversation");
       cell(tr, r.worker, "worker");
       cell(tr, seconds(payload.time - r.since), "num waited");
       tr.appendChild(document.createElement("td")).appendChild(cancelButton(r.request));
       return tr;
     });
-    fillBody(root.querySelector("#waiting"), waiting, "Nobody is waiting.", 7);
+    fillBody(root.querySelector("#waiting"), waiting, "Nobody is waiting.", 8);
   }
 
   function render(payload) {

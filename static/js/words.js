@@ -19,6 +19,7 @@ export const WORDS = {
   writing: "Writing…",
   loading: "The model is loading; your reply will start when it is ready.",
   position: (position, waiting) => `Waiting in queue: position ${position} of ${waiting}`,
+  movedBack: "Moved back: priority requests arrived.",
   startsIn: (seconds) => (seconds >= 60
     ? `Starts in about ${Math.round(seconds / 60)} min`
     : `Starts in about ${seconds} s`),
@@ -37,10 +38,13 @@ export const WORDS = {
  * The status line of a waiting reply, from a `queued` frame (or `attached`):
  * that the model is loading (no position then), else the position and, when
  * `eta_s` is a number, about when it starts (seconds, minutes from 60 s).
+ * `movedBack`: say that requests of a better priority class went ahead
+ * (the frame's `moved_back`, kept by the page until the place improves).
  */
-export function queueText({ position, waiting, model_state: modelState, eta_s: eta }) {
+export function queueText({ position, waiting, model_state: modelState, eta_s: eta }, { movedBack = false } = {}) {
   if (modelState === "loading") return WORDS.loading;
   if (position == null) return WORDS.waiting;
-  const where = WORDS.position(position, waiting);
+  let where = WORDS.position(position, waiting);
+  if (movedBack) where = `${WORDS.movedBack} ${where}`;
   return typeof eta === "number" ? `${where}. ${WORDS.startsIn(eta)}` : where;
 }

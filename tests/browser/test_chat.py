@@ -225,3 +225,15 @@ def test_queue_wording_follows_model_state_and_eta(page):
     assert words[1] == "Waiting in queue: position 2 of 3. Starts in about 20 s"
     assert words[2].endswith("Starts in about 2 min")
     assert words[3] == "Waiting in queue: position 1 of 4"
+
+
+def test_a_waiting_person_is_told_they_moved_back(page):
+    """A `queued` frame with moved_back (a priority request went ahead) is
+    worded "Moved back: priority requests arrived." before the new place."""
+    text = page.evaluate(
+        """async () => {
+          const { queueText } = await import('/static/js/words.js');
+          return queueText({position: 3, waiting: 3, model_state: 'ready', eta_s: null}, {movedBack: true});
+        }"""
+    )
+    assert text == "Moved back: priority requests arrived. Waiting in queue: position 3 of 3"

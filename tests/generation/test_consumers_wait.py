@@ -97,3 +97,24 @@ async def test_eta_is_null_then_a_number_once_replies_finished(
     for chat in (long, waiting):
         await chat.send_json_to({"type": "cancel"})
         await receive_until(chat, "done")
+
+
+async def test_a_waiting_person_is_told_a_priority_request_moved_them_back(slow_load, alice, bob, connect_as):
+    """With a priority class holding bob, alice waits at 1 (the model still
+    loading, so nothing starts); bob's message goes ahead of hers, and her
+    next `queued` frame says position 2 with moved_back."""
+    from generation.runtime.admission.order import PriorityClass, PriorityPolicy
+
+    alice_chat = await connect_as(alice)
+    service = registry._service
+    service.update_priority(PriorityPolicy(classes=(PriorityClass("support", 1, frozenset({str(bob.pk)})),)))
+    await alice_chat.send_json_to(send_frame())
+    first = (await receive_until(alice_chat, "queued"))[-1]
+    assert first["position"] == 1 and "moved_back" not in first
+    bob_chat = await connect_as(bob)
+    await bob_chat.send_json_to(send_frame())
+    assert (await receive_until(bob_chat, "queued"))[-1]["position"] == 1
+    moved = (await receive_until(alice_chat, "queued"))[-1]
+    assert (moved["position"], moved["waiting"], moved.get("moved_back")) == (2, 2, True)
+    for chat in (alice_chat, bob_chat):
+        await chat.send_json_to({"type": "cancel"})

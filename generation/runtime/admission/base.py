@@ -176,6 +176,18 @@ class Admission(abc.ABC):
     async def snapshot(self) -> Snapshot:
         """The whole state (see Snapshot), after dropping expired tickets."""
 
+    async def set_policy(self, policy) -> None:
+        """Make `policy` (an order.PriorityPolicy, or None: arrival order)
+        the start order of the waiting tickets (issue #15). This default
+        ignores it: the site queue in Redis keeps arrival order for now."""
+        return None
+
+    async def account(self, ticket: str, tokens: int, *, user: str | None = None) -> None:
+        """Count `tokens` generated for `ticket`'s person in their fair
+        share; `user` (as given to `enqueue`) names the person when the
+        ticket may already be released. This default ignores it."""
+        return None
+
     async def wakeups(self) -> AsyncIterator[str]:
         """Yield a word (what happened: 'enqueued', 'released', ...) each
         time another process may have changed what this one could claim or

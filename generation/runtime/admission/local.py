@@ -6,6 +6,12 @@ rules of generation.runtime.admission.base step for step, as
 same operations and compares them. Used by one process alone (`process`
 always the same name) it behaves as the per-process queue of
 GenerationService: FIFO, the cap, the per-user limit and queue_full.
+
+With a priority policy (`set_policy`, issue #15) the waiting tickets start
+in generation.runtime.admission.order's start order instead of arrival
+order (classes, ageing, fair shares from `account`); claims walk that order
+and positions are ranks in it. Without one, or with an empty one, nothing
+changes.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from generation.runtime.admission.base import (
     Waiting,
     counted_user,
 )
+from generation.runtime.admission.order import FairShare, PriorityPolicy, Waiter, start_order
 from generation.runtime.types import ErrorCode, Limits, RequestSource
 
 
@@ -33,6 +40,10 @@ class _Ticket:
     user: str
     deadline: float
     running: bool = False
+    person: str = ""
+    source: RequestSource = RequestSource.CHAT
+    arrived: float = 0.0
+    head: bool = False  # deferred back to the head
 
 
 class LocalAdmission(Admission):
@@ -46,6 +57,8 @@ class LocalAdmission(Admission):
         self.limits: Limits | None = None
         self._tickets: dict[str, _Ticket] = {}  # insertion order is arrival order
         self._room: dict[str, tuple[int, float]] = {}  # process -> (room, lease deadline)
+        self.policy: PriorityPolicy | None = None
+        self.fair = FairShare()
 
     # The operations ----------------------------------------------------
 
@@ -61,7 +74,7 @@ class LocalAdmission(Admission):
         source: RequestSource = RequestSource.CHAT,
     ) -> Enqueued:
         now = self._reap()
-        user = counted_user(user, source)
+        person, user = str(user), counted_user(user, source)
         if ticket in self._tickets:
             raise ValueError(f"ticket {ticket} is already known")
         if self.limits is None:
@@ -70,14 +83,19 @@ class LocalAdmission(Admission):
         if not rejoin and self._count(user) >= self.limits.max_active_for(source):
             return Refused(ErrorCode.BUSY)
         waiting = self._waiting()
+        held = _Ticket(process, user, now + self.lease_s, person=person, source=source, arrived=now)
         if not waiting and self._running() < self.limits.max_concurrency and local_free > 0:
-            self._tickets[ticket] = _Ticket(process, user, now + self.lease_s, running=True)
+            held.running = True
+            self._join(person, now)
+            self._tickets[ticket] = held
             self._room[process] = (local_free - 1, now + self.lease_s)
             return Admitted()
         if not rejoin and len(waiting) >= self.limits.max_queue_size:
             return Refused(ErrorCode.QUEUE_FULL)
-        self._tickets[ticket] = _Ticket(process, user, now + self.lease_s)
-        return Waiting(position=len(waiting) + 1, waiting=len(waiting) + 1)
+        self._join(person, now)
+        self._tickets[ticket] = held
+        order = self._order(now)
+        return Waiting(position=order.index(ticket) + 1, waiting=len(order))
 
     async def claim(self, process: str, local_free: int) -> list[str]:
         now = self._reap()
@@ -85,7 +103,7 @@ class LocalAdmission(Admission):
         slots = self.limits.max_concurrency - self._running() if self.limits else 0
         room = {p: r for p, (r, _) in self._room.items()}
         room[process] = local_free
-        for name in self._waiting():
+        for name in self._order(now):
             if slots <= 0:
                 break
             owner = self._tickets[name].process
@@ -96,6 +114,7 @@ class LocalAdmission(Admission):
                     started.append(name)
         for name in started:
             self._tickets[name].running = True
+            self._tickets[name].head = False
         self._room[process] = (local_free - len(started), now + self.lease_s)
         return started
 
@@ -109,6 +128,7 @@ class LocalAdmission(Admission):
         if held is None or not held.running:
             return False
         held.running = False
+        held.head = True
         # Arrival order is insertion order: re-insert it ahead of all waiting.
         self._tickets = {ticket: self._tickets.pop(ticket), **self._tickets}
         return True
@@ -127,8 +147,7 @@ class LocalAdmission(Admission):
         return gone
 
     async def positions(self, process: str) -> dict[str, tuple[int, int]]:
-        self._reap()
-        waiting = self._waiting()
+        waiting = self._order(self._reap())
         return {
             name: (position, len(waiting))
             for position, name in enumerate(waiting, start=1)
@@ -137,6 +156,15 @@ class LocalAdmission(Admission):
 
     async def set_limits(self, limits: Limits) -> None:
         self.limits = limits
+
+    async def set_policy(self, policy: PriorityPolicy | None) -> None:
+        self.policy = policy
+
+    async def account(self, ticket: str, tokens: int, *, user: str | None = None) -> None:
+        held = self._tickets.get(ticket)
+        person = held.person if held is not None else user
+        if person is not None:
+            self.fair.charge(str(person), tokens, self.clock())
 
     async def snapshot(self) -> Snapshot:
         self._reap()
@@ -164,6 +192,27 @@ class LocalAdmission(Admission):
 
     def _waiting(self) -> list[str]:
         return [name for name, held in self._tickets.items() if not held.running]
+
+    def _join(self, person: str, now: float) -> None:
+        """A ticket of `person` is taken: if they had none, they join the
+        fair shares at the least service of those active (order.FairShare)."""
+        active = {held.person for held in self._tickets.values()}
+        if person not in active:
+            self.fair.join(person, active, now)
+
+    def _order(self, now: float) -> list[str]:
+        """The waiting tickets in start order (order.start_order)."""
+        policy = self.policy
+        waiters = []
+        running: dict[str, int] = {}
+        for name, held in self._tickets.items():
+            if held.running:
+                running[held.person] = running.get(held.person, 0) + 1
+            else:
+                level = policy.level(held.person, held.source) if policy else 0
+                waiters.append(Waiter(name, held.person, level, held.arrived, held.head))
+        service = self.fair.values(running.keys() | {w.person for w in waiters}, now)
+        return start_order(waiters, now=now, policy=policy, service=service, running=running)
 
     def _running(self) -> int:
         return sum(1 for held in self._tickets.values() if held.running)

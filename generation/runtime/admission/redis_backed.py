@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator, Iterable
 
 import redis.asyncio as redis
 
-from generation.runtime.admission import scripts
+from generation.runtime.admission import priority_scripts, scripts
 from generation.runtime.admission.base import (
     DEFAULT_LEASE_S,
     Admission,
@@ -30,10 +30,13 @@ from generation.runtime.admission.base import (
     Waiting,
     counted_user,
 )
+from generation.runtime.admission.order import DEFAULT_HALF_LIFE_S, PriorityPolicy
 from generation.runtime.types import ErrorCode, Limits, RequestSource
 
 DEFAULT_PREFIX = "chatsite:admission"
 KEY_NAMES = ("queue", "running", "leases", "owner", "user", "users", "seq", "limits", "rooms", "procs")
+# The start order's keys (issue #15, priority_scripts), after the others.
+PRIORITY_KEY_NAMES = ("prio", "arrived", "fair")
 
 
 def _text(value) -> str:
@@ -51,15 +54,26 @@ class RedisAdmission(Admission):
     waiting for their next poll."""
 
     def __init__(
-        self, client: redis.Redis, *, prefix: str = DEFAULT_PREFIX, lease_s: float = DEFAULT_LEASE_S
+        self,
+        client: redis.Redis,
+        *,
+        prefix: str = DEFAULT_PREFIX,
+        lease_s: float = DEFAULT_LEASE_S,
+        half_life_s: float = DEFAULT_HALF_LIFE_S,
     ):
         self.client = client
         self.prefix = prefix
         self.lease_s = lease_s
-        self.keys = [f"{{{prefix}}}:{name}" for name in KEY_NAMES]
+        self.half_life_s = half_life_s
+        self.keys = [f"{{{prefix}}}:{name}" for name in KEY_NAMES + PRIORITY_KEY_NAMES]
         self.wake_channel = f"{{{prefix}}}:wake"
+        modules = {"set_policy_order": priority_scripts, "account": priority_scripts}
         self._scripts = {
-            name: client.register_script(scripts.PRELUDE + getattr(scripts, name.upper()))
+            name: client.register_script(
+                priority_scripts.FUNCTIONS
+                + scripts.PRELUDE
+                + getattr(modules.get(name, scripts), name.removesuffix("_order").upper())
+            )
             for name in (
                 "enqueue",
                 "claim",
@@ -69,6 +83,8 @@ class RedisAdmission(Admission):
                 "positions",
                 "set_limits",
                 "snapshot",
+                "set_policy_order",
+                "account",
             )
         }
 
@@ -141,6 +157,27 @@ class RedisAdmission(Admission):
             limits.max_active_per_user,
             limits.max_active_api_per_user,
         )
+
+    async def set_policy(self, policy: PriorityPolicy | None) -> None:
+        """Make `policy` the site queue's start order (issue #15): each
+        listed person's class level for chat and API requests, and the
+        level of everyone else, go to Redis; None or an empty policy:
+        arrival order."""
+        args = [int(bool(policy)), 0, round(self.half_life_s * 1000)]
+        if policy:
+            args[1] = round(policy.ageing_s * 1000)
+            people = {person for c in policy.classes for person in c.users}
+            for side, source in (("c", RequestSource.CHAT), ("a", RequestSource.API)):
+                args += [f"{side}:*", policy.level("\0nobody", source)]
+                for person in sorted(people):
+                    args += [f"{side}:{person}", policy.level(person, source)]
+        await self._run("set_policy_order", *args)
+
+    async def account(self, ticket: str, tokens: int, *, user: str | None = None) -> None:
+        """Count `tokens` generated for `ticket`'s person (`user` when the
+        ticket is already released)."""
+        if tokens > 0:
+            await self._run("account", ticket, tokens, "" if user is None else str(user))
 
     async def wakeups(self) -> AsyncIterator[str]:
         """Yield the word of each PUBLISH on the wake-up channel (SUBSCRIBE on

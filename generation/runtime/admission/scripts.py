@@ -8,7 +8,8 @@ with the next operation of any process, and no process compares its own
 clock with another's. Scripts run atomically, and Redis 7 replicates them by
 their effects, so reading `TIME` in them is safe (Redis docs, "Scripting
 with Lua"). The algorithm is Redis in Action §6.3's fair semaphore with
-refreshed leases, plus a FIFO of waiting tickets
+refreshed leases, plus a queue of waiting tickets (arrival order, or the
+start order of priority_scripts.FUNCTIONS, put before the prelude)
 (../shared/design/global-queue.md); the rules are those of
 generation.runtime.admission.base, mirrored by LocalAdmission.
 
@@ -24,6 +25,7 @@ KEYS (all under one hash tag, built by RedisAdmission):
                          max_active_api_per_user
   9 rooms    hash        process -> room it last reported (requests it can start)
  10 procs    sorted set  process -> lease deadline (ms) of its room report
+ 11-13       the start order's keys (issue #15): see priority_scripts
 ARGV: 1 the wake-up channel, 2 the lease (ms), then the operation's own.
 """
 
@@ -45,6 +47,7 @@ local function drop(ticket)
   redis.call('ZREM', K_RUNNING, ticket)
   redis.call('ZREM', K_LEASES, ticket)
   if redis.call('HINCRBY', K_USERS, user, -1) <= 0 then redis.call('HDEL', K_USERS, user) end
+  prio_forget(ticket) -- issue #15 (priority_scripts)
   return true
 end
 
@@ -85,6 +88,7 @@ local waiting = redis.call('ZCARD', K_QUEUE)
 local function hold()
   redis.call('HSET', K_OWNER, ticket, process)
   redis.call('HSET', K_USER, ticket, user)
+  prio_arrive(ticket, user, K_USERS, now) -- issue #15 (priority_scripts); before the count
   redis.call('HINCRBY', K_USERS, user, 1)
   redis.call('ZADD', K_LEASES, deadline, ticket)
 end
@@ -98,7 +102,12 @@ if not rejoin and waiting >= limit('max_queue_size') then return {'queue_full'} 
 hold()
 redis.call('ZADD', K_QUEUE, redis.call('INCR', K_SEQ), ticket)
 redis.call('PUBLISH', WAKE, 'enqueued')
-return {'waiting', waiting + 1, waiting + 1}
+-- The place in the start order (issue #15: priority_scripts; arrival order without classes).
+local position = waiting + 1
+for i, queued in ipairs(waiting_order(K_QUEUE, K_RUNNING, K_USER, now)) do
+  if queued == ticket then position = i end
+end
+return {'waiting', position, waiting + 1}
 """
 
 # ARGV 3 process, 4 its room now. Returns the tickets it starts, in order.
@@ -108,7 +117,7 @@ local started = {}
 local slots = limit('max_concurrency') - redis.call('ZCARD', K_RUNNING)
 local room = {[process] = free}
 if slots > 0 then
-  for _, ticket in ipairs(redis.call('ZRANGE', K_QUEUE, 0, -1)) do
+  for _, ticket in ipairs(waiting_order(K_QUEUE, K_RUNNING, K_USER, now)) do
     local owner = redis.call('HGET', K_OWNER, ticket)
     local left = room[owner]
     if left == nil then left = tonumber(redis.call('HGET', K_ROOMS, owner) or '0') end
@@ -124,6 +133,7 @@ end
 for _, ticket in ipairs(started) do
   redis.call('ZREM', K_QUEUE, ticket)
   redis.call('ZADD', K_RUNNING, now, ticket)
+  prio_head(ticket, false)
 end
 -- The queue moved: the other processes' positions change.
 if #started > 0 then redis.call('PUBLISH', WAKE, 'claimed') end
@@ -150,6 +160,7 @@ local head = redis.call('ZRANGE', K_QUEUE, 0, 0, 'WITHSCORES')
 local seq = head[2] and tonumber(head[2]) - 1 or redis.call('INCR', K_SEQ)
 redis.call('ZREM', K_RUNNING, ticket)
 redis.call('ZADD', K_QUEUE, seq, ticket)
+prio_head(ticket, true)
 redis.call('PUBLISH', WAKE, 'deferred')
 return 1
 """
@@ -171,7 +182,7 @@ return gone
 
 # ARGV 3 process. Returns {waiting, {ticket, position, ...}}.
 POSITIONS = """
-local queue = redis.call('ZRANGE', K_QUEUE, 0, -1)
+local queue = waiting_order(K_QUEUE, K_RUNNING, K_USER, now) -- issue #15: start order
 local mine = {}
 for i, ticket in ipairs(queue) do
   if redis.call('HGET', K_OWNER, ticket) == ARGV[3] then

@@ -29,13 +29,24 @@ class Queued(_Event):
     then nothing can start, whatever the position. `eta_s`: about how many
     seconds until the reply starts (whole seconds, rounded coarser as it
     grows, see generation.runtime.eta), or None while unknown (too few
-    finished replies, or the model still loading)."""
+    finished replies, or the model still loading). `moved_back`: the
+    position grew since the last one because requests of a better priority
+    class (or that waited longer) arrived ahead of this one (issue #15)."""
 
     type: ClassVar[str] = "queued"
     position: int
     waiting: int
     model_state: ModelState = ModelState.READY
     eta_s: int | None = None
+    moved_back: bool = False
+
+    def as_dict(self) -> dict:
+        """As every event's, except that `moved_back` is sent only when true
+        (the frame is unchanged for clients that do not know it)."""
+        data = super().as_dict()
+        if not self.moved_back:
+            del data["moved_back"]
+        return data
 
 
 @dataclass(frozen=True)

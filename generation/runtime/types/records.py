@@ -29,7 +29,9 @@ class RequestRecord:
     chat or the API sent it, and `api_key_id` with which key (the pk of a
     generation.ApiKey; None for the chat). `cached_tokens`: prompt tokens
     whose KV the engine reused rather than prefilled (prefix reuse); not
-    stored in GenerationRecord rows, counted in /metrics."""
+    stored in GenerationRecord rows, counted in /metrics. `priority_class`:
+    the name of its priority class when it arrived ("" with no classes;
+    issue #15)."""
 
     request_id: str
     worker: str
@@ -49,6 +51,7 @@ class RequestRecord:
     source: RequestSource = RequestSource.CHAT
     api_key_id: int | None = None
     cached_tokens: int = 0
+    priority_class: str = ""
 
     @classmethod
     def of(
@@ -82,4 +85,5 @@ class RequestRecord:
             source=request.source,
             api_key_id=request.api_key_id,
             cached_tokens=request.cached_tokens,
+            priority_class=request.priority_class,
         )

@@ -1,0 +1,85 @@
+"""The start order of one process's own queue (issue #15).
+
+GenerationService keeps its waiting requests in arrival order; a
+`StartOrder` says in which order they start and at which position each
+waits, from the priority policy staff set (classes and ageing) and each
+person's fair share of generated tokens (generation.runtime.admission.order,
+the pure rules). With no policy, or an empty one, the order is arrival
+order, as before. On the service's loop only.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+
+from generation.runtime.admission.order import (
+    DEFAULT_HALF_LIFE_S,
+    FairShare,
+    PriorityPolicy,
+    Waiter,
+    start_order,
+)
+from generation.runtime.requests import GenerationRequest
+
+
+def person_of(request: GenerationRequest) -> str:
+    """Whom `request` counts for in fair shares and classes: its user, as a
+    string (a person's chat and API requests share one fair share)."""
+    return str(request.user_id)
+
+
+class StartOrder:
+    """The policy in force and the fair-share counts of one service.
+    `clock` returns seconds since the epoch (the requests' `enqueued_at`)."""
+
+    def __init__(self, *, half_life_s: float = DEFAULT_HALF_LIFE_S, clock=time.time):
+        self.policy: PriorityPolicy | None = None
+        self.fair = FairShare(half_life_s)
+        self.clock = clock
+
+    def class_of(self, request: GenerationRequest) -> str:
+        """The name of `request`'s class, "" with no policy."""
+        if not self.policy:
+            return ""
+        return self.policy.class_of(person_of(request), request.source)[0]
+
+    def joined(self, request: GenerationRequest, active: Iterable[GenerationRequest]) -> None:
+        """`request` was just accepted while `active` (the others waiting or
+        running) were: a person with none of them joins at the least
+        service of those active (no banked credit)."""
+        people = {person_of(r) for r in active if r is not request}
+        person = person_of(request)
+        if person not in people:
+            self.fair.join(person, people, self.clock())
+
+    def charge(self, request: GenerationRequest) -> None:
+        """`request` ended: count the tokens it generated for its person."""
+        self.fair.charge(person_of(request), request.completion_tokens, self.clock())
+
+    def order(
+        self, queue: Iterable[GenerationRequest], running: Iterable[GenerationRequest]
+    ) -> list[GenerationRequest]:
+        """`queue` (arrival order, a deferred one first) in start order."""
+        queue = list(queue)
+        policy = self.policy
+        if not policy:
+            return queue
+        now = self.clock()
+        by_id = {r.id: r for r in queue}
+        waiters = [
+            Waiter(
+                r.id,
+                person_of(r),
+                policy.level(person_of(r), r.source),
+                r.enqueued_at,
+                r.deferred,
+            )
+            for r in queue
+        ]
+        counts: dict[str, int] = {}
+        for r in running:
+            counts[person_of(r)] = counts.get(person_of(r), 0) + 1
+        service = self.fair.values(counts.keys() | {w.person for w in waiters}, now)
+        tickets = start_order(waiters, now=now, policy=policy, service=service, running=counts)
+        return [by_id[ticket] for ticket in tickets]
