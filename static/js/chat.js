@@ -33,8 +33,11 @@ const codePoints = (text) => [...text].length;
 const blank = (text) => /^[\t\n\v\f\r\x1c-\x1f \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*$/.test(text);
 
 // The server's words for each error code (generation.runtime.types.ERROR_TEXT),
-// for stored failures; live error frames carry their own message.
+// in the page's language. Frames are language-neutral: the page words an
+// error frame by its code, as it does a stored failure, and shows the frame's
+// own (English) sentence only for a code it does not know.
 const ERROR_TEXT = config.errorText;
+const errorWords = (frame) => ERROR_TEXT[frame.code] || frame.message;
 const state = {
   conversation: config.conversation,
   socket: null,
@@ -386,7 +389,7 @@ const handlers = {
     if (active) {
       flushBody(active);
       if (!active.source) active.status.textContent = "";
-      addFailure(active.el, frame.message, active.content ? () => sendMessage(active.content) : null);
+      addFailure(active.el, errorWords(frame), active.content ? () => sendMessage(active.content) : null);
       finishActive();
       return;
     }
@@ -397,7 +400,7 @@ const handlers = {
       setBusy(false);
       refreshTurnActions();
     }
-    showNotice(frame.message);
+    showNotice(errorWords(frame));
   },
 };
 
