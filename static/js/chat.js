@@ -10,7 +10,7 @@
 import { connectSocket } from "./socket.js";
 import { api, markCurrent, renderConversations } from "./conversations.js";
 import { temperatureControl } from "./sampling.js";
-import { STATUS_TEXT, WORDS, queueText } from "./words.js";
+import { LANGUAGE, STATUS_TEXT, WORDS, queueText } from "./words.js";
 import {
   addFailure, button, flushBody, messageView, setBody, setBodySoon, setLive, stats, storedMessage, viewOf,
 } from "./messages.js";
@@ -33,11 +33,12 @@ const codePoints = (text) => [...text].length;
 const blank = (text) => /^[\t\n\v\f\r\x1c-\x1f \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*$/.test(text);
 
 // The server's words for each error code (generation.runtime.types.ERROR_TEXT),
-// in the page's language. Frames are language-neutral: the page words an
-// error frame by its code, as it does a stored failure, and shows the frame's
-// own (English) sentence only for a code it does not know.
+// in the page's language. Frames carry a code and an English sentence, which
+// may be more precise than the code's words (what is wrong with the text): an
+// English page shows that sentence, any other words the frame by its code, as
+// every page does a stored failure.
 const ERROR_TEXT = config.errorText;
-const errorWords = (frame) => ERROR_TEXT[frame.code] || frame.message;
+const errorWords = (frame) => (LANGUAGE === "en" && frame.message) || ERROR_TEXT[frame.code] || frame.message;
 const state = {
   conversation: config.conversation,
   socket: null,
