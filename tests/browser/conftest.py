@@ -112,7 +112,7 @@ def page(browser, chat_server):
     page.goto(chat_server["url"] + "/")
     page.fill("#id_username", USERNAME)
     page.fill("#id_password", PASSWORD)
-    page.click("button[type=submit]")
+    page.click(".login-card button[type=submit]")  # not the language switcher's buttons
     page.wait_for_selector("#input")
     page.wait_for_function("document.body.dataset.connected === 'true'")
     yield page
