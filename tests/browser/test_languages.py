@@ -144,7 +144,7 @@ def test_the_console_is_in_japanese(browser, chat_server):
     console.wait_for_selector("#console[data-connected='true']")
     assert console.get_attribute("html", "lang") == "ja"
     assert console.text_content("#console h2") == "サーバープロセス"
-    console.wait_for_selector("#connection >> text=接続中")
+    console.wait_for_selector("#connection:text-is('リアルタイム更新中')")
     console.wait_for_selector("#workers tbody tr[data-worker] td.model:text-is('準備完了')", timeout=60_000)
     assert console.get_attribute("#save-settings", "value") == "保存して適用"
     context.close()
