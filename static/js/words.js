@@ -36,7 +36,7 @@ export const WORDS = {
       "Your message is longer than %(max)s characters. Please shorten it.",
       max,
     ),
-    { max: formatNumber(max) },
+    { max },
     true,
   ),
   waiting: gettext("Waiting…"),
