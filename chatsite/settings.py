@@ -153,6 +153,9 @@ MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "chatsite.middleware.refuse_null_characters",
     "django.contrib.sessions.middleware.SessionMiddleware",
+    # After sessions, before common: the language from the cookie set_language
+    # sets, else the browser's Accept-Language (README, "Languages").
+    "django.middleware.locale.LocaleMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
@@ -218,7 +221,12 @@ LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "/"
 LOGOUT_REDIRECT_URL = "login"
 
-LANGUAGE_CODE = "en-us"
+# English and Japanese (locale/, README "Languages"). A page follows the
+# language cookie that the switcher sets, else the browser's Accept-Language,
+# else English. WebSocket frames and the API stay in English codes and words.
+LANGUAGE_CODE = "en"
+LANGUAGES = [("en", "English"), ("ja", "日本語")]
+LOCALE_PATHS = [BASE_DIR / "locale"]
 TIME_ZONE = os.environ.get("TIME_ZONE", "UTC")
 USE_I18N = True
 USE_TZ = True

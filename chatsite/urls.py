@@ -5,11 +5,17 @@ from django.contrib.staticfiles.urls import staticfiles_urlpatterns
 from django.templatetags.static import static
 from django.urls import include, path
 from django.views.generic import RedirectView
+from django.views.i18n import JavaScriptCatalog
 
 from queueadmin.views import metrics_view
 
 urlpatterns = [
     path("accounts/", include("django.contrib.auth.urls")),
+    # The language switcher posts here (Django's set_language, CSRF-checked).
+    path("i18n/", include("django.conf.urls.i18n")),
+    # The pages' scripts take their words from this catalog (gettext,
+    # ngettext, interpolate; locale/*/LC_MESSAGES/djangojs.po).
+    path("jsi18n/", JavaScriptCatalog.as_view(), name="javascript-catalog"),
     # Before admin/, whose catch-all would answer 404 for admin/queue/.
     path("admin/queue/", include("queueadmin.urls")),
     path("admin/", admin.site.urls),

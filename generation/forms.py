@@ -1,6 +1,7 @@
 """Forms of the chat's HTML pages (the chat itself talks JSON and WebSocket)."""
 
 from django import forms
+from django.utils.translation import gettext_lazy as _
 
 from generation.models import ApiKey
 
@@ -15,6 +16,7 @@ class ApiKeyCreateForm(forms.Form):
 
     name = forms.CharField(
         max_length=ApiKey._meta.get_field("name").max_length,
-        help_text="What will use the key, such as “Open WebUI” or “laptop script”.",
+        label=_("Name"),
+        help_text=_("What will use the key, such as “Open WebUI” or “laptop script”."),
         widget=forms.TextInput(attrs={"autocomplete": "off", "spellcheck": "false"}),
     )

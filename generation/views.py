@@ -14,6 +14,7 @@ from django.contrib.auth.decorators import login_required
 from django.http import Http404, JsonResponse
 from django.shortcuts import redirect, render
 from django.utils.cache import add_never_cache_headers
+from django.utils.translation import gettext as _
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from generation import selectors, services, text
@@ -29,7 +30,7 @@ def login_required_json(view):
     @functools.wraps(view)
     def wrapper(request, *args, **kwargs):
         if not request.user.is_authenticated:
-            return JsonResponse({"error": "Log in first."}, status=401)
+            return JsonResponse({"error": _("Log in first.")}, status=401)
         return view(request, *args, **kwargs)
 
     return wrapper
@@ -56,7 +57,8 @@ def chat(request, conversation_id: int | None = None):
                 "conversation": conversation_id,
                 "maxChars": settings.CHAT_MAX_MESSAGE_CHARS,
                 "socketPath": "/ws/chat/",
-                "errorText": {str(code): text for code, text in ERROR_TEXT.items()},
+                # In the reader's language: the page words error frames by their code.
+                "errorText": {str(code): _(text) for code, text in ERROR_TEXT.items()},
             }
         },
     )
@@ -96,12 +98,12 @@ def conversation_rename(request, conversation_id: int):
     try:
         body = json.loads(request.body.decode("utf-8"))
     except UnicodeDecodeError:
-        return JsonResponse({"error": "The request body must be UTF-8 JSON."}, status=400)
+        return JsonResponse({"error": _("The request body must be UTF-8 JSON.")}, status=400)
     except (ValueError, RecursionError):
-        return JsonResponse({"error": 'The request body must be JSON: {"title": "..."}.'}, status=400)
+        return JsonResponse({"error": _('The request body must be JSON: {"title": "..."}.')}, status=400)
     title = body.get("title") if isinstance(body, dict) else None
     if not isinstance(title, str) or not title.strip():
-        return JsonResponse({"error": "Give the conversation a title."}, status=400)
+        return JsonResponse({"error": _("Give the conversation a title.")}, status=400)
     try:
         conversation = services.conversation_rename(conversation=conversation, title=title)
     except text.TextRefused as refused:
@@ -124,7 +126,7 @@ def conversation_sampling(request, conversation_id: int):
     conversation = _own_conversation(request, conversation_id)
     body = _json_body(request)
     if not isinstance(body, dict) or "temperature" not in body:
-        return JsonResponse({"error": 'The request body must be JSON: {"temperature": 0.7}.'}, status=400)
+        return JsonResponse({"error": _('The request body must be JSON: {"temperature": 0.7}.')}, status=400)
     try:
         conversation = services.conversation_set_temperature(
             conversation=conversation, temperature=body["temperature"]
@@ -196,8 +198,11 @@ def api_key_revoke(request, key_id: int):
     except ApiKey.DoesNotExist:
         raise Http404("No such key.") from None
     if api_key.is_revoked:
-        messages.info(request, f"“{api_key.name}” was already revoked.")
+        messages.info(request, _("“%(name)s” was already revoked.") % {"name": api_key.name})
     else:
         services.api_key_revoke(api_key=api_key)
-        messages.success(request, f"“{api_key.name}” is revoked: programs using it are refused from now on.")
+        messages.success(
+            request,
+            _("“%(name)s” is revoked: programs using it are refused from now on.") % {"name": api_key.name},
+        )
     return redirect("api-keys")

@@ -1,6 +1,7 @@
 """The console's settings form."""
 
 from django import forms
+from django.utils.translation import gettext_lazy as _
 
 from generation.runtime.context import backend_context_tokens
 from generation.runtime.types import Limits
@@ -19,12 +20,23 @@ class GenerationSettingsForm(forms.ModelForm):
     class Meta:
         model = GenerationSettings
         fields = LIMIT_FIELDS
+        # The model's field names, in the reader's language.
+        labels = {
+            "max_concurrency": _("max concurrency"),
+            "max_queue_size": _("max queue size"),
+            "max_active_per_user": _("max active per user"),
+            "max_active_api_per_user": _("max active API requests per user"),
+            "queue_timeout_s": _("queue timeout (s)"),
+            "max_new_tokens": _("max new tokens"),
+        }
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         context = backend_context_tokens()
         if context and "max_new_tokens" in self.fields:
-            self.fields["max_new_tokens"].help_text = "Longest reply. " + max_new_tokens_bound_text(context)
+            self.fields["max_new_tokens"].help_text = _("Longest reply. %(bound)s") % {
+                "bound": max_new_tokens_bound_text(context)
+            }
 
     def limits(self) -> Limits:
         """The validated limits as one value (call after `is_valid()`)."""

@@ -10,6 +10,7 @@ from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
+from django.utils.translation import gettext_lazy as _
 
 from generation.runtime.context import backend_context_tokens, reply_budget_bound
 from generation.runtime.types import Limits
@@ -81,35 +82,39 @@ class GenerationSettings(models.Model):
     max_concurrency = models.PositiveIntegerField(
         default=default_max_concurrency,
         validators=_bounded("max_concurrency"),
-        help_text="Replies generated at once, per server process.",
+        help_text=_("Replies generated at once, per server process."),
     )
     max_queue_size = models.PositiveIntegerField(
         default=default_max_queue_size,
         validators=_bounded("max_queue_size"),
-        help_text="Requests that may wait, per process; one more is refused as queue_full.",
+        help_text=_("Requests that may wait, per process; one more is refused as queue_full."),
     )
     max_active_per_user = models.PositiveIntegerField(
         default=default_max_active_per_user,
         validators=_bounded("max_active_per_user"),
-        help_text="Chat replies one user may have queued or running.",
+        help_text=_("Chat replies one user may have queued or running."),
     )
     max_active_api_per_user = models.PositiveIntegerField(
         "max active API requests per user",
         default=default_max_active_api_per_user,
         validators=_bounded("max_active_api_per_user"),
-        help_text="API requests one user may have queued or running (all their keys together), "
-        "counted apart from their chat replies.",
+        help_text=_(
+            "API requests one user may have queued or running (all their keys together), "
+            "counted apart from their chat replies."
+        ),
     )
     queue_timeout_s = models.PositiveIntegerField(
         "queue timeout (s)",
         default=default_queue_timeout_s,
         validators=_bounded("queue_timeout_s"),
-        help_text="Longest wait in the queue, in seconds.",
+        help_text=_("Longest wait in the queue, in seconds."),
     )
     max_new_tokens = models.PositiveIntegerField(
         default=default_max_new_tokens,
         validators=_bounded("max_new_tokens"),
-        help_text="Longest reply, in tokens; at most half the model's context, so a question always has room.",
+        help_text=_(
+            "Longest reply, in tokens; at most half the model's context, so a question always has room."
+        ),
     )
     version = models.PositiveIntegerField(default=0, editable=False)
     updated = models.DateTimeField(auto_now=True)
@@ -140,10 +145,12 @@ class GenerationSettings(models.Model):
 
 def max_new_tokens_bound_text(context: int) -> str:
     """The bound on max_new_tokens for forms and errors, in words."""
-    return (
-        f"At most {reply_budget_bound(context)} tokens: the model reads {context} tokens in all, "
+    from django.utils.translation import gettext
+
+    return gettext(
+        "At most %(bound)s tokens: the model reads %(context)s tokens in all, "
         "and half of them stay for the conversation."
-    )
+    ) % {"bound": reply_budget_bound(context), "context": context}
 
 
 class PriorityClass(models.Model):

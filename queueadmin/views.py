@@ -14,6 +14,7 @@ from django.contrib.admin import site
 from django.core.exceptions import PermissionDenied
 from django.http import HttpResponse, HttpResponseForbidden, JsonResponse
 from django.shortcuts import redirect, render
+from django.utils.translation import gettext as _
 from django.views.decorators.http import require_GET, require_http_methods
 
 from generation.runtime.registry import get_service
@@ -46,12 +47,13 @@ def console(request):
         # Only each process knows what it runs: the table shows it, live.
         messages.success(
             request,
-            f"Settings saved as version {saved.version}; each process below shows the version it runs.",
+            _("Settings saved as version %(version)s; each process below shows the version it runs.")
+            % {"version": saved.version},
         )
         return redirect("queueadmin:console")
     context = {
         **site.each_context(request),
-        "title": "Queue console",
+        "title": _("Queue console"),
         "form": form,
         "can_change": can_change,
         "changes": selectors.settings_changes_recent(),

@@ -32,6 +32,15 @@ from generation.runtime.types import Limits
 torch.set_num_threads(1)
 
 
+def pytest_sessionstart(session):
+    """Compile the translations (.po to .mo) that are missing or stale, as
+    make does, so that a direct pytest run on a fresh checkout serves the
+    Japanese words (chatsite.translations)."""
+    from chatsite.translations import compile_translations
+
+    compile_translations()
+
+
 def build_tiny_model(target: Path) -> Path:
     """Write a seeded tiny Llama with the real SmolLM2 tokenizer to `target`."""
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM

@@ -10,7 +10,7 @@
 import { connectSocket } from "./socket.js";
 import { api, markCurrent, renderConversations } from "./conversations.js";
 import { temperatureControl } from "./sampling.js";
-import { STATUS_TEXT, WORDS, queueText } from "./words.js";
+import { LANGUAGE, STATUS_TEXT, WORDS, queueText } from "./words.js";
 import {
   addFailure, button, flushBody, messageView, setBody, setBodySoon, setLive, stats, storedMessage, viewOf,
 } from "./messages.js";
@@ -33,8 +33,12 @@ const codePoints = (text) => [...text].length;
 const blank = (text) => /^[\t\n\v\f\r\x1c-\x1f \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*$/.test(text);
 
 // The server's words for each error code (generation.runtime.types.ERROR_TEXT),
-// for stored failures; live error frames carry their own message.
+// in the page's language. Frames carry a code and an English sentence, which
+// may be more precise than the code's words (what is wrong with the text): an
+// English page shows that sentence, any other words the frame by its code, as
+// every page does a stored failure.
 const ERROR_TEXT = config.errorText;
+const errorWords = (frame) => (LANGUAGE === "en" && frame.message) || ERROR_TEXT[frame.code] || frame.message;
 const state = {
   conversation: config.conversation,
   socket: null,
@@ -392,7 +396,7 @@ const handlers = {
     if (active) {
       flushBody(active);
       if (!active.source) active.status.textContent = "";
-      addFailure(active.el, frame.message, active.content ? () => sendMessage(active.content) : null);
+      addFailure(active.el, errorWords(frame), active.content ? () => sendMessage(active.content) : null);
       finishActive();
       return;
     }
@@ -403,7 +407,7 @@ const handlers = {
       setBusy(false);
       refreshTurnActions();
     }
-    showNotice(frame.message);
+    showNotice(errorWords(frame));
   },
 };
 

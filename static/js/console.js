@@ -1,6 +1,8 @@
 // The admin queue console: renders the live payload from /ws/queue/ and the
 // last hour's snapshots. Every value from the server goes in as text, never
-// as HTML, because user names and model errors are not ours to trust.
+// as HTML, because user names and model errors are not ours to trust. Words
+// come from the page's catalog (gettext, ngettext, interpolate: the /jsi18n/
+// script the template loads first).
 
 import { connectSocket } from "./socket.js";
 
@@ -13,16 +15,24 @@ import { connectSocket } from "./socket.js";
 
   // Formatting -------------------------------------------------------------
 
+  const LANGUAGE = document.documentElement.lang || "en";
+  const say = (format, values) => interpolate(format, values, true);
+
+  function number(value, digits) {
+    return value.toLocaleString(LANGUAGE, { minimumFractionDigits: digits, maximumFractionDigits: digits });
+  }
+
   function seconds(value) {
     if (value === null || value === undefined) return "—";
-    if (value < 60) return value.toFixed(value < 10 ? 1 : 0) + " s";
-    const minutes = Math.floor(value / 60);
-    return minutes + " min " + Math.round(value % 60) + " s";
+    if (value < 60) return say(gettext("%(seconds)s s"), { seconds: number(value, value < 10 ? 1 : 0) });
+    return say(gettext("%(minutes)s min %(seconds)s s"), {
+      minutes: number(Math.floor(value / 60), 0), seconds: number(Math.round(value % 60), 0),
+    });
   }
 
   function ms(value) {
     if (value === null || value === undefined) return "—";
-    return value < 1000 ? value + " ms" : (value / 1000).toFixed(2) + " s";
+    return value < 1000 ? say(gettext("%(ms)s ms"), { ms: number(value, 0) }) : say(gettext("%(seconds)s s"), { seconds: number(value / 1000, 2) });
   }
 
   function pair(summary) {
@@ -53,7 +63,7 @@ import { connectSocket } from "./socket.js";
     const button = document.createElement("button");
     button.type = "button";
     button.className = "button cancel";
-    button.textContent = "Cancel";
+    button.textContent = gettext("Cancel");
     button.addEventListener("click", () => {
       button.disabled = true;
       if (socket) socket.send({ type: "cancel", request: request });
@@ -64,64 +74,80 @@ import { connectSocket } from "./socket.js";
   // Rendering --------------------------------------------------------------
 
   function version(number) {
-    return number ? "version " + number : "environment defaults";
+    return number ? say(gettext("version %(number)s"), { number: number }) : gettext("environment defaults");
   }
 
   function renderWorkers(payload) {
     const rows = payload.workers.map((w) => {
       const tr = document.createElement("tr");
       tr.dataset.worker = w.worker;
-      cell(tr, w.worker + (w.local ? " (this process)" : ""), "name");
+      cell(tr, w.local ? say(gettext("%(worker)s (this process)"), { worker: w.worker }) : w.worker, "name");
       // What generates: "local, in-process" or "openai, http://gpu-1:8000/v1",
       // then the model's name once the backend has loaded or reached it.
       const backend = [w.model.backend, w.model.host].filter(Boolean).join(", ");
       cell(tr, backend + (w.model.name ? ": " + w.model.name : ""), "backend");
-      const model = cell(tr, w.model.state + (w.model.error ? ": " + w.model.error : ""), "model");
+      const state = MODEL_STATES[w.model.state] || w.model.state;
+      const model = cell(tr, state + (w.model.error ? ": " + w.model.error : ""), "model");
       if (w.model.state === "failed") model.classList.add("model-failed");
       const limits = cell(tr, LIMITS[w.admission.fallback ? "fallback" : w.admission.scope] || w.admission.scope, "limits");
       if (w.admission.fallback) limits.classList.add("fallback");
       // `bound` is the cap, or the process's own bound when that is lower.
       cell(tr, w.running + " / " + w.bound, "num running");
-      cell(tr, w.process_max_concurrency ? w.process_max_concurrency : "the cap", "num own-bound");
+      cell(tr, w.process_max_concurrency ? w.process_max_concurrency : gettext("the cap"), "num own-bound");
       cell(tr, w.waiting + " / " + w.max_queue, "num waiting");
-      cell(tr, w.tokens_per_s.toFixed(1), "num tokens");
+      cell(tr, number(w.tokens_per_s, 1), "num tokens");
       cell(tr, pair(w.latency.ttft_ms), "num ttft");
       cell(tr, pair(w.latency.queue_wait_ms), "num queue-wait");
       const settings = cell(
         tr,
-        version(w.settings_version) + (w.behind ? " (behind: " + version(payload.settings_version) + " is saved)" : ""),
+        w.behind
+          ? say(gettext("%(runs)s (behind: %(saved)s is saved)"), {
+            runs: version(w.settings_version), saved: version(payload.settings_version),
+          })
+          : version(w.settings_version),
         "settings-version"
       );
       if (w.behind) settings.classList.add("behind");
       return tr;
     });
-    fillBody(root.querySelector("#workers"), rows, "No server process has reported yet.", 11);
+    fillBody(root.querySelector("#workers"), rows, gettext("No server process has reported yet."), 11);
     const total = payload.total;
     const foot = root.querySelector("#total");
-    foot.querySelector(".model").textContent = total.workers + " process" + (total.workers === 1 ? "" : "es");
+    foot.querySelector(".model").textContent = interpolate(
+      ngettext("%(count)s process", "%(count)s processes", total.workers), { count: total.workers }, true
+    );
     const scope = payload.admission.scope;
     foot.querySelector(".limits").textContent =
-      scope === "site" ? "site-wide, cap " + total.site_cap : scope === "mixed" ? "mixed" : "per process";
+      scope === "site" ? say(gettext("site-wide, cap %(cap)s"), { cap: total.site_cap })
+        : scope === "mixed" ? gettext("mixed") : gettext("per process");
     foot.querySelector(".running").textContent = total.running + " / " + total.cap;
     foot.querySelector(".waiting").textContent = total.waiting + " / " + total.max_queue;
-    foot.querySelector(".tokens").textContent = total.tokens_per_s.toFixed(1);
+    foot.querySelector(".tokens").textContent = number(total.tokens_per_s, 1);
     foot.querySelector(".ttft").textContent = pair(total.latency.ttft_ms);
     foot.querySelector(".queue-wait").textContent = pair(total.latency.queue_wait_ms);
-    foot.querySelector(".settings-version").textContent = "saved: " + version(payload.settings_version);
+    foot.querySelector(".settings-version").textContent = say(gettext("saved: %(version)s"), { version: version(payload.settings_version) });
     // The browser chat's and the API's traffic apart.
     root.querySelector("#by-source").textContent = Object.entries(total.by_source || {})
-      .map(([source, n]) => (SOURCES[source] || source) + ": " + n.running + " running, " + n.waiting + " waiting")
-      .join(". ");
+      .map(([source, n]) => say(gettext("%(source)s: %(running)s running, %(waiting)s waiting"), {
+        source: SOURCES[source] || source, running: n.running, waiting: n.waiting,
+      }))
+      .join(gettext(". "));
   }
 
-  const SOURCES = { chat: "Chat", api: "API" };
+  const SOURCES = { chat: gettext("Chat"), api: gettext("API") };
+  // The model's state (ModelState), in words.
+  const MODEL_STATES = {
+    loading: gettext("loading"), ready: gettext("ready"), failed: gettext("failed"),
+  };
 
   // How the limits apply: one site queue through Redis, or each process's own.
-  const LIMITS = { site: "site-wide", process: "this process", fallback: "this process (Redis unreachable)" };
+  const LIMITS = {
+    site: gettext("site-wide"), process: gettext("this process"), fallback: gettext("this process (Redis unreachable)"),
+  };
   const SCOPE_TEXT = {
-    site: "Limits apply to the whole site: every process shares one cap, one queue (positions are site-wide) and the per-user limit, through Redis.",
-    process: "Limits apply per process: each process has its own cap, queue and per-user limit.",
-    mixed: "Some processes share the site queue and some apply their own limits; see the Limits column.",
+    site: gettext("Limits apply to the whole site: every process shares one cap, one queue (positions are site-wide) and the per-user limit, through Redis."),
+    process: gettext("Limits apply per process: each process has its own cap, queue and per-user limit."),
+    mixed: gettext("Some processes share the site queue and some apply their own limits; see the Limits column."),
   };
 
   function renderAdmission(payload) {
@@ -133,7 +159,7 @@ import { connectSocket } from "./socket.js";
       .filter((w) => w.admission.fallback)
       .map((w) => {
         const li = document.createElement("li");
-        li.textContent = w.worker + ": " + (w.admission.error || "no reason given");
+        li.textContent = w.worker + ": " + (w.admission.error || gettext("no reason given"));
         return li;
       });
     warning.querySelector("ul").replaceChildren(...reasons);
@@ -153,7 +179,7 @@ import { connectSocket } from "./socket.js";
       tr.appendChild(document.createElement("td")).appendChild(cancelButton(r.request));
       return tr;
     });
-    fillBody(root.querySelector("#running"), running, "Nothing is running.", 7);
+    fillBody(root.querySelector("#running"), running, gettext("Nothing is running."), 7);
     const waiting = payload.waiting.map((r) => {
       const tr = document.createElement("tr");
       tr.dataset.request = r.request;
@@ -167,7 +193,7 @@ import { connectSocket } from "./socket.js";
       tr.appendChild(document.createElement("td")).appendChild(cancelButton(r.request));
       return tr;
     });
-    fillBody(root.querySelector("#waiting"), waiting, "Nobody is waiting.", 8);
+    fillBody(root.querySelector("#waiting"), waiting, gettext("Nobody is waiting."), 8);
   }
 
   function render(payload) {
@@ -193,11 +219,11 @@ import { connectSocket } from "./socket.js";
         scales: { x: { time: true } },
         series: [
           {},
-          { label: "Running", stroke: "#417690", width: 2 },
-          { label: "Waiting", stroke: "#ba2121", width: 2 },
-          { label: "Tokens/s", stroke: "#79aec8", width: 1, scale: "tps" },
+          { label: gettext("Running"), stroke: "#417690", width: 2 },
+          { label: gettext("Waiting"), stroke: "#ba2121", width: 2 },
+          { label: gettext("Tokens/s"), stroke: "#79aec8", width: 1, scale: "tps" },
         ],
-        axes: [{}, { label: "requests" }, { side: 1, scale: "tps", label: "tokens/s", grid: { show: false } }],
+        axes: [{}, { label: gettext("requests") }, { side: 1, scale: "tps", label: gettext("tokens/s"), grid: { show: false } }],
       },
       data,
       element
@@ -224,16 +250,16 @@ import { connectSocket } from "./socket.js";
       maxDelayMs: 10000,
       onOpen() {
         root.dataset.connected = "true";
-        status.textContent = "Live";
+        status.textContent = gettext("Live");
       },
       onFrame(frame) {
         if (frame.type === "queue.status") render(frame);
         else if (frame.type === "error" && frame.message) status.textContent = frame.message;
-        else if (frame.type === "cancel.sent") status.textContent = "Live";
+        else if (frame.type === "cancel.sent") status.textContent = gettext("Live");
       },
       onDrop() {
         root.dataset.connected = "false";
-        status.textContent = "Disconnected; reconnecting…";
+        status.textContent = gettext("Disconnected; reconnecting…");
       },
     });
   }

@@ -1,5 +1,6 @@
 // The /api/conversations/ JSON views and the sidebar's list of conversations.
-// Titles are the person's own text: set as text, never as HTML.
+// Titles are the person's own text: set as text, never as HTML. Words come
+// from the page's catalog (gettext, interpolate: the /jsi18n/ script).
 
 import { button } from "./messages.js";
 
@@ -51,7 +52,7 @@ export function markCurrent(list, id) {
 
 // A title nobody could see or hear (blank, or only invisible characters such
 // as U+FEFF) would leave its button without a name.
-const shownTitle = (title) => (title.replace(/[\p{White_Space}\p{Cf}]/gu, "") ? title : "Untitled conversation");
+const shownTitle = (title) => (title.replace(/[\p{White_Space}\p{Cf}]/gu, "") ? title : gettext("Untitled conversation"));
 
 function conversationItem(conversation, actions) {
   const li = document.createElement("li");
@@ -59,21 +60,21 @@ function conversationItem(conversation, actions) {
   const title = shownTitle(conversation.title);
   const open = button("open", title, () => actions.open(conversation.id));
   open.title = title;
-  const rename = button("tool", "Rename", async () => {
-    const newTitle = window.prompt("New title", conversation.title);
+  const rename = button("tool", gettext("Rename"), async () => {
+    const newTitle = window.prompt(gettext("New title"), conversation.title);
     if (newTitle && newTitle.trim()) {
       await api(`/api/conversations/${conversation.id}/rename/`, { title: newTitle }).catch(actions.failed);
       actions.changed();
     }
   });
-  rename.setAttribute("aria-label", `Rename “${title}”`);
-  const remove = button("tool", "Delete", async () => {
-    if (!window.confirm(`Delete “${title}”?`)) return;
+  rename.setAttribute("aria-label", interpolate(gettext("Rename “%(title)s”"), { title }, true));
+  const remove = button("tool", gettext("Delete"), async () => {
+    if (!window.confirm(interpolate(gettext("Delete “%(title)s”?"), { title }, true))) return;
     await api(`/api/conversations/${conversation.id}/delete/`, {}).catch(actions.failed);
     actions.deleted(conversation.id);
     actions.changed();
   });
-  remove.setAttribute("aria-label", `Delete “${title}”`);
+  remove.setAttribute("aria-label", interpolate(gettext("Delete “%(title)s”"), { title }, true));
   li.append(open, rename, remove);
   return li;
 }

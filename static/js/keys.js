@@ -2,7 +2,8 @@
 // a confirmation before revoking, which cannot be undone.
 //
 // Without this script both pages still work: the token can be selected and
-// copied by hand, and Revoke revokes at once.
+// copied by hand, and Revoke revokes at once. Words come from the page's
+// catalog (gettext, interpolate: the /jsi18n/ script).
 
 const token = document.getElementById("token");
 const copy = document.getElementById("copy");
@@ -13,10 +14,10 @@ if (token && copy && navigator.clipboard) {
   copy.addEventListener("click", async () => {
     try {
       await navigator.clipboard.writeText(token.value);
-      copyStatus.textContent = "Copied. Paste it where the program asks for an API key.";
+      copyStatus.textContent = gettext("Copied. Paste it where the program asks for an API key.");
     } catch {
       token.select();
-      copyStatus.textContent = "The browser did not allow copying: the key is selected, press Ctrl+C (⌘C).";
+      copyStatus.textContent = gettext("The browser did not allow copying: the key is selected, press Ctrl+C (⌘C).");
     }
   });
 }
@@ -27,7 +28,8 @@ if (token) {
 for (const form of document.querySelectorAll("form.key-revoke")) {
   form.addEventListener("submit", (event) => {
     // The name is the person's own text; confirm() shows it as plain text.
-    if (!window.confirm(`Revoke “${form.dataset.name}”? Programs using it stop working at once.`)) {
+    const question = gettext("Revoke “%(name)s”? Programs using it stop working at once.");
+    if (!window.confirm(interpolate(question, { name: form.dataset.name }, true))) {
       event.preventDefault();
     }
   });

@@ -6,6 +6,7 @@
 //   {el: <li>, body: <div>, status: <div>, role, source: the raw text}.
 
 import { renderMarkdown } from "./markdown.js";
+import { WORDS } from "./words.js";
 
 const COPIED_MS = 1500;
 const views = new WeakMap(); // <li> -> its view
@@ -35,8 +36,8 @@ export function messageView(role, content = "") {
   el.append(body, status);
   const view = { el, body, status, role, source: "" };
   if (role === "assistant") {
-    const copy = button("copy copy-reply", "Copy", () => copyText(view.source, copy));
-    copy.setAttribute("aria-label", "Copy reply");
+    const copy = button("copy copy-reply", WORDS.copy, () => copyText(view.source, copy));
+    copy.setAttribute("aria-label", WORDS.copyReply);
     copy.hidden = true;
     el.append(copy);
     view.copy = copy;
@@ -145,8 +146,8 @@ function addCodeCopy(pre) {
   bar.className = "code-bar";
   const language = document.createElement("span");
   language.textContent = /(?:^|\s)language-(\S+)/.exec(code?.className || "")?.[1] || "";
-  const copy = button("copy copy-code", "Copy", () => copyText((code || pre).textContent, copy));
-  copy.setAttribute("aria-label", "Copy code");
+  const copy = button("copy copy-code", WORDS.copy, () => copyText((code || pre).textContent, copy));
+  copy.setAttribute("aria-label", WORDS.copyCode);
   bar.append(language, copy);
   pre.replaceWith(block);
   block.append(bar, pre);
@@ -166,21 +167,22 @@ async function copyText(text, shownOn) {
     document.execCommand("copy");
     area.remove();
   }
-  shownOn.textContent = "Copied";
-  setTimeout(() => { shownOn.textContent = "Copy"; }, COPIED_MS);
+  shownOn.textContent = WORDS.copied;
+  setTimeout(() => { shownOn.textContent = WORDS.copy; }, COPIED_MS);
 }
 
 /**
  * The status line of a finished reply: "First token in 0.42 s · 12.3 tokens/s"
+ * (in the page's language)
  * from the `usage` and `timings` of a done frame or a stored message; "" when
  * they are missing.
  */
 export function stats(usage, timings) {
   if (!usage || !timings || timings.ttft_ms == null) return "";
-  const parts = [`First token in ${(timings.ttft_ms / 1000).toFixed(2)} s`];
+  const parts = [WORDS.firstToken(timings.ttft_ms / 1000)];
   const seconds = (timings.total_ms - timings.ttft_ms) / 1000;
   if (usage.completion_tokens > 1 && seconds > 0) {
-    parts.push(`${((usage.completion_tokens - 1) / seconds).toFixed(1)} tokens/s`);
+    parts.push(WORDS.tokensPerSecond((usage.completion_tokens - 1) / seconds));
   }
   return parts.join(" · ");
 }
@@ -196,7 +198,7 @@ export function addFailure(el, text, onRetry = null) {
   failure.setAttribute("role", "alert");
   failure.append(document.createTextNode(text));
   if (onRetry) {
-    failure.append(button("retry", "Retry", () => {
+    failure.append(button("retry", WORDS.retry, () => {
       if (onRetry()) failure.remove();
     }));
   }

@@ -16,6 +16,15 @@ CHROMIUM = "/usr/bin/chromium"
 XSS = "<img src=x onerror=alert(1)>"
 USERNAME, PASSWORD = "tester", "browser-pass-123"
 STAFF_USERNAME, STAFF_PASSWORD = "keeper", "browser-staff-123"  # for the admin console
+# A person's Japanese question and the model's Markdown answer, stored as typed
+# (full-width punctuation, an emoji with a joiner, combining and half-width kana).
+JAPANESE_TITLE = "東京のおすすめ"
+JAPANESE_QUESTION = "東京でおすすめの食べ物は？　3つ教えてください。\U0001f469\u200d\U0001f4bb"  # noqa: RUF001 - full-width Japanese punctuation on purpose
+JAPANESE_REPLY = (
+    "**東京**のおすすめは次の3つです。\n\n"
+    "- 寿司 \U0001f363\n- ラーメン（醤油）\n- か\u3099んもどき、もんじゃ焼き（\uff76\uff9e）\n\n"  # noqa: RUF001 - full-width Japanese punctuation on purpose
+    '```python\nprint("こんにちは、世界")\n```\n'
+)
 
 SEED = f"""
 import json
@@ -35,7 +44,12 @@ Message.objects.create(conversation=markdown, role="assistant", content={MARKDOW
 attacks = Conversation.objects.create(owner=user, title={XSS_CORPUS[:200]!r})
 Message.objects.create(conversation=attacks, role="user", content={XSS_CORPUS!r})
 Message.objects.create(conversation=attacks, role="assistant", content={XSS_CORPUS!r}, status="complete")
+# Japanese both ways, for the language tests (tests/browser/test_languages.py).
+japanese = Conversation.objects.create(owner=user, title={JAPANESE_TITLE!r})
+Message.objects.create(conversation=japanese, role="user", content={JAPANESE_QUESTION!r})
+Message.objects.create(conversation=japanese, role="assistant", content={JAPANESE_REPLY!r}, status="complete")
 print(json.dumps({{
+    "japanese_conversation": japanese.pk,
     "xss_conversation": conversation.pk,
     "markdown_conversation": markdown.pk,
     "attack_conversation": attacks.pk,
@@ -98,7 +112,7 @@ def page(browser, chat_server):
     page.goto(chat_server["url"] + "/")
     page.fill("#id_username", USERNAME)
     page.fill("#id_password", PASSWORD)
-    page.click("button[type=submit]")
+    page.click(".login-card button[type=submit]")  # not the language switcher's buttons
     page.wait_for_selector("#input")
     page.wait_for_function("document.body.dataset.connected === 'true'")
     yield page

@@ -105,21 +105,38 @@ class ErrorCode(enum.StrEnum):
         return ERROR_TEXT[self]
 
 
-# The one place that words the error codes. The page receives this table
-# (generation.views), and error events carry their own sentence, which may be
-# more precise (which engine is unreachable, how long the message is).
+def gettext_noop(text: str) -> str:
+    """Marks `text` for translation and returns it unchanged: Django's
+    gettext_noop, defined here so that the runtime imports no Django.
+    `manage.py makemessages` collects what it marks (README, "Languages")."""
+    return text
+
+
+# The one place that words the error codes. Here in English, as frames, the
+# API and logs carry them; marked for translation, and the chat page receives
+# the table in its reader's language (generation.views). Error events carry their own
+# English sentence, which may be more precise (which engine is unreachable,
+# how long the message is); the page words them by their code.
 ERROR_TEXT: dict[ErrorCode, str] = {
-    ErrorCode.QUEUE_FULL: "The server is busy: too many people are waiting. Please try again in a moment.",
-    ErrorCode.BUSY: "A reply is already in progress. Wait for it to finish or stop it first.",
-    ErrorCode.QUEUE_TIMEOUT: "Waited too long in the queue. Please try again.",
-    ErrorCode.TOO_LONG: "Your message is too long for the model to read. Please shorten it.",
-    ErrorCode.UNAVAILABLE: "The model is not available right now, so no reply can be written. Please try again later.",
-    ErrorCode.INTERNAL: "Something went wrong on the server. Please try again.",
-    ErrorCode.LEASE_LOST: "The server lost this reply's place in the queue and stopped it. Please send it again.",
-    ErrorCode.INVALID: "That request was not understood.",
-    ErrorCode.NOT_FOUND: "That conversation does not exist.",
-    ErrorCode.NOT_LAST: "Only the last reply can be regenerated, and only the last question edited. Reload to see the latest.",
-    ErrorCode.CANCELLED_BY_STAFF: "The site's staff stopped this reply. You can try again.",
+    ErrorCode.QUEUE_FULL: gettext_noop(
+        "The server is busy: too many people are waiting. Please try again in a moment."
+    ),
+    ErrorCode.BUSY: gettext_noop("A reply is already in progress. Wait for it to finish or stop it first."),
+    ErrorCode.QUEUE_TIMEOUT: gettext_noop("Waited too long in the queue. Please try again."),
+    ErrorCode.TOO_LONG: gettext_noop("Your message is too long for the model to read. Please shorten it."),
+    ErrorCode.UNAVAILABLE: gettext_noop(
+        "The model is not available right now, so no reply can be written. Please try again later."
+    ),
+    ErrorCode.INTERNAL: gettext_noop("Something went wrong on the server. Please try again."),
+    ErrorCode.LEASE_LOST: gettext_noop(
+        "The server lost this reply's place in the queue and stopped it. Please send it again."
+    ),
+    ErrorCode.INVALID: gettext_noop("That request was not understood."),
+    ErrorCode.NOT_FOUND: gettext_noop("That conversation does not exist."),
+    ErrorCode.NOT_LAST: gettext_noop(
+        "Only the last reply can be regenerated, and only the last question edited. Reload to see the latest."
+    ),
+    ErrorCode.CANCELLED_BY_STAFF: gettext_noop("The site's staff stopped this reply. You can try again."),
 }
 
 
