@@ -59,6 +59,10 @@ class GenerationRequest:
     cancelled_by_staff: bool = False
     wait_shown: tuple | None = None  # last (model_state, eta_s) sent
     timeout: asyncio.TimerHandle | None = None
+    # Started on a site spare and not yet bound to it (sitequeue): the
+    # backend's reports wait here, unseen by the reader, until the site
+    # confirms the start (GenerationService.confirm_started). None otherwise.
+    held_reports: list | None = None
     events: asyncio.Queue[Event] = field(default_factory=asyncio.Queue)
 
     def emit(self, event: Event) -> None:

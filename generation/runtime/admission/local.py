@@ -11,7 +11,7 @@ GenerationService: FIFO, the cap, the per-user limit and queue_full.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from generation.runtime.admission.base import (
@@ -25,6 +25,8 @@ from generation.runtime.admission.base import (
     counted_user,
 )
 from generation.runtime.types import ErrorCode, Limits, RequestSource
+
+SPARE = ""  # the user of a spare (a slot held for a request not yet received)
 
 
 @dataclass
@@ -59,6 +61,7 @@ class LocalAdmission(Admission):
         local_free: int = 0,
         rejoin: bool = False,
         source: RequestSource = RequestSource.CHAT,
+        spares: Sequence[str] = (),
     ) -> Enqueued:
         now = self._reap()
         user = counted_user(user, source)
@@ -72,12 +75,43 @@ class LocalAdmission(Admission):
         waiting = self._waiting()
         if not waiting and self._running() < self.limits.max_concurrency and local_free > 0:
             self._tickets[ticket] = _Ticket(process, user, now + self.lease_s, running=True)
-            self._room[process] = (local_free - 1, now + self.lease_s)
-            return Admitted()
+            granted = self._grant(process, spares, local_free - 1, now)
+            self._room[process] = (local_free - 1 - len(granted), now + self.lease_s)
+            return Admitted(spares=granted)
         if not rejoin and len(waiting) >= self.limits.max_queue_size:
             return Refused(ErrorCode.QUEUE_FULL)
         self._tickets[ticket] = _Ticket(process, user, now + self.lease_s)
         return Waiting(position=len(waiting) + 1, waiting=len(waiting) + 1)
+
+    async def bind(
+        self,
+        spare: str,
+        ticket: str,
+        process: str,
+        user: str,
+        *,
+        local_free: int,
+        source: RequestSource = RequestSource.CHAT,
+        spares: Sequence[str] = (),
+    ) -> Admitted | Refused:
+        now = self._reap()
+        held = self._tickets.get(spare)
+        if held is None or held.process != process or held.user != SPARE:
+            return Refused(ErrorCode.LEASE_LOST)
+        del self._tickets[spare]
+        user = counted_user(user, source)
+        if self._count(user) >= self.limits.max_active_for(source):
+            return Refused(ErrorCode.BUSY)
+        self._tickets[ticket] = _Ticket(process, user, now + self.lease_s, running=True)
+        granted = self._grant(process, spares, local_free, now)
+        self._room[process] = (local_free - len(granted), now + self.lease_s)
+        return Admitted(spares=granted)
+
+    async def spare(self, process: str, local_free: int, spares: Sequence[str]) -> tuple[str, ...]:
+        now = self._reap()
+        granted = self._grant(process, spares, local_free, now)
+        self._room[process] = (local_free - len(granted), now + self.lease_s)
+        return granted
 
     async def claim(self, process: str, local_free: int) -> list[str]:
         now = self._reap()
@@ -142,10 +176,14 @@ class LocalAdmission(Admission):
         self._reap()
         users: dict[str, int] = {}
         for held in self._tickets.values():
-            users[held.user] = users.get(held.user, 0) + 1
+            if held.user != SPARE:
+                users[held.user] = users.get(held.user, 0) + 1
         return Snapshot(
             waiting=tuple((n, t.process, t.user) for n, t in self._tickets.items() if not t.running),
-            running={n: (t.process, t.user) for n, t in self._tickets.items() if t.running},
+            running={
+                n: (t.process, t.user) for n, t in self._tickets.items() if t.running and t.user != SPARE
+            },
+            spares={n: t.process for n, t in self._tickets.items() if t.user == SPARE},
             users=users,
             cap=self.limits.max_concurrency if self.limits else 0,
         )
@@ -161,6 +199,22 @@ class LocalAdmission(Admission):
         for process in [p for p, (_, deadline) in self._room.items() if deadline <= now]:
             del self._room[process]
         return now
+
+    def _grant(self, process: str, spares: Sequence[str], free: int, now: float) -> tuple[str, ...]:
+        """Make `spares` (new ids) spares of `process` while nobody waits, the
+        site is under the cap less one slot for each other process with a
+        room report (at least one), and fewer than `free` were granted."""
+        granted: list[str] = []
+        if self._waiting():
+            return ()
+        cap = self.limits.max_concurrency - max(sum(1 for p in self._room if p != process), 1)
+        for name in spares:
+            if len(granted) >= free or self._running() >= cap:
+                break
+            if name not in self._tickets:
+                self._tickets[name] = _Ticket(process, SPARE, now + self.lease_s, running=True)
+                granted.append(name)
+        return tuple(granted)
 
     def _waiting(self) -> list[str]:
         return [name for name, held in self._tickets.items() if not held.running]
