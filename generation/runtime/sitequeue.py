@@ -26,7 +26,8 @@ How it runs, all on the service's loop:
   per-user limit); until the site confirms it, its reader sees nothing
   (GenerationRequest.held_reports), and a refused one ends `busy` (or
   `lease_lost`) as if never started. Spares are given back as soon as a
-  wake-up says that a ticket waits somewhere or the limits changed.
+  wake-up says that a ticket waits somewhere or the limits changed (then
+  asked for again, under the new cap).
 - Every third of the lease, the leases of all this process's tickets are
   renewed. A ticket the site no longer knows (this process was paused past
   its lease and its slot was given away) is stopped with `lease_lost`: the
@@ -411,8 +412,10 @@ class SiteQueue:
         while self.active:
             try:
                 async for word in self.admission.wakeups():
-                    if word in GIVE_BACK_ON and self.spares:
+                    if word in GIVE_BACK_ON:
                         self._give_back_spares()
+                        if word == "limits" and self.spare_target:
+                            self._ops.put_nowait(self._top_up)  # as many as the new cap allows
                     if self.service.queue:
                         self.wake()
             except UNREACHABLE as error:
