@@ -262,15 +262,19 @@ class SiteQueue:
             self._stale.add(spare)
             return
         room = self.service.local_room()
-        result = await self.admission.bind(
-            spare,
-            request.id,
-            self.process,
-            str(request.user_id),
-            local_free=room,
-            source=request.source,
-            spares=self._spare_ids(room),
-        )
+        try:
+            result = await self.admission.bind(
+                spare,
+                request.id,
+                self.process,
+                str(request.user_id),
+                local_free=room,
+                source=request.source,
+                spares=self._spare_ids(room),
+            )
+        except UNREACHABLE:
+            self._stale.add(spare)  # released on the rejoin, if its lease has not run out
+            raise
         if isinstance(result, Admitted):
             self.spares.extend(result.spares)
             self.service.confirm_started(request)
