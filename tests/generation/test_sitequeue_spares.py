@@ -8,6 +8,8 @@ site after such a start (with nothing shown before it), and a spare given
 back as soon as a request waits elsewhere.
 """
 
+import redis.asyncio as redis
+
 from generation.runtime.types import ErrorCode, Queued, RequestState, Started
 from tests.generation.test_service import LONG, LONG_TOKENS, collect
 from tests.generation.test_sitequeue import next_of, on_site, prefix, until
@@ -71,3 +73,25 @@ async def test_a_spare_is_given_back_when_a_request_waits_elsewhere(make_service
     assert not first.site.spares
     for handle in [*handles, third]:
         handle.cancel()
+
+
+async def test_a_reply_started_on_a_spare_survives_redis_failing_its_bind(make_service, prefix):
+    """Redis fails (an injected connection error) just when a reply started
+    on a spare is bound: the process falls back to its own cap, and the
+    reply runs to its end as any other that started before an outage."""
+    service = await on_site(make_service, URL, prefix, "a", max_concurrency=4, max_new_tokens=LONG_TOKENS)
+    await holding_a_spare(service)
+    admission = service.site.admission
+
+    async def unreachable(*args, **kwargs):
+        raise redis.ConnectionError("injected: Redis went away")
+
+    admission.bind = unreachable  # the fault; everything else is the real Redis
+    handle = service.submit(user_id=1, messages=LONG, max_new_tokens=4)
+    assert handle.request.state is RequestState.RUNNING  # on the spare
+    events = await collect(handle)
+    assert events[0]["type"] == "started"
+    assert events[-1]["type"] == "done"
+    assert service.status()["admission"]["scope"] == "process"
+    del admission.bind
+    await until(lambda: service.status()["admission"]["scope"] == "site", timeout=10)
