@@ -328,7 +328,9 @@ class SiteQueue:
     async def _renew(self) -> None:
         if not self.active:
             return
-        held = dict(self.tickets)
+        # Not those started on a spare whose bind is still to come (queued
+        # after this renewal): the site knows them only once bound.
+        held = {ticket: r for ticket, r in self.tickets.items() if r.held_reports is None}
         spares = set(self.spares)
         for ticket in await self.admission.renew(self.process, [*held, *spares]):
             if ticket in spares:
