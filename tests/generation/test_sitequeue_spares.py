@@ -95,3 +95,15 @@ async def test_a_reply_started_on_a_spare_survives_redis_failing_its_bind(make_s
     assert service.status()["admission"]["scope"] == "process"
     del admission.bind
     await until(lambda: service.status()["admission"]["scope"] == "site", timeout=10)
+
+
+async def test_a_renewal_just_before_the_bind_leaves_the_reply_alone(make_service, prefix):
+    """The heartbeat's renewal is already queued when a reply starts on a
+    spare (so it runs before the bind): the reply is not taken for one whose
+    lease ran out; it runs to its end."""
+    service = await on_site(make_service, URL, prefix, "a", max_concurrency=4, max_new_tokens=LONG_TOKENS)
+    await holding_a_spare(service)
+    service.site._ops.put_nowait(service.site._renew)  # as the heartbeat does, every third of a lease
+    handle = service.submit(user_id=1, messages=LONG, max_new_tokens=4)
+    assert handle.request.state is RequestState.RUNNING  # on the spare
+    assert (await collect(handle))[-1]["type"] == "done"
