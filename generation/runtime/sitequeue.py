@@ -19,8 +19,9 @@ How it runs, all on the service's loop:
   never a stuck queue. The positions are read with each claim.
 - Spares: while nobody waits, the site grants this process up to `spares`
   slots for requests it has not received yet, with the answers of
-  `enqueue` and `bind`, and after a release. A request that arrives when one is held, nothing
-  else waits here, this process has room and the person has no other reply
+  `enqueue` and `bind`, and after a release. A request that arrives when
+  one is held (or gets to the site queue's turn when one has come since),
+  nothing older waits here, this process has room and the person has no other reply
   running here starts at once on it (no round trip: what per-process
   admission costs), and is then bound to it (`bind`, which applies the
   per-user limit); until the site confirms it, its reader sees nothing
@@ -118,6 +119,8 @@ class SiteQueue:
         for run in (self._work, self._heartbeat, self._poll):
             self._tasks.append(loop.create_task(run(), name=f"sitequeue-{run.__name__.strip('_')}"))
         self._listen()
+        if self.spare_target:
+            self._ops.put_nowait(self._top_up)  # also reports this process, which others then leave a slot
 
     def stop(self) -> None:
         """Stop the tasks (the service is stopping). Tickets still held are
@@ -147,7 +150,9 @@ class SiteQueue:
 
     def _start_on_spare(self, request: GenerationRequest) -> bool:
         service = self.service
-        if not (self.active and self.spares and len(service.queue) == 1 and service.local_room() > 0):
+        # Only the oldest waiting here (in `submit`: the only one), so that
+        # this process's own requests still start in their order.
+        if not (self.active and self.spares and service.queue[0] is request and service.local_room() > 0):
             return False
         mine = sum(
             1 for r in service.running.values() if r.user_id == request.user_id and r.source is request.source
@@ -222,6 +227,8 @@ class SiteQueue:
     async def _enqueue(self, request: GenerationRequest, *, rejoin: bool = False) -> None:
         if not self.active or not self._waiting_here(request) or request.id in self.tickets:
             return  # the service's own queue has it, it already ended, or a rejoin sent it
+        if not rejoin and self._start_on_spare(request):
+            return  # a spare came with an answer since `submit`
         service = self.service
         picked_at = time.time()  # for the DEBUG trace below
         room = service.local_room()
@@ -296,8 +303,8 @@ class SiteQueue:
 
     async def _top_up(self) -> None:
         room = self.service.local_room()
-        if self.active and not self.service.queue and (wanted := self._spare_ids(room)):
-            self.spares.extend(await self.admission.spare(self.process, room, wanted))
+        if self.active and not self.service.queue:
+            self.spares.extend(await self.admission.spare(self.process, room, self._spare_ids(room)))
 
     async def _refresh(self) -> None:
         self._refresh_queued = False

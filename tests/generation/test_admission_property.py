@@ -14,7 +14,7 @@ bookkeeping checks what people would notice:
   chat and API requests counted apart, each refused `busy` at its own limit;
 - spares (slots held for requests not yet received) count in the cap, are
   granted only while nobody waits and while every other living process
-  (at least one) could still start one request, never count against a person, and a
+  that holds no spare could still start one request, never count against a person, and a
   request bound to one is refused `busy` at the person's limit;
 - no overtaking: when a process starts tickets, they are its oldest waiting
   ones, and every older ticket still waiting on a process with room has a
@@ -257,7 +257,8 @@ class Site:
             self.order.append(spare)
         if granted:
             assert not waiting_before  # never while a ticket waits
-            others = max(sum(1 for p in self.room if p != process and p not in self.dead), 1)
+            holders = {self.owner[t][0] for t in self.held("spare", alive=False)}
+            others = sum(1 for p in self.room if p not in (process, *self.dead, *holders))
             assert self.busy_slots() + others <= self.limits.max_concurrency
         self.room[process] -= len(granted)
 

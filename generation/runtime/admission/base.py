@@ -34,8 +34,8 @@ The rules, the same in both implementations (issue #11):
   (`bind`, which checks the per-user limit then). A spare counts against
   the cap like a running ticket and against nobody's per-user limit. It is
   granted only while nobody waits and while every other living process
-  (one whose room report has not lapsed; at least one, for a process not
-  heard from yet) could still start a request at once, so it is an arrival older than every ticket waiting after it and
+  (one whose room report has not lapsed) that holds no spare itself could
+  still start a request at once, so it is an arrival older than every ticket waiting after it and
   seldom makes one wait; its process gives it back (`release`) as soon as
   it hears that a ticket waits or the limits changed, and a spare left idle
   otherwise lasts as long as its lease (the process renews it).
@@ -176,8 +176,9 @@ class Admission(abc.ABC):
     async def spare(self, process: str, local_free: int, spares: Sequence[str]) -> tuple[str, ...]:
         """Make those of `spares` (new ids) that the rules allow spares of
         `process` (at most `local_free`, its room now, which it also
-        reports); returns them. Called when a process's spares ran out and
-        nothing waits there (after a release)."""
+        reports); returns them. Called when a process starts (with no ids:
+        its room report makes the others leave it a slot), and when its
+        spares ran out and nothing waits there (after a release)."""
 
     @abc.abstractmethod
     async def claim(self, process: str, local_free: int) -> list[str]:

@@ -203,11 +203,12 @@ class LocalAdmission(Admission):
     def _grant(self, process: str, spares: Sequence[str], free: int, now: float) -> tuple[str, ...]:
         """Make `spares` (new ids) spares of `process` while nobody waits, the
         site is under the cap less one slot for each other process with a
-        room report (at least one), and fewer than `free` were granted."""
+        room report and no spare, and fewer than `free` were granted."""
         granted: list[str] = []
         if self._waiting():
             return ()
-        cap = self.limits.max_concurrency - max(sum(1 for p in self._room if p != process), 1)
+        holders = {t.process for t in self._tickets.values() if t.user == SPARE}
+        cap = self.limits.max_concurrency - sum(1 for p in self._room if p != process and p not in holders)
         for name in spares:
             if len(granted) >= free or self._running() >= cap:
                 break

@@ -62,14 +62,20 @@ local deadline = now + LEASE
 
 -- Spares: grant `process` the ids ARGV[first..] as spare slots, at most
 -- `free` of them, while nobody waits and every other living process (one
--- with a room report; at least one, for a process not heard from yet) could
--- still start one request at once; returns those granted.
+-- with a room report) that holds no spare of its own could still start one
+-- request at once; returns those granted.
 local function grant(process, first, free)
   local granted = {}
   if redis.call('ZCARD', K_QUEUE) > 0 then return granted end
-  local others = redis.call('ZCARD', K_PROCS)
-  if redis.call('ZSCORE', K_PROCS, process) then others = others - 1 end
-  local cap = limit('max_concurrency') - math.max(others, 1)
+  local holders = {}
+  for _, held in ipairs(redis.call('ZRANGE', K_RUNNING, 0, -1)) do
+    if redis.call('HGET', K_USER, held) == '' then holders[redis.call('HGET', K_OWNER, held)] = true end
+  end
+  local others = 0
+  for _, other in ipairs(redis.call('ZRANGE', K_PROCS, 0, -1)) do
+    if other ~= process and not holders[other] then others = others + 1 end
+  end
+  local cap = limit('max_concurrency') - others
   for i = first, #ARGV do
     if #granted >= free or redis.call('ZCARD', K_RUNNING) >= cap then break end
     if redis.call('HEXISTS', K_OWNER, ARGV[i]) == 0 then
@@ -134,7 +140,8 @@ return {'waiting', waiting + 1, waiting + 1}
 # it. Granted only while nobody waits, so a spare is an arrival that came
 # before every ticket now waiting; its process gives it back (RELEASE) as
 # soon as it hears that a ticket waits or the limits changed. Granted with an
-# ENQUEUE that admits, a BIND, or a SPARE (after a release).
+# ENQUEUE that admits, a BIND, or a SPARE (after a release; a process also
+# calls it when it starts, to report its room, so that others leave it one).
 #
 # ARGV 3 spare, 4 ticket, 5 process, 6 user (counted_user), 7 the name of
 # the user's per-user limit, 8 the process's room now (the ticket already
