@@ -121,7 +121,7 @@ class Site:
             max_active_per_user=PER_USER,
             max_active_api_per_user=PER_USER_API,
         )
-        # ticket -> waiting | running | spare | ended | refused | reaped
+        # ticket -> new | waiting | running | spare | ended | refused | reaped
         self.state: dict[str, str] = {}
         self.order: list[str] = []  # tickets in arrival order
         self.owner: dict[str, tuple[str, str]] = {}  # ticket -> (process, user as counted)
@@ -231,6 +231,7 @@ class Site:
         ticket = f"t{self.serial}"
         self.order.append(ticket)
         self.owner[ticket] = (process, user)
+        self.state[ticket] = "new"  # until its answer says
         return ticket
 
     def count(self, user: str) -> int:
