@@ -171,17 +171,17 @@ class Site:
                 ids = self.spare_ids(process, wanted)
                 waiting_before = bool(self.held("waiting", alive=False))
                 granted = await self.both("spare", process, free, ids)
-                assert len(granted) <= free
+                assert len(granted) <= max(free, 0)
                 self.room[process] = free
                 self.granted_spares(process, granted, ids, waiting_before)
             case ("bind", index, user, source, wanted):
-                spares = self.held("spare")
+                # A process starts a request on its spare only when it has room.
+                spares = [t for t in self.held("spare") if self.local_free(self.slot(t)) > 0]
                 if spares:
                     spare = spares[index % len(spares)]
                     process = self.owner[spare][0]
                     self.state[spare] = "ended"  # bound or refused, it is no spare any more
-                    slot = self.names.index(process)
-                    free = self.local_free(slot) - 1  # the ticket already started
+                    free = self.local_free(self.slot(spare)) - 1  # the ticket already started
                     ticket = self.new_ticket(process, counted_user(user, source))
                     count = self.count(counted_user(user, source))
                     ids = self.spare_ids(process, wanted)
@@ -233,6 +233,9 @@ class Site:
         self.owner[ticket] = (process, user)
         self.state[ticket] = "new"  # until its answer says
         return ticket
+
+    def slot(self, ticket: str) -> int:
+        return self.names.index(self.owner[ticket][0])
 
     def count(self, user: str) -> int:
         held = self.held("waiting", alive=False) + self.held("running", alive=False)
