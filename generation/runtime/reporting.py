@@ -81,6 +81,9 @@ class ReportsMixin:
             request = self.running.get(report.request_id)
             if request is None:
                 continue
+            if request.held_reports is not None:  # started on a spare, not yet bound
+                request.held_reports.append(report)
+                continue
             match report:
                 case RequestStarted():
                     request.prompt_tokens = report.prompt_tokens

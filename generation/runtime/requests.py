@@ -64,6 +64,10 @@ class GenerationRequest:
     deferred: bool = False
     priority_class: str = ""  # its class's name when it arrived ("" without classes)
     timeout: asyncio.TimerHandle | None = None
+    # Started on a site spare and not yet bound to it (sitequeue): the
+    # backend's reports wait here, unseen by the reader, until the site
+    # confirms the start (GenerationService.confirm_started). None otherwise.
+    held_reports: list | None = None
     events: asyncio.Queue[Event] = field(default_factory=asyncio.Queue)
 
     def emit(self, event: Event) -> None:

@@ -432,17 +432,29 @@ class GenerationService(ReportsMixin):
         self.queue.remove(request)
         self._fail(request, code)
 
-    def stop_lost(self, request: GenerationRequest) -> None:
+    def stop_lost(self, request: GenerationRequest, code: ErrorCode = ErrorCode.LEASE_LOST) -> None:
         """The site no longer holds `request`'s ticket (its lease ran out
-        while this process was paused): stop it, waiting or running, with
-        `lease_lost`, so that no slot is used twice."""
+        while this process was paused), or refused the one it started on a
+        spare (`code` busy): stop it, waiting or running, with `code`, so
+        that no slot is used twice. A reply whose start was not yet
+        confirmed never showed its reader anything: it ends as never started."""
         if request.id in self.running:
             self.backend.cancel(request.id)
+            if request.held_reports is not None:
+                request.held_reports, request.started_at = None, None
         elif request in self.queue:
             self.queue.remove(request)
         else:
             return
-        self._fail(request, ErrorCode.LEASE_LOST)
+        self._fail(request, code)
+
+    def confirm_started(self, request: GenerationRequest) -> None:
+        """The site bound `request`, which this process started on a spare
+        slot (SiteQueue) with its reports held back: apply them now, and
+        every later one as it comes."""
+        held, request.held_reports = request.held_reports, None
+        if held and request.id in self.running:
+            self._apply_reports(held)
 
     def admit_locally(self) -> None:
         """The site queue cannot be reached: what waits here is admitted by

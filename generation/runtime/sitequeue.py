@@ -17,6 +17,18 @@ How it runs, all on the service's loop:
   queue moved (the Admission's `wakeups`, Redis PUB/SUB), and at least
   every POLL_S while requests wait here, so a lost wake-up costs latency,
   never a stuck queue. The positions are read with each claim.
+- Spares: while nobody waits, the site grants this process up to `spares`
+  slots for requests it has not received yet, with the answers of
+  `enqueue` and `bind`, and after a release. A request that arrives when
+  one is held (or gets to the site queue's turn when one has come since),
+  nothing older waits here, this process has room and the person has no other reply
+  running here starts at once on it (no round trip: what per-process
+  admission costs), and is then bound to it (`bind`, which applies the
+  per-user limit); until the site confirms it, its reader sees nothing
+  (GenerationRequest.held_reports), and a refused one ends `busy` (or
+  `lease_lost`) as if never started. Spares are given back as soon as a
+  wake-up says that a ticket waits somewhere or the limits changed (then
+  asked for again, under the new cap).
 - Every third of the lease, the leases of all this process's tickets are
   renewed. A ticket the site no longer knows (this process was paused past
   its lease and its slot was given away) is stopped with `lease_lost`: the
@@ -39,6 +51,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 
 from redis.exceptions import RedisError
@@ -51,6 +64,10 @@ logger = logging.getLogger(__name__)
 
 POLL_S = 1.0
 """Seconds between claims while requests wait here and no wake-up came."""
+SPARES = 1
+"""Spare site slots a process asks for (module docstring); 0: none."""
+# Wake-up words after which spares are given back: a ticket waits, or the cap changed.
+GIVE_BACK_ON = frozenset({"enqueued", "deferred", "limits"})
 PROBE_S = 2.0
 """Seconds between attempts to reach the Admission again after an outage."""
 # What an unreachable Redis raises: redis-py's errors, and the OS's own
@@ -71,6 +88,7 @@ class SiteQueue:
         process: str,
         poll_s: float = POLL_S,
         probe_s: float = PROBE_S,
+        spares: int = SPARES,
     ):
         self.service = service
         self.admission = admission
@@ -80,6 +98,8 @@ class SiteQueue:
         self.active = True  # False while fallen back to the process's own queue
         self.error = ""  # why it fell back, for the console
         self.tickets: dict[str, GenerationRequest] = {}  # registered at the site
+        self.spare_target = spares
+        self.spares: list[str] = []  # spare slots held at the site, unused
         self._ops: asyncio.Queue[Callable[[], Awaitable[None]]] = asyncio.Queue()
         self._refresh_queued = False
         self._stale: set[str] = set()  # tickets to release on the rejoin
@@ -100,6 +120,8 @@ class SiteQueue:
         for run in (self._work, self._heartbeat, self._poll):
             self._tasks.append(loop.create_task(run(), name=f"sitequeue-{run.__name__.strip('_')}"))
         self._listen()
+        if self.spare_target:
+            self._ops.put_nowait(self._top_up)  # also reports this process, which others then leave a slot
 
     def stop(self) -> None:
         """Stop the tasks (the service is stopping). Tickets still held are
@@ -121,8 +143,39 @@ class SiteQueue:
     # What the service calls, on the loop; never blocks -----------------
 
     def enqueue(self, request: GenerationRequest) -> None:
-        """A new request, already in the service's queue: send it to the site queue."""
-        self._ops.put_nowait(lambda: self._enqueue(request))
+        """A new request, already in the service's queue: start it on a spare
+        slot when it may (see the module's docstring), else send it to the
+        site queue."""
+        if not self._start_on_spare(request):
+            self._ops.put_nowait(lambda: self._enqueue(request))
+
+    def _start_on_spare(self, request: GenerationRequest) -> bool:
+        service = self.service
+        # Only the oldest waiting here (in `submit`: the only one), so that
+        # this process's own requests still start in their order.
+        if not (self.active and self.spares and service.queue[0] is request and service.local_room() > 0):
+            return False
+        mine = sum(
+            1 for r in service.running.values() if r.user_id == request.user_id and r.source is request.source
+        )
+        if mine >= service.limits.max_active_for(request.source):
+            return False  # the site would refuse it busy: let it say so the usual way
+        spare = self.spares.pop()
+        request.held_reports = []
+        service.start_waiting(request)
+        self.tickets[request.id] = request
+        self._ops.put_nowait(lambda: self._bind(spare, request))
+        return True
+
+    def _spare_ids(self, room: int) -> list[str]:
+        """New ids for the spares to ask for, with `room` left here."""
+        wanted = min(self.spare_target, room) - len(self.spares)
+        return [f"spare:{uuid.uuid4().hex}" for _ in range(max(wanted, 0))]
+
+    def _give_back_spares(self) -> None:
+        spares, self.spares = self.spares, []
+        for spare in spares:
+            self._ops.put_nowait(lambda spare=spare: self._release(spare))
 
     def ended(self, request: GenerationRequest) -> None:
         """`request` ended (done, cancelled, timed out, failed): free its
@@ -134,6 +187,8 @@ class SiteQueue:
                 self._ops.put_nowait(
                     lambda: self._call(self.admission.account(request.id, tokens, user=user))
                 )
+            if len(self.spares) < self.spare_target:
+                self._ops.put_nowait(self._top_up)
 
     def defer(self, request: GenerationRequest) -> None:
         """The engine was busy: `request` goes back to the head of the site
@@ -184,17 +239,23 @@ class SiteQueue:
     async def _enqueue(self, request: GenerationRequest, *, rejoin: bool = False) -> None:
         if not self.active or not self._waiting_here(request) or request.id in self.tickets:
             return  # the service's own queue has it, it already ended, or a rejoin sent it
+        if not rejoin and self._start_on_spare(request):
+            return  # a spare came with an answer since `submit`
         service = self.service
         picked_at = time.time()  # for the DEBUG trace below
+        room = service.local_room()
         result = await self.admission.enqueue(
             request.id,
             self.process,
             str(request.user_id),
             service.limits,
-            local_free=service.local_room(),
+            local_free=room,
             rejoin=rejoin,
             source=request.source,
+            spares=self._spare_ids(room - 1),
         )
+        if isinstance(result, Admitted):
+            self.spares.extend(result.spares)
         if isinstance(result, Refused):
             if self._waiting_here(request):
                 service.reject_waiting(request, result.code)
@@ -215,11 +276,47 @@ class SiteQueue:
         elif isinstance(result, Waiting):
             service.show_position(request, result.position, result.waiting)
 
+    async def _bind(self, spare: str, request: GenerationRequest) -> None:
+        if not self.active:  # fell back meanwhile, which confirmed the start
+            self._stale.add(spare)
+            return
+        room = self.service.local_room()
+        try:
+            result = await self.admission.bind(
+                spare,
+                request.id,
+                self.process,
+                str(request.user_id),
+                local_free=room,
+                source=request.source,
+                spares=self._spare_ids(room),
+            )
+        except UNREACHABLE:
+            self._stale.add(spare)  # released on the rejoin, if its lease has not run out
+            raise
+        if isinstance(result, Admitted):
+            self.spares.extend(result.spares)
+            self.service.confirm_started(request)
+            if logger.isEnabledFor(logging.DEBUG):
+                logger.debug(
+                    "started %s on a spare: start %.3f ms, bound %.3f ms after the start",
+                    *(request.id, (request.started_at - request.enqueued_at) * 1000),
+                    (time.time() - request.started_at) * 1000,
+                )
+        else:
+            self.tickets.pop(request.id, None)  # the site holds nothing for it
+            self.service.stop_lost(request, result.code)
+
     async def _release(self, ticket: str) -> None:
         if self.active:
             await self.admission.release(ticket)
         else:
             self._stale.add(ticket)  # queued before the fallback: released on the rejoin
+
+    async def _top_up(self) -> None:
+        room = self.service.local_room()
+        if self.active and not self.service.queue:
+            self.spares.extend(await self.admission.spare(self.process, room, self._spare_ids(room)))
 
     async def _refresh(self) -> None:
         self._refresh_queued = False
@@ -250,8 +347,14 @@ class SiteQueue:
     async def _renew(self) -> None:
         if not self.active:
             return
-        held = dict(self.tickets)
-        for ticket in await self.admission.renew(self.process, list(held)):
+        # Not those started on a spare whose bind is still to come (queued
+        # after this renewal): the site knows them only once bound.
+        held = {ticket: r for ticket, r in self.tickets.items() if r.held_reports is None}
+        spares = set(self.spares)
+        for ticket in await self.admission.renew(self.process, [*held, *spares]):
+            if ticket in spares:
+                self.spares.remove(ticket)
+                continue
             request = held[ticket]
             if self.tickets.pop(ticket, None) is not None:
                 logger.warning("Request %s lost its place at the site (lease ran out); stopping it", ticket)
@@ -297,9 +400,15 @@ class SiteQueue:
         # its enqueue ran in Redis but the reply was lost (a timeout). Its
         # rejoin would then be refused as already known.
         self._stale.update(request.id for request in self.service.queue)
+        self._stale.update(self.spares)
+        self.spares.clear()
         self.tickets.clear()
         logger.warning("%s: %s; limits are per process until it is back", self.process, self.error)
         try:
+            # Replies started on a spare and not yet bound run by this
+            # process's rules now (they were within its own cap).
+            for request in [r for r in running.values() if r.held_reports is not None]:
+                self.service.confirm_started(request)
             self.service.admit_locally()
         except Exception:  # the operations task must outlive a backend's failure
             logger.exception("Admitting the waiting requests by this process's rules failed")
@@ -329,7 +438,11 @@ class SiteQueue:
     async def _wakeups(self) -> None:
         while self.active:
             try:
-                async for _ in self.admission.wakeups():
+                async for word in self.admission.wakeups():
+                    if word in GIVE_BACK_ON:
+                        self._give_back_spares()
+                        if word == "limits" and self.spare_target:
+                            self._ops.put_nowait(self._top_up)  # as many as the new cap allows
                     if self.service.queue:
                         self.wake()
             except UNREACHABLE as error:

@@ -12,6 +12,10 @@ bookkeeping checks what people would notice:
   ended (released) or reaped (its process died), in one place only, and the
   per-user counts are those of the waiting and running tickets, a person's
   chat and API requests counted apart, each refused `busy` at its own limit;
+- spares (slots held for requests not yet received) count in the cap, are
+  granted only while nobody waits and while every other living process
+  that holds no spare could still start one request, never count against a person, and a
+  request bound to one is refused `busy` at the person's limit;
 - no overtaking: when a process starts tickets, they are its oldest waiting
   ones, and every older ticket still waiting on a process with room has a
   free slot set aside for it; and a process that leaves one of its own
@@ -54,7 +58,17 @@ process = st.integers(min_value=0, max_value=PROCESSES - 1)  # which of the thre
 # queues that the others act on; a death costs 1.8 s of sleep), then its
 # arguments.
 ARGUMENTS = {
-    "enqueue": st.tuples(process, st.sampled_from(USERS), st.sampled_from(list(RequestSource))),
+    "enqueue": st.tuples(
+        process, st.sampled_from(USERS), st.sampled_from(list(RequestSource)), st.integers(0, 2)
+    ),
+    "spare": st.tuples(process, st.integers(min_value=1, max_value=2)),
+    "bind": st.tuples(
+        st.integers(min_value=0, max_value=9),
+        st.sampled_from(USERS),
+        st.sampled_from(list(RequestSource)),
+        st.integers(0, 2),
+    ),
+    "unspare": st.tuples(st.integers(min_value=0, max_value=9)),
     "claim": st.tuples(process),
     "finish": st.tuples(st.integers(min_value=0, max_value=9)),
     "cancel": st.tuples(st.integers(min_value=0, max_value=9)),
@@ -62,7 +76,18 @@ ARGUMENTS = {
     "cap": st.tuples(st.integers(min_value=0, max_value=4)),
     "die": st.tuples(process),
 }
-WEIGHTS = {"enqueue": 8, "claim": 8, "finish": 4, "cancel": 2, "defer": 2, "cap": 2, "die": 1}
+WEIGHTS = {
+    "enqueue": 8,
+    "claim": 8,
+    "finish": 4,
+    "cancel": 2,
+    "defer": 2,
+    "cap": 2,
+    "die": 1,
+    "spare": 3,
+    "bind": 4,
+    "unspare": 1,
+}
 operation = st.sampled_from([kind for kind, weight in WEIGHTS.items() for _ in range(weight)]).flatmap(
     lambda kind: ARGUMENTS[kind].map(lambda args: (kind, *args))
 )
@@ -96,7 +121,8 @@ class Site:
             max_active_per_user=PER_USER,
             max_active_api_per_user=PER_USER_API,
         )
-        self.state: dict[str, str] = {}  # ticket -> waiting | running | ended | refused | reaped
+        # ticket -> new | waiting | running | spare | ended | refused | reaped
+        self.state: dict[str, str] = {}
         self.order: list[str] = []  # tickets in arrival order
         self.owner: dict[str, tuple[str, str]] = {}  # ticket -> (process, user as counted)
         self.room: dict[str, int] = {}  # process -> room it last reported, less what it started
@@ -121,26 +147,62 @@ class Site:
 
     async def step(self, op: tuple) -> None:
         match op:
-            case ("enqueue", slot, user, source):
+            case ("enqueue", slot, user, source, wanted):
                 process, free = self.names[slot], self.local_free(slot)
-                self.serial += 1
-                ticket = f"t{self.serial}"
-                held = self.held("waiting", alive=False) + self.held("running", alive=False)
-                count = sum(1 for t in held if self.owner[t][1] == counted_user(user, source))
-                self.order.append(ticket)
-                self.owner[ticket] = (process, counted_user(user, source))
+                ticket = self.new_ticket(process, counted_user(user, source))
+                count = self.count(counted_user(user, source))
+                ids = self.spare_ids(process, wanted)
+                waiting_before = bool(self.held("waiting", alive=False))
                 result = await self.both(
-                    "enqueue", ticket, process, user, self.limits, local_free=free, source=source
+                    "enqueue", ticket, process, user, self.limits, local_free=free, source=source, spares=ids
                 )
                 if count >= self.limits.max_active_for(source):
                     assert result == Refused(ErrorCode.BUSY)  # each source's own limit
                 self.room[process] = free
-                if result == Admitted():
+                if isinstance(result, Admitted):
                     self.state[ticket] = "running"
                     self.room[process] -= 1
-                    assert len(self.held("running", alive=False)) <= self.limits.max_concurrency
+                    assert self.busy_slots() <= self.limits.max_concurrency
+                    self.granted_spares(process, result.spares, ids, waiting_before)
                 else:
                     self.state[ticket] = "waiting" if isinstance(result, Waiting) else "refused"
+            case ("spare", slot, wanted):
+                process, free = self.names[slot], self.local_free(slot)
+                ids = self.spare_ids(process, wanted)
+                waiting_before = bool(self.held("waiting", alive=False))
+                granted = await self.both("spare", process, free, ids)
+                assert len(granted) <= max(free, 0)
+                self.room[process] = free
+                self.granted_spares(process, granted, ids, waiting_before)
+            case ("bind", index, user, source, wanted):
+                # A process starts a request on its spare only when it has room.
+                spares = [t for t in self.held("spare") if self.local_free(self.slot(t)) > 0]
+                if spares:
+                    spare = spares[index % len(spares)]
+                    process = self.owner[spare][0]
+                    self.state[spare] = "ended"  # bound or refused, it is no spare any more
+                    free = self.local_free(self.slot(spare)) - 1  # the ticket already started
+                    ticket = self.new_ticket(process, counted_user(user, source))
+                    count = self.count(counted_user(user, source))
+                    ids = self.spare_ids(process, wanted)
+                    waiting_before = bool(self.held("waiting", alive=False))
+                    result = await self.both(
+                        "bind", spare, ticket, process, user, local_free=free, source=source, spares=ids
+                    )
+                    if count >= self.limits.max_active_for(source):
+                        assert result == Refused(ErrorCode.BUSY)
+                        self.state[ticket] = "refused"
+                    else:
+                        assert isinstance(result, Admitted)
+                        self.state[ticket] = "running"
+                        self.room[process] = free
+                        self.granted_spares(process, result.spares, ids, waiting_before)
+            case ("unspare", index):
+                spares = self.held("spare")
+                if spares:
+                    spare = spares[index % len(spares)]
+                    assert await self.both("release", spare) is True
+                    self.state[spare] = "ended"
             case ("claim", slot):
                 await self.claim(self.names[slot], self.local_free(slot))
             case ("finish", index) | ("cancel", index):
@@ -164,6 +226,46 @@ class Site:
                 await self.die(slot)
         await self.check()
 
+    def new_ticket(self, process: str, user: str) -> str:
+        self.serial += 1
+        ticket = f"t{self.serial}"
+        self.order.append(ticket)
+        self.owner[ticket] = (process, user)
+        self.state[ticket] = "new"  # until its answer says
+        return ticket
+
+    def slot(self, ticket: str) -> int:
+        return self.names.index(self.owner[ticket][0])
+
+    def count(self, user: str) -> int:
+        held = self.held("waiting", alive=False) + self.held("running", alive=False)
+        return sum(1 for t in held if self.owner[t][1] == user)
+
+    def spare_ids(self, process: str, wanted: int) -> list[str]:
+        ids = []
+        for _ in range(wanted):
+            self.serial += 1
+            ids.append(f"s{self.serial}")
+            self.owner[ids[-1]] = (process, "")
+        return ids
+
+    def busy_slots(self) -> int:
+        """Slots taken: running tickets and spares, of the dead too until reaped."""
+        return len(self.held("running", alive=False)) + len(self.held("spare", alive=False))
+
+    def granted_spares(self, process: str, granted, ids: list[str], waiting_before: bool) -> None:
+        """Record `granted` (of `ids`, in order) and check the rules of spares."""
+        assert list(granted) == ids[: len(granted)]
+        for spare in granted:
+            self.state[spare] = "spare"
+            self.order.append(spare)
+        if granted:
+            assert not waiting_before  # never while a ticket waits
+            holders = {self.owner[t][0] for t in self.held("spare", alive=False)}
+            others = sum(1 for p in self.room if p not in (process, *self.dead, *holders))
+            assert self.busy_slots() + others <= self.limits.max_concurrency
+        self.room[process] -= len(granted)
+
     def local_free(self, slot: int) -> int:
         """What the process in `slot` can start now: its own capacity less
         what it runs, as GenerationService would tell."""
@@ -177,7 +279,7 @@ class Site:
         assert started == mine[: len(started)] and len(started) <= free
         for ticket in started:
             self.state[ticket] = "running"
-        running, cap = len(self.held("running", alive=False)), self.limits.max_concurrency
+        running, cap = self.busy_slots(), self.limits.max_concurrency
         if started:
             assert running <= cap
             newest = waiting_before.index(started[-1])
@@ -212,20 +314,21 @@ class Site:
             self.clock.now += LEASE_S * 0.6
         await self.renew_alive()
         for ticket in self.order:
-            if self.owner[ticket][0] == process and self.state[ticket] in ("waiting", "running"):
+            if self.owner[ticket][0] == process and self.state[ticket] in ("waiting", "running", "spare"):
                 self.state[ticket] = "reaped"
         self.room.pop(process, None)
 
     async def renew_alive(self) -> None:
         for process in self.names:
             mine = [t for t in self.order if self.owner[t][0] == process]
-            held = [t for t in mine if self.state[t] in ("waiting", "running")]
+            held = [t for t in mine if self.state[t] in ("waiting", "running", "spare")]
             assert await self.both("renew", process, held) == []
 
     async def check(self) -> None:
         snapshot = await self.both("snapshot")
         assert [t for t, _, _ in snapshot.waiting] == self.held("waiting", alive=False)
         assert sorted(snapshot.running) == sorted(self.held("running", alive=False))
+        assert snapshot.spares == {t: self.owner[t][0] for t in self.held("spare", alive=False)}
         held = self.held("waiting", alive=False) + self.held("running", alive=False)
         users = {}
         for ticket in held:

@@ -28,6 +28,17 @@ The rules, the same in both implementations (issue #11):
   claims it, so no later ticket can take it (no overtaking among tickets
   that could all start). A process's report of its room lasts as long as its
   lease, so a dead one holds reservations for at most one lease.
+- Spares: a process may hold a few slots for requests it has not received
+  yet (`spares` in `enqueue` and `bind`), so that its next request starts
+  at once, without a round trip, and is bound to the slot afterwards
+  (`bind`, which checks the per-user limit then). A spare counts against
+  the cap like a running ticket and against nobody's per-user limit. It is
+  granted only while nobody waits and while every other living process
+  (one whose room report has not lapsed) that holds no spare itself could
+  still start a request at once, so it is an arrival older than every ticket waiting after it and
+  seldom makes one wait; its process gives it back (`release`) as soon as
+  it hears that a ticket waits or the limits changed, and a spare left idle
+  otherwise lasts as long as its lease (the process renews it).
 - Leases: every ticket has a deadline, `lease_s` after it was enqueued or
   last renewed. A ticket past its deadline is dropped (its slot and its
   user's count come back) by the next operation of any process: a process
@@ -41,8 +52,8 @@ from __future__ import annotations
 
 import abc
 import asyncio
-from collections.abc import AsyncIterator, Iterable
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Iterable, Sequence
+from dataclasses import dataclass, field
 
 from generation.runtime.types import ErrorCode, Limits, RequestSource
 
@@ -63,7 +74,10 @@ def counted_user(user: str, source: RequestSource) -> str:
 
 @dataclass(frozen=True)
 class Admitted:
-    """The ticket may start now; it holds a site slot until released."""
+    """The ticket may start now; it holds a site slot until released.
+    `spares`: the spares granted with it (see the module's rules)."""
+
+    spares: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -92,13 +106,14 @@ class Snapshot:
     """The whole admission state, for tests and the console: `waiting` in
     arrival order as (ticket, process, user), `running` as {ticket: (process,
     user)}, `users` as {user: waiting + running count}, and the cap in
-    effect. Users are strings (a Redis hash field), as `counted_user` names
+    effect; `spares` as {spare: process}. Users are strings (a Redis hash field), as `counted_user` names
     them (an API ticket's user ends in ":api")."""
 
     waiting: tuple[tuple[str, str, str], ...]
     running: dict[str, tuple[str, str]]
     users: dict[str, int]
     cap: int
+    spares: dict[str, str] = field(default_factory=dict)  # spare -> process; they count in the cap
 
 
 class Admission(abc.ABC):
@@ -120,6 +135,7 @@ class Admission(abc.ABC):
         local_free: int = 0,
         rejoin: bool = False,
         source: RequestSource = RequestSource.CHAT,
+        spares: Sequence[str] = (),
     ) -> Enqueued:
         """Take a new ticket of `user` from `source` (whose per-user limit
         and count apply). `local_free` is how many more requests
@@ -131,7 +147,38 @@ class Admission(abc.ABC):
         checked before queue_full, as the per-process queue did). `rejoin`
         is for a request the process took while the site's admission was
         unreachable: it was accepted then, so it is never refused now (it
-        joins the tail). Raises ValueError for a ticket already known."""
+        joins the tail). `spares`: new ids the process would like as spares;
+        an `Admitted` ticket comes with those granted (while nobody waits and
+        the site is under the cap, at most `local_free` - 1). Raises
+        ValueError for a ticket already known."""
+
+    @abc.abstractmethod
+    async def bind(
+        self,
+        spare: str,
+        ticket: str,
+        process: str,
+        user: str,
+        *,
+        local_free: int,
+        source: RequestSource = RequestSource.CHAT,
+        spares: Sequence[str] = (),
+    ) -> Admitted | Refused:
+        """`process` started `ticket` of `user` from `source` on its `spare`:
+        the ticket takes the spare's slot (`Admitted`, with the further
+        `spares` granted as in `enqueue`, at most `local_free`, the room
+        left with the ticket running), or is `Refused(BUSY)` when the user
+        is at the source's per-user limit (the slot is freed: the caller
+        stops the ticket), or `Refused(LEASE_LOST)` when the spare is not
+        this process's any more (its lease ran out: the caller stops it)."""
+
+    @abc.abstractmethod
+    async def spare(self, process: str, local_free: int, spares: Sequence[str]) -> tuple[str, ...]:
+        """Make those of `spares` (new ids) that the rules allow spares of
+        `process` (at most `local_free`, its room now, which it also
+        reports); returns them. Called when a process starts (with no ids:
+        its room report makes the others leave it a slot), and when its
+        spares ran out and nothing waits there (after a release)."""
 
     @abc.abstractmethod
     async def claim(self, process: str, local_free: int) -> list[str]:

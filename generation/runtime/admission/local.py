@@ -17,7 +17,7 @@ changes.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from generation.runtime.admission.base import (
@@ -32,6 +32,8 @@ from generation.runtime.admission.base import (
 )
 from generation.runtime.admission.order import FairShare, PriorityPolicy, Waiter, start_order
 from generation.runtime.types import ErrorCode, Limits, RequestSource
+
+SPARE = ""  # the user of a spare (a slot held for a request not yet received)
 
 
 @dataclass
@@ -72,6 +74,7 @@ class LocalAdmission(Admission):
         local_free: int = 0,
         rejoin: bool = False,
         source: RequestSource = RequestSource.CHAT,
+        spares: Sequence[str] = (),
     ) -> Enqueued:
         now = self._reap()
         person, user = str(user), counted_user(user, source)
@@ -88,14 +91,48 @@ class LocalAdmission(Admission):
             held.running = True
             self._join(person, now)
             self._tickets[ticket] = held
-            self._room[process] = (local_free - 1, now + self.lease_s)
-            return Admitted()
+            granted = self._grant(process, spares, local_free - 1, now)
+            self._room[process] = (local_free - 1 - len(granted), now + self.lease_s)
+            return Admitted(spares=granted)
         if not rejoin and len(waiting) >= self.limits.max_queue_size:
             return Refused(ErrorCode.QUEUE_FULL)
         self._join(person, now)
         self._tickets[ticket] = held
         order = self._order(now)
         return Waiting(position=order.index(ticket) + 1, waiting=len(order))
+
+    async def bind(
+        self,
+        spare: str,
+        ticket: str,
+        process: str,
+        user: str,
+        *,
+        local_free: int,
+        source: RequestSource = RequestSource.CHAT,
+        spares: Sequence[str] = (),
+    ) -> Admitted | Refused:
+        now = self._reap()
+        held = self._tickets.get(spare)
+        if held is None or held.process != process or held.user != SPARE:
+            return Refused(ErrorCode.LEASE_LOST)
+        del self._tickets[spare]
+        person, user = str(user), counted_user(user, source)
+        if self._count(user) >= self.limits.max_active_for(source):
+            return Refused(ErrorCode.BUSY)
+        self._join(person, now)
+        self._tickets[ticket] = _Ticket(
+            process, user, now + self.lease_s, running=True, person=person, source=source, arrived=now
+        )
+        granted = self._grant(process, spares, local_free, now)
+        self._room[process] = (local_free - len(granted), now + self.lease_s)
+        return Admitted(spares=granted)
+
+    async def spare(self, process: str, local_free: int, spares: Sequence[str]) -> tuple[str, ...]:
+        now = self._reap()
+        granted = self._grant(process, spares, local_free, now)
+        self._room[process] = (local_free - len(granted), now + self.lease_s)
+        return granted
 
     async def claim(self, process: str, local_free: int) -> list[str]:
         now = self._reap()
@@ -170,10 +207,14 @@ class LocalAdmission(Admission):
         self._reap()
         users: dict[str, int] = {}
         for held in self._tickets.values():
-            users[held.user] = users.get(held.user, 0) + 1
+            if held.user != SPARE:
+                users[held.user] = users.get(held.user, 0) + 1
         return Snapshot(
             waiting=tuple((n, t.process, t.user) for n, t in self._tickets.items() if not t.running),
-            running={n: (t.process, t.user) for n, t in self._tickets.items() if t.running},
+            running={
+                n: (t.process, t.user) for n, t in self._tickets.items() if t.running and t.user != SPARE
+            },
+            spares={n: t.process for n, t in self._tickets.items() if t.user == SPARE},
             users=users,
             cap=self.limits.max_concurrency if self.limits else 0,
         )
@@ -190,13 +231,30 @@ class LocalAdmission(Admission):
             del self._room[process]
         return now
 
+    def _grant(self, process: str, spares: Sequence[str], free: int, now: float) -> tuple[str, ...]:
+        """Make `spares` (new ids) spares of `process` while nobody waits, the
+        site is under the cap less one slot for each other process with a
+        room report and no spare, and fewer than `free` were granted."""
+        granted: list[str] = []
+        if self._waiting():
+            return ()
+        holders = {t.process for t in self._tickets.values() if t.user == SPARE}
+        cap = self.limits.max_concurrency - sum(1 for p in self._room if p != process and p not in holders)
+        for name in spares:
+            if len(granted) >= free or self._running() >= cap:
+                break
+            if name not in self._tickets:
+                self._tickets[name] = _Ticket(process, SPARE, now + self.lease_s, running=True)
+                granted.append(name)
+        return tuple(granted)
+
     def _waiting(self) -> list[str]:
         return [name for name, held in self._tickets.items() if not held.running]
 
     def _join(self, person: str, now: float) -> None:
         """A ticket of `person` is taken: if they had none, they join the
         fair shares at the least service of those active (order.FairShare)."""
-        active = {held.person for held in self._tickets.values()}
+        active = {held.person for held in self._tickets.values() if held.user != SPARE}
         if person not in active:
             self.fair.join(person, active, now)
 
@@ -206,6 +264,8 @@ class LocalAdmission(Admission):
         waiters = []
         running: dict[str, int] = {}
         for name, held in self._tickets.items():
+            if held.user == SPARE:
+                continue
             if held.running:
                 running[held.person] = running.get(held.person, 0) + 1
             else:

@@ -15,7 +15,7 @@ retried here, the caller falls back to its own LocalAdmission.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Sequence
 
 import redis.asyncio as redis
 
@@ -76,6 +76,8 @@ class RedisAdmission(Admission):
             )
             for name in (
                 "enqueue",
+                "bind",
+                "spare",
                 "claim",
                 "release",
                 "defer",
@@ -110,6 +112,7 @@ class RedisAdmission(Admission):
         local_free: int = 0,
         rejoin: bool = False,
         source: RequestSource = RequestSource.CHAT,
+        spares: Sequence[str] = (),
     ) -> Enqueued:
         reply = await self._run(
             "enqueue",
@@ -123,15 +126,45 @@ class RedisAdmission(Admission):
             int(rejoin),
             limits.max_active_api_per_user,
             Limits.PER_USER_FIELD[source],
+            *spares,
         )
         kind = _text(reply[0])
         if kind == "admitted":
-            return Admitted()
+            return Admitted(spares=tuple(_text(spare) for spare in reply[1:]))
         if kind == "waiting":
             return Waiting(position=int(reply[1]), waiting=int(reply[2]))
         if kind == "known":
             raise ValueError(f"ticket {ticket} is already known")
         return Refused(ErrorCode(kind))
+
+    async def bind(
+        self,
+        spare: str,
+        ticket: str,
+        process: str,
+        user: str,
+        *,
+        local_free: int,
+        source: RequestSource = RequestSource.CHAT,
+        spares: Sequence[str] = (),
+    ) -> Admitted | Refused:
+        reply = await self._run(
+            "bind",
+            spare,
+            ticket,
+            process,
+            counted_user(user, source),
+            Limits.PER_USER_FIELD[source],
+            local_free,
+            *spares,
+        )
+        kind = _text(reply[0])
+        if kind == "bound":
+            return Admitted(spares=tuple(_text(spare) for spare in reply[1:]))
+        return Refused(ErrorCode.BUSY if kind == "busy" else ErrorCode.LEASE_LOST)
+
+    async def spare(self, process: str, local_free: int, spares: Sequence[str]) -> tuple[str, ...]:
+        return tuple(_text(spare) for spare in await self._run("spare", process, local_free, *spares))
 
     async def claim(self, process: str, local_free: int) -> list[str]:
         return [_text(ticket) for ticket in await self._run("claim", process, local_free)]
@@ -200,9 +233,11 @@ class RedisAdmission(Admission):
             return [tuple(flat[i : i + 3]) for i in range(0, len(flat), 3)]
 
         users = [_text(value) for value in users]
+        running = triples(running)
         return Snapshot(
             waiting=tuple(triples(waiting)),
-            running={ticket: (process, user) for ticket, process, user in triples(running)},
+            running={ticket: (process, user) for ticket, process, user in running if user},
+            spares={ticket: process for ticket, process, user in running if not user},
             users={users[i]: int(users[i + 1]) for i in range(0, len(users), 2)},
             cap=int(cap),
         )

@@ -18,7 +18,8 @@ KEYS (all under one hash tag, built by RedisAdmission):
   2 running  sorted set  running ticket -> start time (ms)
   3 leases   sorted set  ticket -> lease deadline (ms), waiting and running
   4 owner    hash        ticket -> process
-  5 user     hash        ticket -> user (as counted_user names it: "7", "7:api")
+  5 user     hash        ticket -> user (as counted_user names it: "7", "7:api");
+                         "" for a spare (see SPARES below), which counts against nobody
   6 users    hash        user -> waiting + running tickets
   7 seq      string      the last arrival sequence number
   8 limits   hash        max_concurrency, max_queue_size, max_active_per_user,
@@ -46,7 +47,7 @@ local function drop(ticket)
   redis.call('ZREM', K_QUEUE, ticket)
   redis.call('ZREM', K_RUNNING, ticket)
   redis.call('ZREM', K_LEASES, ticket)
-  if redis.call('HINCRBY', K_USERS, user, -1) <= 0 then redis.call('HDEL', K_USERS, user) end
+  if user ~= '' and redis.call('HINCRBY', K_USERS, user, -1) <= 0 then redis.call('HDEL', K_USERS, user) end
   prio_forget(ticket) -- issue #15 (priority_scripts)
   return true
 end
@@ -61,6 +62,35 @@ for _, process in ipairs(redis.call('ZRANGEBYSCORE', K_PROCS, '-inf', now)) do
 end
 if #expired > 0 then redis.call('PUBLISH', WAKE, 'reaped') end
 local deadline = now + LEASE
+
+-- Spares: grant `process` the ids ARGV[first..] as spare slots, at most
+-- `free` of them, while nobody waits and every other living process (one
+-- with a room report) that holds no spare of its own could still start one
+-- request at once; returns those granted.
+local function grant(process, first, free)
+  local granted = {}
+  if redis.call('ZCARD', K_QUEUE) > 0 then return granted end
+  local holders = {}
+  for _, held in ipairs(redis.call('ZRANGE', K_RUNNING, 0, -1)) do
+    if redis.call('HGET', K_USER, held) == '' then holders[redis.call('HGET', K_OWNER, held)] = true end
+  end
+  local others = 0
+  for _, other in ipairs(redis.call('ZRANGE', K_PROCS, 0, -1)) do
+    if other ~= process and not holders[other] then others = others + 1 end
+  end
+  local cap = limit('max_concurrency') - others
+  for i = first, #ARGV do
+    if #granted >= free or redis.call('ZCARD', K_RUNNING) >= cap then break end
+    if redis.call('HEXISTS', K_OWNER, ARGV[i]) == 0 then
+      redis.call('HSET', K_OWNER, ARGV[i], process)
+      redis.call('HSET', K_USER, ARGV[i], '')
+      redis.call('ZADD', K_LEASES, deadline, ARGV[i])
+      redis.call('ZADD', K_RUNNING, now, ARGV[i])
+      granted[#granted + 1] = ARGV[i]
+    end
+  end
+  return granted
+end
 """
 
 # ARGV 3 ticket, 4 process, 5 user (counted_user: the source's count), 6 local
@@ -68,8 +98,9 @@ local deadline = now + LEASE
 # the limits key lacks them), 10 '1' for a request taken while Redis was away
 # (no busy or queue_full check), 11 the caller's API per-user limit (as 7-9),
 # 12 the name of the limit that counts this ticket's user (max_active_per_user
-# or max_active_api_per_user: Limits.PER_USER_FIELD).
-# Returns {'admitted'}, {'waiting', position, waiting}, {'busy'},
+# or max_active_api_per_user: Limits.PER_USER_FIELD), 13... ids of spares the
+# process would like (granted only when the ticket is admitted).
+# Returns {'admitted', spare...}, {'waiting', position, waiting}, {'busy'},
 # {'queue_full'} or {'known'}.
 ENQUEUE = """
 local ticket, process, user, free = ARGV[3], ARGV[4], ARGV[5], tonumber(ARGV[6])
@@ -95,8 +126,9 @@ end
 if waiting == 0 and free > 0 and redis.call('ZCARD', K_RUNNING) < limit('max_concurrency') then
   hold()
   redis.call('ZADD', K_RUNNING, now, ticket)
-  redis.call('HSET', K_ROOMS, process, free - 1)
-  return {'admitted'}
+  local spares = grant(process, 13, free - 1)
+  redis.call('HSET', K_ROOMS, process, free - 1 - #spares)
+  return {'admitted', unpack(spares)}
 end
 if not rejoin and waiting >= limit('max_queue_size') then return {'queue_full'} end
 hold()
@@ -108,6 +140,53 @@ for i, queued in ipairs(waiting_order(K_QUEUE, K_RUNNING, K_USER, now)) do
   if queued == ticket then position = i end
 end
 return {'waiting', position, waiting + 1}
+"""
+
+# Spares (issue #11's start path without a round trip): a spare is a slot
+# granted to a process for a request it has not received yet, a running
+# ticket with user "" that counts against the cap and nobody's per-user
+# limit. The process starts its next request on it at once and then BINDs
+# it. Granted only while nobody waits, so a spare is an arrival that came
+# before every ticket now waiting; its process gives it back (RELEASE) as
+# soon as it hears that a ticket waits or the limits changed. Granted with an
+# ENQUEUE that admits, a BIND, or a SPARE (after a release; a process also
+# calls it when it starts, to report its room, so that others leave it one).
+#
+# ARGV 3 spare, 4 ticket, 5 process, 6 user (counted_user), 7 the name of
+# the user's per-user limit, 8 the process's room now (the ticket already
+# started), 9... ids of further spares it would like.
+# Returns {'bound', spare...} (the ticket holds the spare's slot), {'busy'}
+# (the slot is freed) or {'gone'} (the spare's lease ran out).
+BIND = """
+local spare, ticket, process, user = ARGV[3], ARGV[4], ARGV[5], ARGV[6]
+if redis.call('HGET', K_OWNER, spare) ~= process or redis.call('HGET', K_USER, spare) ~= '' then
+  return {'gone'}
+end
+drop(spare)
+if tonumber(redis.call('HGET', K_USERS, user) or '0') >= limit(ARGV[7]) then
+  redis.call('PUBLISH', WAKE, 'released')
+  return {'busy'}
+end
+redis.call('HSET', K_OWNER, ticket, process)
+redis.call('HSET', K_USER, ticket, user)
+prio_arrive(ticket, user, K_USERS, now) -- issue #15 (priority_scripts); before the count
+redis.call('HINCRBY', K_USERS, user, 1)
+redis.call('ZADD', K_LEASES, deadline, ticket)
+redis.call('ZADD', K_RUNNING, now, ticket)
+local spares = grant(process, 9, tonumber(ARGV[8]))
+redis.call('HSET', K_ROOMS, process, tonumber(ARGV[8]) - #spares)
+redis.call('ZADD', K_PROCS, deadline, process)
+return {'bound', unpack(spares)}
+"""
+
+# ARGV 3 process, 4 its room now, 5... ids of the spares it would like.
+# Returns those granted.
+SPARE = """
+local process, free = ARGV[3], tonumber(ARGV[4])
+local spares = grant(process, 5, free)
+redis.call('HSET', K_ROOMS, process, free - #spares)
+redis.call('ZADD', K_PROCS, deadline, process)
+return spares
 """
 
 # ARGV 3 process, 4 its room now. Returns the tickets it starts, in order.
