@@ -194,7 +194,9 @@ async def test_records_written_while_the_database_is_away_are_kept_for_the_next_
     is written by the next flush, with what arrived meanwhile."""
 
     def record(user: int) -> RequestRecord:
-        request = GenerationRequest(user_id=user, messages=SHORT, params=SamplingParams(max_new_tokens=8), meta={})
+        request = GenerationRequest(
+            user_id=user, messages=SHORT, params=SamplingParams(max_new_tokens=8), meta={}
+        )
         return RequestRecord.of(
             request, worker="w", finished_at=request.enqueued_at, outcome=Outcome.CANCELLED
         )
