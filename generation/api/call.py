@@ -77,8 +77,13 @@ class ApiCall:
     async def next(self, timeout: float | None) -> Event | Revoked | None:
         """The next event, REVOKED, or None when nothing came within
         `timeout` seconds (None: wait as long as it takes)."""
+        # asyncio.timeout, not wait_for: on Python 3.11, wait_for returns an
+        # item that arrives together with a cancel and drops the cancel, so a
+        # client that hung up mid-reply kept its slot until daphne killed
+        # the view (10 s later).
         try:
-            item = await asyncio.wait_for(self.inbox.get(), timeout)
+            async with asyncio.timeout(timeout):
+                item = await self.inbox.get()
         except TimeoutError:
             return None
         if isinstance(item, Revoked):

@@ -11,15 +11,21 @@ from generation.runtime.types import Usage
 OWNED_BY = "chatsite"
 
 
-def model_card(model_id: str, created: int) -> dict:
+def model_card(model_id: str, created: int, max_model_len: int = 0) -> dict:
     """One entry of GET /v1/models (and the whole of GET /v1/models/{id});
-    `created` is epoch seconds (this process's start)."""
-    return {"id": model_id, "object": "model", "created": created, "owned_by": OWNED_BY}
+    `created` is epoch seconds (this process's start). `max_model_len` is
+    the model's context window in tokens, as vLLM names it (clients and
+    another chatsite's `openai` backend size their prompts by it); left out
+    while unknown (0)."""
+    card = {"id": model_id, "object": "model", "created": created, "owned_by": OWNED_BY}
+    if max_model_len > 0:
+        card["max_model_len"] = max_model_len
+    return card
 
 
-def model_list(model_id: str, created: int) -> dict:
+def model_list(model_id: str, created: int, max_model_len: int = 0) -> dict:
     """GET /v1/models: the one served model (none for an empty `model_id`)."""
-    return {"object": "list", "data": [model_card(model_id, created)] if model_id else []}
+    return {"object": "list", "data": [model_card(model_id, created, max_model_len)] if model_id else []}
 
 
 def usage(counts: Usage) -> dict:

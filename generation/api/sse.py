@@ -1,8 +1,8 @@
 """The bytes of a streamed answer (server-sent events), as OpenAI clients read them.
 
 A stream is, in order: SSE comment lines while the request waits
-(`: queued position=3 waiting=12`, which clients ignore and which keep
-proxies from timing out), the first chunk with `delta.role`, chunks with
+(`: queued position=3 waiting=12 eta_s=40`, which clients ignore and which
+keep proxies from timing out), the first chunk with `delta.role`, chunks with
 `delta.content`, the chunk that ends the choice with its `finish_reason`,
 then (when `stream_options.include_usage` asked) one chunk with
 `choices: []` and `usage`, then `data: [DONE]`. An error after the stream
@@ -12,7 +12,7 @@ began is one `data: {"error": …}` event followed by `[DONE]`.
 import json
 
 from generation.api import shapes
-from generation.runtime.types import Usage
+from generation.runtime.types import ModelState, Usage
 
 DONE = b"data: [DONE]\n\n"
 
@@ -28,9 +28,20 @@ def comment(text: str) -> bytes:
     return b": " + text.encode() + b"\n\n"
 
 
-def queued(position: int, waiting: int) -> bytes:
-    """The comment that tells a waiting client its place: 1 is next."""
-    return comment(f"queued position={position} waiting={waiting}")
+def queued(
+    position: int, waiting: int, *, eta_s: int | None = None, model_state: ModelState = ModelState.READY
+) -> bytes:
+    """The comment that tells a waiting client what the chat's `queued`
+    frame tells a person: its place (`position` 1 is next, of `waiting`),
+    then `eta_s=N` (about N seconds until it starts) once the service can
+    estimate it, and `model=loading` while the model loads or the engine is
+    not reached yet (nothing starts before then)."""
+    text = f"queued position={position} waiting={waiting}"
+    if eta_s is not None:
+        text += f" eta_s={eta_s}"
+    if model_state is not ModelState.READY:
+        text += f" model={model_state}"
+    return comment(text)
 
 
 KEEPALIVE = comment("keep-alive")

@@ -13,8 +13,9 @@ queue is a 503 and the per-user limit a 429, each with Retry-After, which
 the `openai` SDK honours. Before a remote engine has named its model
 (first contact), a request waits for the name up to MODEL_NAME_WAIT_S,
 then 503 `unavailable`. A stream open while the request waits carries
-`: queued position=N waiting=M` comment lines whenever the place changes
-and at least every KEEPALIVE_S. A client that disconnects cancels its
+`: queued position=N waiting=M` comment lines (with `eta_s=S` and
+`model=loading` when the chat's queued frame would say so) whenever any of
+that changes, and at least every KEEPALIVE_S. A client that disconnects cancels its
 request, queued or running: Django cancels the view's task when the server
 reports the disconnect, and the call is closed however its reader ends.
 """
@@ -140,17 +141,20 @@ async def aserved_model_id(service) -> str:
 async def models(request):
     """GET /v1/models: the one served model (clients check a connection with it)."""
     await authenticate(request)
-    return JsonResponse(shapes.model_list(await aserved_model_id(get_service()), SERVING_SINCE))
+    service = get_service()
+    model = await aserved_model_id(service)
+    return JsonResponse(shapes.model_list(model, SERVING_SINCE, service.backend_info.context_tokens))
 
 
 @api_view("GET")
 async def model_detail(request, model_id: str):
     """GET /v1/models/{id}: the served model's card, or 404 model_not_found."""
     await authenticate(request)
-    served = await aserved_model_id(get_service())
+    service = get_service()
+    served = await aserved_model_id(service)
     if model_id != served:
         raise _model_not_found(model_id)
-    return JsonResponse(shapes.model_card(served, SERVING_SINCE))
+    return JsonResponse(shapes.model_card(served, SERVING_SINCE, service.backend_info.context_tokens))
 
 
 @api_view("POST")
@@ -250,20 +254,21 @@ async def answer(call: ApiCall, event, completion_id: str, model: str) -> dict:
 async def stream(call: ApiCall, event, chunks: sse.Chunks):
     """The stream's bytes, from the first event on (generation.api.sse has
     the order); the call is closed when it ends, whyever it ends."""
-    position = None  # while queued: the last (position, waiting)
+    place = None  # while queued: the last comment line about it
     role_sent = False
     try:
         while True:
             if event is None:  # silent for KEEPALIVE_S
-                yield sse.queued(*position) if position else sse.KEEPALIVE
+                yield place or sse.KEEPALIVE
             elif isinstance(event, Queued):
-                # A Queued event also comes when only the chat's model_state
-                # or eta_s changed; the comment says the place alone.
-                if position != (event.position, event.waiting):
-                    position = (event.position, event.waiting)
-                    yield sse.queued(*position)
+                # The service sends one when the place, the model's state or
+                # the (rounded) estimate changed; so does the comment.
+                place = sse.queued(
+                    event.position, event.waiting, eta_s=event.eta_s, model_state=event.model_state
+                )
+                yield place
             elif isinstance(event, Started):
-                position = None
+                place = None
                 if not role_sent:
                     role_sent = True
                     yield chunks.role()

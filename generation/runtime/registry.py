@@ -116,20 +116,14 @@ def make_site_queue(service: GenerationService):
     the service keeps its own queue and cap. Redis is not contacted here."""
     if not (settings.REDIS_URL and settings.GENERATION_SITE_QUEUE):
         return None
-    import redis.asyncio as redis
-
     from generation.runtime.admission import RedisAdmission
     from generation.runtime.sitequeue import SiteQueue
 
     # Short timeouts: a Redis that does not answer must send the process
     # to its own queue within a second or two, not after redis-py's default.
-    client = redis.Redis.from_url(
+    admission = RedisAdmission.from_url(
         settings.REDIS_URL,
-        socket_timeout=settings.GENERATION_ADMISSION_TIMEOUT_S,
-        socket_connect_timeout=settings.GENERATION_ADMISSION_TIMEOUT_S,
-    )
-    admission = RedisAdmission(
-        client,
+        timeout_s=settings.GENERATION_ADMISSION_TIMEOUT_S,
         prefix=settings.GENERATION_ADMISSION_PREFIX,
         lease_s=settings.GENERATION_ADMISSION_LEASE_S,
         half_life_s=settings.GENERATION_FAIR_SHARE_HALF_LIFE_S,

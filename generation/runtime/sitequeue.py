@@ -244,16 +244,24 @@ class SiteQueue:
         service = self.service
         picked_at = time.time()  # for the DEBUG trace below
         room = service.local_room()
-        result = await self.admission.enqueue(
-            request.id,
-            self.process,
-            str(request.user_id),
-            service.limits,
-            local_free=room,
-            rejoin=rejoin,
-            source=request.source,
-            spares=self._spare_ids(room - 1),
-        )
+        try:
+            result = await self.admission.enqueue(
+                request.id,
+                self.process,
+                str(request.user_id),
+                service.limits,
+                local_free=room,
+                rejoin=rejoin,
+                source=request.source,
+                spares=self._spare_ids(room - 1),
+            )
+        except ValueError as error:
+            # The site already holds this ticket: an enqueue that Redis ran
+            # but whose reply a broken connection lost was sent again (the
+            # client retries a connection error once). Where it stands at
+            # the site is unknown here: resync as after an outage.
+            self._fall_back(error, why="lost track of a request")
+            return
         if isinstance(result, Admitted):
             self.spares.extend(result.spares)
         if isinstance(result, Refused):
@@ -388,11 +396,11 @@ class SiteQueue:
         self._listen()
         self.wake()
 
-    def _fall_back(self, error: BaseException) -> None:
+    def _fall_back(self, error: BaseException, why: str = "cannot be reached") -> None:
         if not self.active:
             return
         self.active = False
-        self.error = f"The site queue (Redis) cannot be reached: {error or type(error).__name__}"
+        self.error = f"The site queue (Redis) {why}: {error or type(error).__name__}"
         running = self.service.running
         self._held.update((ticket, r) for ticket, r in self.tickets.items() if r.id in running)
         self._stale.update(ticket for ticket in self.tickets if ticket not in self._held)

@@ -1,8 +1,9 @@
 """Redis restarted under the running stack (its own module, so it runs
-after test_load: a process whose pooled connection to Redis went stale
-meets it on its next site-queue call after the restart, falls back to its
-own cap until its next probe, up to 2 s, and a load test started in that
-window sees more than the site cap running; see docs/deploy.md)."""
+after test_load: a process that made a site-queue call while Redis was down
+falls back to its own cap until its next probe after the restart, up to
+2 s, and a load test started in that window would see more than the site
+cap running; see docs/deploy.md. A pooled connection that went stale no
+longer does this: its first command is retried on a fresh connection)."""
 
 import subprocess
 

@@ -268,11 +268,9 @@ async def test_every_operation_works_once_redis_is_back(tmp_path):
     connection left from before the restart fails them, which would send a
     process back to its own queue right after it rejoined the site's)."""
     with redis_server(tmp_path) as server:
-        # Built as the registry builds it: from a URL, redis-py retries nothing.
-        client = redis.asyncio.Redis.from_url(
-            f"redis://127.0.0.1:{server.port}/0", socket_timeout=1, socket_connect_timeout=1
-        )
-        admission = RedisAdmission(client, prefix=f"test-{uuid.uuid4().hex}")
+        # Built as the registry builds it.
+        url = f"redis://127.0.0.1:{server.port}/0"
+        admission = RedisAdmission.from_url(url, timeout_s=1, prefix=f"test-{uuid.uuid4().hex}")
         try:
             # Three at once: three connections in the pool.
             assert await asyncio.gather(*(admission.renew("p1", []) for _ in range(3))) == [[]] * 3
@@ -282,4 +280,29 @@ async def test_every_operation_works_once_redis_is_back(tmp_path):
             server.start()
             assert await asyncio.gather(*(admission.renew("p1", []) for _ in range(3))) == [[]] * 3
         finally:
-            await client.aclose()
+            await admission.client.aclose()
+
+
+async def test_the_first_calls_after_a_restart_between_calls_succeed(tmp_path):
+    """Redis restarts while no call is in flight, so nothing told the pooled
+    connections they are dead: the next calls, three at once (one on each
+    of them), still succeed; a process would not leave the site queue."""
+    with redis_server(tmp_path) as server:
+        url = f"redis://127.0.0.1:{server.port}/0"
+        admission = RedisAdmission.from_url(url, timeout_s=1, prefix=f"test-{uuid.uuid4().hex}")
+        limits = Limits(max_concurrency=1)
+        try:
+            await admission.set_limits(limits)
+            assert await asyncio.gather(*(admission.renew("p1", []) for _ in range(3))) == [[]] * 3
+            server.stop()
+            server.start()  # forgot everything, scripts and limits included
+            results = await asyncio.gather(
+                *(admission.enqueue(f"t{i}", "p1", f"u{i}", limits, local_free=4) for i in range(3))
+            )
+            assert sorted(results, key=lambda r: getattr(r, "position", 0)) == [
+                Admitted(),
+                Waiting(position=1, waiting=1),
+                Waiting(position=2, waiting=2),
+            ]
+        finally:
+            await admission.client.aclose()

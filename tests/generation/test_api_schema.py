@@ -8,7 +8,7 @@ import pytest
 from generation.api import sse
 from generation.api.errors import ApiError
 from generation.api.schema import ChatCompletionRequest, parse_chat_request
-from generation.runtime.types import Usage
+from generation.runtime.types import ModelState, Usage
 
 LIMIT = 100
 HELLO = [{"role": "user", "content": "Hello"}]
@@ -240,6 +240,13 @@ def test_errors_have_openais_shape():
 def test_comment_lines_and_done():
     assert sse.queued(3, 12) == b": queued position=3 waiting=12\n\n"
     assert sse.DONE == b"data: [DONE]\n\n"
+
+
+def test_the_queued_comment_says_what_the_chats_queued_frame_says():
+    """The estimate once there is one; that the model is still loading."""
+    assert sse.queued(3, 12, eta_s=40) == b": queued position=3 waiting=12 eta_s=40\n\n"
+    loading = sse.queued(1, 1, model_state=ModelState.LOADING)
+    assert loading == b": queued position=1 waiting=1 model=loading\n\n"
 
 
 def test_chunks_in_order_with_usage():

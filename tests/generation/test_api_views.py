@@ -13,7 +13,9 @@ from django.test import AsyncClient
 from generation import services, watch
 from generation.api import views
 from generation.models import ApiKey, Conversation
+from generation.runtime import eta
 from generation.runtime.types import Outcome, RequestSource
+from tests.generation.test_service import collect
 from tests.polling import wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -85,6 +87,22 @@ async def test_unknown_and_revoked_keys_are_refused(service, alice_token):
     response = await client.get("/v1/models", headers=bearer(alice_token))
     assert response.status_code == 401
     assert set(response.json()["error"]) == {"message", "type", "param", "code"}
+
+
+async def test_the_model_card_says_the_models_context_window(service, alice_token, tiny_model):
+    """GET /v1/models lists the served model in OpenAI's shape plus vLLM's
+    `max_model_len` (the tiny model's context), which clients and another
+    chatsite's openai backend size their prompts by; so does /v1/models/{id}."""
+    client = AsyncClient()
+    listed = (await client.get("/v1/models", headers=bearer(alice_token))).json()
+    model = views.served_model_id(service)
+    context = json.loads((tiny_model / "config.json").read_text())["max_position_embeddings"]
+    assert listed["object"] == "list"
+    assert [{**card, "created": 0} for card in listed["data"]] == [
+        {"id": model, "object": "model", "created": 0, "owned_by": "chatsite", "max_model_len": context}
+    ]
+    card = (await client.get(f"/v1/models/{model}", headers=bearer(alice_token))).json()
+    assert card == listed["data"][0]
 
 
 async def test_a_bad_body_is_400_naming_the_field_and_queues_nothing(service, alice_token):
@@ -166,6 +184,28 @@ async def test_a_waiting_stream_repeats_its_place(service, bob, alice_token, mon
     assert [await reader.event(timeout=1) for _ in range(3)] == [b": queued position=1 waiting=1"] * 3
     blocker.cancel()
     await reader.until(b'data: {"id"')  # it started
+    await reader.until(b"data: [DONE]")
+
+
+async def test_a_waiting_stream_says_about_when_it_starts(service, bob, alice_token):
+    """Once a few replies have finished here, the place comes with the same
+    estimate as the chat's queued frame (`eta_s`, whole seconds)."""
+    hello = [{"role": "user", "content": "hello"}]
+    for _ in range(eta.MIN_SAMPLES):
+        assert (await collect(service.submit(user_id=bob.pk, messages=hello, max_new_tokens=2)))[-1][
+            "type"
+        ] == "done"
+    service.update_limits(service.limits.replace(max_concurrency=1, max_new_tokens=4000))
+    blocker = service.submit(user_id=bob.pk, messages=hello)
+    response = await post(
+        AsyncClient(), alice_token, views.served_model_id(service), stream=True, max_tokens=2
+    )
+    reader = StreamReader(response)
+    first = await reader.event()
+    blocker.cancel()
+    place, _, estimate = first.rpartition(b" eta_s=")
+    assert place == b": queued position=1 waiting=1"
+    assert int(estimate) >= 0
     await reader.until(b"data: [DONE]")
 
 

@@ -12,7 +12,6 @@ import asyncio
 import uuid
 
 import pytest
-import redis.asyncio as redis
 
 from generation.runtime.admission import RedisAdmission
 from generation.runtime.sitequeue import SiteQueue
@@ -23,12 +22,12 @@ from tests.live import redis_server
 LEASE_S = 1.5
 
 
-async def on_site(make_service, url: str, prefix: str, name: str, **limits):
-    """A started service admitting through the site queue at `url`/`prefix`."""
+async def on_site(make_service, url: str, prefix: str, name: str, lease_s: float = LEASE_S, **limits):
+    """A started service admitting through the site queue at `url`/`prefix`
+    (its Redis client built as the registry builds it)."""
     service = await make_service(**limits)
     service.worker_name = name
-    client = redis.Redis.from_url(url, socket_timeout=1, socket_connect_timeout=1)
-    admission = RedisAdmission(client, prefix=prefix, lease_s=LEASE_S)
+    admission = RedisAdmission.from_url(url, timeout_s=1, prefix=prefix, lease_s=lease_s)
     service.site = SiteQueue(service, admission, process=name, poll_s=0.2, probe_s=0.3)
     service.site.start()
     return await ready(service)
@@ -143,6 +142,35 @@ async def test_chat_goes_on_through_a_redis_outage(make_service, tmp_path, prefi
         assert isinstance(await next_of(first, Started), Started)
         second = services[1].submit(user_id=21, messages=LONG)
         assert await next_of(second, Queued) == Queued(position=1, waiting=1)  # the site's cap of 1
+        first.cancel()
+        assert isinstance(await next_of(second, Started), Started)
+        second.cancel()
+
+
+async def test_a_redis_restart_between_calls_keeps_the_sites_cap(make_service, tmp_path, prefix):
+    """Redis restarts while no call is in flight: each process's pooled
+    connection from before is dead, yet the next requests go through the
+    site queue at once (none falls back to its own cap): with a site cap of
+    1 on two processes, one reply runs and the other waits at position 1."""
+    with redis_server(tmp_path) as server:
+        url = f"redis://127.0.0.1:{server.port}/0"
+        # A long lease: no heartbeat falls in the restart's gap by chance.
+        limits = dict(max_concurrency=1, max_new_tokens=LONG_TOKENS)
+        services = [
+            await on_site(make_service, url, prefix, name, lease_s=60, **limits) for name in ("a", "b")
+        ]
+        short = dict(messages=LONG, max_new_tokens=5)
+        for user, service in enumerate(services):  # each has a pooled connection now
+            assert (await collect(service.submit(user_id=user, **short)))[-1]["type"] == "done"
+
+        server.stop()
+        server.start()
+        first = services[0].submit(user_id=20, messages=LONG)
+        assert isinstance(await next_of(first, Started), Started)
+        second = services[1].submit(user_id=21, messages=LONG)
+        assert await next_of(second, Queued) == Queued(position=1, waiting=1)
+        assert [s.status()["admission"]["scope"] for s in services] == ["site", "site"]
+        assert sum(len(s.running) for s in services) == 1
         first.cancel()
         assert isinstance(await next_of(second, Started), Started)
         second.cancel()

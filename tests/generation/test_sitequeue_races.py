@@ -202,3 +202,24 @@ async def test_a_reply_running_through_a_short_outage_keeps_its_site_slot(site):
     assert waiting.id not in second.running
     engine.deliver([RequestFinished(running.id, FinishReason.STOP)])
     await until(lambda: waiting.id in second.running)
+
+
+async def test_an_enqueue_sent_twice_does_not_strand_its_request(site):
+    """An enqueue that Redis ran but whose reply a broken connection lost is
+    sent again by the client's retry, and the site answers that it already
+    knows the ticket. The request must still start (the process resyncs as
+    after an outage), not wait unseen until its queue timeout."""
+    service, _ = await site("a", max_concurrency=1)
+    admission = service.site.admission
+    real_enqueue = admission.enqueue
+
+    async def enqueue_twice(*args, **kwargs):
+        await real_enqueue(*args, **kwargs)  # ran; its reply lost
+        return await real_enqueue(*args, **kwargs)
+
+    admission.enqueue = enqueue_twice
+    handle = service.submit(user_id=1, messages=[])
+    await until(lambda: handle.id in service.running)
+    admission.enqueue = real_enqueue
+    await until(lambda: service.site.active)
+    assert service.status()["admission"]["scope"] == "site"

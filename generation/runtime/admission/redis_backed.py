@@ -9,8 +9,10 @@ registered with redis-py's `register_script` (run by SHA, loaded again by
 redis-py when Redis restarted and forgot them).
 
 Each call is one round trip. Every operation raises redis.RedisError (a
-ConnectionError or TimeoutError) when Redis is unreachable; nothing is
-retried here, the caller falls back to its own LocalAdmission.
+ConnectionError or TimeoutError) when Redis is unreachable; the caller
+falls back to its own LocalAdmission. The client `from_url` builds retries
+a ConnectionError once, at once, on a fresh connection (a pooled one
+outlived a Redis restart); nothing else is retried.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Iterable, Sequence
 
 import redis.asyncio as redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 
 from generation.runtime.admission import priority_scripts, scripts
 from generation.runtime.admission.base import (
@@ -90,17 +94,48 @@ class RedisAdmission(Admission):
             )
         }
 
+    @classmethod
+    def from_url(
+        cls,
+        url: str,
+        *,
+        timeout_s: float,
+        prefix: str = DEFAULT_PREFIX,
+        lease_s: float = DEFAULT_LEASE_S,
+        half_life_s: float = DEFAULT_HALF_LIFE_S,
+    ) -> RedisAdmission:
+        """The RedisAdmission a process of the site uses (the registry builds
+        it when REDIS_URL is set): a client of the Redis at `url` whose
+        connect and each reply wait at most `timeout_s` seconds, so that an
+        unresponsive Redis sends the process to its own queue within about
+        that long. Contacts nothing until the first call.
+
+        After Redis restarted, a pooled connection from before is dead but
+        does not know it until used; its first command fails with a
+        ConnectionError. redis-py's Retry then closes it and sends the
+        command once more, at once, on a fresh connection, so the call
+        succeeds and the process stays on the site queue. Only a
+        ConnectionError is retried (a refused connect costs nothing); a
+        TimeoutError is not, so an unresponsive Redis costs one timeout.
+        The price: a command that Redis ran but whose reply a broken
+        connection lost (Redis up, the connection killed in between) runs
+        twice; an enqueue then answers "known" (ValueError), and the site
+        queue resyncs as after an outage (sitequeue.SiteQueue). A claim run
+        twice starts the tickets of the lost reply at the site only; their
+        leases run out, and those requests stop with `lease_lost`; a bind
+        run twice finds its spare gone, and its reply stops `lease_lost` too.
+        `half_life_s`: the fair shares' decay (issue #15)."""
+        client = redis.Redis.from_url(
+            url,
+            socket_timeout=timeout_s,
+            socket_connect_timeout=timeout_s,
+            retry=Retry(NoBackoff(), 1, supported_errors=(redis.ConnectionError,)),
+        )
+        return cls(client, prefix=prefix, lease_s=lease_s, half_life_s=half_life_s)
+
     async def _run(self, name: str, *args) -> object:
         lease_ms = max(round(self.lease_s * 1000), 1)
-        try:
-            return await self._scripts[name](keys=self.keys, args=[self.wake_channel, lease_ms, *args])
-        except redis.ConnectionError:
-            # Redis went away: every pooled connection is dead, but an idle
-            # one does not know it until used. Left in the pool, it would
-            # fail the first operations once Redis is back, and send the
-            # process to its own queue a second time.
-            await self.client.connection_pool.disconnect()
-            raise
+        return await self._scripts[name](keys=self.keys, args=[self.wake_channel, lease_ms, *args])
 
     async def enqueue(
         self,
