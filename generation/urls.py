@@ -26,4 +26,9 @@ urlpatterns = [
         views.conversation_delete,
         name="conversation-delete",
     ),
+    path(
+        "api/conversations/<int:conversation_id>/restore/",
+        views.conversation_restore,
+        name="conversation-restore",
+    ),
 ]

@@ -21,6 +21,7 @@ const els = {
   chat: $("chat"), list: $("conversations"), newChat: $("new-chat"), messages: $("messages"),
   form: $("composer"), input: $("input"), send: $("send"), stop: $("stop"),
   notice: $("notice"), connection: $("connection"), toggle: $("sidebar-toggle"), count: $("count"),
+  undoBar: $("undo-bar"),
 };
 
 // A message's length as the server counts it (generation/text.py): Unicode
@@ -53,7 +54,9 @@ async function loadConversations() {
     open: (id) => openConversation(id, true),
     changed: () => loadConversations().catch(() => {}),
     deleted: (id) => { if (id === state.conversation) newChat(); },
+    restored: (id) => { if (state.conversation === null && !els.messages.children.length) openConversation(id, true); },
     failed: showFailure,
+    undoBar: els.undoBar,
   });
 }
 

@@ -44,3 +44,16 @@ export function queueText({ position, waiting, model_state: modelState, eta_s: e
   const where = WORDS.position(position, waiting);
   return typeof eta === "number" ? `${where}. ${WORDS.startsIn(eta)}` : where;
 }
+
+/** The words of the conversation list (conversations.js). */
+export const LIST_WORDS = {
+  untitled: "Untitled conversation",
+  rename: "Rename",
+  renameLabel: (title) => `Rename “${title}”`,
+  newTitleLabel: (title) => `New title for “${title}”`,
+  delete: "Delete",
+  deleteLabel: (title) => `Delete “${title}”`,
+  deleted: (title) => `Deleted “${title}”.`,
+  undo: "Undo",
+  undoLabel: (title) => `Undo deleting “${title}”`,
+};
