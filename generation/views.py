@@ -72,6 +72,15 @@ def conversation_list(request):
 
 @login_required_json
 @require_GET
+def conversation_search(request):
+    """The person's conversations matching `?q=` in their titles or messages
+    (selectors.conversation_search): {"results": [{"id", "title", "snippet"}]}."""
+    results = selectors.conversation_search(owner=request.user, query=request.GET.get("q", ""))
+    return JsonResponse({"results": results})
+
+
+@login_required_json
+@require_GET
 def conversation_detail(request, conversation_id: int):
     """One conversation with its stored messages: what a reload or reconnect shows."""
     conversation = _own_conversation(request, conversation_id)

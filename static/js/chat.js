@@ -10,6 +10,7 @@
 import { connectSocket } from "./socket.js";
 import { api, markCurrent, renderConversations } from "./conversations.js";
 import { temperatureControl } from "./sampling.js";
+import { searchBox } from "./search.js";
 import { STATUS_TEXT, WORDS, queueText } from "./words.js";
 import {
   addFailure, button, flushBody, messageView, setBody, setBodySoon, setLive, stats, storedMessage, viewOf,
@@ -489,6 +490,7 @@ window.addEventListener("popstate", () => {
 const temperature = temperatureControl(
   $("temperature-control"), $("temperature"), () => state.conversation, showFailure,
 );
+searchBox($("search"), $("search-results"), els.list, $("search-status"), (id) => openConversation(id, true));
 loadConversations().catch(showFailure);
 if (state.conversation) openConversation(state.conversation, false);
 connect();

@@ -57,3 +57,9 @@ export const LIST_WORDS = {
   undo: "Undo",
   undoLabel: (title) => `Undo deleting “${title}”`,
 };
+
+/** The words of the sidebar's search (search.js). */
+export const SEARCH_WORDS = {
+  noResults: "No conversations match.",
+  results: (count) => (count === 1 ? "1 conversation found." : `${count} conversations found.`),
+};

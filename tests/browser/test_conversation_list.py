@@ -79,3 +79,29 @@ def test_delete_stops_the_reply_and_undo_brings_the_conversation_back(page, chat
     assert [m["status"] for m in stored["messages"] if m["role"] == "assistant"] != ["generating"]
     assert page.is_visible("#send")
     assert page.dialogs == []
+
+
+def test_search_finds_a_japanese_word_and_opens_the_conversation(page, chat_server):
+    """A Japanese word from the middle of a sent message finds its
+    conversation; the result is a link that opens it (by keyboard), and
+    Escape in the box brings the list back."""
+    conversation = start_conversation(page, "来年の夏休みに北海道へ旅行する計画を立てたい")
+    page.click("#new-chat")
+    page.fill("#search", "北海道")
+    page.wait_for_selector("#search-results .result")
+    assert page.is_hidden("#conversations")
+    assert page.get_attribute("#search-results .result", "href") == f"/c/{conversation}/"
+    assert "北海道" in page.text_content("#search-results .result-snippet")
+    assert page.text_content("#search-status") == "1 conversation found."
+    page.focus("#search-results .result")
+    page.keyboard.press("Enter")
+    page.wait_for_url(f"**/c/{conversation}/")
+    page.wait_for_selector(".message.user >> text=北海道")
+
+    page.fill("#search", "一度も書いていない言葉")
+    page.wait_for_selector("#search-status >> text=No conversations match.")
+    page.focus("#search")
+    page.keyboard.press("Escape")
+    page.wait_for_selector("#conversations", state="visible")
+    assert page.input_value("#search") == ""
+    assert page.is_hidden("#search-results")
