@@ -16,12 +16,14 @@ CHROMIUM = "/usr/bin/chromium"
 XSS = "<img src=x onerror=alert(1)>"
 USERNAME, PASSWORD = "tester", "browser-pass-123"
 STAFF_USERNAME, STAFF_PASSWORD = "keeper", "browser-staff-123"  # for the admin console
+CHANGER_USERNAME, CHANGER_PASSWORD = "changer", "browser-change-123"  # whose password a test changes
 
 SEED = f"""
 import json
 from django.contrib.auth import get_user_model
 from generation.models import Conversation, Message
 user = get_user_model().objects.create_user({USERNAME!r}, password={PASSWORD!r})
+get_user_model().objects.create_user({CHANGER_USERNAME!r}, password={CHANGER_PASSWORD!r})
 from django.contrib.auth.models import Permission
 keeper = get_user_model().objects.create_user({STAFF_USERNAME!r}, password={STAFF_PASSWORD!r}, is_staff=True)
 keeper.user_permissions.add(Permission.objects.get(codename="change_generationsettings"))
