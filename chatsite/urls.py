@@ -8,6 +8,10 @@ from django.views.generic import RedirectView
 
 from queueadmin.views import metrics_view
 
+# The admin's pages say whose site they are (the header, and each page's title).
+admin.site.site_header = "chatsite"
+admin.site.site_title = "chatsite"
+
 urlpatterns = [
     path("accounts/", include("django.contrib.auth.urls")),
     # Before admin/, whose catch-all would answer 404 for admin/queue/.
