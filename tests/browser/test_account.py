@@ -28,7 +28,7 @@ def test_password_change_from_the_chat_page_keeps_this_browser_chatting(browser,
         form.fill("#id_old_password", CHANGER_PASSWORD)
         form.fill("#id_new_password1", NEW_PASSWORD)
         form.fill("#id_new_password2", NEW_PASSWORD)
-        form.click("button[type=submit]")
+        form.click(".login-card button[type=submit]")  # not the top bar's Log out
         form.wait_for_selector("h1 >> text=Password changed")
 
         chat.wait_for_function("window.notReloaded === undefined")  # the 4401 reloaded it
