@@ -9,6 +9,10 @@ from django.views.i18n import JavaScriptCatalog
 
 from queueadmin.views import metrics_view
 
+# The admin's pages say whose site they are (the header, and each page's title).
+admin.site.site_header = "chatsite"
+admin.site.site_title = "chatsite"
+
 urlpatterns = [
     path("accounts/", include("django.contrib.auth.urls")),
     # The language switcher posts here (Django's set_language, CSRF-checked).

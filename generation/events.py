@@ -193,11 +193,15 @@ def attached(
     message: int | None,
     text: str,
     position: tuple[int, int] | None,
+    model_state: str | None = None,
+    eta_s: int | None = None,
 ) -> dict:
     """This socket now shows a live reply (after `open`, e.g. on a reloaded
     page): `message` is its stored reply (None while queued), `text` all of
     it so far, `position`/`waiting` its place while queued (None once started,
-    or before its first place is known). Its usual frames follow."""
+    or before its first place is known), and `model_state`/`eta_s` as its
+    last `queued` frame said (None when it had none, or once started).
+    Its usual frames follow."""
     return {
         "type": "attached",
         "request": request,
@@ -207,6 +211,8 @@ def attached(
         "text": text,
         "position": position[0] if position else None,
         "waiting": position[1] if position else None,
+        "model_state": str(model_state) if model_state is not None else None,
+        "eta_s": eta_s,
     }
 
 

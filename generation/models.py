@@ -8,12 +8,28 @@ from django.utils.crypto import salted_hmac
 from generation.runtime.sampling import TEMPERATURE_RANGE
 
 
+class LiveConversations(models.Manager):
+    """Conversations that are not deleted: the default manager, so that every
+    read (selectors, the socket watch, the services' existence checks) treats
+    a conversation in its undo window as gone."""
+
+    def get_queryset(self):
+        return super().get_queryset().filter(deleted_at__isnull=True)
+
+
 class Conversation(models.Model):
     """One chat thread of one user, titled from its first message.
 
     `temperature` is the person's choice for this conversation's replies
     (TEMPERATURE_RANGE, 0 is greedy); None takes the site's default
-    (generation.runtime.sampling: the model's generation config)."""
+    (generation.runtime.sampling: the model's generation config).
+
+    `deleted_at` is set when the person deletes it: from then on it is gone
+    for every read through `objects` (its reply stops), but its rows stay
+    for services.DELETE_UNDO_WINDOW so that Undo can bring it back
+    (services.conversation_restore); `all_objects` sees those too, and
+    services.conversations_purge removes them for good.
+    """
 
     owner = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="conversations"
@@ -28,9 +44,15 @@ class Conversation(models.Model):
         blank=True,
         validators=[MinValueValidator(TEMPERATURE_RANGE[0]), MaxValueValidator(TEMPERATURE_RANGE[1])],
     )
+    deleted_at = models.DateTimeField(null=True, blank=True, db_index=True)
+
+    all_objects = models.Manager()
+    objects = LiveConversations()
 
     class Meta:
         ordering = ["-updated", "-id"]
+        default_manager_name = "objects"
+        base_manager_name = "all_objects"
         indexes = [models.Index(fields=["owner", "-updated"], name="conversation_owner_updated")]
 
     def __str__(self) -> str:

@@ -88,6 +88,8 @@ class LiveReply:
         self.message_id: int | None = None  # its row, for good
         self.parts: list[str] = []
         self.position: tuple[int, int] | None = None
+        # The last `queued` frame's model state and estimate, for `attached`.
+        self.wait_state: tuple[str, int | None] | None = None
         self.ended = False  # the terminal event arrived
         self.deleted = False  # the conversation was deleted
         self.sockets: set = set()
@@ -126,13 +128,17 @@ class LiveReply:
             self._grace.cancel()
             self._grace = None
         self.sockets.add(socket)
+        waiting = self.message_id is None
+        model_state, eta_s = self.wait_state if waiting and self.wait_state else (None, None)
         return events.attached(
             self.handle.id,
             conversation=self.conversation_id,
             user_message=self.question_id,
             message=self.message_id,
             text="".join(self.parts),
-            position=self.position if self.message_id is None else None,
+            position=self.position if waiting else None,
+            model_state=model_state,
+            eta_s=eta_s,
         )
 
     def detach(self, socket) -> None:
@@ -186,6 +192,7 @@ class LiveReply:
                     continue
                 if isinstance(event, Queued):
                     self.position = (event.position, event.waiting)
+                    self.wait_state = (str(event.model_state), event.eta_s)
                     await self._send(
                         events.queued(
                             handle.id,

@@ -1,8 +1,11 @@
 """Reads of conversations, messages and API keys, always scoped to their owner."""
 
+import regex
 from django.conf import settings
-from django.db.models import QuerySet
+from django.db import connection
+from django.db.models import Q, QuerySet
 
+from generation import text
 from generation.models import ApiKey, Conversation, Message
 
 # No token is longer: checked before hashing, so a megabyte header costs nothing.
@@ -22,6 +25,84 @@ def conversation_get(*, owner, conversation_id: int) -> Conversation:
     """The owner's conversation with this id; raises Conversation.DoesNotExist
     for an unknown id and for another user's, so callers cannot tell them apart."""
     return Conversation.objects.get(owner=owner, pk=conversation_id)
+
+
+SEARCH_MAX_CHARS = 200
+SNIPPET_CHARS = 80
+# Scripts written without spaces between words: PostgreSQL's parsers make a
+# whole Japanese sentence one token, so a word inside it is never found by
+# full-text search; these queries use a substring match instead.
+_GRAPHEME = regex.compile(r"\X")
+_UNSPACED_SCRIPT = regex.compile(r"[\p{Han}\p{Hiragana}\p{Katakana}\p{Hangul}\p{Thai}]")
+
+
+def conversation_search(*, owner, query: str, limit: int = 50) -> list[dict]:
+    """The owner's conversations whose title or one of whose shown messages
+    matches `query`, most recently active first, at most `limit`:
+    [{"id", "title", "snippet"}], where `snippet` is a piece (SNIPPET_CHARS
+    code points at most, cut between grapheme clusters) of the first matching
+    message around the first word of the query, or "" when only the title matched.
+
+    Every word of the query must occur, in the title or in one message. On
+    PostgreSQL that is full-text search (the 'simple' configuration: no
+    stemming, any language's words); on SQLite, and for queries in a script
+    written without spaces (Japanese, Chinese, Korean, Thai), a
+    case-insensitive substring match. Deleted and other people's
+    conversations are never searched. A blank query finds nothing; only its
+    first SEARCH_MAX_CHARS code points are used.
+    """
+    query = " ".join(text.truncate(query, SEARCH_MAX_CHARS).split())
+    if not query:
+        return []
+    words = query.split()
+    messages = Message.objects.filter(
+        conversation__owner=owner, conversation__deleted_at__isnull=True, superseded=False
+    )
+    titles = conversation_list(owner=owner)
+    if connection.vendor == "postgresql" and not _UNSPACED_SCRIPT.search(query):
+        from django.contrib.postgres.search import SearchQuery, SearchVector
+
+        wanted = SearchQuery(query, config="simple", search_type="websearch")
+        messages = messages.annotate(found=SearchVector("content", config="simple")).filter(found=wanted)
+        titles = titles.annotate(found=SearchVector("title", config="simple")).filter(found=wanted)
+    else:
+        messages = messages.filter(_every_word("content", words))
+        titles = titles.filter(_every_word("title", words))
+    matched = messages.values_list("conversation_id", flat=True)
+    found = list(
+        conversation_list(owner=owner).filter(Q(pk__in=matched) | Q(pk__in=titles.values("pk")))[:limit]
+    )
+    first: dict[int, str] = {}
+    rows = messages.filter(conversation__in=found).order_by("id").values_list("conversation_id", "content")
+    for conversation_id, content in rows[:2000]:
+        first.setdefault(conversation_id, content)
+    return [
+        {"id": c.pk, "title": c.title or "New chat", "snippet": _snippet(first.get(c.pk, ""), words[0])}
+        for c in found
+    ]
+
+
+def _every_word(field: str, words: list[str]) -> Q:
+    condition = Q()
+    for word in words:
+        condition &= Q(**{f"{field}__icontains": word})
+    return condition
+
+
+def _snippet(content: str, word: str) -> str:
+    """About SNIPPET_CHARS code points of `content` on one line, starting a
+    little before `word` (case-insensitively) and cut between grapheme
+    clusters, with "…" where text was left out."""
+    line = " ".join(content.split())
+    if not line:
+        return ""
+    at = line.casefold().find(word.casefold())
+    start = 0
+    if at > 20:
+        # The first cluster boundary at or after 20 code points before the word.
+        start = next((m.start() for m in _GRAPHEME.finditer(line) if m.start() >= at - 20), 0)
+    piece = text.truncate(line[start:], SNIPPET_CHARS)
+    return ("…" if start else "") + piece + ("…" if start + len(piece) < len(line) else "")
 
 
 def message_list(*, conversation: Conversation) -> QuerySet[Message]:

@@ -27,6 +27,9 @@ API_KEY_NAME_MAX_CHARS = ApiKey._meta.get_field("name").max_length
 # last_used_at is a hint for people ("used 3 minutes ago"), not an audit log
 # (the generation records are): one write a minute per key at most.
 API_KEY_TOUCH_INTERVAL = timedelta(minutes=1)
+# How long a deleted conversation can be brought back (the page offers Undo
+# for a few seconds of it; the rest is slack for a slow click or network).
+DELETE_UNDO_WINDOW = timedelta(minutes=1)
 
 logger = logging.getLogger(__name__)
 
@@ -88,15 +91,46 @@ def conversation_set_temperature(*, conversation: Conversation, temperature: flo
 
 @transaction.atomic
 def conversation_delete(*, conversation: Conversation) -> None:
-    """Delete the conversation and its messages.
+    """Delete the conversation: gone at once for every read, its rows kept
+    for DELETE_UNDO_WINDOW so that conversation_restore can bring it back.
 
     A reply of it that is waiting or streaming must not go on for nobody:
     once the delete commits, this process's live reply of it is cancelled
     (generation.watch); other processes' watches notice within a second.
+    Conversations deleted longer ago than the window (anyone's) are removed
+    for good here too (conversations_purge).
     """
     conversation_id = conversation.pk
-    conversation.delete()
+    now = timezone.now()
+    Conversation.objects.filter(pk=conversation_id).update(deleted_at=now)
+    conversation.deleted_at = now
+    conversations_purge(before=now - DELETE_UNDO_WINDOW)
     transaction.on_commit(lambda: watch.conversation_deleted(conversation_id))
+
+
+@transaction.atomic
+def conversation_restore(*, owner, conversation_id: int) -> Conversation:
+    """Undo the owner's delete of the conversation, within DELETE_UNDO_WINDOW.
+
+    Its reply does not come back (the delete stopped it; Retry or Regenerate
+    asks again). Raises Conversation.DoesNotExist for an id that is not the
+    owner's, not deleted, or deleted longer ago than the window.
+    """
+    cutoff = timezone.now() - DELETE_UNDO_WINDOW
+    restored = Conversation.all_objects.filter(owner=owner, pk=conversation_id, deleted_at__gt=cutoff).update(
+        deleted_at=None
+    )
+    if not restored:
+        raise Conversation.DoesNotExist("No deleted conversation to restore.")
+    return Conversation.objects.get(pk=conversation_id)
+
+
+@transaction.atomic
+def conversations_purge(*, before: datetime) -> int:
+    """Remove for good the conversations (and their messages) deleted before
+    `before`; returns how many. Called by conversation_delete."""
+    _, per_model = Conversation.all_objects.filter(deleted_at__lt=before).delete()
+    return per_model.get(Conversation._meta.label, 0)
 
 
 class NotLastTurn(Exception):
@@ -227,10 +261,13 @@ def assistant_message_start(*, conversation_id: int, request_id: str, worker: st
     marked with the process (`worker`) that generates it.
 
     Raises Conversation.DoesNotExist when the conversation was deleted while
-    the request waited (the foreign key fails when the row is committed).
+    the request waited (marked deleted, or its row gone: the foreign key
+    fails when the row is committed).
     """
     try:
         with transaction.atomic():
+            if not Conversation.objects.filter(pk=conversation_id).exists():
+                raise Conversation.DoesNotExist(f"Conversation {conversation_id} was deleted")
             return Message.objects.create(
                 conversation_id=conversation_id,
                 role=Message.Role.ASSISTANT,

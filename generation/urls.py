@@ -10,6 +10,7 @@ urlpatterns = [
     path("keys/", views.api_keys, name="api-keys"),
     path("keys/<int:key_id>/revoke/", views.api_key_revoke, name="api-key-revoke"),
     path("api/conversations/", views.conversation_list, name="conversation-list"),
+    path("api/conversations/search/", views.conversation_search, name="conversation-search"),
     path("api/conversations/<int:conversation_id>/", views.conversation_detail, name="conversation-detail"),
     path(
         "api/conversations/<int:conversation_id>/rename/",
@@ -25,5 +26,10 @@ urlpatterns = [
         "api/conversations/<int:conversation_id>/delete/",
         views.conversation_delete,
         name="conversation-delete",
+    ),
+    path(
+        "api/conversations/<int:conversation_id>/restore/",
+        views.conversation_restore,
+        name="conversation-restore",
     ),
 ]

@@ -74,6 +74,15 @@ def conversation_list(request):
 
 @login_required_json
 @require_GET
+def conversation_search(request):
+    """The person's conversations matching `?q=` in their titles or messages
+    (selectors.conversation_search): {"results": [{"id", "title", "snippet"}]}."""
+    results = selectors.conversation_search(owner=request.user, query=request.GET.get("q", ""))
+    return JsonResponse({"results": results})
+
+
+@login_required_json
+@require_GET
 def conversation_detail(request, conversation_id: int):
     """One conversation with its stored messages: what a reload or reconnect shows."""
     conversation = _own_conversation(request, conversation_id)
@@ -149,9 +158,26 @@ def _json_body(request):
 @login_required_json
 @require_POST
 def conversation_delete(request, conversation_id: int):
-    """Delete a conversation and its messages."""
+    """Delete a conversation (its reply, if live, stops). It can be brought
+    back with conversation_restore for services.DELETE_UNDO_WINDOW; the
+    answer gives that window in seconds: {"deleted": id, "undo_s": 60}."""
     services.conversation_delete(conversation=_own_conversation(request, conversation_id))
-    return JsonResponse({"deleted": conversation_id})
+    return JsonResponse(
+        {"deleted": conversation_id, "undo_s": int(services.DELETE_UNDO_WINDOW.total_seconds())}
+    )
+
+
+@login_required_json
+@require_POST
+def conversation_restore(request, conversation_id: int):
+    """Undo a delete of the person's conversation: {"conversation": {...}}.
+    404 when there is nothing of theirs to restore (another person's id, not
+    deleted, or deleted longer ago than services.DELETE_UNDO_WINDOW)."""
+    try:
+        conversation = services.conversation_restore(owner=request.user, conversation_id=conversation_id)
+    except Conversation.DoesNotExist:
+        raise Http404("No such conversation.") from None
+    return JsonResponse({"conversation": selectors.conversation_serialize(conversation)})
 
 
 def _keys_page(request, form: ApiKeyCreateForm, *, status: int = 200):

@@ -138,15 +138,23 @@ print(json.dumps(sessions))
 
 
 @contextmanager
-def daphne(env: dict, log_path: Path):
+def daphne(env: dict, log_path: Path, *, application: str = "chatsite.asgi:application"):
     """Run chatsite under daphne on a free port; yield its base URL once it
-    answers, and stop it afterwards."""
-    with daphne_process(env, log_path) as (url, _):
+    answers, and stop it afterwards. `application`: the ASGI app daphne
+    serves (a test's wrapper of chatsite's, e.g. tests/browser/gated_asgi.py)."""
+    with daphne_process(env, log_path, application=application) as (url, _):
         yield url
 
 
 @contextmanager
-def daphne_process(env: dict, log_path: Path, *, wait: bool = True, port: int | None = None):
+def daphne_process(
+    env: dict,
+    log_path: Path,
+    *,
+    wait: bool = True,
+    port: int | None = None,
+    application: str = "chatsite.asgi:application",
+):
     """As `daphne`, but yield (base URL, its subprocess.Popen), for a test
     that kills it; stopping a process that is already dead is harmless.
     With `wait=False` it yields as soon as daphne is started, before it
@@ -164,7 +172,7 @@ def daphne_process(env: dict, log_path: Path, *, wait: bool = True, port: int | 
                 "127.0.0.1",
                 "-p",
                 str(port),
-                "chatsite.asgi:application",
+                application,
             ],
             env=env,
             cwd=ROOT,

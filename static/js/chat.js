@@ -10,6 +10,7 @@
 import { connectSocket } from "./socket.js";
 import { api, markCurrent, renderConversations } from "./conversations.js";
 import { temperatureControl } from "./sampling.js";
+import { searchBox } from "./search.js";
 import { LANGUAGE, STATUS_TEXT, WORDS, queueText } from "./words.js";
 import {
   addFailure, button, flushBody, messageView, setBody, setBodySoon, setLive, stats, storedMessage, viewOf,
@@ -21,6 +22,7 @@ const els = {
   chat: $("chat"), list: $("conversations"), newChat: $("new-chat"), messages: $("messages"),
   form: $("composer"), input: $("input"), send: $("send"), stop: $("stop"),
   notice: $("notice"), connection: $("connection"), toggle: $("sidebar-toggle"), count: $("count"),
+  undoBar: $("undo-bar"),
 };
 
 // A message's length as the server counts it (generation/text.py): Unicode
@@ -57,7 +59,9 @@ async function loadConversations() {
     open: (id) => openConversation(id, true),
     changed: () => loadConversations().catch(() => {}),
     deleted: (id) => { if (id === state.conversation) newChat(); },
+    restored: (id) => { if (state.conversation === null && !els.messages.children.length) openConversation(id, true); },
     failed: showFailure,
+    undoBar: els.undoBar,
   });
 }
 
@@ -496,6 +500,7 @@ window.addEventListener("popstate", () => {
 const temperature = temperatureControl(
   $("temperature-control"), $("temperature"), () => state.conversation, showFailure,
 );
+searchBox($("search"), $("search-results"), els.list, $("search-status"), (id) => openConversation(id, true));
 loadConversations().catch(showFailure);
 if (state.conversation) openConversation(state.conversation, false);
 connect();

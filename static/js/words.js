@@ -87,3 +87,26 @@ export function queueText({ position, waiting, model_state: modelState, eta_s: e
   if (movedBack) where = WORDS.movedBackAnd(where);
   return typeof eta === "number" ? WORDS.positionAndStart(where, WORDS.startsIn(eta)) : where;
 }
+
+/** The words of the conversation list (conversations.js). */
+export const LIST_WORDS = {
+  untitled: gettext("Untitled conversation"),
+  rename: gettext("Rename"),
+  renameLabel: (title) => interpolate(gettext("Rename “%(title)s”"), { title }, true),
+  newTitleLabel: (title) => interpolate(gettext("New title for “%(title)s”"), { title }, true),
+  delete: gettext("Delete"),
+  deleteLabel: (title) => interpolate(gettext("Delete “%(title)s”"), { title }, true),
+  deleted: (title) => interpolate(gettext("Deleted “%(title)s”."), { title }, true),
+  undo: gettext("Undo"),
+  undoLabel: (title) => interpolate(gettext("Undo deleting “%(title)s”"), { title }, true),
+};
+
+/** The words of the sidebar's search (search.js). */
+export const SEARCH_WORDS = {
+  noResults: gettext("No conversations match."),
+  results: (count) => interpolate(
+    ngettext("%(count)s conversation found.", "%(count)s conversations found.", count),
+    { count: formatNumber(count) },
+    true,
+  ),
+};

@@ -25,12 +25,14 @@ JAPANESE_REPLY = (
     "- 寿司 \U0001f363\n- ラーメン（醤油）\n- か\u3099んもどき、もんじゃ焼き（\uff76\uff9e）\n\n"  # noqa: RUF001 - full-width Japanese punctuation on purpose
     '```python\nprint("こんにちは、世界")\n```\n'
 )
+CHANGER_USERNAME, CHANGER_PASSWORD = "changer", "browser-change-123"  # whose password a test changes
 
 SEED = f"""
 import json
 from django.contrib.auth import get_user_model
 from generation.models import Conversation, Message
 user = get_user_model().objects.create_user({USERNAME!r}, password={PASSWORD!r})
+get_user_model().objects.create_user({CHANGER_USERNAME!r}, password={CHANGER_PASSWORD!r})
 from django.contrib.auth.models import Permission
 keeper = get_user_model().objects.create_user({STAFF_USERNAME!r}, password={STAFF_PASSWORD!r}, is_staff=True)
 keeper.user_permissions.add(Permission.objects.get(codename="change_generationsettings"))

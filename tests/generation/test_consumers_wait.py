@@ -62,6 +62,27 @@ async def test_the_queued_frame_says_the_model_is_loading(
     assert all(frame["model_state"] == "ready" for frame in frames if frame["type"] == "queued")
 
 
+async def test_a_page_reloaded_while_the_model_loads_is_told_so_again(slow_load, alice, connect_as):
+    """A page that reloads while its message waits for the model load
+    re-attaches to a reply that says the model is loading (not only a
+    position); once loaded, the reply starts on the reloaded page."""
+    chat = await connect_as(alice)
+    service = registry._service
+    service.update_limits(service.limits.replace(max_new_tokens=5))
+    await chat.send_json_to(send_frame())
+    accepted = (await receive_until(chat, "queued"))[0]
+    await chat.disconnect(timeout=TIMEOUT)
+
+    reloaded = await connect_as(alice)
+    await reloaded.send_json_to({"type": "open", "conversation": accepted["conversation"]})
+    attached = await reloaded.receive_json_from(TIMEOUT)
+    assert (attached["type"], attached["message"], attached["position"]) == ("attached", None, 1)
+    assert (attached["model_state"], attached["eta_s"]) == ("loading", None)
+    slow_load.set()
+    frames = await receive_until(reloaded, "done")
+    assert "started" in [frame["type"] for frame in frames]
+
+
 async def test_eta_is_null_then_a_number_once_replies_finished(
     service, alice, bob, django_user_model, connect_as
 ):

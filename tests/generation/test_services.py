@@ -158,12 +158,15 @@ def test_messages_mark_interrupted_only_touches_dead_workers_older_replies(alice
 
 
 def test_rename_and_delete(alice):
-    """Rename trims whitespace; delete removes the messages too."""
+    """Rename trims whitespace; delete hides the conversation at once, and
+    the purge after the undo window removes the messages too."""
     conversation = services.conversation_create(owner=alice)
     add(conversation, "user", "hi")
     services.conversation_rename(conversation=conversation, title="  New   name ")
     assert Conversation.objects.get().title == "New name"
     services.conversation_delete(conversation=conversation)
+    assert not Conversation.objects.exists()
+    services.conversations_purge(before=timezone.now() + timedelta(seconds=1))
     assert not Message.objects.exists()
 
 

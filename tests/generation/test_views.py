@@ -97,6 +97,7 @@ def test_rename_and_delete_own_conversation(alice_client, alice):
         ("conversation-rename", "post"),
         ("conversation-sampling", "post"),
         ("conversation-delete", "post"),
+        ("conversation-restore", "post"),
     ],
 )
 def test_other_users_conversation_is_404(alice_client, bobs_conversation, name, method):
@@ -222,7 +223,12 @@ def test_rename_stores_any_text_within_the_limit_exactly(alice_client, alice, ti
 def test_a_huge_conversation_id_is_404(alice_client, path):
     """An id past the database's integer range is a conversation that does not exist."""
     assert alice_client.get(path.format(10**30)).status_code == 404
-    for name in ("conversation-rename", "conversation-sampling", "conversation-delete"):
+    for name in (
+        "conversation-rename",
+        "conversation-sampling",
+        "conversation-delete",
+        "conversation-restore",
+    ):
         response = alice_client.post(
             reverse(name, args=[10**30]), json.dumps({"title": "t"}), content_type="application/json"
         )
