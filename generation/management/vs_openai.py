@@ -17,8 +17,7 @@ from dataclasses import dataclass
 
 import openai
 
-from generation.management.commands.bench_engine import prompt
-from generation.stats import percentile
+from generation.management.commands.bench_engine import prompt, throughput_row
 
 REPLY_TIMEOUT_S = 900
 
@@ -104,14 +103,7 @@ async def openai_level(base_url: str, api_key: str, model: str | None, level: in
     tokens = sum(reply.completion_tokens for reply in replies)
     ttfts = [(r.first_token_at - r.sent_at) * 1000 for r in replies if r.first_token_at]
     return {
-        "strategy": f"openai ({model})",
-        "concurrency": level,
-        "new_tokens": new_tokens,
-        "completion_tokens": tokens,
-        "wall_s": round(wall, 2),
-        "aggregate_tok_s": round(tokens / wall, 1),
-        "ttft_p50_ms": round(percentile(ttfts, 50)),
-        "ttft_p95_ms": round(percentile(ttfts, 95)),
+        **throughput_row(f"openai ({model})", level, new_tokens, tokens=tokens, wall=wall, ttfts=ttfts),
         "per_request_tok_s": round(tokens / len(replies) / wall, 1),
         "errors": len(errors),
     }

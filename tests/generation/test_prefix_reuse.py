@@ -12,6 +12,7 @@ from generation.runtime.engine import SamplingParams, make_engine
 from generation.runtime.loading import shared_model
 from generation.runtime.prompt import encode_conversation
 from generation.runtime.worker import stop_token_ids
+from tests.generation.test_chunked_prefill import prefill
 
 WORDS = ["tea", "dragon", "river", "東京", "🎉", "why", "the", "of", "42", "über", "\n", "code"]
 BUDGET = 64 * 2**20  # far more than these tests store
@@ -35,16 +36,6 @@ def engine_of(loaded, *, chunk=0, budget=BUDGET, strategy="batched"):
     return make_engine(
         strategy, loaded.model, stop_token_ids(loaded), prefill_chunk_tokens=chunk, prefix_cache_bytes=budget
     )
-
-
-def prefill(engine) -> list:
-    """One loop's prefill work, as the model thread does it."""
-    outputs, budget = [], engine.prefill_chunk_tokens
-    while budget > 0 and (seq_id := engine.next_prefill()) is not None:
-        size = min(budget, engine.prefill_left(seq_id))
-        budget -= size
-        outputs += [o for o in [engine.prefill_step(size)] if o]
-    return outputs
 
 
 def drive(engine, prompts: dict[str, list[int]], *, join_every=1, max_new_tokens=16):

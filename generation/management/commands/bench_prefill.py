@@ -68,13 +68,7 @@ def history(turns: int) -> list[dict]:
 
 async def collect(handle, times: list[float]) -> None:
     """Record the arrival time of each token event of one request."""
-    async for event in handle:
-        if isinstance(event, Token):
-            times.append(time.perf_counter())
-        elif isinstance(event, Error):
-            raise RuntimeError(f"benchmark request failed: {event.code}: {event.message}")
-        elif isinstance(event, Done):
-            return
+    await collect_done(handle, times)
 
 
 def question(turn: int) -> str:
@@ -123,7 +117,8 @@ async def reuse_turns(load, prefix_cache_mb, turns: int, reply_tokens: int, hist
 
 
 async def collect_done(handle, times: list[float]) -> Done:
-    """Like `collect`, and return the Done event."""
+    """Record the arrival time of each token event of one request, and
+    return its Done event; a request that fails raises RuntimeError."""
     async for event in handle:
         if isinstance(event, Token):
             times.append(time.perf_counter())
