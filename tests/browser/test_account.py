@@ -17,7 +17,7 @@ def test_password_change_from_the_chat_page_keeps_this_browser_chatting(browser,
         chat.goto(chat_server["url"] + "/")
         chat.fill("#id_username", CHANGER_USERNAME)
         chat.fill("#id_password", CHANGER_PASSWORD)
-        chat.click("button[type=submit]")
+        chat.click(".login-card button[type=submit]")  # not the language switcher
         chat.wait_for_function("document.body.dataset.connected === 'true'")
         chat.evaluate("window.notReloaded = true")
 

@@ -50,7 +50,7 @@ def test_the_page_says_the_model_is_loading_also_after_a_reload(browser, loading
         page.goto(loading_server["url"] + "/")
         page.fill("#id_username", USERNAME)
         page.fill("#id_password", PASSWORD)
-        page.click("button[type=submit]")
+        page.click(".login-card button[type=submit]")  # not the language switcher
         page.wait_for_function("document.body.dataset.connected === 'true'")
 
         page.fill("#input", "hello while loading")
