@@ -145,7 +145,10 @@ class Engine:
             return None
         cache = _cache_of(layers)
         input_ids = torch.tensor([prompt_ids[reused:]], device=self.device)
-        logits = self.model(input_ids=input_ids, past_key_values=cache, use_cache=True).logits
+        # As in prefill_step: only the last position's logits are used.
+        logits = self.model(
+            input_ids=input_ids, past_key_values=cache, use_cache=True, logits_to_keep=1
+        ).logits
         # Registered only once its prefill succeeded: a failed one leaves no trace.
         sequence.length = len(prompt_ids)
         self.sequences[seq_id] = sequence
