@@ -19,6 +19,7 @@ MODEL_STACK = {
     "generation.runtime.engine",
     "generation.runtime.kvcache",
     "generation.runtime.loading",
+    "generation.runtime.prefixcache",
     "generation.runtime.sampler",
 }
 
