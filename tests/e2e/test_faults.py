@@ -106,11 +106,15 @@ async def test_disconnects_free_slots_and_store_cancelled(stack, long_replies):
         await wait_for(lambda: statuses(streaming) == expected, timeout=30)
     assert statuses(streaming) == expected
 
-    # Every slot is free again: ten new clients all start at once, none queued.
+    # Every slot is free again: ten new clients all stream. One may first
+    # read "queued" for a moment: a process holds a spare slot for its next
+    # request while nobody waits, and gives it back when a request of the
+    # other process waits (docs/deploy.md, "spare slots"); a slot leaked by
+    # the closes above would keep a client waiting for good instead.
     fresh = await open_sockets(stack, [f"user{index}" for index in range(41, 51)])
     for socket in fresh:
         await socket.send(LONG)
-    seen = await asyncio.gather(*(events_until(s, {"token", "queued"}) for s in fresh))
+    seen = await asyncio.gather(*(events_until(s, {"token", "error", "done"}) for s in fresh))
     assert [events[-1]["type"] for events in seen] == ["token"] * 10
     await asyncio.gather(*(socket.close() for socket in fresh))
 
