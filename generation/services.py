@@ -15,6 +15,7 @@ from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.db.models import Q
 from django.utils import timezone
+from django.utils.translation import gettext
 
 from generation import selectors, text, watch
 from generation.models import ApiKey, Conversation, Message
@@ -347,12 +348,12 @@ def api_key_create(*, user, name: str) -> tuple[ApiKey, str]:
     Returns the key and its token ("csk-" + 43 URL-safe characters). The token
     is not stored anywhere (only its digest, ApiKey.token_digest), so this is
     the one chance to show it. Raises text.TextRefused (nothing saved) for a
-    name that is empty, longer than API_KEY_NAME_MAX_CHARS code points, or
+    name that is empty or shows nothing (text.visible), longer than API_KEY_NAME_MAX_CHARS code points, or
     cannot be stored (NUL, lone surrogate).
     """
     name = text.check(" ".join(name.split()), what="name", limit=API_KEY_NAME_MAX_CHARS)
-    if not name:
-        raise text.TextRefused("Give the key a name, such as the program that will use it.")
+    if not text.visible(name):
+        raise text.TextRefused(gettext("Give the key a name, such as the program that will use it."))
     token = ApiKey.TOKEN_PREFIX + secrets.token_urlsafe(32)
     api_key = ApiKey.objects.create(
         user=user, name=name, prefix=token[: ApiKey.PREFIX_CHARS], digest=ApiKey.token_digest(token)

@@ -23,9 +23,11 @@ carry may arrive. This module is the one place that decides about it:
 import re
 
 import regex
+from django.utils.translation import gettext, gettext_noop
 
 _NOT_STORABLE = re.compile("[\x00\ud800-\udfff]")
 _GRAPHEME = regex.compile(r"\X")
+_SEEN = regex.compile(r"[^\p{White_Space}\p{Cf}\p{Cc}]")
 REPLACEMENT = "\ufffd"
 
 
@@ -38,20 +40,38 @@ def length(text: str) -> int:
     return len(text)
 
 
+# What `check` may be asked about, marked for translation (the sentences
+# below name it in the reader's language).
+WHATS = (gettext_noop("message"), gettext_noop("title"), gettext_noop("name"), gettext_noop("stop string"))
+
+
 def check(text: str, *, what: str, limit: int) -> str:
-    """Return `text` unchanged if it can be stored as a `what` ("message",
-    "title") of at most `limit` code points; raise TextRefused, saying why,
-    if it holds NUL or a lone surrogate or is too long."""
+    """Return `text` unchanged if it can be stored as a `what` (one of WHATS)
+    of at most `limit` code points; raise TextRefused, saying why in the
+    active language (English outside a request), if it holds NUL or a lone
+    surrogate or is too long."""
     bad = _NOT_STORABLE.search(text)
+    named = {"what": gettext(what)}
     if bad is not None and bad.group() == "\x00":
-        raise TextRefused(f"The {what} must not contain null characters (U+0000).")
+        raise TextRefused(gettext("The %(what)s must not contain null characters (U+0000).") % named)
     if bad is not None:
         raise TextRefused(
-            f"The {what} contains an unpaired surrogate (U+{ord(bad.group()):04X}), which is not text."
+            gettext("The %(what)s contains an unpaired surrogate (U+%(code)s), which is not text.")
+            % {**named, "code": f"{ord(bad.group()):04X}"}
         )
     if length(text) > limit:
-        raise TextRefused(f"The {what} is longer than {limit} characters. Please shorten it.")
+        raise TextRefused(
+            gettext("The %(what)s is longer than %(limit)s characters. Please shorten it.")
+            % {**named, "limit": limit}
+        )
     return text
+
+
+def visible(text: str) -> bool:
+    """Whether `text` shows anything: some character that is not white space,
+    a format character (zero-width space, direction overrides) or a control
+    character. A name made only of those would look empty where it is listed."""
+    return _SEEN.search(text) is not None
 
 
 def storable(text: str) -> str:

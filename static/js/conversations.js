@@ -59,8 +59,8 @@ export function markCurrent(list, id) {
 }
 
 // A title nobody could see or hear (blank, or only invisible characters such
-// as U+FEFF) would leave its button without a name.
-const shownTitle = (title) => (title.replace(/[\p{White_Space}\p{Cf}]/gu, "") ? title : LIST_WORDS.untitled);
+// as U+FEFF, or control characters) would leave its button without a name.
+const shownTitle = (title) => (title.replace(/[\p{White_Space}\p{Cf}\p{Cc}]/gu, "") ? title : LIST_WORDS.untitled);
 
 function conversationItem(conversation, actions) {
   const li = document.createElement("li");

@@ -133,9 +133,12 @@ def test_any_unicode_name_is_kept(alice, name):
     assert ApiKey.objects.get(pk=api_key.pk).name == " ".join(name.split())
 
 
-@pytest.mark.parametrize("name", ["", "   ", "nul\x00", "half \ud83d", "a" * 101])
+@pytest.mark.parametrize(
+    "name", ["", "   ", "\u200b", "\u202e\u202c", "\x07\x08", "nul\x00", "half \ud83d", "a" * 101]
+)
 def test_unusable_names_are_refused_with_a_reason(alice, name):
-    """Empty, NUL, lone surrogates and over-long names are refused, nothing saved."""
+    """Empty, invisible (zero-width, direction overrides, controls alone),
+    NUL, lone surrogates and over-long names are refused, nothing saved."""
     with pytest.raises(text.TextRefused) as refused:
         services.api_key_create(user=alice, name=name)
     assert str(refused.value)

@@ -87,3 +87,16 @@ def test_key_dates_are_in_the_readers_format(client, alice):
     assert f"{created:%Y/%m/%d}" in ja  # Japanese: 2026/12/07 9:05
     assert f"{created.month:02d}/{created.day:02d}/{created:%Y}" in en  # English: 12/07/2026 9:05 a.m.
     assert "仕事用スクリプト" in ja
+
+
+def test_a_refused_title_is_worded_in_the_readers_language(client, django_user_model):
+    """A rename refused for its length answers in Japanese on a Japanese page."""
+    user = django_user_model.objects.create_user("kenji", password="pw-12345-long")
+    conversation = services.conversation_create(owner=user, title="旅行")
+    client.force_login(user)
+    client.cookies["django_language"] = "ja"
+    response = client.post(
+        f"/api/conversations/{conversation.pk}/rename/", {"title": "z" * 300}, content_type="application/json"
+    )
+    assert response.status_code == 400
+    assert "200" in response.json()["error"] and "タイトル" in response.json()["error"]
