@@ -116,6 +116,6 @@ def page(browser, chat_server):
     page.fill("#id_password", PASSWORD)
     page.click(".login-card button[type=submit]")  # not the language switcher's buttons
     page.wait_for_selector("#input")
-    page.wait_for_function("document.body.dataset.connected === 'true'")
+    page.wait_for_function("document.body?.dataset.connected === 'true'")
     yield page
     context.close()

@@ -19,6 +19,6 @@ def test_phone_width_screenshots(page, chat_server):
     page.emulate_media(color_scheme="light")
     page.goto(f"{chat_server['url']}/c/{chat_server['markdown_conversation']}/")
     page.wait_for_selector(".message.assistant .body table")
-    page.wait_for_function("document.body.dataset.connected === 'true'")
+    page.wait_for_function("document.body?.dataset.connected === 'true'")
     assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
     page.screenshot(path=SHOTS / "chat-phone-light.png")

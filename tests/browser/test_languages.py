@@ -40,7 +40,7 @@ def japanese(browser, chat_server):
     page.fill("#id_password", PASSWORD)
     page.click(".login-card button[type=submit]")
     page.wait_for_selector("#input")
-    page.wait_for_function("document.body.dataset.connected === 'true'")
+    page.wait_for_function("document.body?.dataset.connected === 'true'")
     yield page
     context.close()
 

@@ -51,7 +51,7 @@ def test_the_page_says_the_model_is_loading_also_after_a_reload(browser, loading
         page.fill("#id_username", USERNAME)
         page.fill("#id_password", PASSWORD)
         page.click(".login-card button[type=submit]")  # not the language switcher
-        page.wait_for_function("document.body.dataset.connected === 'true'")
+        page.wait_for_function("document.body?.dataset.connected === 'true'")
 
         page.fill("#input", "hello while loading")
         page.press("#input", "Enter")

@@ -48,7 +48,7 @@ def chat_page(browser, server, name):
     page = context.new_page()
     page.set_default_timeout(15_000)
     page.goto(server["url"] + "/")
-    page.wait_for_function("document.body.dataset.connected === 'true'")
+    page.wait_for_function("document.body?.dataset.connected === 'true'")
     return page
 
 
