@@ -104,7 +104,8 @@ async def authenticate(request):
     api_key = await _authenticate(token.strip())
     if api_key is None:
         raise errors.unauthenticated("The API key is unknown or was revoked, or its account is inactive.")
-    await _renew_digest(api_key=api_key, token=token.strip())
+    if settings.SECRET_KEY_FALLBACKS:  # otherwise the key matched under SECRET_KEY itself
+        await _renew_digest(api_key=api_key, token=token.strip())
     await _touch(api_key=api_key)
     return api_key
 
