@@ -13,7 +13,8 @@ requests outstanding). The chat users send a request, read the reply, think
 for comparison, without (first come, first served), and prints per class
 and per person the queue wait p50/p95 and the share of generated tokens;
 and, for the default class, the heavy user's token share over the window
-against their fair share while others of the class were waiting.
+against their fair share while others of the class were waiting, in two
+measures (see `simulate`).
 """
 
 import asyncio
@@ -39,8 +40,19 @@ class Clock:
 
 
 async def simulate(*, policy, cap, duration_s, heavy, think_s, rate, seed, step_s=0.25) -> dict:
-    """Run one replay; returns {person: {"waits": [s], "tokens": n}} and the
-    heavy user's token share among the default class while others waited."""
+    """Run one replay. Returns {"people": {person: {"waits": [s], "tokens":
+    n}}, "heavy_share_contested": share, "heavy_vs_backlogged": ratio}.
+
+    Both figures count only the default class's tokens generated while
+    another person of that class (a chat user) had a request waiting.
+    `heavy_share_contested` is the heavy user's share of those tokens (the
+    first measure, compared with a fixed fair share of 1/4, everyone of the
+    class). `heavy_vs_backlogged` is the heavy user's tokens among those
+    divided by their fair entitlement as VTC defines it (Sheng et al., OSDI
+    2024: fairness among backlogged clients): each token counts 1/k to the
+    entitlement, k the number of people of the class backlogged (a request
+    waiting or running) in the step it was generated. 1.0 is exactly fair;
+    None when nobody else of the class ever waited."""
     rng = random.Random(seed)
     clock = Clock()
     admission = LocalAdmission(clock=clock, lease_s=1e9)
@@ -51,7 +63,7 @@ async def simulate(*, policy, cap, duration_s, heavy, think_s, rate, seed, step_
     tickets: dict[str, dict] = {}  # ticket -> person, left, arrived, started
     next_send = {p: rng.uniform(0, think_s) for p in [*STAFF, *CHAT]}
     serial = 0
-    contested = {"heavy": 0, "class": 0}
+    contested = {"heavy": 0, "class": 0, "entitled": 0.0}
 
     async def send(person, source):
         nonlocal serial
@@ -80,6 +92,7 @@ async def simulate(*, policy, cap, duration_s, heavy, think_s, rate, seed, step_
         waiting_default = {
             t["person"] for t in tickets.values() if t["started"] is None and t["person"] in CHAT
         }
+        backlogged = {t["person"] for t in tickets.values() if t["person"] in (*CHAT, HEAVY)}
         clock.now += step_s
         for ticket, held in list(tickets.items()):
             if held["started"] is None:
@@ -90,6 +103,7 @@ async def simulate(*, policy, cap, duration_s, heavy, think_s, rate, seed, step_
             if held["person"] in (*CHAT, HEAVY) and waiting_default:
                 contested["class"] += made
                 contested["heavy"] += made if held["person"] == HEAVY else 0
+                contested["entitled"] += made / len(backlogged)
             if held["left"] <= 0:
                 people[held["person"]]["waits"].append(held["started"] - held["arrived"])
                 await admission.account(ticket, made)
@@ -100,7 +114,8 @@ async def simulate(*, policy, cap, duration_s, heavy, think_s, rate, seed, step_
             elif made:
                 await admission.account(ticket, made)
     share = contested["heavy"] / contested["class"] if contested["class"] else None
-    return {"people": people, "heavy_share_contested": share}
+    ratio = contested["heavy"] / contested["entitled"] if contested["entitled"] else None
+    return {"people": people, "heavy_share_contested": share, "heavy_vs_backlogged": ratio}
 
 
 class Command(BaseCommand):
@@ -154,7 +169,13 @@ class Command(BaseCommand):
             fair = 1 / (len(CHAT) + 1)
             self.stdout.write(
                 f"heavy user's share of the default class's tokens while others of it waited: "
-                f"{share:.2f} (fair share {fair:.2f}: {share / fair:.2f}x)"
+                f"{share:.2f} (fixed fair share {fair:.2f}, everyone of the class: {share / fair:.2f}x)"
+            )
+        ratio = result["heavy_vs_backlogged"]
+        if ratio is not None:
+            self.stdout.write(
+                f"heavy user's tokens then against their fair share among the people of the class "
+                f"backlogged at each token (VTC): {ratio:.2f}x"
             )
 
     @staticmethod
