@@ -113,6 +113,56 @@ async def test_ageing_promotes_a_request_one_class_per_interval():
     assert sorted(positions, key=positions.get)[:2] == ["batch", "support-early"]
 
 
+async def test_an_aged_request_does_not_pass_a_classmate_who_received_less():
+    """Cap 1, staff and the default class: a heavy user's reply runs while
+    their next request waits; a chat user of the same class arrives 30 s
+    later. At 61 s the heavy reply ends (600 tokens): the class has waited
+    past the ageing interval, and the slot that wait earned goes to the chat
+    user, who has received less, not to the heavy user's older request."""
+    policy = PriorityPolicy(classes=(PriorityClass("staff", 1, frozenset({"s1"})),))
+    admission, limits, clock = await make(policy=policy, max_active_api_per_user=4)
+    assert await admission.enqueue("h0", "p", "heavy", limits, local_free=1, source=API) == Admitted()
+    await admission.enqueue("h1", "p", "heavy", limits, local_free=1, source=API)
+    clock.now += 30
+    await admission.enqueue("ann", "p", "ann", limits, local_free=1)
+    clock.now += 31
+    assert await finish(admission, "h0", tokens=600) == ["ann"]
+
+
+async def test_a_start_spends_the_lift_of_its_class():
+    """Cap 1: two default requests wait 61 s behind a running staff reply,
+    so their class has risen to the staff class's level and the older one
+    starts next; then a staff request arrives, and when the slot frees again
+    it goes to staff: the other default request (not yet overdue) waits,
+    as its class has had a start since (one slot per interval of waiting)."""
+    policy = PriorityPolicy(classes=(PriorityClass("staff", 1, frozenset({"s1", "s2"})),))
+    admission, limits, clock = await make(policy=policy)
+    await admission.enqueue("staff-run", "p", "s1", limits, local_free=1)
+    await admission.enqueue("d1", "p", "x", limits, local_free=1)
+    await admission.enqueue("d2", "p", "y", limits, local_free=1)
+    clock.now += 61
+    assert await finish(admission, "staff-run") == ["d1"]
+    await admission.enqueue("staff-2", "p", "s2", limits, local_free=1)
+    clock.now += 1
+    assert await admission.positions("p") == {"staff-2": (1, 2), "d2": (2, 2)}
+    assert await finish(admission, "d1") == ["staff-2"]
+
+
+async def test_a_person_joins_at_the_least_service_of_their_own_class():
+    """Cap 1: ann's reply made 300 tokens and she waits again; a staff
+    reply (no tokens yet) runs. Bob, idle until now, arrives in ann's
+    class: he joins at ann's 300, not at the staff member's 0 (another
+    class's count), so he banks no credit over ann and waits behind her."""
+    policy = PriorityPolicy(classes=(PriorityClass("staff", 1, frozenset({"s1"})),))
+    admission, limits, _ = await make(policy=policy)
+    assert await admission.enqueue("a0", "p", "ann", limits, local_free=1) == Admitted()
+    await admission.enqueue("s0", "p", "s1", limits, local_free=1)
+    assert await finish(admission, "a0", tokens=300) == ["s0"]
+    await admission.enqueue("a1", "p", "ann", limits, local_free=1)
+    await admission.enqueue("b1", "p", "bob", limits, local_free=1)
+    assert await admission.positions("p") == {"a1": (1, 2), "b1": (2, 2)}
+
+
 async def test_a_light_user_starts_within_one_turn_of_a_heavy_api_user():
     """Two people of one class, cap 1: one sends four API requests, then
     the other sends one. The second person's request starts next, not after
@@ -201,19 +251,31 @@ async def test_property_order_never_starves_exceeds_the_cap_or_loses_a_request(s
     """Random arrivals, finished replies (with tokens), cancels, cap and
     class changes and waiting time, one process with room for all: at every
     claim, no more run than the cap, the tickets that start are exactly
-    those at positions 1..k a moment before, none is started while a
-    request of a better effective class waits, and no request that has
-    waited past the ageing bound (levels x interval) is overtaken by a later
-    arrival; every ticket is waiting, running or ended, once."""
+    those at positions 1..k a moment before, none is started while a class
+    at a better effective level (its level less one per interval it has had
+    a request waiting and none started) or an overdue request waits, and no
+    request that has waited past the ageing bound (levels x interval) is
+    overtaken by a later arrival; every ticket is waiting, running or
+    ended, once."""
     policy = policy_of(PEOPLE, split)
     admission, limits, clock = await make(
         cap=1, policy=policy, max_active_per_user=3, max_active_api_per_user=3
     )
-    state, arrived, serial = {}, {}, 0
+    state, arrived, served, serial = {}, {}, {}, 0
+
+    def lifted(level, tickets):
+        """The effective level of class `level` with `tickets` waiting."""
+        waits = [
+            clock.now - max(arrived[t][0], served.get(level, -math.inf))
+            for t in tickets
+            if arrived[t][1] == level
+        ]
+        return max(level - math.floor(max(waits) / AGEING_S), 0)
 
     async def claim():
         nonlocal state
         before = await admission.positions("p")
+        waited = [t for t, s in state.items() if s == "waiting"]
         started = await admission.claim("p", 10)
         ranked = sorted(before, key=before.get)
         assert started == ranked[: len(started)]
@@ -230,7 +292,12 @@ async def test_property_order_never_starves_exceeds_the_cap_or_loses_a_request(s
                         assert clock.now - arrived[other][0] < bound, "a long waiter was overtaken"
                     mine = arrived[ticket][1] - math.floor((clock.now - arrived[ticket][0]) / AGEING_S)
                     theirs = arrived[other][1] - math.floor((clock.now - arrived[other][0]) / AGEING_S)
-                    assert mine < 0 or theirs >= mine, "a better class was passed over"
+                    assert mine < 0 or (
+                        theirs >= 0
+                        and lifted(arrived[other][1], waited) >= lifted(arrived[ticket][1], waited)
+                    ), "a better class was passed over"
+        for ticket in started:
+            served[arrived[ticket][1]] = clock.now
 
     for step in steps:
         match step:
@@ -241,6 +308,8 @@ async def test_property_order_never_starves_exceeds_the_cap_or_loses_a_request(s
                 if isinstance(result, (Admitted, Waiting)):
                     state[ticket] = "running" if result == Admitted() else "waiting"
                     arrived[ticket] = (clock.now, policy.level(person, source))
+                if result == Admitted():
+                    served[arrived[ticket][1]] = clock.now
             case ("finish", index, tokens):
                 running = [t for t, s in state.items() if s == "running"]
                 if running:
@@ -260,6 +329,7 @@ async def test_property_order_never_starves_exceeds_the_cap_or_loses_a_request(s
             case ("classes", people, new_split):
                 policy = policy_of(list(people), new_split)
                 await admission.set_policy(policy)
+                served.clear()  # a new policy starts the classes' ageing afresh
                 # Levels are read from the policy in force.
                 snapshot = await admission.snapshot()
                 for ticket, _, user in snapshot.waiting:

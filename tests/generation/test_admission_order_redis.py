@@ -9,6 +9,7 @@ kept out of reach here (a long interval); the service decays with a long
 no decay here for the same reason.
 """
 
+import asyncio
 import uuid
 
 import pytest
@@ -117,6 +118,50 @@ async def test_less_service_goes_first_even_with_more_requests_ahead(pair):
         await both.enqueue(ticket, "p", ticket[0], limits, local_free=2)
     await both.account("y1", 500)
     assert await both.positions("p") == {"x2": (1, 3), "x3": (2, 3), "y2": (3, 3)}
+
+
+async def test_an_idle_person_joins_at_the_least_service_of_their_class_site_wide(pair):
+    """Cap 1: ann's reply made 300 tokens and she waits again behind a
+    staff reply that has made none; bob, idle until now, arrives in ann's
+    class and joins at her 300 (not at the staff member's 0), so he waits
+    behind her; on Redis as on the model."""
+    both = Both(*pair)
+    limits = Limits(max_concurrency=1, max_queue_size=20)
+    await both.set_limits(limits)
+    await both.set_policy(policy(PriorityClass("staff", 1, frozenset({"s"}))))
+    assert await both.enqueue("a0", "p", "ann", limits, local_free=1) == Admitted()
+    await both.enqueue("s0", "p", "s", limits, local_free=1)
+    await both.account("a0", 300)
+    await both.release("a0")
+    assert await both.claim("p", 1) == ["s0"]
+    await both.enqueue("a1", "p", "ann", limits, local_free=1)
+    await both.enqueue("b1", "p", "bob", limits, local_free=1)
+    assert await both.positions("p") == {"a1": (1, 2), "b1": (2, 2)}
+
+
+async def test_ageing_lifts_the_class_and_a_start_spends_it_on_redis(redis_port):
+    """Redis alone, ageing every 0.5 s (Redis's own clock): two default
+    requests wait past the interval behind a staff reply; the older starts
+    next (its class has risen), then a fresh staff request goes before the
+    other default one, whose class has had a start since."""
+    client = redis.asyncio.Redis(port=redis_port)
+    remote = RedisAdmission(client, prefix=f"order-{uuid.uuid4().hex}", lease_s=600, half_life_s=0)
+    limits = Limits(max_concurrency=1, max_queue_size=20)
+    try:
+        await remote.set_limits(limits)
+        await remote.set_policy(
+            PriorityPolicy(classes=(PriorityClass("staff", 1, frozenset({"s1", "s2"})),), ageing_s=0.5)
+        )
+        await remote.enqueue("staff-run", "p", "s1", limits, local_free=1)
+        await remote.enqueue("d1", "p", "x", limits, local_free=1)
+        await remote.enqueue("d2", "p", "y", limits, local_free=1)
+        await asyncio.sleep(0.6)
+        await remote.release("staff-run")
+        assert await remote.claim("p", 1) == ["d1"]
+        await remote.enqueue("staff-2", "p", "s2", limits, local_free=1)
+        assert await remote.positions("p") == {"staff-2": (1, 2), "d2": (2, 2)}
+    finally:
+        await client.aclose()
 
 
 PEOPLE = ["a", "b", "c", "d"]

@@ -61,6 +61,7 @@ class LocalAdmission(Admission):
         self._room: dict[str, tuple[int, float]] = {}  # process -> (room, lease deadline)
         self.policy: PriorityPolicy | None = None
         self.fair = FairShare()
+        self._served: dict[int, float] = {}  # class level -> when one of it last started
 
     # The operations ----------------------------------------------------
 
@@ -89,14 +90,15 @@ class LocalAdmission(Admission):
         held = _Ticket(process, user, now + self.lease_s, person=person, source=source, arrived=now)
         if not waiting and self._running() < self.limits.max_concurrency and local_free > 0:
             held.running = True
-            self._join(person, now)
+            self._join(held, now)
             self._tickets[ticket] = held
+            self._started(held, now)
             granted = self._grant(process, spares, local_free - 1, now)
             self._room[process] = (local_free - 1 - len(granted), now + self.lease_s)
             return Admitted(spares=granted)
         if not rejoin and len(waiting) >= self.limits.max_queue_size:
             return Refused(ErrorCode.QUEUE_FULL)
-        self._join(person, now)
+        self._join(held, now)
         self._tickets[ticket] = held
         order = self._order(now)
         return Waiting(position=order.index(ticket) + 1, waiting=len(order))
@@ -120,10 +122,12 @@ class LocalAdmission(Admission):
         person, user = str(user), counted_user(user, source)
         if self._count(user) >= self.limits.max_active_for(source):
             return Refused(ErrorCode.BUSY)
-        self._join(person, now)
-        self._tickets[ticket] = _Ticket(
+        held = _Ticket(
             process, user, now + self.lease_s, running=True, person=person, source=source, arrived=now
         )
+        self._join(held, now)
+        self._tickets[ticket] = held
+        self._started(held, now)
         granted = self._grant(process, spares, local_free, now)
         self._room[process] = (local_free - len(granted), now + self.lease_s)
         return Admitted(spares=granted)
@@ -152,6 +156,7 @@ class LocalAdmission(Admission):
         for name in started:
             self._tickets[name].running = True
             self._tickets[name].head = False
+            self._started(self._tickets[name], now)
         self._room[process] = (local_free - len(started), now + self.lease_s)
         return started
 
@@ -195,6 +200,7 @@ class LocalAdmission(Admission):
         self.limits = limits
 
     async def set_policy(self, policy: PriorityPolicy | None) -> None:
+        self._served = {}  # levels are places among the ranks in force; as SET_POLICY does
         self.policy = policy
 
     async def account(self, ticket: str, tokens: int, *, user: str | None = None) -> None:
@@ -251,12 +257,23 @@ class LocalAdmission(Admission):
     def _waiting(self) -> list[str]:
         return [name for name, held in self._tickets.items() if not held.running]
 
-    def _join(self, person: str, now: float) -> None:
-        """A ticket of `person` is taken: if they had none, they join the
-        fair shares at the least service of those active (order.FairShare)."""
-        active = {held.person for held in self._tickets.values() if held.user != SPARE}
-        if person not in active:
-            self.fair.join(person, active, now)
+    def _join(self, new: _Ticket, now: float) -> None:
+        """`new` (not yet among the tickets) is taken: if its person had no
+        ticket, they join the fair shares at the least service of the people
+        with a ticket of the same class level (order.FairShare.join)."""
+        held = [t for t in self._tickets.values() if t.user != SPARE]
+        if new.person not in {t.person for t in held}:
+            level = self._level(new)
+            peers = {t.person for t in held if self._level(t) == level}
+            self.fair.join(new.person, {t.person for t in held}, now, peers=peers)
+
+    def _level(self, held: _Ticket) -> int:
+        return self.policy.level(held.person, held.source) if self.policy else 0
+
+    def _started(self, held: _Ticket, now: float) -> None:
+        """`held` started: its class's ageing starts again (order.class_levels)."""
+        if self.policy:
+            self._served[self._level(held)] = now
 
     def _order(self, now: float) -> list[str]:
         """The waiting tickets in start order (order.start_order)."""
@@ -272,7 +289,9 @@ class LocalAdmission(Admission):
                 level = policy.level(held.person, held.source) if policy else 0
                 waiters.append(Waiter(name, held.person, level, held.arrived, held.head))
         service = self.fair.values(running.keys() | {w.person for w in waiters}, now)
-        return start_order(waiters, now=now, policy=policy, service=service, running=running)
+        return start_order(
+            waiters, now=now, policy=policy, service=service, running=running, served=self._served
+        )
 
     def _running(self) -> int:
         return sum(1 for held in self._tickets.values() if held.running)

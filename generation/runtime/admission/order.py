@@ -8,18 +8,19 @@ time is always passed in (seconds, any monotonic origin).
 The order, for the waiting requests of one queue:
 
 1. A request deferred back to the head (the engine was busy) comes first.
-2. Overdue requests, in arrival order. A request is overdue once ageing has
-   lifted it past the best class: it has waited at least (level + 1) x
-   `ageing_s`, where level is its class's place among the classes (0 the
-   best). So no request waits behind a later arrival once it has waited
-   `len(levels) x ageing_s`: the starvation bound.
-3. The rest by effective level (level minus one per `ageing_s` waited), so
-   classes are strict at admission and ageing moves a request up one class
-   per interval; then, inside a level, by fair share: the person with the
-   least decayed service first (tokens generated, VTC: Sheng et al.,
-   "Fairness in Serving Large Language Models", OSDI 2024), then the fewest
-   of that person's requests ahead (running ones and earlier waiting ones,
-   so two people take turns), then arrival.
+2. Overdue requests, in arrival order. A request is overdue once it has
+   waited at least (level + 1) x `ageing_s`, where level is its class's
+   place among the classes (0 the best). So no request waits behind a later
+   arrival once it has waited `len(levels) x ageing_s`: the starvation bound.
+3. The rest by their class's effective level (`class_levels`: the level
+   minus one per `ageing_s` that the class has had a request waiting and
+   none started), so classes are strict at admission and ageing moves a
+   waiting class up one class per interval; then, inside a level, by fair
+   share: the person with the least decayed service first (tokens
+   generated, VTC: Sheng et al., "Fairness in Serving Large Language
+   Models", OSDI 2024), then the fewest of that person's requests ahead
+   (running ones and earlier waiting ones, so two people take turns), then
+   arrival.
 
 With no classes (an empty `PriorityPolicy`) the order is arrival order, as
 before issue #15: nothing changes until staff define a class.
@@ -144,6 +145,33 @@ def effective_level(waiter: Waiter, now: float, ageing_s: float) -> int:
     return waiter.level - math.floor(waited / ageing_s) if ageing_s > 0 else waiter.level
 
 
+def class_levels(
+    waiters: Sequence[Waiter], now: float, ageing_s: float, served: Mapping[int, float] | None = None
+) -> dict[int, int]:
+    """{level: the level its class waits at now}, for the levels of
+    `waiters`: each class rises one level per `ageing_s` that it has had a
+    request waiting (not deferred) and none of its requests started, never
+    above 0. `served` is when a request of each level last started (the
+    clock of `now`; missing: never).
+
+    Ageing lifts the class, not the one request, so that the slot the wait
+    earned goes to whoever of the class is next by fair share, and a start
+    spends the lift, so that a class earns one slot per interval as a single
+    aged request did. Lifting each request by its own wait let a heavy user's
+    aged backlog pass the others of their class whatever tokens each had
+    received (issue #15's bench: 1.7x to 1.8x their fair share)."""
+    served = served or {}
+    lifted: dict[int, int] = {}
+    for waiter in waiters:
+        if waiter.head:
+            continue
+        since = max(waiter.arrived, served.get(waiter.level, waiter.arrived))
+        waited = max(now - since, 0.0)
+        level = waiter.level - math.floor(waited / ageing_s) if ageing_s > 0 else waiter.level
+        lifted[waiter.level] = min(lifted.get(waiter.level, waiter.level), max(level, 0))
+    return lifted
+
+
 def start_order(
     waiters: Sequence[Waiter],
     *,
@@ -151,28 +179,30 @@ def start_order(
     policy: PriorityPolicy | None,
     service: Mapping[str, float] | None = None,
     running: Mapping[str, int] | None = None,
+    served: Mapping[int, float] | None = None,
 ) -> list[str]:
     """The tickets of `waiters` (given in arrival order) in the order they
     should start (see the module docstring). `service` is each person's
-    decayed service at `now` (FairShare.values; missing: 0) and `running`
-    how many requests each person has running. Arrival order when `policy`
+    decayed service at `now` (FairShare.values; missing: 0), `running`
+    how many requests each person has running and `served` when a request
+    of each level last started (class_levels). Arrival order when `policy`
     is None or has no class."""
     if not policy:
         heads = [w.ticket for w in waiters if w.head]
         return heads + [w.ticket for w in waiters if not w.head]
     service = service or {}
     ahead = dict(running or {})
+    lifted = class_levels(waiters, now, policy.ageing_s, served)
     keys = []
     for index, waiter in enumerate(waiters):
-        level = effective_level(waiter, now, policy.ageing_s)
         turn = ahead.get(waiter.person, 0)
         ahead[waiter.person] = turn + 1
         if waiter.head:
             key = (0, 0, 0.0, 0, index)
-        elif level < 0:
+        elif effective_level(waiter, now, policy.ageing_s) < 0:
             key = (1, 0, 0.0, 0, index)
         else:
-            key = (2, level, service.get(waiter.person, 0.0), turn, index)
+            key = (2, lifted[waiter.level], service.get(waiter.person, 0.0), turn, index)
         keys.append((key, waiter.ticket))
     keys.sort()
     return [ticket for _, ticket in keys]
@@ -180,9 +210,10 @@ def start_order(
 
 class FairShare:
     """Each person's service (tokens generated for them), decayed with
-    `half_life_s` (0: no decay), for the order inside a class. A person who becomes active
-    (`join`) is lifted to the least service of the people active now, so
-    idle time banks no credit (VTC's counter lift). Not thread-safe; one
+    `half_life_s` (0: no decay), for the order inside a class. A person who
+    becomes active (`join`) is lifted to the least service of the people of
+    their class active now, so idle time banks no credit (VTC's counter
+    lift). Not thread-safe; one
     per queue."""
 
     def __init__(self, half_life_s: float = DEFAULT_HALF_LIFE_S):
@@ -205,13 +236,18 @@ class FairShare:
         if tokens > 0:
             self._counts[person] = (self.value(person, now) + tokens, now)
 
-    def join(self, person: str, active: Iterable[str], now: float) -> None:
+    def join(
+        self, person: str, active: Iterable[str], now: float, *, peers: Iterable[str] | None = None
+    ) -> None:
         """`person` becomes active (their first waiting or running request)
         while `active` (other people) are: lift them to the least service
-        among those, so that they neither bank credit nor owe any. Also
-        forgets people whose service decayed below one token."""
+        among `peers` (the active people of the class their request is in;
+        default: all of `active`), so that idle time banks them no credit
+        (VTC's counter lift; a debt above that least they keep, decaying).
+        Also forgets people whose service decayed below one token."""
         active = set(active)
-        others = [self.value(p, now) for p in active if p != person]
+        peers = active if peers is None else set(peers)
+        others = [self.value(p, now) for p in peers if p != person]
         own = self.value(person, now)
         lifted = max(own, min(others)) if others else own
         self._counts = {

@@ -11,7 +11,9 @@ KEYS (after scripts.py's ten):
  11 prio     hash  'on' ('1' while a policy with classes is in force),
                    'ageing_ms', 'half_life_ms', and each ticket's class level
                    by person: 'c:<person>' for chat requests, 'a:<person>'
-                   for API ones, 'c:*' / 'a:*' for people listed nowhere
+                   for API ones, 'c:*' / 'a:*' for people listed nowhere;
+                   's:<level>' -> when a ticket of that level last started
+                   (ms; order.class_levels), forgotten with the policy
  12 arrived  hash  ticket -> arrival time (ms), and 'h:<ticket>' -> 1 for a
                    ticket deferred back to the head
  13 fair     hash  person -> service (tokens, decayed at read time), and
@@ -63,20 +65,31 @@ local function prio_fair_set(person, value, now)
   redis.call('HSET', K_FAIR, person, value, 't:' .. person, now)
 end
 
--- A ticket of `user` arrives; `users` is the counted-users hash. A person
--- with no other ticket joins at the least service of those active (VTC).
-local function prio_arrive(ticket, user, users_key, now)
+local function prio_level(user)
+  local person, api = prio_person(user)
+  local side = api and 'a:' or 'c:'
+  return tonumber(redis.call('HGET', K_PRIO, side .. person) or redis.call('HGET', K_PRIO, side .. '*') or '0')
+end
+
+-- A ticket of `user` arrives (already in `user_key`, the ticket -> user
+-- hash). A person with no other ticket joins at the least service of the
+-- people with a ticket of the same class level (VTC; order.FairShare.join).
+local function prio_arrive(ticket, user, user_key, now)
   redis.call('HSET', K_ARRIVED, ticket, now)
   if redis.call('HGET', K_PRIO, 'on') ~= '1' then return end
   local person = prio_person(user)
-  local counts = redis.call('HGETALL', users_key)
+  local level = prio_level(user)
+  local held = redis.call('HGETALL', user_key)
   local lowest = nil
-  for i = 1, #counts, 2 do
-    local other = prio_person(counts[i])
-    if other == person and tonumber(counts[i + 1]) > 0 then return end
-    if tonumber(counts[i + 1]) > 0 then
-      local value = prio_fair(other, now)
-      if lowest == nil or value < lowest then lowest = value end
+  for i = 1, #held, 2 do
+    local other_user = held[i + 1]
+    if held[i] ~= ticket and other_user ~= '' then
+      local other = prio_person(other_user)
+      if other == person then return end
+      if prio_level(other_user) == level then
+        local value = prio_fair(other, now)
+        if lowest == nil or value < lowest then lowest = value end
+      end
     end
   end
   local own = prio_fair(person, now)
@@ -93,10 +106,10 @@ local function prio_head(ticket, is_head)
   else redis.call('HDEL', K_ARRIVED, 'h:' .. ticket) end
 end
 
-local function prio_level(user)
-  local person, api = prio_person(user)
-  local side = api and 'a:' or 'c:'
-  return tonumber(redis.call('HGET', K_PRIO, side .. person) or redis.call('HGET', K_PRIO, side .. '*') or '0')
+-- A ticket of `user` started: its class's ageing starts again (order.class_levels).
+local function prio_started(user, now)
+  if redis.call('HGET', K_PRIO, 'on') ~= '1' then return end
+  redis.call('HSET', K_PRIO, 's:' .. prio_level(user), now)
 end
 
 -- The waiting tickets in start order (order.start_order); arrival order
@@ -105,7 +118,21 @@ local function waiting_order(queue_key, running_key, user_key, now)
   local queue = redis.call('ZRANGE', queue_key, 0, -1)
   if redis.call('HGET', K_PRIO, 'on') ~= '1' then return queue end
   local ageing = tonumber(redis.call('HGET', K_PRIO, 'ageing_ms') or '60000')
-  local ahead, service, keyed = {}, {}, {}
+  local ahead, service, keyed, levels, lifted = {}, {}, {}, {}, {}
+  -- Each class's effective level (order.class_levels): lifted one per
+  -- interval that it has had a ticket waiting and none started, never above 0.
+  for i, ticket in ipairs(queue) do
+    local level = prio_level(redis.call('HGET', user_key, ticket))
+    levels[i] = level
+    if redis.call('HEXISTS', K_ARRIVED, 'h:' .. ticket) == 0 then
+      local since = tonumber(redis.call('HGET', K_ARRIVED, ticket) or tostring(now))
+      local served = tonumber(redis.call('HGET', K_PRIO, 's:' .. level) or '0')
+      if served > since then since = served end
+      local up = level
+      if ageing > 0 then up = math.max(level - math.floor(math.max(now - since, 0) / ageing), 0) end
+      if lifted[level] == nil or up < lifted[level] then lifted[level] = up end
+    end
+  end
   for _, ticket in ipairs(redis.call('ZRANGE', running_key, 0, -1)) do
     local person = prio_person(redis.call('HGET', user_key, ticket))
     ahead[person] = (ahead[person] or 0) + 1
@@ -121,9 +148,9 @@ local function waiting_order(queue_key, running_key, user_key, now)
       key = {0, 0, 0, 0, i}
     else
       local arrived = tonumber(redis.call('HGET', K_ARRIVED, ticket) or tostring(now))
-      local level = prio_level(user)
+      local level = levels[i]
       if ageing > 0 then level = level - math.floor(math.max(now - arrived, 0) / ageing) end
-      if level < 0 then key = {1, 0, 0, 0, i} else key = {2, level, service[person], turn, i} end
+      if level < 0 then key = {1, 0, 0, 0, i} else key = {2, lifted[levels[i]], service[person], turn, i} end
     end
     keyed[i] = {key, ticket}
   end

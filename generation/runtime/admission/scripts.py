@@ -119,13 +119,14 @@ local waiting = redis.call('ZCARD', K_QUEUE)
 local function hold()
   redis.call('HSET', K_OWNER, ticket, process)
   redis.call('HSET', K_USER, ticket, user)
-  prio_arrive(ticket, user, K_USERS, now) -- issue #15 (priority_scripts); before the count
+  prio_arrive(ticket, user, K_USER, now) -- issue #15 (priority_scripts)
   redis.call('HINCRBY', K_USERS, user, 1)
   redis.call('ZADD', K_LEASES, deadline, ticket)
 end
 if waiting == 0 and free > 0 and redis.call('ZCARD', K_RUNNING) < limit('max_concurrency') then
   hold()
   redis.call('ZADD', K_RUNNING, now, ticket)
+  prio_started(user, now) -- issue #15 (priority_scripts)
   local spares = grant(process, 13, free - 1)
   redis.call('HSET', K_ROOMS, process, free - 1 - #spares)
   return {'admitted', unpack(spares)}
@@ -169,10 +170,11 @@ if tonumber(redis.call('HGET', K_USERS, user) or '0') >= limit(ARGV[7]) then
 end
 redis.call('HSET', K_OWNER, ticket, process)
 redis.call('HSET', K_USER, ticket, user)
-prio_arrive(ticket, user, K_USERS, now) -- issue #15 (priority_scripts); before the count
+prio_arrive(ticket, user, K_USER, now) -- issue #15 (priority_scripts)
 redis.call('HINCRBY', K_USERS, user, 1)
 redis.call('ZADD', K_LEASES, deadline, ticket)
 redis.call('ZADD', K_RUNNING, now, ticket)
+prio_started(user, now) -- issue #15 (priority_scripts)
 local spares = grant(process, 9, tonumber(ARGV[8]))
 redis.call('HSET', K_ROOMS, process, tonumber(ARGV[8]) - #spares)
 redis.call('ZADD', K_PROCS, deadline, process)
@@ -213,6 +215,7 @@ for _, ticket in ipairs(started) do
   redis.call('ZREM', K_QUEUE, ticket)
   redis.call('ZADD', K_RUNNING, now, ticket)
   prio_head(ticket, false)
+  prio_started(redis.call('HGET', K_USER, ticket), now) -- issue #15 (priority_scripts)
 end
 -- The queue moved: the other processes' positions change.
 if #started > 0 then redis.call('PUBLISH', WAKE, 'claimed') end
