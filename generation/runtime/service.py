@@ -381,6 +381,7 @@ class GenerationService(ReportsMixin):
         request.state = RequestState.RUNNING
         request.started_at = time.time()
         self.running[request.id] = request
+        self.start_order.started(request)
         self.backend.admit(request)
 
     def show_position(self, request: GenerationRequest, position: int, waiting: int) -> None:
@@ -491,8 +492,7 @@ class GenerationService(ReportsMixin):
             self.site.ended(request)
         request.state = RequestState.FINISHED
         request.finished_at = time.time()
-        if request.completion_tokens:
-            self.start_order.charge(request)
+        self.start_order.charge(request)  # what it made since the order last counted it
         if outcome is Outcome.COMPLETED and request.started_at is not None:
             self.run_times.add(request.finished_at - request.started_at)
         if error_code is not None:

@@ -110,6 +110,7 @@ class SiteQueue:
         self._tasks: list[asyncio.Task] = []
         self._listener: asyncio.Task | None = None
         self._policy = None  # the priority policy last set (issue #15)
+        self._accounted: dict[str, int] = {}  # running request id -> tokens already sent to `account`
 
     # Lifecycle ---------------------------------------------------------
 
@@ -182,8 +183,11 @@ class SiteQueue:
         ticket at the site at once."""
         if self.tickets.pop(request.id, None) is not None:
             self._ops.put_nowait(lambda: self._release(request.id))
-            if request.completion_tokens:  # its person's fair share (issue #15), after the release
-                tokens, user = request.completion_tokens, str(request.user_id)
+            # Its person's fair share (issue #15), after the release: what the
+            # renewals have not counted yet.
+            tokens = request.completion_tokens - self._accounted.pop(request.id, 0)
+            if tokens > 0:
+                user = str(request.user_id)
                 self._ops.put_nowait(
                     lambda: self._call(self.admission.account(request.id, tokens, user=user))
                 )
@@ -364,9 +368,28 @@ class SiteQueue:
                 self.spares.remove(ticket)
                 continue
             request = held[ticket]
+            self._accounted.pop(ticket, None)
             if self.tickets.pop(ticket, None) is not None:
                 logger.warning("Request %s lost its place at the site (lease ran out); stopping it", ticket)
                 self.service.stop_lost(request)
+        if self._policy:
+            await self._account_running()
+
+    async def _account_running(self) -> None:
+        """Count the tokens each running reply here made since the last
+        count for its person's fair share (issue #15): service counts as it
+        is generated, as VTC counts it, so a long reply weighs on its person
+        while it runs, not only once it ends."""
+        for ticket, request in list(self.tickets.items()):
+            if ticket not in self.tickets or request.id not in self.service.running:
+                continue  # it ended during an earlier await: `ended` counts the rest
+            if request.held_reports is not None:
+                continue  # started on a spare, not bound yet
+            counted = self._accounted.get(ticket, 0)
+            if request.completion_tokens > counted:
+                # Noted before the await, so that an end meanwhile counts only the rest.
+                self._accounted[ticket] = request.completion_tokens
+                await self.admission.account(ticket, request.completion_tokens - counted)
 
     async def _probe(self) -> None:
         if self.active:
@@ -411,6 +434,7 @@ class SiteQueue:
         self._stale.update(self.spares)
         self.spares.clear()
         self.tickets.clear()
+        self._accounted.clear()
         logger.warning("%s: %s; limits are per process until it is back", self.process, self.error)
         try:
             # Replies started on a spare and not yet bound run by this

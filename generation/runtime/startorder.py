@@ -6,6 +6,12 @@ waits, from the priority policy staff set (classes and ageing) and each
 person's fair share of generated tokens (generation.runtime.admission.order,
 the pure rules). With no policy, or an empty one, the order is arrival
 order, as before. On the service's loop only.
+
+Service is counted as it is generated, as VTC counts it: each time the order
+is read, the tokens the running replies made since the last reading are
+charged, so a long reply weighs on its person while it runs, not only once
+it ends (counting at the end let a heavy user's next request go ahead of
+people who had received less while their long replies were still running).
 """
 
 from __future__ import annotations
@@ -34,9 +40,22 @@ class StartOrder:
     `clock` returns seconds since the epoch (the requests' `enqueued_at`)."""
 
     def __init__(self, *, half_life_s: float = DEFAULT_HALF_LIFE_S, clock=time.time):
-        self.policy: PriorityPolicy | None = None
+        self._policy: PriorityPolicy | None = None
         self.fair = FairShare(half_life_s)
         self.clock = clock
+        self._charged: dict[str, int] = {}  # running request id -> tokens already counted
+        self._served: dict[int, float] = {}  # class level -> when one of it last started
+
+    @property
+    def policy(self) -> PriorityPolicy | None:
+        """The policy in force (None: arrival order)."""
+        return self._policy
+
+    @policy.setter
+    def policy(self, policy: PriorityPolicy | None) -> None:
+        if policy != self._policy:
+            self._served = {}  # levels are places among the ranks in force
+        self._policy = policy
 
     def class_of(self, request: GenerationRequest) -> str:
         """The name of `request`'s class, "" with no policy."""
@@ -47,15 +66,30 @@ class StartOrder:
     def joined(self, request: GenerationRequest, active: Iterable[GenerationRequest]) -> None:
         """`request` was just accepted while `active` (the others waiting or
         running) were: a person with none of them joins at the least
-        service of those active (no banked credit)."""
-        people = {person_of(r) for r in active if r is not request}
+        service of those of them in `request`'s class (no banked credit)."""
+        active = [r for r in active if r is not request]
+        people = {person_of(r) for r in active}
         person = person_of(request)
         if person not in people:
-            self.fair.join(person, people, self.clock())
+            level = self._level(request)
+            peers = {person_of(r) for r in active if self._level(r) == level}
+            self.fair.join(person, people, self.clock(), peers=peers)
 
-    def charge(self, request: GenerationRequest) -> None:
-        """`request` ended: count the tokens it generated for its person."""
-        self.fair.charge(person_of(request), request.completion_tokens, self.clock())
+    def _level(self, request: GenerationRequest) -> int:
+        return self._policy.level(person_of(request), request.source) if self._policy else 0
+
+    def started(self, request: GenerationRequest) -> None:
+        """`request` started: its class's ageing starts again (order.class_levels)."""
+        if self._policy:
+            self._served[self._level(request)] = self.clock()
+
+    def charge(self, request: GenerationRequest, *, ended: bool = True) -> None:
+        """Count the tokens `request` generated for its person since they
+        were last counted; `ended` when it ended (nothing more will come)."""
+        counted = self._charged.pop(request.id, 0) if ended else self._charged.get(request.id, 0)
+        self.fair.charge(person_of(request), request.completion_tokens - counted, self.clock())
+        if not ended:
+            self._charged[request.id] = max(request.completion_tokens, counted)
 
     def order(
         self, queue: Iterable[GenerationRequest], running: Iterable[GenerationRequest]
@@ -80,6 +114,9 @@ class StartOrder:
         counts: dict[str, int] = {}
         for r in running:
             counts[person_of(r)] = counts.get(person_of(r), 0) + 1
+            self.charge(r, ended=False)
         service = self.fair.values(counts.keys() | {w.person for w in waiters}, now)
-        tickets = start_order(waiters, now=now, policy=policy, service=service, running=counts)
+        tickets = start_order(
+            waiters, now=now, policy=policy, service=service, running=counts, served=self._served
+        )
         return [by_id[ticket] for ticket in tickets]

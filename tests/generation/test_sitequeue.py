@@ -14,8 +14,9 @@ import uuid
 import pytest
 
 from generation.runtime.admission import RedisAdmission
+from generation.runtime.admission.order import PriorityClass, PriorityPolicy
 from generation.runtime.sitequeue import SiteQueue
-from generation.runtime.types import ErrorCode, Queued, RequestSource, Started
+from generation.runtime.types import Done, ErrorCode, Queued, RequestSource, RequestState, Started
 from tests.generation.test_service import LONG, LONG_TOKENS, collect, ready
 from tests.live import redis_server
 
@@ -189,3 +190,32 @@ async def test_debug_log_splits_submit_to_start(make_service, prefix, caplog):
     hop, enqueue, start = (float(part.split()[-2]) for part in line.split(": ", 1)[1].split(", "))
     assert min(hop, enqueue, start) >= 0
     handle.cancel()
+
+
+async def test_a_running_reply_counts_for_its_person_at_the_site(make_service, prefix):
+    """Issue #15, one class, cap 2: user 2 had a short reply; user 1's long
+    reply and user 3's run, and users 1 and 2 each wait with one more (user
+    1's first). While user 1's reply runs, the renewals count its tokens at
+    the site, so when user 3's reply stops, user 2's request starts, not
+    user 1's: user 1 has received more, though their reply has not ended."""
+    url = "redis://127.0.0.1:6379/0"
+    limits = dict(max_concurrency=2, max_new_tokens=LONG_TOKENS, max_queue_size=10, max_active_per_user=2)
+    service = await on_site(make_service, url, prefix, "p0", **limits)
+    service.update_priority(PriorityPolicy(classes=(PriorityClass("team", 1, frozenset({"1", "2", "3"})),)))
+    short = service.submit(user_id=2, messages=LONG, max_new_tokens=4)
+    assert (await next_of(short, Done)).type == "done"
+    long_one = service.submit(user_id=1, messages=LONG)
+    other = service.submit(user_id=3, messages=LONG)
+    for handle in (long_one, other):
+        assert isinstance(await next_of(handle, Started), Started)
+    first = service.submit(user_id=1, messages=LONG)
+    await asyncio.sleep(0.05)
+    second = service.submit(user_id=2, messages=LONG)
+    await until(lambda: long_one.request.completion_tokens > 20)
+    await asyncio.sleep(LEASE_S / 3 + 0.3)  # a renewal has counted them
+    assert long_one.request.state is RequestState.RUNNING
+    other.cancel()
+    await until(lambda: RequestState.RUNNING in (first.request.state, second.request.state))
+    assert (second.request.state, first.request.state) == (RequestState.RUNNING, RequestState.QUEUED)
+    for handle in (long_one, first, second):
+        handle.cancel()
