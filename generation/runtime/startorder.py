@@ -27,6 +27,7 @@ from generation.runtime.admission.order import (
     start_order,
 )
 from generation.runtime.requests import GenerationRequest
+from generation.runtime.types import RequestState
 
 
 def person_of(request: GenerationRequest) -> str:
@@ -66,11 +67,15 @@ class StartOrder:
     def joined(self, request: GenerationRequest, active: Iterable[GenerationRequest]) -> None:
         """`request` was just accepted while `active` (the others waiting or
         running) were: a person with none of them joins at the least
-        service of those of them in `request`'s class (no banked credit)."""
+        service of those of them in `request`'s class (no banked credit),
+        counting what the running replies have made so far."""
         active = [r for r in active if r is not request]
         people = {person_of(r) for r in active}
         person = person_of(request)
         if person not in people:
+            for other in active:
+                if other.state is RequestState.RUNNING:
+                    self.charge(other, ended=False)
             level = self._level(request)
             peers = {person_of(r) for r in active if self._level(r) == level}
             self.fair.join(person, people, self.clock(), peers=peers)
