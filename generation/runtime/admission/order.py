@@ -213,8 +213,7 @@ class FairShare:
     `half_life_s` (0: no decay), for the order inside a class. A person who
     becomes active (`join`) is lifted to the least service of the people of
     their class active now, so idle time banks no credit (VTC's counter
-    lift). Not thread-safe; one
-    per queue."""
+    lift). Not thread-safe; one per queue."""
 
     def __init__(self, half_life_s: float = DEFAULT_HALF_LIFE_S):
         self.half_life_s = half_life_s
