@@ -16,6 +16,10 @@ typed ones of generation.runtime.types; their meaning for the queue:
   running request's progress and end.
 - `RequestDeferred`: the engine was busy before the request started; it goes
   back to the head of the queue and nothing is admitted for a while.
+
+A request started on a spare site slot (generation.runtime.sitequeue.spares)
+has its reports held back until the site confirms its start
+(`confirm_started`).
 """
 
 import time
@@ -62,6 +66,14 @@ class ReportsMixin:
             if self._resume is not None:
                 self._resume.cancel()
             self._resume = self.loop.call_at(until, self._admit)
+
+    def confirm_started(self, request: GenerationRequest) -> None:
+        """The site bound `request`, which this process started on a spare
+        slot (SiteQueue) with its reports held back: apply them now, and
+        every later one as it comes."""
+        held, request.held_reports = request.held_reports, None
+        if held and request.id in self.running:
+            self._apply_reports(held)
 
     # Reports from the backend ------------------------------------------
 
