@@ -83,7 +83,7 @@ class LocalAdmission(Admission):
             raise ValueError(f"ticket {ticket} is already known")
         if self.limits is None:
             self.limits = limits
-        self._room[process] = (local_free, now + self.lease_s)
+        self._report_room(process, local_free, now)
         if not rejoin and self._count(user) >= self.limits.max_active_for(source):
             return Refused(ErrorCode.BUSY)
         waiting = self._waiting()
@@ -93,9 +93,7 @@ class LocalAdmission(Admission):
             self._join(held, now)
             self._tickets[ticket] = held
             self._started(held, now)
-            granted = self._grant(process, spares, local_free - 1, now)
-            self._room[process] = (local_free - 1 - len(granted), now + self.lease_s)
-            return Admitted(spares=granted)
+            return Admitted(spares=self._grant(process, spares, local_free - 1, now))
         if not rejoin and len(waiting) >= self.limits.max_queue_size:
             return Refused(ErrorCode.QUEUE_FULL)
         self._join(held, now)
@@ -128,15 +126,10 @@ class LocalAdmission(Admission):
         self._join(held, now)
         self._tickets[ticket] = held
         self._started(held, now)
-        granted = self._grant(process, spares, local_free, now)
-        self._room[process] = (local_free - len(granted), now + self.lease_s)
-        return Admitted(spares=granted)
+        return Admitted(spares=self._grant(process, spares, local_free, now))
 
     async def spare(self, process: str, local_free: int, spares: Sequence[str]) -> tuple[str, ...]:
-        now = self._reap()
-        granted = self._grant(process, spares, local_free, now)
-        self._room[process] = (local_free - len(granted), now + self.lease_s)
-        return granted
+        return self._grant(process, spares, local_free, self._reap())
 
     async def claim(self, process: str, local_free: int) -> list[str]:
         now = self._reap()
@@ -157,7 +150,7 @@ class LocalAdmission(Admission):
             self._tickets[name].running = True
             self._tickets[name].head = False
             self._started(self._tickets[name], now)
-        self._room[process] = (local_free - len(started), now + self.lease_s)
+        self._report_room(process, local_free - len(started), now)
         return started
 
     async def release(self, ticket: str) -> bool:
@@ -240,19 +233,26 @@ class LocalAdmission(Admission):
     def _grant(self, process: str, spares: Sequence[str], free: int, now: float) -> tuple[str, ...]:
         """Make `spares` (new ids) spares of `process` while nobody waits, the
         site is under the cap less one slot for each other process with a
-        room report and no spare, and fewer than `free` were granted."""
+        room report and no spare, and fewer than `free` were granted; then
+        report `process`'s room: `free` less those granted. Returns them."""
         granted: list[str] = []
-        if self._waiting():
-            return ()
-        holders = {t.process for t in self._tickets.values() if t.user == SPARE}
-        cap = self.limits.max_concurrency - sum(1 for p in self._room if p != process and p not in holders)
-        for name in spares:
-            if len(granted) >= free or self._running() >= cap:
-                break
-            if name not in self._tickets:
-                self._tickets[name] = _Ticket(process, SPARE, now + self.lease_s, running=True)
-                granted.append(name)
+        if not self._waiting():
+            holders = {t.process for t in self._tickets.values() if t.user == SPARE}
+            cap = self.limits.max_concurrency - sum(
+                1 for p in self._room if p != process and p not in holders
+            )
+            for name in spares:
+                if len(granted) >= free or self._running() >= cap:
+                    break
+                if name not in self._tickets:
+                    self._tickets[name] = _Ticket(process, SPARE, now + self.lease_s, running=True)
+                    granted.append(name)
+        self._report_room(process, free - len(granted), now)
         return tuple(granted)
+
+    def _report_room(self, process: str, room: int, now: float) -> None:
+        """`process` can start `room` more requests: its room report, whose lease is renewed."""
+        self._room[process] = (room, now + self.lease_s)
 
     def _waiting(self) -> list[str]:
         return [name for name, held in self._tickets.items() if not held.running]

@@ -63,32 +63,42 @@ end
 if #expired > 0 then redis.call('PUBLISH', WAKE, 'reaped') end
 local deadline = now + LEASE
 
+-- `process` can start `room` more requests: its room report, whose lease
+-- is renewed.
+local function report_room(process, room)
+  redis.call('HSET', K_ROOMS, process, room)
+  redis.call('ZADD', K_PROCS, deadline, process)
+end
+
 -- Spares: grant `process` the ids ARGV[first..] as spare slots, at most
 -- `free` of them, while nobody waits and every other living process (one
 -- with a room report) that holds no spare of its own could still start one
--- request at once; returns those granted.
+-- request at once; then report its room, `free` less those granted.
+-- Returns those granted.
 local function grant(process, first, free)
   local granted = {}
-  if redis.call('ZCARD', K_QUEUE) > 0 then return granted end
-  local holders = {}
-  for _, held in ipairs(redis.call('ZRANGE', K_RUNNING, 0, -1)) do
-    if redis.call('HGET', K_USER, held) == '' then holders[redis.call('HGET', K_OWNER, held)] = true end
-  end
-  local others = 0
-  for _, other in ipairs(redis.call('ZRANGE', K_PROCS, 0, -1)) do
-    if other ~= process and not holders[other] then others = others + 1 end
-  end
-  local cap = limit('max_concurrency') - others
-  for i = first, #ARGV do
-    if #granted >= free or redis.call('ZCARD', K_RUNNING) >= cap then break end
-    if redis.call('HEXISTS', K_OWNER, ARGV[i]) == 0 then
-      redis.call('HSET', K_OWNER, ARGV[i], process)
-      redis.call('HSET', K_USER, ARGV[i], '')
-      redis.call('ZADD', K_LEASES, deadline, ARGV[i])
-      redis.call('ZADD', K_RUNNING, now, ARGV[i])
-      granted[#granted + 1] = ARGV[i]
+  if redis.call('ZCARD', K_QUEUE) == 0 then
+    local holders = {}
+    for _, held in ipairs(redis.call('ZRANGE', K_RUNNING, 0, -1)) do
+      if redis.call('HGET', K_USER, held) == '' then holders[redis.call('HGET', K_OWNER, held)] = true end
+    end
+    local others = 0
+    for _, other in ipairs(redis.call('ZRANGE', K_PROCS, 0, -1)) do
+      if other ~= process and not holders[other] then others = others + 1 end
+    end
+    local cap = limit('max_concurrency') - others
+    for i = first, #ARGV do
+      if #granted >= free or redis.call('ZCARD', K_RUNNING) >= cap then break end
+      if redis.call('HEXISTS', K_OWNER, ARGV[i]) == 0 then
+        redis.call('HSET', K_OWNER, ARGV[i], process)
+        redis.call('HSET', K_USER, ARGV[i], '')
+        redis.call('ZADD', K_LEASES, deadline, ARGV[i])
+        redis.call('ZADD', K_RUNNING, now, ARGV[i])
+        granted[#granted + 1] = ARGV[i]
+      end
     end
   end
+  report_room(process, free - #granted)
   return granted
 end
 """
@@ -110,8 +120,7 @@ redis.call('HSETNX', K_LIMITS, 'max_concurrency', ARGV[7])
 redis.call('HSETNX', K_LIMITS, 'max_queue_size', ARGV[8])
 redis.call('HSETNX', K_LIMITS, 'max_active_per_user', ARGV[9])
 redis.call('HSETNX', K_LIMITS, 'max_active_api_per_user', ARGV[11])
-redis.call('HSET', K_ROOMS, process, free)
-redis.call('ZADD', K_PROCS, deadline, process)
+report_room(process, free)
 if not rejoin and tonumber(redis.call('HGET', K_USERS, user) or '0') >= limit(ARGV[12]) then
   return {'busy'}
 end
@@ -127,9 +136,7 @@ if waiting == 0 and free > 0 and redis.call('ZCARD', K_RUNNING) < limit('max_con
   hold()
   redis.call('ZADD', K_RUNNING, now, ticket)
   prio_started(user, now) -- issue #15 (priority_scripts)
-  local spares = grant(process, 13, free - 1)
-  redis.call('HSET', K_ROOMS, process, free - 1 - #spares)
-  return {'admitted', unpack(spares)}
+  return {'admitted', unpack(grant(process, 13, free - 1))}
 end
 if not rejoin and waiting >= limit('max_queue_size') then return {'queue_full'} end
 hold()
@@ -175,20 +182,13 @@ redis.call('HINCRBY', K_USERS, user, 1)
 redis.call('ZADD', K_LEASES, deadline, ticket)
 redis.call('ZADD', K_RUNNING, now, ticket)
 prio_started(user, now) -- issue #15 (priority_scripts)
-local spares = grant(process, 9, tonumber(ARGV[8]))
-redis.call('HSET', K_ROOMS, process, tonumber(ARGV[8]) - #spares)
-redis.call('ZADD', K_PROCS, deadline, process)
-return {'bound', unpack(spares)}
+return {'bound', unpack(grant(process, 9, tonumber(ARGV[8])))}
 """
 
 # ARGV 3 process, 4 its room now, 5... ids of the spares it would like.
 # Returns those granted.
 SPARE = """
-local process, free = ARGV[3], tonumber(ARGV[4])
-local spares = grant(process, 5, free)
-redis.call('HSET', K_ROOMS, process, free - #spares)
-redis.call('ZADD', K_PROCS, deadline, process)
-return spares
+return grant(ARGV[3], 5, tonumber(ARGV[4]))
 """
 
 # ARGV 3 process, 4 its room now. Returns the tickets it starts, in order.
@@ -219,8 +219,7 @@ for _, ticket in ipairs(started) do
 end
 -- The queue moved: the other processes' positions change.
 if #started > 0 then redis.call('PUBLISH', WAKE, 'claimed') end
-redis.call('HSET', K_ROOMS, process, free - #started)
-redis.call('ZADD', K_PROCS, deadline, process)
+report_room(process, free - #started)
 return started
 """
 
