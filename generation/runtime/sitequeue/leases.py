@@ -18,9 +18,7 @@
   during the outage: for their remaining time the site may run that many
   more than its cap. Nothing is lost and no request is counted twice.
 
-A mixin of SiteQueue (generation.runtime.sitequeue), which owns the state,
-kept apart so that each module stays small; everything runs on the
-service's loop.
+LeasesMixin is this half of SiteQueue (generation.runtime.sitequeue).
 """
 
 from __future__ import annotations

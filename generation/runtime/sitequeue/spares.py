@@ -16,9 +16,9 @@ wake-up says that a ticket waits somewhere or the limits changed (then asked
 for again, under the new cap). Their leases are renewed with the tickets',
 and an outage releases them on the rejoin (sitequeue.leases).
 
-A mixin of SiteQueue (generation.runtime.sitequeue), which owns the state,
-kept apart so that each module stays small; everything runs on the
-service's loop. Its DEBUG trace goes to a child of the site queue's logger.
+SparesMixin is this half of SiteQueue (generation.runtime.sitequeue); its
+DEBUG trace of each start on a spare goes to a child of the site queue's
+logger.
 """
 
 from __future__ import annotations
