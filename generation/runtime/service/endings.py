@@ -10,14 +10,17 @@ terminal event and hands its `RequestRecord` to the record listeners:
 - the site queue refused it (`reject_waiting`: busy, queue_full) or no
   longer holds its ticket (`stop_lost`: lease_lost, or busy after a start on
   a spare slot);
-- the backend finished or failed it (generation.runtime.reporting).
+- the backend finished or failed it (generation.runtime.service.reporting).
 """
+
+from __future__ import annotations
 
 import asyncio
 import collections
 import logging
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from generation.runtime import eta
 from generation.runtime.backends import Backend
@@ -33,6 +36,9 @@ from generation.runtime.types import (
     RequestState,
 )
 
+if TYPE_CHECKING:
+    from generation.runtime.sitequeue import SiteQueue
+
 logger = logging.getLogger(__name__)
 
 
@@ -41,7 +47,7 @@ class EndingsMixin:
 
     # Set by GenerationService.__init__.
     start_order: StartOrder
-    site: object  # a SiteQueue, or None
+    site: SiteQueue | None
     backend: Backend
     worker_name: str
     queue: collections.deque[GenerationRequest]

@@ -17,16 +17,22 @@ that each module stays small: the queue's bookkeeping, on the loop only.
   `show_position` and, after an outage began, `admit_locally`.
 """
 
+from __future__ import annotations
+
 import asyncio
 import collections
 import time
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 from generation.runtime import eta
 from generation.runtime.backends import Backend
 from generation.runtime.requests import GenerationRequest
 from generation.runtime.startorder import StartOrder
 from generation.runtime.types import Limits, ModelState, Queued, RequestState
+
+if TYPE_CHECKING:
+    from generation.runtime.sitequeue import SiteQueue
 
 REORDER_CHECK_S = 1.0
 """With priority classes, how often waiting requests' positions are checked
@@ -40,7 +46,7 @@ class SchedulingMixin:
     limits: Limits
     start_order: StartOrder
     process_max_concurrency: int
-    site: object  # a SiteQueue, or None
+    site: SiteQueue | None
     backend: Backend
     model_state: ModelState
     loop: asyncio.AbstractEventLoop

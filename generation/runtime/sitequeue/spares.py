@@ -2,7 +2,8 @@
 
 A spare is a site slot granted to this process for a request it has not
 received yet: a running ticket of nobody at the site, counted in the cap and
-against no per-user limit (generation.runtime.admission.scripts, SPARES).
+against no per-user limit (generation.runtime.admission.scripts: the
+note on spares above BIND).
 While nobody waits, the site grants this process up to `spares` of them with
 the answers of `enqueue` and `bind`, and after a release. A request that
 arrives when one is held (or gets to the site queue's turn when one has come
