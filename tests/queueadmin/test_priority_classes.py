@@ -124,7 +124,9 @@ def test_the_console_shows_each_class_queue_wait_over_the_last_hour(admin_client
     from generation.runtime.types import Outcome, RequestRecord
 
     run("set", "support", "--rank", "1", "--staff")
-    now = time.time()
+    # Whole seconds: the waits below then land on whole microseconds when
+    # stored, so that 0.1 s reads back as exactly 100 ms (not 99.999).
+    now = float(int(time.time()))
     records = [
         RequestRecord(
             request_id=f"r{i}",
