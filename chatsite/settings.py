@@ -156,6 +156,9 @@ MIDDLEWARE = [
     # After sessions, before common: the language from the cookie set_language
     # sets, else the browser's Accept-Language (README, "Languages").
     "django.middleware.locale.LocaleMiddleware",
+    # After locale (reasons in the reader's language), before csrf (its 403
+    # passes through): /api/ refusals as {"error"} JSON.
+    "chatsite.jsonerrors.api_errors_as_json",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
