@@ -14,8 +14,10 @@ import logging
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.contrib.auth.models import AnonymousUser
+from django.utils import translation
 
 from generation import events, replies, selectors, services, text, watch
+from generation.language import language_of
 from generation.models import Conversation
 from generation.runtime.registry import get_service
 from generation.runtime.types import ErrorCode
@@ -99,6 +101,9 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
 
     async def connect(self):
         self.user = self.scope.get("user") or AnonymousUser()
+        # The reader's language, as the page's (cookie, else Accept-Language):
+        # refusals of this socket's frames are worded in it.
+        self.language = language_of(self.scope)
         self.closed = False
         self.live = None
         self.watched: watch.Watched | None = None
@@ -120,17 +125,18 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         if not self.user.is_authenticated:
             return  # closing with 4401; frames racing the close are dropped
         try:
-            command = events.parse_client_frame(text_data, bytes_data)
-            if not await self.authorised():
-                return
-            if isinstance(command, events.Cancel):
-                self.cancel_reply()
-            elif isinstance(command, events.Open):
-                await self.open_conversation(command.conversation)
-            else:
-                await self.start_reply(command)
-        except events.ClientError as error:
-            await self.emit(events.error(None, error.code, error.message))
+            with translation.override(self.language):
+                command = events.parse_client_frame(text_data, bytes_data)
+                if not await self.authorised():
+                    return
+                if isinstance(command, events.Cancel):
+                    self.cancel_reply()
+                elif isinstance(command, events.Open):
+                    await self.open_conversation(command.conversation)
+                else:
+                    await self.start_reply(command)
+        except events.ClientError as refused:
+            await self.emit(events.refusal(refused))
         except Exception:
             logger.exception("Chat frame failed")
             await self.emit(events.error(None, ErrorCode.INTERNAL))

@@ -9,6 +9,8 @@ import json
 from dataclasses import dataclass
 
 from django.conf import settings
+from django.utils.translation import get_language
+from django.utils.translation import gettext as _
 
 from generation import text
 from generation.runtime.types import Done, Error, ErrorCode
@@ -19,11 +21,15 @@ from generation.runtime.types import Done, Error, ErrorCode
 
 class ClientError(Exception):
     """A frame the server refuses; `code` and `message` (default: the code's
-    words) go back as an error frame."""
+    words) go back as an error frame. The message is in the language active
+    where it is raised (the consumer activates the reader's), and `lang`
+    records which, so that the page shows the specific reason rather than
+    the code's general words (`refusal`)."""
 
     def __init__(self, code: ErrorCode, message: str | None = None):
         self.code = ErrorCode(code)
-        self.message = message or self.code.text
+        self.message = message or _(self.code.text)
+        self.lang = get_language() or settings.LANGUAGE_CODE
         super().__init__(self.message)
 
 
@@ -84,33 +90,33 @@ def max_frame_chars() -> int:
 def parse_client_frame(text_data: str | None, bytes_data: bytes | None) -> ClientFrame:
     """Validate one client frame; raises ClientError(ErrorCode.INVALID) with the reason."""
     if text_data is None:
-        raise ClientError(ErrorCode.INVALID, "Frames must be JSON text, not binary.")
+        raise ClientError(ErrorCode.INVALID, _("Frames must be JSON text, not binary."))
     if len(text_data) > max_frame_chars():
-        raise ClientError(ErrorCode.INVALID, "The frame is too large.")
+        raise ClientError(ErrorCode.INVALID, _("The frame is too large."))
     try:
         frame = json.loads(text_data)
     except (ValueError, RecursionError):
-        raise ClientError(ErrorCode.INVALID, "The frame is not valid JSON.") from None
+        raise ClientError(ErrorCode.INVALID, _("The frame is not valid JSON.")) from None
     if not isinstance(frame, dict):
-        raise ClientError(ErrorCode.INVALID, "The frame must be a JSON object.")
+        raise ClientError(ErrorCode.INVALID, _("The frame must be a JSON object."))
     kind = frame.get("type")
     if kind == "cancel":
         return Cancel()
     if kind == "send":
         conversation = frame.get("conversation")
         if conversation is not None:
-            conversation = _id(frame, "conversation", "'conversation' must be a conversation id or null.")
+            conversation = _id(frame, "conversation", _("'conversation' must be a conversation id or null."))
         return Send(conversation=conversation, content=_content(frame))
     if kind == "open":
-        return Open(conversation=_id(frame, "conversation", "'conversation' must be a conversation id."))
+        return Open(conversation=_id(frame, "conversation", _("'conversation' must be a conversation id.")))
     if kind in ("regenerate", "edit"):
-        conversation = _id(frame, "conversation", "'conversation' must be a conversation id.")
-        message = _id(frame, "message", "'message' must be a message id.")
+        conversation = _id(frame, "conversation", _("'conversation' must be a conversation id."))
+        message = _id(frame, "message", _("'message' must be a message id."))
         if kind == "regenerate":
             return Regenerate(conversation=conversation, message=message)
         return Edit(conversation=conversation, message=message, content=_content(frame))
     raise ClientError(
-        ErrorCode.INVALID, "Unknown frame type; expected 'send', 'cancel', 'open', 'regenerate' or 'edit'."
+        ErrorCode.INVALID, _("Unknown frame type; expected 'send', 'cancel', 'open', 'regenerate' or 'edit'.")
     )
 
 
@@ -127,9 +133,9 @@ def _content(frame: dict) -> str:
     """A message's text, checked as every message is (generation.text)."""
     content = frame.get("content")
     if not isinstance(content, str):
-        raise ClientError(ErrorCode.INVALID, "'content' must be a string.")
+        raise ClientError(ErrorCode.INVALID, _("'content' must be a string."))
     if not content.strip():
-        raise ClientError(ErrorCode.INVALID, "The message is empty.")
+        raise ClientError(ErrorCode.INVALID, _("The message is empty."))
     try:
         text.check(content, what="message", limit=settings.CHAT_MAX_MESSAGE_CHARS)
     except text.TextRefused as refused:
@@ -240,6 +246,13 @@ def error(request: str | None, code: ErrorCode, message: str | None = None) -> d
     no request was made."""
     code = ErrorCode(code)
     return {"type": "error", "request": request, "code": str(code), "message": message or code.text}
+
+
+def refusal(refused: ClientError) -> dict:
+    """A refused frame (`request` null) as an error frame whose message is in
+    the reader's language, named by `lang` (a language code of
+    settings.LANGUAGES): the page shows it as it is."""
+    return {**error(None, refused.code, refused.message), "lang": refused.lang}
 
 
 def service_error(request: str, event: Error) -> dict:

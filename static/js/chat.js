@@ -38,9 +38,12 @@ const blank = (text) => /^[\t\n\v\f\r\x1c-\x1f \x85\xa0\u1680\u2000-\u200a\u2028
 // in the page's language. Frames carry a code and an English sentence, which
 // may be more precise than the code's words (what is wrong with the text): an
 // English page shows that sentence, any other words the frame by its code, as
-// every page does a stored failure.
+// every page does a stored failure. A refusal of the page's own frame (a
+// message too long, empty) says its reason in the reader's language, named
+// by `lang`: that sentence is shown as it is.
 const ERROR_TEXT = config.errorText;
-const errorWords = (frame) => (LANGUAGE === "en" && frame.message) || ERROR_TEXT[frame.code] || frame.message;
+const errorWords = (frame) =>
+  ((LANGUAGE === "en" || frame.lang === LANGUAGE) && frame.message) || ERROR_TEXT[frame.code] || frame.message;
 const state = {
   conversation: config.conversation,
   socket: null,
