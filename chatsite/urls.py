@@ -5,8 +5,8 @@ from django.contrib.staticfiles.urls import staticfiles_urlpatterns
 from django.templatetags.static import static
 from django.urls import include, path
 from django.views.generic import RedirectView
-from django.views.i18n import JavaScriptCatalog
 
+from chatsite.jsi18n import catalog_view
 from queueadmin.views import metrics_view
 
 # The admin's pages say whose site they are (the header, and each page's title).
@@ -19,7 +19,8 @@ urlpatterns = [
     path("i18n/", include("django.conf.urls.i18n")),
     # The pages' scripts take their words from this catalog (gettext,
     # ngettext, interpolate; locale/*/LC_MESSAGES/djangojs.po).
-    path("jsi18n/", JavaScriptCatalog.as_view(), name="javascript-catalog"),
+    # Cached a day at a URL naming version and language (chatsite.jsi18n).
+    path("jsi18n/", catalog_view, name="javascript-catalog"),
     # Before admin/, whose catch-all would answer 404 for admin/queue/.
     path("admin/queue/", include("queueadmin.urls")),
     path("admin/", admin.site.urls),
