@@ -205,6 +205,11 @@ import { connectSocket } from "./socket.js";
 
   // The chart --------------------------------------------------------------
 
+  // The chart's clock in the reader's language and time zone: ticks by the
+  // minute (the chart spans an hour), the legend to the second.
+  const tick = new Intl.DateTimeFormat(LANGUAGE, { hour: "numeric", minute: "2-digit" });
+  const clock = new Intl.DateTimeFormat(LANGUAGE, { hour: "numeric", minute: "2-digit", second: "2-digit" });
+
   function drawHistory(series) {
     const data = [series.time, series.running, series.waiting, series.tokens_per_s];
     const element = root.querySelector("#chart");
@@ -217,13 +222,19 @@ import { connectSocket } from "./socket.js";
         width: Math.max(element.clientWidth, 300),
         height: 240,
         scales: { x: { time: true } },
+        // uPlot words its time axis and legend in English ("Time", 1:05pm):
+        // both are the reader's clock here, as the tables' numbers are.
         series: [
-          {},
+          { label: gettext("Time"), value: (u, ts) => (ts == null ? "–" : clock.format(ts * 1000)) },
           { label: gettext("Running"), stroke: "#417690", width: 2 },
           { label: gettext("Waiting"), stroke: "#ba2121", width: 2 },
           { label: gettext("Tokens/s"), stroke: "#79aec8", width: 1, scale: "tps" },
         ],
-        axes: [{}, { label: gettext("requests") }, { side: 1, scale: "tps", label: gettext("tokens/s"), grid: { show: false } }],
+        axes: [
+          { values: (u, splits) => splits.map((ts) => tick.format(ts * 1000)) },
+          { label: gettext("requests") },
+          { side: 1, scale: "tps", label: gettext("tokens/s"), grid: { show: false } },
+        ],
       },
       data,
       element
