@@ -59,15 +59,8 @@ def conversation_search(*, owner, query: str, limit: int = 50) -> list[dict]:
         conversation__owner=owner, conversation__deleted_at__isnull=True, superseded=False
     )
     titles = conversation_list(owner=owner)
-    if connection.vendor == "postgresql" and not _UNSPACED_SCRIPT.search(query):
-        from django.contrib.postgres.search import SearchQuery, SearchVector
-
-        wanted = SearchQuery(query, config="simple", search_type="websearch")
-        messages = messages.annotate(found=SearchVector("content", config="simple")).filter(found=wanted)
-        titles = titles.annotate(found=SearchVector("title", config="simple")).filter(found=wanted)
-    else:
-        messages = messages.filter(_every_word("content", words))
-        titles = titles.filter(_every_word("title", words))
+    messages = matching(messages, "content", query)
+    titles = matching(titles, "title", query)
     matched = messages.values_list("conversation_id", flat=True)
     found = list(
         conversation_list(owner=owner).filter(Q(pk__in=matched) | Q(pk__in=titles.values("pk")))[:limit]
@@ -80,6 +73,20 @@ def conversation_search(*, owner, query: str, limit: int = 50) -> list[dict]:
         {"id": c.pk, "title": c.title or "New chat", "snippet": _snippet(first.get(c.pk, ""), words[0])}
         for c in found
     ]
+
+
+def matching(rows: QuerySet, field: str, query: str) -> QuerySet:
+    """`rows` whose text `field` holds every word of `query` (already
+    normalised by conversation_search): full-text search on PostgreSQL for
+    spaced scripts, else a case-insensitive substring match. On PostgreSQL
+    the message content's indexes (migration 0007) are written for exactly
+    these two expressions."""
+    if connection.vendor == "postgresql" and not _UNSPACED_SCRIPT.search(query):
+        from django.contrib.postgres.search import SearchQuery, SearchVector
+
+        wanted = SearchQuery(query, config="simple", search_type="websearch")
+        return rows.annotate(found=SearchVector(field, config="simple")).filter(found=wanted)
+    return rows.filter(_every_word(field, query.split()))
 
 
 def _every_word(field: str, words: list[str]) -> Q:
