@@ -108,11 +108,11 @@ def test_japanese_text_round_trips_and_errors_are_in_japanese(japanese, chat_ser
     page.wait_for_selector(".message.assistant .status >> text=停止しました。")
     assert page.text_content(".message.user .body") == question
 
-    # A NUL is refused by the server (an `invalid` error frame): worded by
-    # its code in Japanese, and the text stays in the box.
+    # A NUL is refused by the server (an `invalid` error frame): its
+    # specific reason in Japanese, and the text stays in the box.
     page.fill("#input", "ヌル文字\u0000入り")
     page.press("#input", "Enter")
-    page.wait_for_selector("#notice >> text=リクエストを解釈できませんでした。")
+    page.wait_for_selector("#notice >> text=メッセージにヌル文字（U+0000）を含めることはできません。")  # noqa: RUF001 - the Japanese sentence's full-width parentheses
     assert page.input_value("#input") == "ヌル文字\u0000入り"
 
 
