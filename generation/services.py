@@ -129,9 +129,10 @@ def conversation_restore(*, owner, conversation_id: int) -> Conversation:
 @transaction.atomic
 def conversations_purge(*, before: datetime) -> int:
     """Remove for good the conversations (and their messages) deleted before
-    `before`; returns how many. Called by conversation_delete and by
-    `manage.py purge_deleted` (which a timer runs, so that nobody's delete
-    is needed)."""
+    `before`; returns how many. Called by conversation_delete, by each
+    running service's control every PURGE_INTERVAL_S (queueadmin.control)
+    and by `manage.py purge_deleted` (which a timer runs), so that nobody's
+    next delete is needed."""
     _, per_model = Conversation.all_objects.filter(deleted_at__lt=before).delete()
     return per_model.get(Conversation._meta.label, 0)
 

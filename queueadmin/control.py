@@ -2,7 +2,7 @@
 
 `attach(service)` is called once by generation.runtime.registry when it
 starts a service, inside the running loop (a start hook that
-QueueAdminConfig.ready registers). It starts five tasks on that
+QueueAdminConfig.ready registers). It starts six tasks on that
 loop:
 
 - follow: applies the saved settings row at once, whatever Redis does, and
@@ -17,7 +17,12 @@ loop:
   one batch (queueadmin.recorder), so the loop never waits on the database
   and no write happens per token;
 - seed: once, gives the service's start estimates (generation.runtime.eta)
-  the run times of the site's last completed replies from before it started.
+  the run times of the site's last completed replies from before it started;
+- purge: every PURGE_INTERVAL_S, removes for good the conversations deleted
+  longer ago than the undo window (generation.services.conversations_purge),
+  so that a busy site keeps its promise without the timer of
+  `manage.py purge_deleted`, which remains the guarantee on a site no
+  service has started on yet.
 
 All state is touched on the loop only. The tasks end when the service is
 stopped (a stop listener of the service).
@@ -30,7 +35,9 @@ import time
 
 from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
+from django.utils import timezone
 
+from generation import services as generation_services
 from generation.runtime.types import RequestRecord
 from queueadmin import events, metrics, selectors
 from queueadmin.following import SettingsFollower
@@ -43,6 +50,7 @@ PUBLISH_INTERVAL_S = 0.5
 FLUSH_INTERVAL_S = 1.0
 SNAPSHOT_INTERVAL_S = 5.0
 STALE_AFTER_S = 3.0  # a process not heard from for this long is left out of the console
+PURGE_INTERVAL_S = 30.0  # half the undo window: gone within 1.5 minutes of the delete
 REJOIN_INTERVAL_S = 60.0  # groups expire after a day, and a restarted Redis forgets them
 
 _current = None
@@ -114,7 +122,7 @@ class Control:
         """Listen for records, start the tasks, and stop them with the service."""
         self.service.record_listeners.append(self._on_record)
         loop = self.service.loop
-        for run in (self._seed, self._follow, self._listen, self._publish, self._write):
+        for run in (self._seed, self._follow, self._listen, self._publish, self._write, self._purge):
             task = loop.create_task(run(), name=f"queueadmin-{run.__name__.strip('_')}")
             task.add_done_callback(_log_failure)
             self.tasks.append(task)
@@ -272,6 +280,21 @@ class Control:
         while True:
             await asyncio.sleep(FLUSH_INTERVAL_S)
             await self.recorder.flush()
+
+    async def _purge(self) -> None:
+        failing = False
+        while True:
+            await asyncio.sleep(PURGE_INTERVAL_S)
+            before = timezone.now() - generation_services.DELETE_UNDO_WINDOW
+            try:
+                await database_sync_to_async(generation_services.conversations_purge)(before=before)
+            except Exception as error:
+                # The database is down; chat is too. Say so once, not every interval.
+                if not failing:
+                    logger.warning("Could not purge deleted conversations: %s", error)
+                failing = True
+            else:
+                failing = False
 
     # Shutdown ----------------------------------------------------------
 

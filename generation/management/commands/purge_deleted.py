@@ -11,9 +11,10 @@ class Command(BaseCommand):
     """Purge conversations (and their messages) whose undo window has passed.
 
     A delete already purges the older ones whenever anybody deletes
-    something; this command does it without that trigger, so a deleted
-    conversation is gone within the window plus the command's period even on
-    a quiet site. Run it every minute from cron or a systemd timer
+    something, and a process whose generation service runs purges every
+    PURGE_INTERVAL_S (queueadmin.control); this command does it without
+    either, so a deleted conversation is gone within the window plus the
+    command's period even on a quiet site or after a restart. Run it every minute from cron or a systemd timer
     (deploy/chatsite-purge.timer). Safe to run from several hosts at once.
     """
 
