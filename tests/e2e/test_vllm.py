@@ -29,7 +29,7 @@ from generation.runtime.modelfolder import model_folder
 from generation.runtime.prompt import neutralise_control_tokens
 from generation.runtime.types import ErrorCode
 from generation.wsclient import TERMINAL, ChatSocket
-from tests.live import ROOT, daphne, prepare_database, seed_logged_in_users
+from tests.live import ROOT, daphne, live_env, prepare_database, seed_logged_in_users
 from tests.polling import poll
 from tests.vllm_server import VllmServer, vllm_python
 
@@ -96,17 +96,15 @@ def site(vllm, tmp_path_factory):
     """chatsite under daphne with GENERATION_BACKEND=openai and a cap of 2."""
     folder = tmp_path_factory.mktemp("site")
     database = folder / "db.sqlite3"
-    env = {
-        **os.environ,
-        "DJANGO_SETTINGS_MODULE": "chatsite.settings",
-        "DATABASE_URL": f"sqlite:///{database}",
-        "REDIS_URL": "",
-        "GENERATION_BACKEND": "openai",
-        "GENERATION_OPENAI_BASE_URL": vllm.base_url,
-        "GENERATION_MAX_CONCURRENCY": str(CAP),
-        "GENERATION_MAX_QUEUE": "16",
-        "GENERATION_MAX_NEW_TOKENS": "600",
-    }
+    env = live_env(
+        database,
+        REDIS_URL="",
+        GENERATION_BACKEND="openai",
+        GENERATION_OPENAI_BASE_URL=vllm.base_url,
+        GENERATION_MAX_CONCURRENCY=str(CAP),
+        GENERATION_MAX_QUEUE="16",
+        GENERATION_MAX_NEW_TOKENS="600",
+    )
     sessions = prepare_database(env, SEED)
     with daphne(env, folder / "daphne.log") as url:
         site = Site(url, env, database, sessions)
