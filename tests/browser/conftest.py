@@ -79,11 +79,14 @@ def chat_server(tiny_model_dir, tmp_path_factory):
         yield {"url": url, **seed}
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="package")
 def browser():
-    """Headless Debian chromium, shared by a module's tests. Not longer: the
-    sync Playwright API keeps an event loop running in this thread while it is
-    open, which would break the asyncio tests that follow."""
+    """Headless Debian chromium, shared by the tests of tests/browser (each
+    test opens a context of its own: its own cookies and storage). One launch
+    costs 1.5 to 3 s here; once per module it was paid eight times. Not
+    longer than this package: the sync Playwright API keeps an event loop
+    running in this thread while it is open, which would break the asyncio
+    tests that follow (this package has none)."""
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
