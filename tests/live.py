@@ -10,6 +10,7 @@ test flushes and which they may stop.
 import atexit
 import functools
 import json
+import os
 import shutil
 import socket
 import subprocess
@@ -36,6 +37,20 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def live_env(database: Path | str, *, model: Path | None = None, **settings: str) -> dict[str, str]:
+    """The environment of a chatsite process that a live test starts (daphne,
+    manage.py, bench commands): this process's environment with chatsite's
+    settings module and `database`, a SQLite file's path or a database URL
+    (postgres://...). With `model`, that model folder on the CPU
+    (GENERATION_MODEL, GENERATION_DEVICE=cpu). `settings` are further
+    variables, as strings; they win over the ones above."""
+    url = database if isinstance(database, str) and "://" in database else f"sqlite:///{database}"
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "chatsite.settings", "DATABASE_URL": url}
+    if model is not None:
+        env |= {"GENERATION_MODEL": str(model), "GENERATION_DEVICE": "cpu"}
+    return env | settings
 
 
 def prepare_database(env: dict, seed: str) -> dict:

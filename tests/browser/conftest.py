@@ -10,7 +10,7 @@ import pytest
 
 from tests.browser.corpus import MARKDOWN
 from tests.browser.corpus import XSS as XSS_CORPUS
-from tests.live import daphne, prepare_database
+from tests.live import daphne, live_env, prepare_database
 
 CHROMIUM = "/usr/bin/chromium"
 XSS = "<img src=x onerror=alert(1)>"
@@ -65,28 +65,28 @@ def chat_server(tiny_model_dir, tmp_path_factory):
     if not os.path.exists(CHROMIUM):
         pytest.skip("chromium is not installed (make system)")
     folder = tmp_path_factory.mktemp("live")
-    env = {
-        **os.environ,
-        "DJANGO_SETTINGS_MODULE": "chatsite.settings",
-        "DATABASE_URL": f"sqlite:///{folder / 'db.sqlite3'}",
-        "GENERATION_MODEL": str(tiny_model_dir),
-        "GENERATION_DEVICE": "cpu",
+    env = live_env(
+        folder / "db.sqlite3",
+        model=tiny_model_dir,
         # Long enough that the tiny model is still writing when Stop is clicked,
         # and within the console's bound (half the 8192-token context), since
         # the console test saves the form with it.
-        "GENERATION_MAX_NEW_TOKENS": "4000",
-        "DEBUG": "1",
-    }
+        GENERATION_MAX_NEW_TOKENS="4000",
+        DEBUG="1",
+    )
     seed = prepare_database(env, SEED)
     with daphne(env, folder / "daphne.log") as url:
         yield {"url": url, **seed}
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="package")
 def browser():
-    """Headless Debian chromium, shared by a module's tests. Not longer: the
-    sync Playwright API keeps an event loop running in this thread while it is
-    open, which would break the asyncio tests that follow."""
+    """Headless Debian chromium, shared by the tests of tests/browser (each
+    test opens a context of its own: its own cookies and storage). One launch
+    costs 1.5 to 3 s here; once per module it was paid eight times. Not
+    longer than this package: the sync Playwright API keeps an event loop
+    running in this thread while it is open, which would break the asyncio
+    tests that follow (this package has none)."""
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:

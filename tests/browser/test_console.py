@@ -1,12 +1,11 @@
 """The admin queue console in a real browser against a live daphne server."""
 
-import os
 import re
 
 import pytest
 
 from tests.browser.conftest import SEED, STAFF_PASSWORD, STAFF_USERNAME, USERNAME
-from tests.live import daphne, prepare_database, redis_server
+from tests.live import daphne, live_env, prepare_database, redis_server
 
 RUNNING_ROW = f"#running tbody tr[data-request]:has(td.user:text-is('{USERNAME}'))"
 
@@ -76,19 +75,16 @@ def site_console(browser, tiny_model_dir, tmp_path):
     Redis of this test's own (which the test may stop), with a cap of 4
     and an own bound of 2; yields (page, redis server)."""
     with redis_server(tmp_path) as redis:
-        env = {
-            **os.environ,
-            "DJANGO_SETTINGS_MODULE": "chatsite.settings",
-            "DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite3'}",
-            "REDIS_URL": f"redis://127.0.0.1:{redis.port}/0",
-            "GENERATION_MODEL": str(tiny_model_dir),
-            "GENERATION_DEVICE": "cpu",
-            "GENERATION_TORCH_THREADS": "1",
-            "GENERATION_MAX_CONCURRENCY": "4",
-            "GENERATION_PROCESS_MAX_CONCURRENCY": "2",
-            "GENERATION_WORKER_NAME": "solo",
-            "DEBUG": "1",
-        }
+        env = live_env(
+            tmp_path / "db.sqlite3",
+            model=tiny_model_dir,
+            REDIS_URL=f"redis://127.0.0.1:{redis.port}/0",
+            GENERATION_TORCH_THREADS="1",
+            GENERATION_MAX_CONCURRENCY="4",
+            GENERATION_PROCESS_MAX_CONCURRENCY="2",
+            GENERATION_WORKER_NAME="solo",
+            DEBUG="1",
+        )
         prepare_database(env, SEED)
         with daphne(env, tmp_path / "daphne.log") as url:
             context = browser.new_context()

@@ -6,7 +6,7 @@ import os
 import pytest
 
 from tests.browser.conftest import CHROMIUM, PASSWORD, USERNAME
-from tests.live import daphne, prepare_database
+from tests.live import daphne, live_env, prepare_database
 
 REPLY = ".message.assistant"
 SEED = f"""
@@ -24,16 +24,13 @@ def loading_server(tiny_model_dir, tmp_path_factory):
         pytest.skip("chromium is not installed (make system)")
     folder = tmp_path_factory.mktemp("loading")
     gate = folder / "load-now"
-    env = {
-        **os.environ,
-        "DJANGO_SETTINGS_MODULE": "chatsite.settings",
-        "DATABASE_URL": f"sqlite:///{folder / 'db.sqlite3'}",
-        "GENERATION_MODEL": str(tiny_model_dir),
-        "GENERATION_DEVICE": "cpu",
-        "GENERATION_MAX_NEW_TOKENS": "4000",
-        "CHATSITE_TEST_LOAD_GATE": str(gate),
-        "DEBUG": "1",
-    }
+    env = live_env(
+        folder / "db.sqlite3",
+        model=tiny_model_dir,
+        GENERATION_MAX_NEW_TOKENS="4000",
+        CHATSITE_TEST_LOAD_GATE=str(gate),
+        DEBUG="1",
+    )
     prepare_database(env, SEED)
     with daphne(env, folder / "daphne.log", application="tests.browser.gated_asgi:application") as url:
         yield {"url": url, "gate": gate}

@@ -6,7 +6,7 @@ import os
 import pytest
 
 from tests.browser.conftest import CHROMIUM
-from tests.live import daphne, manage, prepare_database, seed_logged_in_users
+from tests.live import daphne, live_env, manage, prepare_database, seed_logged_in_users
 
 RUNNER, WAITER, BOSS = "runner", "waiter", "boss"
 STATUS = ".message.assistant .status"
@@ -21,19 +21,16 @@ def priority_server(tiny_model_dir, tmp_path_factory):
     if not os.path.exists(CHROMIUM):
         pytest.skip("chromium is not installed (make system)")
     folder = tmp_path_factory.mktemp("priority")
-    env = {
-        **os.environ,
-        "DJANGO_SETTINGS_MODULE": "chatsite.settings",
-        "DATABASE_URL": f"sqlite:///{folder / 'db.sqlite3'}",
-        "GENERATION_MODEL": str(tiny_model_dir),
-        "GENERATION_DEVICE": "cpu",
-        "GENERATION_MAX_CONCURRENCY": "1",
+    env = live_env(
+        folder / "db.sqlite3",
+        model=tiny_model_dir,
+        GENERATION_MAX_CONCURRENCY="1",
         # Long enough that the first reply is still being written while the
         # test looks at the queue (the tiny model never ends on its own here).
-        "GENERATION_MAX_NEW_TOKENS": "4000",
-        "REDIS_URL": "",  # this process's own queue
-        "DEBUG": "1",
-    }
+        GENERATION_MAX_NEW_TOKENS="4000",
+        REDIS_URL="",  # this process's own queue
+        DEBUG="1",
+    )
     sessions = prepare_database(env, seed_logged_in_users([RUNNER, WAITER], staff=[BOSS]))
     made = manage(env, "priority_class", "set", "staff-first", "--rank", "0", "--staff")
     assert made.returncode == 0, made.stderr

@@ -11,12 +11,11 @@ under the live-test lock (tests/live.py).
 """
 
 import asyncio
-import os
 
 import openai
 
 from generation.wsclient import ChatSocket, login
-from tests.live import daphne, manage, manage_shell, prepare_database
+from tests.live import daphne, live_env, manage, manage_shell, prepare_database
 from tests.polling import poll
 
 PROMPT = "Tell me about the sea"
@@ -48,15 +47,13 @@ print(json.dumps(list(GenerationRecord.objects.order_by("enqueued_at").values(
 
 def site_env(folder, name: str, **settings: str) -> dict:
     """The environment of one chatsite: its own SQLite file, no Redis."""
-    return {
-        **os.environ,
-        "DJANGO_SETTINGS_MODULE": "chatsite.settings",
-        "DATABASE_URL": f"sqlite:///{folder / f'{name}.sqlite3'}",
-        "REDIS_URL": "",
-        "GENERATION_MAX_NEW_TOKENS": str(MAX_NEW_TOKENS),
-        "DEBUG": "1",
+    return live_env(
+        folder / f"{name}.sqlite3",
+        REDIS_URL="",
+        GENERATION_MAX_NEW_TOKENS=str(MAX_NEW_TOKENS),
+        DEBUG="1",
         **settings,
-    }
+    )
 
 
 def records(env: dict, count: int) -> list[dict]:

@@ -10,7 +10,6 @@ stopped with `cancel`) holds the only slot. Run under the live-test lock
 import asyncio
 import http.client
 import json
-import os
 import time
 import urllib.parse
 
@@ -19,7 +18,7 @@ import pytest
 
 from generation.api.errors import RETRY_AFTER_BUSY_S, RETRY_AFTER_QUEUE_FULL_S
 from generation.wsclient import ChatSocket, login
-from tests.live import daphne, manage_shell, prepare_database
+from tests.live import daphne, live_env, manage_shell, prepare_database
 from tests.polling import poll
 
 HELLO = [{"role": "user", "content": "hello"}]
@@ -40,17 +39,14 @@ def server(tiny_model_dir, tmp_path_factory):
     """The daphne's base URL, its environment, and the API tokens of ann,
     ben, cat (and ben's "spare" key)."""
     folder = tmp_path_factory.mktemp("api-live")
-    env = {
-        **os.environ,
-        "DJANGO_SETTINGS_MODULE": "chatsite.settings",
-        "DATABASE_URL": f"sqlite:///{folder / 'db.sqlite3'}",
-        "GENERATION_MODEL": str(tiny_model_dir),
-        "GENERATION_DEVICE": "cpu",
-        "GENERATION_MAX_CONCURRENCY": "1",
-        "GENERATION_MAX_QUEUE": "2",
-        "GENERATION_MAX_NEW_TOKENS": "4000",
-        "DEBUG": "1",
-    }
+    env = live_env(
+        folder / "db.sqlite3",
+        model=tiny_model_dir,
+        GENERATION_MAX_CONCURRENCY="1",
+        GENERATION_MAX_QUEUE="2",
+        GENERATION_MAX_NEW_TOKENS="4000",
+        DEBUG="1",
+    )
     tokens = prepare_database(env, SEED)
     with daphne(env, folder / "daphne.log") as url:
         yield {"url": url, "env": env, "tokens": tokens}

@@ -3,11 +3,10 @@ live daphne (tiny model): the engine's rows and the server's, side by side.
 Run under the live-test lock (tests/live.py starts daphne)."""
 
 import json
-import os
 
 from django.core.management import call_command
 
-from tests.live import daphne, prepare_database
+from tests.live import daphne, live_env, prepare_database
 
 SEED = """
 import json
@@ -21,16 +20,13 @@ print(json.dumps({"token": services.api_key_create(user=user, name="bench")[1]})
 def test_vs_openai_reports_both_sides(tiny_model, tmp_path, capsys):
     """At each concurrency the server answered every request, with tokens and
     a TTFT, next to the engine's row for the same prompts and budget."""
-    env = {
-        **os.environ,
-        "DJANGO_SETTINGS_MODULE": "chatsite.settings",
-        "DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite3'}",
-        "GENERATION_MODEL": str(tiny_model),
-        "GENERATION_DEVICE": "cpu",
-        "GENERATION_TORCH_THREADS": "1",
-        "GENERATION_MAX_CONCURRENCY": "4",
-        "DEBUG": "1",
-    }
+    env = live_env(
+        tmp_path / "db.sqlite3",
+        model=tiny_model,
+        GENERATION_TORCH_THREADS="1",
+        GENERATION_MAX_CONCURRENCY="4",
+        DEBUG="1",
+    )
     token = prepare_database(env, SEED)["token"]
     path = tmp_path / "vs.json"
     with daphne(env, tmp_path / "daphne.log") as url:

@@ -22,7 +22,7 @@ import websockets
 
 from generation.wsclient import login
 from tests.conftest import build_tiny_model
-from tests.live import PING_INTERVAL_S, PING_TIMEOUT_S, ROOT, daphne, prepare_database
+from tests.live import PING_INTERVAL_S, PING_TIMEOUT_S, ROOT, daphne, live_env, prepare_database
 from tests.polling import wait_for
 
 # One person per test, so that a reply one test leaves running (the fault
@@ -92,15 +92,7 @@ def server(endless_model, tmp_path_factory):
     database path)."""
     folder = tmp_path_factory.mktemp("gone-reader")
     database = folder / "db.sqlite3"
-    env = {
-        **os.environ,
-        "DJANGO_SETTINGS_MODULE": "chatsite.settings",
-        "DATABASE_URL": f"sqlite:///{database}",
-        "GENERATION_MODEL": str(endless_model),
-        "GENERATION_DEVICE": "cpu",
-        "GENERATION_MAX_NEW_TOKENS": str(MAX_NEW_TOKENS),
-        "DEBUG": "1",
-    }
+    env = live_env(database, model=endless_model, GENERATION_MAX_NEW_TOKENS=str(MAX_NEW_TOKENS), DEBUG="1")
     prepare_database(env, SEED)
     with daphne(env, folder / "daphne.log") as url:
         yield url, database

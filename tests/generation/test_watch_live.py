@@ -8,7 +8,6 @@ Run under the live-test lock (tests/live.py starts daphne).
 """
 
 import asyncio
-import os
 import time
 import urllib.parse
 import urllib.request
@@ -17,7 +16,7 @@ import pytest
 import websockets
 
 from generation.wsclient import ChatSocket, login
-from tests.live import daphne, prepare_database
+from tests.live import daphne, live_env, prepare_database
 
 SEED = """
 import json
@@ -30,15 +29,7 @@ print(json.dumps({}))
 @pytest.fixture
 def server(tiny_model_dir, tmp_path):
     """Base URL of one daphne process on the tiny model, with the user dana."""
-    env = {
-        **os.environ,
-        "DJANGO_SETTINGS_MODULE": "chatsite.settings",
-        "DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite3'}",
-        "GENERATION_MODEL": str(tiny_model_dir),
-        "GENERATION_DEVICE": "cpu",
-        "GENERATION_MAX_NEW_TOKENS": "4",
-        "DEBUG": "1",
-    }
+    env = live_env(tmp_path / "db.sqlite3", model=tiny_model_dir, GENERATION_MAX_NEW_TOKENS="4", DEBUG="1")
     prepare_database(env, SEED)
     with daphne(env, tmp_path / "daphne.log") as url:
         yield url

@@ -14,7 +14,6 @@ What the processes stored is read back through the ORM (`stored_records`).
 
 import asyncio
 import json
-import os
 import subprocess
 import time
 import urllib.request
@@ -25,7 +24,7 @@ from pathlib import Path
 import websockets
 
 from generation.wsclient import TERMINAL, ChatSocket
-from tests.live import daphnes, manage_shell, seed_logged_in_users
+from tests.live import daphnes, live_env, manage_shell, seed_logged_in_users
 from tests.polling import poll
 
 USERS = [f"u{index}" for index in range(20)]
@@ -62,21 +61,18 @@ def site_env(database_url: str, redis_port: int, model_dir: Path, **overrides: s
     """The environment of every process: cap 2 site-wide, replies that run
     until cancelled (the tiny model does not stop on "hello"), short leases,
     and admission keys under a prefix of this test's own."""
-    return {
-        **os.environ,
-        "DJANGO_SETTINGS_MODULE": "chatsite.settings",
-        "DATABASE_URL": database_url,
-        "REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
-        "GENERATION_MODEL": str(model_dir),
-        "GENERATION_DEVICE": "cpu",
-        "GENERATION_TORCH_THREADS": "1",
-        "GENERATION_MAX_CONCURRENCY": "2",
-        "GENERATION_MAX_NEW_TOKENS": "4000",
-        "GENERATION_ADMISSION_LEASE_S": str(LEASE_S),
-        "GENERATION_ADMISSION_PREFIX": f"test:{uuid.uuid4().hex}",
-        "QUEUEADMIN_SETTINGS_CHECK_S": "30",
+    return live_env(
+        database_url,
+        model=model_dir,
+        REDIS_URL=f"redis://127.0.0.1:{redis_port}/0",
+        GENERATION_TORCH_THREADS="1",
+        GENERATION_MAX_CONCURRENCY="2",
+        GENERATION_MAX_NEW_TOKENS="4000",
+        GENERATION_ADMISSION_LEASE_S=str(LEASE_S),
+        GENERATION_ADMISSION_PREFIX=f"test:{uuid.uuid4().hex}",
+        QUEUEADMIN_SETTINGS_CHECK_S="30",
         **overrides,
-    }
+    )
 
 
 @contextmanager

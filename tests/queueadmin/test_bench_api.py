@@ -8,9 +8,8 @@ reported in docs/benchmarks.md, not asserted here.
 """
 
 import json
-import os
 
-from tests.live import daphne, manage, manage_shell, prepare_database, seed_logged_in_users
+from tests.live import daphne, live_env, manage, manage_shell, prepare_database, seed_logged_in_users
 
 LIVE_BENCH_KEYS = """
 import json
@@ -24,17 +23,14 @@ def test_bench_chat_api_reports_both_paths_and_their_ratio(tiny_model_dir, tmp_p
     prompts), no errors, and a comparison row whose ratio is the API's tok/s
     over the WebSocket's; the run's API keys are revoked afterwards."""
     report = tmp_path / "bench.json"
-    env = {
-        **os.environ,
-        "DJANGO_SETTINGS_MODULE": "chatsite.settings",
-        "DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite3'}",
-        "REDIS_URL": "",
-        "GENERATION_MODEL": str(tiny_model_dir),
-        "GENERATION_DEVICE": "cpu",
-        "GENERATION_MAX_NEW_TOKENS": "8",
+    env = live_env(
+        tmp_path / "db.sqlite3",
+        model=tiny_model_dir,
+        REDIS_URL="",
+        GENERATION_MAX_NEW_TOKENS="8",
         # No Redis: the server reads the command's limits from the database.
-        "QUEUEADMIN_SETTINGS_CHECK_S": "1",
-    }
+        QUEUEADMIN_SETTINGS_CHECK_S="1",
+    )
     prepare_database(env, seed_logged_in_users([]))
     with daphne(env, tmp_path / "daphne.log") as url:
         bench = [

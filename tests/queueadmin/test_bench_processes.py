@@ -9,9 +9,8 @@ they are reported in docs/benchmarks.md, not asserted here.
 """
 
 import json
-import os
 
-from tests.live import manage, prepare_database, redis_server, seed_logged_in_users
+from tests.live import live_env, manage, prepare_database, redis_server, seed_logged_in_users
 from tests.queueadmin.sitecluster import fresh_database
 
 
@@ -22,14 +21,7 @@ def test_bench_chat_compares_site_and_process_admission(tiny_model_dir, tmp_path
     overhead of the site queue, on stdout and in the JSON report."""
     report = tmp_path / "bench.json"
     with fresh_database() as database_url, redis_server(tmp_path) as redis:
-        env = {
-            **os.environ,
-            "DJANGO_SETTINGS_MODULE": "chatsite.settings",
-            "DATABASE_URL": database_url,
-            "REDIS_URL": f"redis://127.0.0.1:{redis.port}/0",
-            "GENERATION_MODEL": str(tiny_model_dir),
-            "GENERATION_DEVICE": "cpu",
-        }
+        env = live_env(database_url, model=tiny_model_dir, REDIS_URL=f"redis://127.0.0.1:{redis.port}/0")
         prepare_database(env, seed_logged_in_users([]))
         bench = [
             *("bench_chat", "--processes", "2", "--clients", "2", "--new-tokens", "8"),

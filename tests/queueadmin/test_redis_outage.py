@@ -8,14 +8,13 @@ every 60 s here, so what they apply within seconds came from reading it
 after the gap in the broadcast.
 """
 
-import os
 import subprocess
 import sys
 import time
 
 import pytest
 
-from tests.live import ROOT, daphne, daphnes, prepare_database, redis_server
+from tests.live import ROOT, daphne, daphnes, live_env, prepare_database, redis_server
 from tests.polling import poll
 from tests.queueadmin.test_two_processes import SEED, own_cap, status
 
@@ -34,17 +33,14 @@ def test_limits_saved_while_redis_is_down_reach_every_process(own_redis, tiny_mo
     """Cap 4 (environment) → 2 saved during an outage: a process started
     during it runs 2 at once, and both older processes run 2 within 10 s
     of Redis coming back."""
-    env = {
-        **os.environ,
-        "DJANGO_SETTINGS_MODULE": "chatsite.settings",
-        "DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite3'}",
-        "REDIS_URL": f"redis://127.0.0.1:{own_redis.port}/0",
-        "GENERATION_MODEL": str(tiny_model_dir),
-        "GENERATION_DEVICE": "cpu",
-        "GENERATION_TORCH_THREADS": "1",
-        "GENERATION_MAX_CONCURRENCY": "4",
-        "QUEUEADMIN_SETTINGS_CHECK_S": "60",
-    }
+    env = live_env(
+        tmp_path / "db.sqlite3",
+        model=tiny_model_dir,
+        REDIS_URL=f"redis://127.0.0.1:{own_redis.port}/0",
+        GENERATION_TORCH_THREADS="1",
+        GENERATION_MAX_CONCURRENCY="4",
+        QUEUEADMIN_SETTINGS_CHECK_S="60",
+    )
     session = prepare_database(env, SEED)["boss"]
     manage = [sys.executable, str(ROOT / "manage.py")]
 

@@ -12,7 +12,6 @@ tests see within a second came over the channel layer.
 
 import asyncio
 import json
-import os
 import subprocess
 import sys
 import time
@@ -22,7 +21,7 @@ import pytest
 import websockets
 
 from generation.wsclient import TERMINAL, ChatSocket
-from tests.live import ROOT, daphnes, prepare_database, redis_server, seed_logged_in_users
+from tests.live import ROOT, daphnes, live_env, prepare_database, redis_server, seed_logged_in_users
 from tests.polling import poll
 
 SEED = seed_logged_in_users([], staff=["boss"])
@@ -39,18 +38,15 @@ def cluster(tiny_model_dir, tmp_path_factory):
 
 
 def _cluster(tiny_model_dir, tmp_path, redis_port: int):
-    env = {
-        **os.environ,
-        "DJANGO_SETTINGS_MODULE": "chatsite.settings",
-        "DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite3'}",
-        "REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
-        "GENERATION_MODEL": str(tiny_model_dir),
-        "GENERATION_DEVICE": "cpu",
-        "GENERATION_MAX_CONCURRENCY": "1",
-        "GENERATION_MAX_NEW_TOKENS": "4000",  # runs until cancelled; within the console's bound
-        "GENERATION_TORCH_THREADS": "1",
-        "QUEUEADMIN_SETTINGS_CHECK_S": "30",
-    }
+    env = live_env(
+        tmp_path / "db.sqlite3",
+        model=tiny_model_dir,
+        REDIS_URL=f"redis://127.0.0.1:{redis_port}/0",
+        GENERATION_MAX_CONCURRENCY="1",
+        GENERATION_MAX_NEW_TOKENS="4000",  # runs until cancelled; within the console's bound
+        GENERATION_TORCH_THREADS="1",
+        QUEUEADMIN_SETTINGS_CHECK_S="30",
+    )
     session = prepare_database(env, SEED)["boss"]
     with daphnes(
         {name: {**env, "GENERATION_WORKER_NAME": name} for name in ("alpha", "beta")}, tmp_path
