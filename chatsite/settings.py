@@ -194,6 +194,21 @@ DATABASES = {
         conn_max_age=0,
     )
 }
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # Several writers share one file on a laptop (daphne's requests, the stats
+    # recorder, a management command beside the server). Django's defaults
+    # (deferred transactions, rollback journal, 5 s) fail such a writer at
+    # once with "database is locked" when its transaction must upgrade from
+    # read to write; IMMEDIATE takes the write lock up front and waits for it,
+    # and WAL lets readers go on while one writes (Django's SQLite notes,
+    # "Database is locked errors" and "transaction_mode").
+    DATABASES["default"].setdefault("OPTIONS", {}).update(
+        {
+            "transaction_mode": "IMMEDIATE",
+            "timeout": 20,
+            "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+        }
+    )
 
 REDIS_URL = os.environ.get("REDIS_URL", "")
 if REDIS_URL:
