@@ -123,6 +123,28 @@ def faithful_tokenizer_config(config: dict, special: dict) -> dict:
     }
 
 
+def faithful_config(config: dict, architecture: str | None) -> dict:
+    """Return config.json's content as transformers 4.57, 5.x and vLLM all
+    read it: `architectures` named (`architecture`, the causal-LM class of
+    its model_type) when missing; no GGUF `quantization_config`, which
+    transformers 5's GGUF loader records although the folder holds the
+    dequantised float weights; and the RoPE settings that 5 writes only
+    inside `rope_parameters` also as 4.57's `rope_theta` and `rope_scaling`
+    (4.57 does not look inside and would silently rotate with base 10000
+    instead of SmolLM2's 100000). 5.x reads both spellings alike."""
+    config = dict(config)
+    if architecture and not config.get("architectures"):
+        config["architectures"] = [architecture]
+    if (config.get("quantization_config") or {}).get("quant_method") == "gguf":
+        del config["quantization_config"]
+    rope = config.get("rope_parameters")
+    if isinstance(rope, dict) and "rope_theta" in rope and "rope_theta" not in config:
+        config["rope_theta"] = rope["rope_theta"]
+        scaling = {key: value for key, value in rope.items() if key != "rope_theta"}
+        config["rope_scaling"] = scaling if scaling.get("rope_type", "default") != "default" else None
+    return config
+
+
 def _is_byte_level_bpe(spec: dict) -> bool:
     """Whether tokenizer.json is a GPT-2-style byte-level BPE (SmolLM2, Qwen,
     GPT-2), rather than a SentencePiece one that the GGUF loader's Llama
@@ -152,9 +174,9 @@ def make_faithful(folder: Path) -> None:
 
     config_json = folder / "config.json"
     config = _read_json(config_json)
-    architecture = MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.get(config.get("model_type"))
-    if architecture and not config.get("architectures"):
-        _write_json(config_json, {**config, "architectures": [architecture]})
+    faithful = faithful_config(config, MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.get(config.get("model_type")))
+    if faithful != config:
+        _write_json(config_json, faithful)
 
     tokenizer_json = folder / "tokenizer.json"
     spec = _read_json(tokenizer_json)
