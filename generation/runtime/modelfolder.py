@@ -8,21 +8,26 @@ Replace "▁") in front of ByteLevel, and `config.json` names no architecture.
 transformers 4.57 happens to read that back right. transformers 5 rebuilds a
 LlamaTokenizer's pipeline from its class (Metaspace), so "Hello world" gets
 other ids and decodes as "Helloworld", and vLLM, which reads it the same way,
-answers in byte-level mojibake ("ĊĊTheĠanswerĠis:").
+answers in byte-level mojibake ("ĊĊTheĠanswerĠis:"). (transformers 5.25's own
+GGUF loader builds a byte-level tokenizer, saved as `TokenizersBackend`, but
+writes a config that 4.57 misreads: see `faithful_config`.)
 
 This module rewrites those files as HuggingFaceTB/SmolLM2-135M-Instruct
 publishes them: a GPT-2 byte-level BPE tokenizer (`GPT2Tokenizer`, no BOS
 added, no prefix space, ByteLevel pre-tokenizer, post-processor and decoder),
 BOS `<|im_start|>`, EOS and padding `<|im_end|>`, unknown `<|endoftext|>`, 8192
-tokens, and `architectures: ["LlamaForCausalLM"]`. The vocabulary, merges,
+tokens, and `architectures: ["LlamaForCausalLM"]`, with the RoPE settings in
+both transformers' spellings and no GGUF quantisation. The vocabulary, merges,
 added tokens, chat template and weights are kept as the GGUF gave them. It
 only reads and writes JSON (no torch, no transformers), so an old cache is
 repaired in a fraction of a second instead of being dequantised again.
 
-Measured (tests/generation/test_model_folder.py): transformers 4.57 (the
-app's pin) and transformers 5 encode English, Japanese, emoji and a rendered
-chat to the same ids from the rewritten folder and decode them back to the
-same text.
+Measured (tests/generation/test_model_folder.py): transformers 4.57 and
+transformers 5 encode English, Japanese, emoji and a rendered chat to the
+same ids from the rewritten folder and decode them back to the same text.
+Checked by hand with 5.25 (2026-12-07): a folder written under either reads
+alike under both, tokenizer and config, and the weights they write are bit
+for bit the same.
 """
 
 import hashlib
