@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from generation.runtime.kvcache import GrowingCache, GrowingLayer
+from generation.runtime.kvcache import GrowingCache, GrowingLayer, cache_keyword
 from generation.runtime.loops import LoopDetector
 from generation.runtime.prefixcache import LayerKV, PrefixCache
 from generation.runtime.sampler import TokenHistory, penalise, pick
@@ -107,6 +107,8 @@ class Engine:
         self.model = model
         self.defaults = defaults or SamplingDefaults()
         self.device = next(model.parameters()).device
+        # The forward's name for the KV cache (transformers 4.57 or 5.x).
+        self.cache_keyword = cache_keyword(model)
         self.stop_token_ids = frozenset(stop_token_ids)
         # Every sequence, running or still waiting for its prefill.
         self.sequences: dict[str, _Sequence] = {}
@@ -147,7 +149,7 @@ class Engine:
         input_ids = torch.tensor([prompt_ids[reused:]], device=self.device)
         # As in prefill_step: only the last position's logits are used.
         logits = self.model(
-            input_ids=input_ids, past_key_values=cache, use_cache=True, logits_to_keep=1
+            input_ids=input_ids, use_cache=True, logits_to_keep=1, **{self.cache_keyword: cache}
         ).logits
         # Registered only once its prefill succeeded: a failed one leaves no trace.
         sequence.length = len(prompt_ids)
@@ -184,9 +186,9 @@ class Engine:
         # projection of the others (a fifth of a prefill's work on SmolLM2).
         logits = self.model(
             input_ids=torch.tensor([chunk], device=self.device),
-            past_key_values=waiting.cache,
             use_cache=True,
             logits_to_keep=1,
+            **{self.cache_keyword: waiting.cache},
         ).logits
         sequence.length += len(chunk)
         if sequence.length < len(waiting.prompt_ids):
@@ -350,15 +352,16 @@ class BatchedEngine(Engine):
         input_ids = torch.tensor([[s.generated[-1]] for s in sequences], device=self.device)
         # Each row's position is its own length: padding does not count.
         position_ids = torch.tensor([[s.length] for s in sequences], device=self.device)
-        width = self.mask.shape[1]
+        # The new token's column is the cache's width, which the model reads
+        # from the cache itself (so no cache_position: 5.x dropped it, and in
+        # 4.57 its default is that same column).
         self.mask = torch.cat([self.mask, self.mask.new_ones((len(sequences), 1))], dim=1)
         logits = self.model(
             input_ids=input_ids,
             attention_mask=self.mask,
             position_ids=position_ids,
-            cache_position=torch.tensor([width], device=self.device),
-            past_key_values=self.cache,
             use_cache=True,
+            **{self.cache_keyword: self.cache},
         ).logits
         seen = None
         if any(s.params.repetition_penalty != 1.0 for s in sequences):
@@ -398,8 +401,8 @@ class InterleaveEngine(Engine):
             logits = self.model(
                 input_ids=input_ids,
                 position_ids=torch.tensor([[sequence.length]], device=self.device),
-                past_key_values=sequence.cache,
                 use_cache=True,
+                **{self.cache_keyword: sequence.cache},
             ).logits
             sequence.length += 1
             outputs.append(self._record(sequence, int(self._sample(logits[:, -1, :], [sequence])[0])))

@@ -7,7 +7,10 @@ CPU. `GrowingLayer` keeps spare room on the sequence axis (doubling when
 full), so a step writes one column and hands the attention a view.
 """
 
+import inspect
+
 import torch
+from transformers import LlamaForCausalLM
 from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
 
 MIN_CAPACITY = 64
@@ -20,14 +23,24 @@ class GrowingLayer(DynamicLayer):
     reads them (the engine, the attention masks) sees a DynamicLayer.
     """
 
-    def lazy_initialization(self, key_states: torch.Tensor):
-        super().lazy_initialization(key_states)
+    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor | None = None):
+        # Not super()'s: transformers 4.57 passes the keys alone, 5.x the keys
+        # and the values, and DynamicLayer's signature follows. What it sets
+        # is the same in both (5.x no longer sets `dtype`, which nothing here
+        # reads).
+        self.dtype, self.device = key_states.dtype, key_states.device
+        self.keys = key_states.new_empty((0,))
+        self.values = key_states.new_empty((0,)) if value_states is None else value_states.new_empty((0,))
+        self.is_initialized = True
         self._key_buffer = self._value_buffer = None
         self._length = 0
 
-    def update(self, key_states, value_states, cache_kwargs=None):
+    def update(self, key_states, value_states, *args, **kwargs):
+        # The rest is what the model passes along (4.57: `cache_kwargs`;
+        # 5.x: `kwargs=`, the attention's keyword arguments); none of it
+        # changes where a step's keys go.
         if not self.is_initialized:
-            self.lazy_initialization(key_states)
+            self.lazy_initialization(key_states, value_states)
         end = self._length + key_states.shape[-2]
         if self._key_buffer is None or end > self._key_buffer.shape[-2]:
             self._grow(key_states, value_states, end)
@@ -95,3 +108,20 @@ class GrowingCache(DynamicCache):
 
     def __init__(self):
         Cache.__init__(self, layer_class_to_replicate=GrowingLayer)
+
+
+def cache_keyword(model: torch.nn.Module) -> str:
+    """The keyword under which `model`'s forward takes the KV cache.
+
+    transformers 5.x renamed `past_key_values` to `cache` (the old name is
+    still accepted until 5.40, with a FutureWarning on every forward pass);
+    4.57 knows only `past_key_values`. Read from the forward's signature
+    (decorators keep it through `functools.wraps`), once per engine; a
+    wrapper whose forward passes `**kwargs` on gets the name the installed
+    transformers' Llama takes."""
+    for forward in (model.forward, LlamaForCausalLM.forward):
+        parameters = inspect.signature(forward).parameters
+        for name in ("cache", "past_key_values"):
+            if name in parameters:
+                return name
+    return "past_key_values"

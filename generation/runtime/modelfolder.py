@@ -8,21 +8,26 @@ Replace "▁") in front of ByteLevel, and `config.json` names no architecture.
 transformers 4.57 happens to read that back right. transformers 5 rebuilds a
 LlamaTokenizer's pipeline from its class (Metaspace), so "Hello world" gets
 other ids and decodes as "Helloworld", and vLLM, which reads it the same way,
-answers in byte-level mojibake ("ĊĊTheĠanswerĠis:").
+answers in byte-level mojibake ("ĊĊTheĠanswerĠis:"). (transformers 5.25's own
+GGUF loader builds a byte-level tokenizer, saved as `TokenizersBackend`, but
+writes a config that 4.57 misreads: see `faithful_config`.)
 
 This module rewrites those files as HuggingFaceTB/SmolLM2-135M-Instruct
 publishes them: a GPT-2 byte-level BPE tokenizer (`GPT2Tokenizer`, no BOS
 added, no prefix space, ByteLevel pre-tokenizer, post-processor and decoder),
 BOS `<|im_start|>`, EOS and padding `<|im_end|>`, unknown `<|endoftext|>`, 8192
-tokens, and `architectures: ["LlamaForCausalLM"]`. The vocabulary, merges,
+tokens, and `architectures: ["LlamaForCausalLM"]`, with the RoPE settings in
+both transformers' spellings and no GGUF quantisation. The vocabulary, merges,
 added tokens, chat template and weights are kept as the GGUF gave them. It
 only reads and writes JSON (no torch, no transformers), so an old cache is
 repaired in a fraction of a second instead of being dequantised again.
 
-Measured (tests/generation/test_model_folder.py): transformers 4.57 (the
-app's pin) and transformers 5 encode English, Japanese, emoji and a rendered
-chat to the same ids from the rewritten folder and decode them back to the
-same text.
+Measured (tests/generation/test_model_folder.py): transformers 4.57 and
+transformers 5 encode English, Japanese, emoji and a rendered chat to the
+same ids from the rewritten folder and decode them back to the same text.
+Checked by hand with 5.25 (2026-12-07): a folder written under either reads
+alike under both, tokenizer and config, and the weights they write are bit
+for bit the same.
 """
 
 import hashlib
@@ -123,6 +128,28 @@ def faithful_tokenizer_config(config: dict, special: dict) -> dict:
     }
 
 
+def faithful_config(config: dict, architecture: str | None) -> dict:
+    """Return config.json's content as transformers 4.57, 5.x and vLLM all
+    read it: `architectures` named (`architecture`, the causal-LM class of
+    its model_type) when missing; no GGUF `quantization_config`, which
+    transformers 5's GGUF loader records although the folder holds the
+    dequantised float weights; and the RoPE settings that 5 writes only
+    inside `rope_parameters` also as 4.57's `rope_theta` and `rope_scaling`
+    (4.57 does not look inside and would silently rotate with base 10000
+    instead of SmolLM2's 100000). 5.x reads both spellings alike."""
+    config = dict(config)
+    if architecture and not config.get("architectures"):
+        config["architectures"] = [architecture]
+    if (config.get("quantization_config") or {}).get("quant_method") == "gguf":
+        del config["quantization_config"]
+    rope = config.get("rope_parameters")
+    if isinstance(rope, dict) and "rope_theta" in rope and "rope_theta" not in config:
+        config["rope_theta"] = rope["rope_theta"]
+        scaling = {key: value for key, value in rope.items() if key != "rope_theta"}
+        config["rope_scaling"] = scaling if scaling.get("rope_type", "default") != "default" else None
+    return config
+
+
 def _is_byte_level_bpe(spec: dict) -> bool:
     """Whether tokenizer.json is a GPT-2-style byte-level BPE (SmolLM2, Qwen,
     GPT-2), rather than a SentencePiece one that the GGUF loader's Llama
@@ -152,9 +179,9 @@ def make_faithful(folder: Path) -> None:
 
     config_json = folder / "config.json"
     config = _read_json(config_json)
-    architecture = MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.get(config.get("model_type"))
-    if architecture and not config.get("architectures"):
-        _write_json(config_json, {**config, "architectures": [architecture]})
+    faithful = faithful_config(config, MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.get(config.get("model_type")))
+    if faithful != config:
+        _write_json(config_json, faithful)
 
     tokenizer_json = folder / "tokenizer.json"
     spec = _read_json(tokenizer_json)

@@ -46,7 +46,7 @@ def test_special_tokens_are_not_text(tokenizer):
 def byte_token_ids(tokenizer, data: bytes) -> list[int]:
     """One token per byte, through the tokenizer's byte vocabulary (the 256
     single-byte tokens a byte-level BPE can always fall back to)."""
-    from transformers.models.gpt2.tokenization_gpt2 import bytes_to_unicode
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
 
     alphabet = bytes_to_unicode()
     ids = tokenizer.convert_tokens_to_ids([alphabet[byte] for byte in data])

@@ -56,8 +56,10 @@ def test_gguf_cache_is_keyed_by_hash_and_complete(settings):
 def test_real_model_knows_the_capital_of_france(real_model):
     """The bundled SmolLM2, loaded through the cache, answers greedily with Paris."""
     messages = [{"role": "user", "content": "What is the capital of France?"}]
-    ids = real_model.tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt")
-    output = real_model.model.generate(
-        ids, attention_mask=torch.ones_like(ids), max_new_tokens=20, do_sample=False
+    # return_dict: transformers 5.x returns the ids and the mask by default,
+    # 4.57 the ids alone.
+    inputs = real_model.tokenizer.apply_chat_template(
+        messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
     )
-    assert "Paris" in real_model.tokenizer.decode(output[0, ids.shape[1] :])
+    output = real_model.model.generate(**inputs, max_new_tokens=20, do_sample=False)
+    assert "Paris" in real_model.tokenizer.decode(output[0, inputs["input_ids"].shape[1] :])

@@ -103,7 +103,10 @@ import django
 django.setup()
 from generation.runtime.loading import load_model, resolve_device, resolve_source
 loaded = load_model(resolve_source(sys.argv[1]), resolve_device("cpu"), Path(sys.argv[2]))
-print(loaded.tokenizer.apply_chat_template([{"role": "user", "content": "the"}], add_generation_prompt=True))
+# return_dict=False: the ids alone, as 4.57 gives by default (5.x: a dict).
+print(loaded.tokenizer.apply_chat_template(
+    [{"role": "user", "content": "the"}], add_generation_prompt=True, return_dict=False
+))
 """
 
 

@@ -8,7 +8,7 @@ import threading
 import pytest
 import torch
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-from transformers.models.gpt2.tokenization_gpt2 import bytes_to_unicode
+from transformers.convert_slow_tokenizer import bytes_to_unicode
 
 from generation.runtime.detokenizer import REPLACEMENT
 from generation.runtime.loading import LoadedModel
