@@ -61,18 +61,18 @@ def site_env(database_url: str, redis_port: int, model_dir: Path, **overrides: s
     """The environment of every process: cap 2 site-wide, replies that run
     until cancelled (the tiny model does not stop on "hello"), short leases,
     and admission keys under a prefix of this test's own."""
-    return live_env(
-        database_url,
-        model=model_dir,
-        REDIS_URL=f"redis://127.0.0.1:{redis_port}/0",
-        GENERATION_TORCH_THREADS="1",
-        GENERATION_MAX_CONCURRENCY="2",
-        GENERATION_MAX_NEW_TOKENS="4000",
-        GENERATION_ADMISSION_LEASE_S=str(LEASE_S),
-        GENERATION_ADMISSION_PREFIX=f"test:{uuid.uuid4().hex}",
-        QUEUEADMIN_SETTINGS_CHECK_S="30",
-        **overrides,
-    )
+    settings = {
+        "REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
+        "GENERATION_TORCH_THREADS": "1",
+        "GENERATION_MAX_CONCURRENCY": "2",
+        "GENERATION_MAX_NEW_TOKENS": "4000",
+        "GENERATION_ADMISSION_LEASE_S": str(LEASE_S),
+        "GENERATION_ADMISSION_PREFIX": f"test:{uuid.uuid4().hex}",
+        "QUEUEADMIN_SETTINGS_CHECK_S": "30",
+    }
+    # The caller's overrides win (a dict merge: the same name twice in one
+    # call would be a TypeError).
+    return live_env(database_url, model=model_dir, **(settings | overrides))
 
 
 @contextmanager
