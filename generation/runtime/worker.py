@@ -194,7 +194,8 @@ class ModelWorker:
             # so that a running reply waits about one chunk between two tokens
             # however long the prompt, while short prompts that arrived
             # together still start in the same loop.
-            budget = engine.prefill_chunk_tokens
+            # (The ragged engine prefills within its step: nothing to do here.)
+            budget = 0 if engine.prefill_in_step else engine.prefill_chunk_tokens
             while budget > 0 and (request_id := engine.next_prefill()) is not None:
                 size = min(budget, engine.prefill_left(request_id))
                 budget -= size
