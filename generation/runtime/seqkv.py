@@ -32,6 +32,11 @@ class SequenceKV:
         self.shape = (layers, 2, kv_heads, 0, head_dim)
         self.dtype, self.device = dtype, device
         self.block: torch.Tensor | None = None
+        # Per layer, views of the block's whole capacity ([1, heads, capacity,
+        # dim]), made once per growth: a step then slices each once, where
+        # indexing the block would cost four view ops per layer and sequence.
+        self._keys: list[torch.Tensor] = []
+        self._values: list[torch.Tensor] = []
         self.length = 0
 
     @classmethod
@@ -65,6 +70,8 @@ class SequenceKV:
         if self.length:
             block[:, :, :, : self.length] = self.block[:, :, :, : self.length]
         self.block = block
+        self._keys = [block[index, 0][None] for index in range(layers)]
+        self._values = [block[index, 1][None] for index in range(layers)]
 
     def load(self, layers: list[tuple[torch.Tensor, torch.Tensor]], room: int = 0) -> None:
         """Start from a copy of these per-layer keys and values ([1, heads,
@@ -80,14 +87,14 @@ class SequenceKV:
         """Store one layer's keys and values ([1, heads, n, dim]) for
         positions start..start+n-1 (room reserved beforehand)."""
         end = start + keys.shape[-2]
-        self.block[layer, 0, :, start:end] = keys[0]
-        self.block[layer, 1, :, start:end] = values[0]
+        self._keys[layer][:, :, start:end] = keys
+        self._values[layer][:, :, start:end] = values
 
     def layer(self, layer: int, end: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Views of one layer's first `end` (default `length`) keys and
         values, [1, heads, end, dim]."""
         end = self.length if end is None else end
-        return self.block[layer, 0, :, :end][None], self.block[layer, 1, :, :end][None]
+        return self._keys[layer][:, :, :end], self._values[layer][:, :, :end]
 
     def layers(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Views of every layer's filled keys and values."""
