@@ -273,9 +273,10 @@ GENERATION_DEVICE = os.environ.get("GENERATION_DEVICE", "auto")
 # 0 keeps torch's default (every core); set cores / processes when several
 # processes share a host.
 GENERATION_TORCH_THREADS = env_int("GENERATION_TORCH_THREADS", 0)
-# Prompt tokens prefilled per forward pass between decode steps (chunked
-# prefill); 0 prefills each prompt whole, stalling every running reply meanwhile.
-GENERATION_PREFILL_CHUNK_TOKENS = env_int("GENERATION_PREFILL_CHUNK_TOKENS", 128)
+# Prompt tokens prefilled per engine step, in the decode step's forward pass
+# (chunked prefill); 0 prefills each prompt whole, stalling every running reply
+# meanwhile. 64: docs/benchmarks.md, "The ragged batch".
+GENERATION_PREFILL_CHUNK_TOKENS = env_int("GENERATION_PREFILL_CHUNK_TOKENS", 64)
 if GENERATION_PREFILL_CHUNK_TOKENS < 0:
     raise ImproperlyConfigured("GENERATION_PREFILL_CHUNK_TOKENS must be 0 (whole prompts) or more.")
 # Megabytes of keys and values kept from finished replies, so that a

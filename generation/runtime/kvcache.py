@@ -1,10 +1,11 @@
 """A KV cache that grows in place instead of being copied every step.
 
 transformers' DynamicLayer appends each step's keys and values with
-`torch.cat`, copying the whole cache of every layer once per token. With a
-batch of running sequences that copy is a large share of a decode step on a
-CPU. `GrowingLayer` keeps spare room on the sequence axis (doubling when
-full), so a step writes one column and hands the attention a view.
+`torch.cat`, copying the whole cache of every layer once per token, a large
+share of a decode step on a CPU. `GrowingLayer` keeps spare room on the
+sequence axis (doubling when full), so a step writes one column and hands
+the attention a view. The interleave engine uses it; the ragged engine keeps
+each sequence's KV in one block instead (generation.runtime.seqkv).
 """
 
 import inspect
@@ -51,7 +52,7 @@ class GrowingLayer(DynamicLayer):
         return self.keys, self.values
 
     def replace(self, keys: torch.Tensor, values: torch.Tensor) -> None:
-        """Set the contents wholesale (rows joined or left, padding trimmed)."""
+        """Set the contents wholesale (a reused prefix, selected rows)."""
         if not self.is_initialized:
             self.lazy_initialization(keys)
         self._key_buffer = self._value_buffer = None
@@ -61,25 +62,6 @@ class GrowingLayer(DynamicLayer):
         self._key_buffer[:, :, : keys.shape[-2]] = keys
         self._value_buffer[:, :, : keys.shape[-2]] = values
         self._length = keys.shape[-2]
-        self._expose()
-
-    def append_row(self, keys: torch.Tensor, values: torch.Tensor) -> None:
-        """Add one sequence's keys and values ([1, heads, length, dim]) as a
-        new last row. Rows stay right-aligned: the narrower side is padded on
-        the left with zeros (the caller's attention mask marks it). One
-        allocation and one copy, with spare room for the decode steps that
-        follow; joining a long prompt into a batch used to copy the whole
-        batch cache four times and grow it again at the next step."""
-        rows, heads, width, dim = self.keys.shape
-        new_width = max(width, keys.shape[-2])
-        capacity = new_width + max(MIN_CAPACITY, new_width // 8)
-        new_keys = self.keys.new_zeros((rows + 1, heads, capacity, dim))
-        new_values = self.values.new_zeros((rows + 1, heads, capacity, self.values.shape[-1]))
-        new_keys[:rows, :, new_width - width : new_width] = self.keys
-        new_values[:rows, :, new_width - width : new_width] = self.values
-        new_keys[rows:, :, new_width - keys.shape[-2] : new_width] = keys
-        new_values[rows:, :, new_width - values.shape[-2] : new_width] = values
-        self._key_buffer, self._value_buffer, self._length = new_keys, new_values, new_width
         self._expose()
 
     def batch_select_indices(self, indices: torch.Tensor) -> None:

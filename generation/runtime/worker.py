@@ -4,9 +4,10 @@ The service hands admitted requests and cancellations over through
 `ModelWorker.admit` and `ModelWorker.cancel`; the thread applies them at the
 next step boundary, runs one engine step, and reports what happened back to
 the service with ONE `deliver` call per step (the typed reports of
-generation.runtime.types); a whole prefill, and a prefill chunk that yields
-a first token, report in a call of their own, so that no token waits for a
-later forward pass. The event loop thus never waits on a forward pass or a
+generation.runtime.types); a whole prefill, and (interleave engine) a
+prefill chunk that yields a first token, report in a call of their own, so
+that no token waits for a later forward pass. The ragged engine prefills
+chunks inside its step: their first tokens come with the step's reports. The event loop thus never waits on a forward pass or a
 tokenizer call. generation.runtime.backends.local wraps it as the
 `local` backend.
 """
@@ -194,7 +195,8 @@ class ModelWorker:
             # so that a running reply waits about one chunk between two tokens
             # however long the prompt, while short prompts that arrived
             # together still start in the same loop.
-            budget = engine.prefill_chunk_tokens
+            # (The ragged engine prefills within its step: nothing to do here.)
+            budget = 0 if engine.prefill_in_step else engine.prefill_chunk_tokens
             while budget > 0 and (request_id := engine.next_prefill()) is not None:
                 size = min(budget, engine.prefill_left(request_id))
                 budget -= size

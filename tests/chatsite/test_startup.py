@@ -17,10 +17,13 @@ HEAVY = ("torch", "transformers")
 MODEL_STACK = {
     "generation.runtime.attention",
     "generation.runtime.engine",
+    "generation.runtime.interleave",
     "generation.runtime.kvcache",
     "generation.runtime.loading",
     "generation.runtime.prefixcache",
+    "generation.runtime.ragged",
     "generation.runtime.sampler",
+    "generation.runtime.seqkv",
 }
 
 IMPORT_EVERYTHING = f"""

@@ -29,8 +29,9 @@ def prompt_of(loaded, words: int, seed: int) -> list[int]:
 
 def prefill(engine) -> list:
     """One loop's prefill work, as the model thread does it: up to one chunk's
-    worth of prompt tokens, oldest waiting prompt first."""
-    outputs, budget = [], engine.prefill_chunk_tokens
+    worth of prompt tokens, oldest waiting prompt first. (The ragged engine
+    prefills within its step: nothing here.)"""
+    outputs, budget = [], 0 if engine.prefill_in_step else engine.prefill_chunk_tokens
     while budget > 0 and (seq_id := engine.next_prefill()) is not None:
         size = min(budget, engine.prefill_left(seq_id))
         budget -= size
@@ -93,7 +94,8 @@ def test_chunked_prefill_gives_the_same_text_in_a_batch(loaded, strategy, chunk,
 def test_a_long_prompt_does_not_stop_running_replies(loaded):
     """While a prompt of some 600 tokens is prefilled in chunks of 32, each of
     three running replies gets a token at every loop: none waits for more
-    than one chunk."""
+    than one chunk. (The ragged engine's step that carries the last chunk
+    also gives the long prompt its first token.)"""
     short = [prompt_of(loaded, 3, seed) for seed in range(3)]
     long_prompt = prompt_of(loaded, 400, 7)
     assert len(long_prompt) > 600
@@ -101,7 +103,7 @@ def test_a_long_prompt_does_not_stop_running_replies(loaded):
     _, during = generate(loaded, [*short, long_prompt], chunk=32, **engine_args)
     long_loops = [decoded for seq_id, decoded in during if seq_id == "3"]
     assert len(long_loops) == -(-len(long_prompt) // 32)  # one loop per chunk
-    assert all(decoded == {"0", "1", "2"} for decoded in long_loops)
+    assert all(decoded - {"3"} == {"0", "1", "2"} for decoded in long_loops)
 
 
 @pytest.mark.real_model
@@ -118,14 +120,14 @@ def test_the_bundled_model_writes_the_same_greedy_text_with_chunks(real_model):
 
 def test_short_prompts_arriving_together_start_in_the_same_loop(loaded):
     """Four short prompts that fit one chunk together all get their first
-    token from the first loop; a long one arriving with them takes the rest
-    of the chunk and finishes in later loops."""
+    token from the first step; a long one arriving with them takes the rest
+    of the chunk and finishes in later steps."""
     engine = make_engine("batched", loaded.model, stop_token_ids(loaded), prefill_chunk_tokens=64)
     short = [prompt_of(loaded, 3, seed) for seed in range(4)]
     long_prompt = prompt_of(loaded, 100, 9)
     for index, prompt in enumerate([*short, long_prompt]):
         assert engine.add(str(index), prompt, SamplingParams(8)) is None
-    first_loop = {o.seq_id for o in prefill(engine)}
+    first_loop = {o.seq_id for o in engine.step()}
     assert first_loop == {"0", "1", "2", "3"}
     assert engine.next_prefill() == "4"
     assert engine.prefill_left("4") == len(long_prompt) - (64 - sum(len(p) for p in short))

@@ -75,8 +75,12 @@ class Looping(torch.nn.Module):
     def generation_config(self):
         return self.inner.generation_config
 
-    def forward(self, input_ids, **kwargs):
-        output = self.inner(input_ids=input_ids, **kwargs)
+    def forward(self, input_ids, logits_to_keep=0, **kwargs):
+        output = self.inner(input_ids=input_ids, logits_to_keep=logits_to_keep, **kwargs)
+        if isinstance(logits_to_keep, torch.Tensor):  # the ragged batch: one row, logits of these tokens
+            for index, token in enumerate(input_ids[0, logits_to_keep].tolist()):
+                output.logits[0, index, self.following.get(token, self.start)] += 1000
+            return output
         for row, token in enumerate(input_ids[:, -1].tolist()):
             output.logits[row, -1, self.following.get(token, self.start)] += 1000
         return output

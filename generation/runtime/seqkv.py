@@ -1,0 +1,103 @@
+"""One sequence's own keys and values, for the ragged batch.
+
+Each running sequence keeps the KV of every layer in ONE block of its own,
+[layers, 2 (keys, values), kv_heads, capacity, head_dim], with spare room on
+the token axis so that a decode step writes one column instead of copying
+the cache. No other sequence's length shows in it: a 3,000-token prompt
+does not widen the short replies beside it (the left-padded batch this
+replaced held every row at the longest row's width), and a sequence joins
+or leaves the batch without copying anyone's KV.
+
+One allocation per sequence, not sixty: a large block gets pages of its own
+from the C allocator, which go back to the system when it is freed (small
+ones fragment the heap and keep the process's RSS up, as
+generation/runtime/prefixcache.py found).
+"""
+
+import torch
+
+MIN_SPARE = 64
+"""Tokens of room a block always gets beyond what it must hold."""
+
+
+class SequenceKV:
+    """The growing KV block of one sequence.
+
+    `length` tokens are filled; `reserve` makes room (growing by a quarter,
+    so appends cost amortised O(1) copies per token), `write` stores one
+    layer's keys and values at a position, `layer` gives views of the filled
+    part. Not thread safe; the model thread alone uses it."""
+
+    def __init__(self, layers: int, kv_heads: int, head_dim: int, dtype: torch.dtype, device: torch.device):
+        self.shape = (layers, 2, kv_heads, 0, head_dim)
+        self.dtype, self.device = dtype, device
+        self.block: torch.Tensor | None = None
+        # Per layer, views of the block's whole capacity ([1, heads, capacity,
+        # dim]), made once per growth: a step then slices each once, where
+        # indexing the block would cost four view ops per layer and sequence.
+        self._keys: list[torch.Tensor] = []
+        self._values: list[torch.Tensor] = []
+        self.length = 0
+
+    @classmethod
+    def for_model(cls, model: torch.nn.Module) -> "SequenceKV":
+        """An empty block shaped for `model` (a transformers decoder: its
+        config's layers, KV heads and head size; its weights' dtype)."""
+        config = model.config
+        head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        weight = next(model.parameters())
+        return cls(
+            config.num_hidden_layers, config.num_key_value_heads, head_dim, weight.dtype, weight.device
+        )
+
+    @property
+    def capacity(self) -> int:
+        return 0 if self.block is None else self.block.shape[3]
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes this sequence's KV holds (spare room included)."""
+        return 0 if self.block is None else self.block.nbytes
+
+    def reserve(self, tokens: int) -> None:
+        """Make room for `tokens` in all (filled ones included): grow, with
+        spare room of a quarter (at least MIN_SPARE), when they do not fit."""
+        if tokens <= self.capacity:
+            return
+        layers, two, heads, _, dim = self.shape
+        capacity = tokens + max(MIN_SPARE, tokens // 4)
+        block = torch.empty((layers, two, heads, capacity, dim), dtype=self.dtype, device=self.device)
+        if self.length:
+            block[:, :, :, : self.length] = self.block[:, :, :, : self.length]
+        self.block = block
+        self._keys = [block[index, 0][None] for index in range(layers)]
+        self._values = [block[index, 1][None] for index in range(layers)]
+
+    def load(self, layers: list[tuple[torch.Tensor, torch.Tensor]], room: int = 0) -> None:
+        """Start from a copy of these per-layer keys and values ([1, heads,
+        tokens, dim] each: a reused prefix), with room for `room` tokens in all."""
+        tokens = layers[0][0].shape[-2]
+        self.reserve(max(tokens, room))
+        for index, (keys, values) in enumerate(layers):
+            self.block[index, 0, :, :tokens] = keys[0]
+            self.block[index, 1, :, :tokens] = values[0]
+        self.length = tokens
+
+    def write(self, layer: int, keys: torch.Tensor, values: torch.Tensor, start: int) -> None:
+        """Store one layer's keys and values ([1, heads, n, dim]) for
+        positions start..start+n-1 (room reserved beforehand)."""
+        end = start + keys.shape[-2]
+        self._keys[layer][:, :, start:end] = keys
+        self._values[layer][:, :, start:end] = values
+
+    def layer(self, layer: int, end: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Views of one layer's first `end` (default `length`) keys and
+        values, [1, heads, end, dim]."""
+        end = self.length if end is None else end
+        return self._keys[layer][:, :, :end], self._values[layer][:, :, :end]
+
+    def layers(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Views of every layer's filled keys and values."""
+        if self.block is None:
+            return []
+        return [self.layer(index) for index in range(self.shape[0])]
