@@ -68,7 +68,7 @@ class RaggedBatch:
                     (segment.count, segment.start + segment.count), dtype=torch.bool, device=segment.kv.device
                 ).tril(diagonal=segment.start)
 
-    def update(self, key_states, value_states, layer_idx, cache_kwargs=None):
+    def update(self, key_states, value_states, layer_idx, *args, **kwargs):
         """Store this layer's new keys and values ([1, kv_heads, T, dim]) in
         each segment's sequence; the attention reads them back from there."""
         for segment in self.segments:
