@@ -138,11 +138,17 @@ class Waiter:
     head: bool = False
 
 
+def _lifted(level: int, since: float, now: float, ageing_s: float) -> int:
+    """`level` lifted one per `ageing_s` from `since` to `now` (no lift
+    with ageing off)."""
+    waited = max(now - since, 0.0)
+    return level - math.floor(waited / ageing_s) if ageing_s > 0 else level
+
+
 def effective_level(waiter: Waiter, now: float, ageing_s: float) -> int:
     """`waiter`'s level lifted one per `ageing_s` waited; below 0 means
     overdue (see the module docstring)."""
-    waited = max(now - waiter.arrived, 0.0)
-    return waiter.level - math.floor(waited / ageing_s) if ageing_s > 0 else waiter.level
+    return _lifted(waiter.level, waiter.arrived, now, ageing_s)
 
 
 def class_levels(
@@ -166,8 +172,7 @@ def class_levels(
         if waiter.head:
             continue
         since = max(waiter.arrived, served.get(waiter.level, waiter.arrived))
-        waited = max(now - since, 0.0)
-        level = waiter.level - math.floor(waited / ageing_s) if ageing_s > 0 else waiter.level
+        level = _lifted(waiter.level, since, now, ageing_s)
         lifted[waiter.level] = min(lifted.get(waiter.level, waiter.level), max(level, 0))
     return lifted
 
