@@ -42,8 +42,28 @@ export async function api(path, body) {
  * element (a polite live region) where a delete offers its Undo.
  */
 export function renderConversations(list, conversations, current, actions) {
-  list.replaceChildren(...conversations.map((c) => conversationItem(c, actions)));
-  markCurrent(list, current);
+  const render = () => {
+    // The list is rebuilt whenever a reply ends; a keyboard user keeps their
+    // place: the focus goes to the same button of the same conversation.
+    const active = list.contains(document.activeElement) ? document.activeElement : null;
+    const place = active && { id: active.closest("li")?.dataset.id, tool: active.classList.item(active.classList.length - 1) };
+    list.replaceChildren(...conversations.map((c) => conversationItem(c, actions)));
+    markCurrent(list, current);
+    if (place) list.querySelector(`li[data-id="${place.id}"] .${place.tool}`)?.focus();
+  };
+  // Rebuilding now would throw away the title being typed: wait until the
+  // rename ends (it runs the newest of the waiting renders).
+  if (list.querySelector(".rename-input")) deferredRender.set(list, render);
+  else render();
+}
+
+const deferredRender = new WeakMap(); // list -> the render a rename holds back
+
+function runDeferredRender(list) {
+  const render = list && deferredRender.get(list);
+  if (!render) return;
+  deferredRender.delete(list);
+  render();
 }
 
 /** Highlight conversation `id` (or none, for null) in `list`. */
@@ -92,8 +112,10 @@ function startRename(li, open, conversation, actions) {
     if (done) return;
     done = true;
     const title = input.value;
+    const list = li.parentElement;
     input.replaceWith(open);
     open.focus();
+    runDeferredRender(list);
     if (!save || !title.trim() || title === conversation.title) return;
     try {
       await api(`/api/conversations/${conversation.id}/rename/`, { title });

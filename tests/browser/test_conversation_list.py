@@ -55,6 +55,25 @@ def test_rename_in_place_by_keyboard_and_whole_titles(page):
     assert page.dialogs == []
 
 
+def test_a_list_reload_during_a_rename_keeps_the_typed_title(page):
+    """The list reloads when a reply ends; a title being typed at that moment
+    stays in its box, with the focus, and Enter still saves it."""
+    start_conversation(page, "reply ends while I rename", stop=False)
+    page.focus(f"{CURRENT} .rename")
+    page.keyboard.press("Enter")
+    page.wait_for_selector(f"{CURRENT} .rename-input:focus")
+    page.keyboard.type("kept title")
+    # Stop the reply without moving the focus (a click would end the rename).
+    with page.expect_response(lambda r: r.url.endswith("/api/conversations/")):
+        page.eval_on_selector("#stop", "b => b.click()")
+    page.wait_for_selector("#send", state="visible")
+    assert page.input_value(f"{CURRENT} .rename-input:focus") == "kept title"
+    with page.expect_response("**/rename/"):
+        page.keyboard.press("Enter")
+    page.wait_for_function(f"document.querySelector('{CURRENT} .open')?.textContent === 'kept title'")
+    page.wait_for_selector(f"{CURRENT} .open:focus")
+
+
 def test_delete_stops_the_reply_and_undo_brings_the_conversation_back(page, chat_server):
     """Delete (by keyboard, mid-reply) removes the conversation from the list
     at once and stops its reply; "Undo" takes the focus, and Enter on it brings
