@@ -48,6 +48,23 @@ def env_int(name: str, default: int) -> int:
         raise ImproperlyConfigured(f"{name} must be an integer, not {value!r}") from None
 
 
+def env_threads(name: str) -> int | str:
+    """Read a thread-count variable: "auto" (the default, also when unset or
+    empty) or an integer of 0 or more; anything else fails loudly."""
+    value = (os.environ.get(name) or "auto").strip().lower()
+    if value == "auto":
+        return "auto"
+    try:
+        number = int(value)
+    except ValueError:
+        number = -1
+    if number < 0:
+        raise ImproperlyConfigured(
+            f"{name} must be auto or an integer of 0 or more, not {os.environ[name]!r}"
+        )
+    return number
+
+
 def env_float(name: str, default: float, minimum: float = 0) -> float:
     """Read a number variable (seconds, say) above `minimum`, failing loudly on anything else."""
     value = os.environ.get(name)
@@ -270,9 +287,10 @@ if env_bool("SECURE_PROXY_SSL_HEADER", False):
 # limits at run time; these are the defaults until staff first save them.
 GENERATION_MODEL = os.environ.get("GENERATION_MODEL", "")
 GENERATION_DEVICE = os.environ.get("GENERATION_DEVICE", "auto")
-# 0 keeps torch's default (every core); set cores / processes when several
-# processes share a host.
-GENERATION_TORCH_THREADS = env_int("GENERATION_TORCH_THREADS", 0)
+# "auto" measures the fastest count once per machine and model
+# (generation.runtime.threads); an integer forces it, 0 keeps torch's default
+# (every core). Set cores / processes when several processes share a host.
+GENERATION_TORCH_THREADS = env_threads("GENERATION_TORCH_THREADS")
 # Prompt tokens prefilled per engine step, in the decode step's forward pass
 # (chunked prefill); 0 prefills each prompt whole, stalling every running reply
 # meanwhile. 64: docs/benchmarks.md, "The ragged batch".

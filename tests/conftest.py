@@ -90,6 +90,17 @@ def fast_password_hashing():
         yield
 
 
+@pytest.fixture(scope="session", autouse=True)
+def one_torch_thread_setting():
+    """GENERATION_TORCH_THREADS=1 for the services the tests start, for the
+    whole session: its default, "auto", would time the engine at each
+    thread count on the first model load (seconds, on a busy machine) and
+    then change this process's thread count. tests/generation/test_threads.py
+    sets "auto" where it tests that."""
+    with override_settings(GENERATION_TORCH_THREADS=1):
+        yield
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     """A folder holding the tiny test model, built once per test session."""

@@ -44,10 +44,15 @@ def live_env(database: Path | str, *, model: Path | None = None, **settings: str
     manage.py, bench commands): this process's environment with chatsite's
     settings module and `database`, a SQLite file's path or a database URL
     (postgres://...). With `model`, that model folder on the CPU
-    (GENERATION_MODEL, GENERATION_DEVICE=cpu). `settings` are further
+    (GENERATION_MODEL, GENERATION_DEVICE=cpu); one torch thread
+    (GENERATION_TORCH_THREADS=1). `settings` are further
     variables, as strings; they win over the ones above."""
     url = database if isinstance(database, str) and "://" in database else f"sqlite:///{database}"
     env = {**os.environ, "DJANGO_SETTINGS_MODULE": "chatsite.settings", "DATABASE_URL": url}
+    # One torch thread, as in the test process (tests/conftest.py): "auto"
+    # would time the engine at a server's start, on a machine busy with tests,
+    # and store that pick for the real servers of this machine.
+    env["GENERATION_TORCH_THREADS"] = "1"
     if model is not None:
         env |= {"GENERATION_MODEL": str(model), "GENERATION_DEVICE": "cpu"}
     return env | settings

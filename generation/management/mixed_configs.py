@@ -93,7 +93,7 @@ def run_configurations(
     return report
 
 
-def run_child(workload: Workload, engine: dict[str, int], threads: int) -> dict:
+def run_child(workload: Workload, engine: dict[str, int], threads: int | str) -> dict:
     """Run the workload in a fresh `manage.py bench_engine` process with the
     engine settings `engine`; return its {"figures", "counts"}. Raises
     CalledProcessError when the child fails (its output went to ours)."""
@@ -130,16 +130,17 @@ def run_in_child(workload_json: str, out_path: str) -> None:
     import torch
 
     from generation.management.mixed_workload import run_workload
+    from generation.runtime import threads
     from generation.runtime.loading import shared_model
 
     fields = json.loads(workload_json)
     fields["turn_tokens"] = tuple(fields["turn_tokens"])
     workload = Workload(**fields)
-    if settings.GENERATION_TORCH_THREADS:
-        torch.set_num_threads(settings.GENERATION_TORCH_THREADS)
+    threads.force(settings.GENERATION_TORCH_THREADS)
     loaded = shared_model(
         settings.GENERATION_MODEL, settings.GENERATION_DEVICE, settings.GENERATION_CACHE_DIR
     )
+    threads.settle(settings.GENERATION_TORCH_THREADS, loaded, settings.GENERATION_CACHE_DIR, "batched")
     result = asyncio.run(run_workload(lambda: loaded, loaded.tokenizer, workload))
     result["counts"]["model"] = loaded.name
     result["counts"]["torch_threads"] = torch.get_num_threads()

@@ -39,28 +39,31 @@ def default_limits() -> Limits:
     )
 
 
-def configured_model_loader():
+def configured_model_loader(strategy: str = "batched"):
     """A callable that loads (once per process) the model named by settings.
 
-    It runs in the model thread, and first sets torch's thread count when
-    GENERATION_TORCH_THREADS asks: with several processes on one host, each
-    using every core, their threads fight over the cores and a decode step
-    gets many times slower.
+    It runs in the model thread, and sets torch's thread count as
+    GENERATION_TORCH_THREADS says (generation.runtime.threads): an integer
+    before the load (with several processes on one host, each using every
+    core, their threads fight over the cores and a decode step gets many
+    times slower); "auto" after it, measured on the `strategy` engine the
+    first time on this machine (seconds, logged) and read from the model
+    cache folder later, so the service is ready only once it is set.
     """
 
     def load():
         # The model stack is imported here, in the model thread, so that
         # importing the web app (every manage.py command, every page) does not
         # import torch and transformers, which takes seconds.
-        import torch
-
+        from generation.runtime import threads
         from generation.runtime.loading import shared_model
 
-        if settings.GENERATION_TORCH_THREADS:
-            torch.set_num_threads(settings.GENERATION_TORCH_THREADS)
-        return shared_model(
+        threads.force(settings.GENERATION_TORCH_THREADS)
+        loaded = shared_model(
             settings.GENERATION_MODEL, settings.GENERATION_DEVICE, settings.GENERATION_CACHE_DIR
         )
+        threads.settle(settings.GENERATION_TORCH_THREADS, loaded, settings.GENERATION_CACHE_DIR, strategy)
+        return loaded
 
     return load
 

@@ -74,3 +74,14 @@ def test_database_url_selects_postgresql():
         DATABASE_URL="postgres://postgres@127.0.0.1:5432/test",
     )
     assert result.stdout.strip().splitlines()[-1] == "postgresql", result.stderr
+
+
+def test_torch_threads_is_auto_unless_a_count_is_given():
+    show = ("shell", "-c", "from django.conf import settings; print(repr(settings.GENERATION_TORCH_THREADS))")
+    assert manage(*show, GENERATION_TORCH_THREADS="").stdout.split()[-1] == "'auto'"
+    assert manage(*show, GENERATION_TORCH_THREADS="AUTO").stdout.split()[-1] == "'auto'"
+    assert manage(*show, GENERATION_TORCH_THREADS="3").stdout.split()[-1] == "3"
+    for bad in ("many", "-1"):
+        result = manage("check", GENERATION_TORCH_THREADS=bad)
+        assert result.returncode != 0
+        assert "GENERATION_TORCH_THREADS must be auto or an integer of 0 or more" in result.stderr

@@ -24,6 +24,7 @@ MODEL_STACK = {
     "generation.runtime.ragged",
     "generation.runtime.sampler",
     "generation.runtime.seqkv",
+    "generation.runtime.threads",
 }
 
 IMPORT_EVERYTHING = f"""

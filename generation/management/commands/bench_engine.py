@@ -22,7 +22,9 @@ Other modes (issue #14; docs/benchmarks.md has the figures):
 - `--profile-step N`: where the time of one decode step at N sequences goes
   (generation.management.step_profile).
 - `--threads N` sets torch's thread count first (GENERATION_TORCH_THREADS
-  for the mixed workload's children).
+  for the mixed workload's children); without it, GENERATION_TORCH_THREADS
+  applies as in the service ("auto": the calibrated count,
+  generation.runtime.threads).
 """
 
 import argparse
@@ -168,13 +170,14 @@ class Command(BaseCommand):
         # never runs the model, so it should not pay for importing torch.
         import torch
 
+        from generation.runtime import threads
         from generation.runtime.loading import shared_model
 
-        threads = options["threads"] or settings.GENERATION_TORCH_THREADS
-        if threads:
-            torch.set_num_threads(threads)
+        # --threads, else the setting; "auto" is settled once the model is loaded.
+        thread_setting = options["threads"] or settings.GENERATION_TORCH_THREADS
+        threads.force(thread_setting)
         if options["profile_step"]:
-            return self._profile(options)
+            return self._profile(options, thread_setting)
         options["new_tokens"] = options["new_tokens"] or 128
         levels = [int(level) for level in options["concurrency"].split(",")]
         sampling = {
@@ -185,6 +188,7 @@ class Command(BaseCommand):
         strategies = options["strategies"].split(",")
         cache_dir = settings.GENERATION_CACHE_DIR
         loaded = shared_model(settings.GENERATION_MODEL, settings.GENERATION_DEVICE, cache_dir)
+        threads.settle(thread_setting, loaded, cache_dir, "batched")
 
         def load():
             return loaded  # every run shares the one replica
@@ -267,14 +271,16 @@ class Command(BaseCommand):
             self.stdout.write(line)
         return rows
 
-    def _profile(self, options) -> None:
+    def _profile(self, options, thread_setting) -> None:
         """`--profile-step N`: one decode step's time by section."""
         from generation.management.step_profile import profile_step
+        from generation.runtime import threads
         from generation.runtime.loading import shared_model
 
         loaded = shared_model(
             settings.GENERATION_MODEL, settings.GENERATION_DEVICE, settings.GENERATION_CACHE_DIR
         )
+        threads.settle(thread_setting, loaded, settings.GENERATION_CACHE_DIR, "batched")
         result = profile_step(loaded, options["profile_step"], options["steps"], options["torch_profile"])
         self.stdout.write(f"{result['sequences']} sequences, {result['torch_threads']} threads: ")
         self.stdout.write(f"step {result['step_ms']} ms ({result['tok_s']} tok/s)")
