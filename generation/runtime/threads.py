@@ -5,7 +5,8 @@ before the model loads. "auto", the default, measures instead: the first
 time a process loads a model on the CPU, the model thread times a few steps
 of the real engine (`make_engine`) at each candidate count, before the
 service reports ready, picks the fastest, and keeps the result in the model
-cache folder (generation.runtime.threadstore), keyed by what it depends on;
+cache folder (generation.runtime.threadstore), keyed by what it depends on
+(CPU model, usable cores, torch and transformers versions, model, engine);
 later starts with the same key reuse it without measuring. A CUDA device is
 not calibrated: the CPU threads only feed it.
 
@@ -15,10 +16,13 @@ decode steps are timed, then one step that also prefills a CHUNK_TOKENS
 prompt (the default chunked-prefill size): a busy server's mix. The score is
 the mean time of those steps; each candidate gets ROUNDS tries in
 alternating order, and keeps its best (a burst of other work on the
-machine slows one try, not the pick). The pick is the fewest threads within
+machine slows one try, not the pick); a try over GIVE_UP times the fastest
+so far is cut short and not repeated. The pick is the fewest threads within
 TOLERANCE of the fastest: the event loop and the machine's other processes
-share the cores, and a thread that buys 2% costs them a core. About 1.5 s
-per candidate with SmolLM2-135M on this project's 2-core machine.
+share the cores, and a thread that buys 2% costs them a core. With
+SmolLM2-135M on this project's 2-core machine at load 7, a try at one
+thread took about 1.7 s and the whole calibration 4.1 s (docs/benchmarks.md,
+"Torch threads").
 
 With several processes on one host, "auto" still measures one process
 alone: set an integer (cores / processes) there, as docs/deploy.md says.
@@ -119,7 +123,10 @@ def calibrate(
     if loaded.device.type != "cpu":
         progress(f"Torch threads: not calibrated on {loaded.device} (auto calibrates on the CPU only)")
         return None
-    key = threadstore.calibration_key(model_identity(loaded.model, loaded.name), strategy, torch.__version__)
+    import transformers
+
+    versions = {"torch": torch.__version__, "transformers": transformers.__version__}
+    key = threadstore.calibration_key(model_identity(loaded.model, loaded.name), strategy, versions)
     key_id = threadstore.key_id(key)
     if not remeasure and key_id in _settled:
         result = _settled[key_id]
@@ -167,11 +174,14 @@ def measure(
 ) -> dict[int, dict[str, float]]:
     """Time the engine at each thread count (`time_engine`), ROUNDS times in
     alternating order; per count, the figures of its fastest round. A try
-    over GIVE_UP times the fastest so far is cut short. Leaves torch's
-    thread count at whatever was tried last."""
+    over GIVE_UP times the fastest so far is cut short, and that count is
+    not tried again. Leaves torch's thread count at whatever was tried
+    last."""
     best: dict[int, dict[str, float]] = {}
     for round_index in range(ROUNDS):
         for threads in counts if round_index % 2 == 0 else reversed(counts):
+            if best.get(threads, {}).get("cut"):
+                continue  # twice the fastest is not noise: another try would only cost seconds
             fastest = min((figures["step_ms"] for figures in best.values()), default=None)
             give_up_ms = GIVE_UP * fastest if fastest else None
             figures = time_engine(model, strategy, threads, give_up_ms)
@@ -196,9 +206,9 @@ def time_engine(
     decode step, the step with a prefill chunk, and their mean `step_ms`
     (the score), in milliseconds. Greedy, so no sampling randomness.
     `give_up_ms`: once the median of two or more decode steps (warm-up
-    included) is over it, stop there and return those steps' figures with
-    "cut" set (`step_ms` their mean, "chunk_ms" 0): such a count cannot
-    win, and finishing it could take many seconds (OpenMP threads fighting
+    included) is over it, or any one step is over twice it, stop there and
+    return those steps' figures with "cut" set (`step_ms` their mean,
+    "chunk_ms" 0): such a count cannot win, and finishing it could take many seconds (OpenMP threads fighting
     other processes for the cores make a step tens of times slower)."""
     torch.set_num_threads(threads)
     engine = make_engine(strategy, model, set(), prefill_chunk_tokens=CHUNK_TOKENS)
@@ -206,23 +216,22 @@ def time_engine(
     vocab = model.config.vocab_size
     for index in range(SEQUENCES):
         engine.add(f"calibration-{index}", _prompt(index, PROMPT_TOKENS, vocab), params)
-    while engine.next_prefill() is not None:
-        _advance(engine)
-    # The warm-up steps count toward giving up (not toward the figures):
-    # a hopeless count is then cut after two steps.
+    # Any one step (a prefill's too) over twice the limit cuts the try at
+    # once: under load a hopeless count's step can take seconds. The
+    # warm-up steps count toward the median's limit (not toward the figures).
     steps = []
+    while engine.next_prefill() is not None:
+        started = time.perf_counter()
+        _advance(engine)
+        if give_up_ms and 1000 * (time.perf_counter() - started) > 2 * give_up_ms:
+            return _cut(engine, [time.perf_counter() - started])
     for _ in range(WARMUP_STEPS + DECODE_STEPS):
         started = time.perf_counter()
         engine.step()
         steps.append(time.perf_counter() - started)
-        if give_up_ms and len(steps) >= 2 and 1000 * statistics.median(steps) > give_up_ms:
-            engine.clear()
-            return {
-                "step_ms": round(1000 * statistics.mean(steps), 2),
-                "decode_ms": round(1000 * statistics.median(steps), 2),
-                "chunk_ms": 0.0,
-                "cut": True,
-            }
+        median_ms = 1000 * statistics.median(steps)
+        if give_up_ms and (1000 * steps[-1] > 2 * give_up_ms or (len(steps) >= 2 and median_ms > give_up_ms)):
+            return _cut(engine, steps)
     decode = steps[WARMUP_STEPS:]
     started = time.perf_counter()
     engine.add("calibration-chunk", _prompt(SEQUENCES, CHUNK_TOKENS, vocab), params)
@@ -240,6 +249,17 @@ def pick(step_ms: dict[int, float], tolerance: float = TOLERANCE) -> int:
     """The fewest threads whose time is within `tolerance` of the fastest."""
     fastest = min(step_ms.values())
     return min(n for n, ms in step_ms.items() if ms <= fastest * (1 + tolerance))
+
+
+def _cut(engine, steps: list[float]) -> dict:
+    """The figures of a try cut short after `steps` (seconds each)."""
+    engine.clear()
+    return {
+        "step_ms": round(1000 * statistics.mean(steps), 2),
+        "decode_ms": round(1000 * statistics.median(steps), 2),
+        "chunk_ms": 0.0,
+        "cut": True,
+    }
 
 
 def _advance(engine) -> None:

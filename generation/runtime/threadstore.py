@@ -44,17 +44,12 @@ def usable_cores() -> int:
     return os.cpu_count() or 1
 
 
-def calibration_key(model: dict, strategy: str, torch_version: str) -> dict:
+def calibration_key(model: dict, strategy: str, versions: dict[str, str]) -> dict:
     """What a measurement depends on: this machine (CPU model, usable cores),
-    torch's version, the `model` (a dict naming it: generation.runtime.threads
+    the `versions` of the libraries that run the forward pass (torch,
+    transformers), the `model` (a dict naming it: generation.runtime.threads
     builds it) and the engine `strategy`."""
-    return {
-        "cpu": cpu_model(),
-        "cores": usable_cores(),
-        "torch": torch_version,
-        "model": model,
-        "strategy": strategy,
-    }
+    return {"cpu": cpu_model(), "cores": usable_cores(), **versions, "model": model, "strategy": strategy}
 
 
 def key_id(key: dict) -> str:

@@ -56,8 +56,10 @@ async def test_auto_measures_in_the_model_thread_before_ready_and_stores_the_pic
     service = await ready(await make_service(load=configured_model_loader()))
     cores = threadstore.usable_cores()
     expected = threads.candidates(cores)
-    # Every candidate timed, ROUNDS times, before the service said ready.
-    assert sorted(calibration.timed) == sorted(expected * threads.ROUNDS)
+    # Every candidate timed (up to ROUNDS times: one cut short is not tried
+    # again), before the service said ready.
+    assert sorted(set(calibration.timed)) == expected
+    assert len(calibration.timed) <= threads.ROUNDS * len(expected)
     [entry] = stored_entries(calibration.store)
     assert entry["key"]["cores"] == cores and entry["key"]["strategy"] == "batched"
     assert entry["threads"] in expected
