@@ -7,6 +7,7 @@ The measurements are real (the tiny model's engine at each candidate count);
 
 import json
 import logging
+import threading
 import types
 
 import pytest
@@ -84,6 +85,28 @@ def test_a_later_start_reuses_the_stored_pick_without_measuring(calibration, mon
     assert len(calibration.timed) == first_timings
     assert torch.get_num_threads() == picked
     assert any("as measured" in r.getMessage() for r in caplog.records)
+
+
+def test_starts_at_the_same_time_measure_once(calibration, tiny_model_dir, caplog):
+    """Two model threads starting together (as two processes would: the lock
+    is an flock on a file) measure once; the later one reads the first's pick."""
+    caplog.set_level(logging.INFO, logger="generation.runtime.threads")
+    loaded = shared_model(str(tiny_model_dir), "cpu", calibration.folder)
+    results = []
+    starts = [
+        threading.Thread(
+            target=lambda: results.append(threads.calibrate(loaded, calibration.folder, "batched"))
+        )
+        for _ in range(2)
+    ]
+    for start in starts:
+        start.start()
+    for start in starts:
+        start.join(60)
+    assert len(results) == 2 and results[0].threads == results[1].threads
+    assert sorted(result.reused for result in results) == [False, True]
+    assert len(calibration.timed) <= threads.ROUNDS * len(threads.candidates(threadstore.usable_cores()))
+    assert sum("calibrating" in r.getMessage() for r in caplog.records) == 1
 
 
 def test_an_integer_setting_forces_the_count_without_measuring(calibration, settings):
