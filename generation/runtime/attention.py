@@ -133,10 +133,10 @@ def _ragged_attention(module, query, batch: RaggedBatch, scaling) -> torch.Tenso
 
     A decoding segment (one query) runs on ONE torch thread: its SDPA is
     some 10 us of work, and at two threads each call is a parallel region
-    whose barrier waits for the second thread, 60-130 us a call on this
-    2-core machine (and far more when another process holds a core), 480
-    calls a step at 16 sequences (docs/benchmarks.md, "Decode attention on
-    one thread"). Each head's output is computed by one thread either way,
+    whose barrier waits for the second thread: 130-590 us a call on this
+    2-core machine while other processes ran, 480 calls a step at 16
+    sequences (docs/benchmarks.md, "Decode attention on one thread").
+    Each head's output is computed by one thread either way,
     so the values are the same bit for bit. Prompt chunks keep the
     configured threads."""
     layer = module.layer_idx
