@@ -60,6 +60,9 @@ class RaggedBatch:
 
     def __init__(self, segments: list[Segment]):
         self.segments = segments
+        # The calling thread's torch threads, restored after each layer's
+        # decode attention (which runs on one: see _ragged_attention).
+        self.threads = torch.get_num_threads()
         for segment in segments:
             if segment.count > 1 and segment.start > 0:
                 # Bottom-right aligned: query i sees the past and the chunk up
@@ -126,23 +129,41 @@ def ragged_forward(
 
 def _ragged_attention(module, query, batch: RaggedBatch, scaling) -> torch.Tensor:
     """Each segment's queries ([1, heads, T, dim] in all) over its own
-    sequence's keys and values; [1, T, heads, dim] out."""
+    sequence's keys and values; [1, T, heads, dim] out.
+
+    A decoding segment (one query) runs on ONE torch thread: its SDPA is
+    some 10 us of work, and at two threads each call is a parallel region
+    whose barrier waits for the second thread: 130-590 us a call on this
+    2-core machine while other processes ran, 480 calls a step at 16
+    sequences (docs/benchmarks.md, "Decode attention on one thread").
+    Each head's output is computed by one thread either way,
+    so the values are the same bit for bit. Prompt chunks keep the
+    configured threads."""
     layer = module.layer_idx
     output = query.new_empty((1, query.shape[2], query.shape[1], query.shape[3]))
-    for segment in batch.segments:
-        end = segment.offset + segment.count
-        keys, values = segment.kv.layer(layer, segment.start + segment.count)
-        result = torch.nn.functional.scaled_dot_product_attention(
-            query[:, :, segment.offset : end],
-            keys,
-            values,
-            attn_mask=segment.mask,
-            scale=scaling,
-            # Without past, top-left and bottom-right alignment agree.
-            is_causal=segment.count > 1 and segment.start == 0,
-            enable_gqa=True,
-        )
-        output[:, segment.offset : end] = result.transpose(1, 2)
+    threads = current = batch.threads
+    try:
+        for segment in batch.segments:
+            wanted = 1 if segment.count == 1 else threads
+            if wanted != current:
+                torch.set_num_threads(wanted)  # some 0.1 us: an OpenMP setting
+                current = wanted
+            end = segment.offset + segment.count
+            keys, values = segment.kv.layer(layer, segment.start + segment.count)
+            result = torch.nn.functional.scaled_dot_product_attention(
+                query[:, :, segment.offset : end],
+                keys,
+                values,
+                attn_mask=segment.mask,
+                scale=scaling,
+                # Without past, top-left and bottom-right alignment agree.
+                is_causal=segment.count > 1 and segment.start == 0,
+                enable_gqa=True,
+            )
+            output[:, segment.offset : end] = result.transpose(1, 2)
+    finally:
+        if current != threads:
+            torch.set_num_threads(threads)
     return output
 
 

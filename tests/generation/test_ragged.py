@@ -9,6 +9,7 @@ import gc
 import time
 
 import pytest
+import torch
 
 from generation.runtime.engine import SamplingParams, make_engine
 from generation.runtime.loading import shared_model
@@ -126,3 +127,34 @@ def test_an_idle_engine_prefills_a_waiting_prompt_in_one_step(loaded):
     assert [output.seq_id for output in first] == ["long"]
     alone = generate(loaded, [long_prompt], chunk=0, max_new_tokens=5)[0]["0"]
     assert first[0].token_id == alone[0]
+
+
+def test_decode_attention_runs_on_one_thread_and_writes_the_same_text(loaded, monkeypatch):
+    """With two torch threads, each decoding reply's attention (one query)
+    runs on one thread, a prompt chunk's on both, the two come back after
+    every layer, and the greedy replies are the interleave engine's: a
+    one-query SDPA gives the same values on one thread as on two."""
+    calls = []
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+
+    def spy(query, *args, **kwargs):
+        calls.append((query.shape[2], torch.get_num_threads()))
+        return sdpa(query, *args, **kwargs)
+
+    prompt_list = [prompt_of(loaded, words, 900 + words) for words in (3, 12, 35, 90)]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        alone = {
+            str(i): generate(loaded, [p], chunk=0, strategy="interleave", max_new_tokens=10)[0]["0"]
+            for i, p in enumerate(prompt_list)
+        }
+        monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", spy)
+        together, _ = generate(loaded, prompt_list, chunk=16, max_new_tokens=10)
+        after = torch.get_num_threads()
+    finally:
+        torch.set_num_threads(threads)
+    assert together == alone
+    assert after == 2
+    assert {n for queries, n in calls if queries == 1} == {1}
+    assert {n for queries, n in calls if queries > 1} == {2}
