@@ -38,9 +38,11 @@ from collections import deque
 from typing import Protocol
 
 MAX_CHUNKS = 8  # TimedBudget's ceiling: 512 tokens per step at the default chunk of 64
-DECODE_WINDOW = 64  # decode-only steps kept for the decode cost fit
-PREFILL_WINDOW = 32  # steps with prefill kept for the per-token cost
-ROWS_PRIOR = 4.0  # rows²: pulls the per-row slope to 0 until several row counts were seen
+WINDOW = 64  # steps kept for the cost fit: some 10-20 s of steps on this CPU
+# Ridge terms, small beside real spreads: with one row count (or one token
+# count) in the window they make that slope 0 instead of undefined.
+ROWS_PRIOR = 0.5  # rows²
+TOKENS_PRIOR = 1.0  # tokens²
 
 
 class Waiting(Protocol):
@@ -69,43 +71,56 @@ class FixedChunks:
 
 
 class StepCosts:
-    """What a step of the engine costs, learned from measured steps:
-    `decode_s(rows)`, seconds of a step with `rows` decoding rows and no
-    prefill (a least-squares line a + b·rows over the last DECODE_WINDOW
-    such steps, its slope pulled towards 0 by ROWS_PRIOR so that a single
-    row count seen predicts a flat cost, the safe side), and `token_s`,
-    seconds per prompt token in a step (the median, over the last
-    PREFILL_WINDOW steps with prefill, of what the step took beyond
-    `decode_s(rows)`, per prompt token). None until known."""
+    """What a step of the engine costs, learned from measured steps: a
+    least-squares fit of seconds = a + b·rows + c·tokens (decoding rows,
+    prompt tokens) over the last WINDOW steps of every kind, so that steps
+    with prefill keep it current while prompts wait for long. Ridge terms
+    (ROWS_PRIOR, TOKENS_PRIOR) keep it defined when the steps do not tell
+    the terms apart: one row count seen predicts that step's cost for every
+    count (flat: the smaller budget, the safe side). `decode_s(rows)` is
+    a + b·rows, `token_s` c; both None until known (c None too when the fit
+    finds no positive cost per token)."""
 
     def __init__(self):
-        self.decode_steps: deque[tuple[int, float]] = deque(maxlen=DECODE_WINDOW)
-        self.per_token: deque[float] = deque(maxlen=PREFILL_WINDOW)
+        self.steps: deque[tuple[int, int, float]] = deque(maxlen=WINDOW)
+        self._fit: tuple[float, float, float] | None = None  # of the window as it is
+        self._last: tuple[float, float, float] | None = None  # the latest fit made
 
     def observe(self, rows: int, tokens: int, seconds: float) -> None:
         """Record one step: `rows` decoding rows, `tokens` prompt tokens, its time."""
-        if not tokens:
-            self.decode_steps.append((rows, seconds))
-        elif self.decode_steps:
-            self.per_token.append(max(seconds - self.decode_s(rows), 0.0) / tokens)
+        self.steps.append((rows, tokens, seconds))
+        self._fit = None
+
+    def fit(self) -> tuple[float, float, float] | None:
+        """(a, b, c) in seconds, seconds per row and per token: from the
+        window, or the last fit while the window's steps all carry the same
+        number of prompt tokens (the per-token cost unseen); None before."""
+        if self._fit is None and len({t for _, t, _ in self.steps}) > 1:
+            mean_r = statistics.fmean(r for r, _, _ in self.steps)
+            mean_t = statistics.fmean(t for _, t, _ in self.steps)
+            mean_s = statistics.fmean(s for _, _, s in self.steps)
+            centred = [(r - mean_r, t - mean_t, s - mean_s) for r, t, s in self.steps]
+            srr = sum(r * r for r, _, _ in centred) + ROWS_PRIOR
+            stt = sum(t * t for _, t, _ in centred) + TOKENS_PRIOR
+            srt = sum(r * t for r, t, _ in centred)
+            srs = sum(r * s for r, _, s in centred)
+            sts = sum(t * s for _, t, s in centred)
+            det = srr * stt - srt * srt  # > 0 (Cauchy-Schwarz, and both priors are positive)
+            b = (srs * stt - sts * srt) / det
+            c = (sts * srr - srs * srt) / det
+            self._fit = self._last = (mean_s - b * mean_r - c * mean_t, b, c)
+        return self._fit or self._last
 
     def decode_s(self, rows: int) -> float | None:
-        """Predicted seconds of a decode-only step of `rows` rows."""
-        if not self.decode_steps:
-            return None
-        mean_rows = statistics.fmean(r for r, _ in self.decode_steps)
-        mean_s = statistics.fmean(s for _, s in self.decode_steps)
-        spread = sum((r - mean_rows) ** 2 for r, _ in self.decode_steps)
-        slope = sum((r - mean_rows) * (s - mean_s) for r, s in self.decode_steps) / (spread + ROWS_PRIOR)
-        slope = max(slope, 0.0)
-        return max(mean_s + slope * (rows - mean_rows), 0.0)
+        """Predicted seconds of a step of `rows` decoding rows and no prefill."""
+        fit = self.fit()
+        return None if fit is None else max(fit[0] + max(fit[1], 0.0) * rows, 0.0)
 
     @property
     def token_s(self) -> float | None:
-        """Seconds one prompt token adds to a step (None: no step with prefill yet)."""
-        if not self.per_token:
-            return None
-        return statistics.median(self.per_token)
+        """Seconds one prompt token adds to a step (None: not known)."""
+        fit = self.fit()
+        return None if fit is None or fit[2] <= 0 else fit[2]
 
 
 class TimedBudget:

@@ -129,25 +129,44 @@ def test_an_idle_engine_prefills_the_shortest_prompt_whole():
 
 def test_costs_are_learned_from_measured_steps():
     """Steps timed at 20 ms + 8 ms per row, plus 1 ms per prompt token when
-    they carry prefill, give back those costs, and the budget they imply."""
+    they carry prefill, give back those costs and the budget they imply;
+    when the steps get slower (another load on the machine) while prompts
+    keep waiting, steps with prefill alone bring the costs up to date."""
     policy = TimedBudget(64, stretch=2.0)
-    for rows in (2, 4, 8, 16, 4, 8):
-        policy.observe(rows, 0, 0.020 + 0.008 * rows)
-    for rows, tokens in ((8, 64), (16, 100), (4, 64)):
+    assert policy.costs.decode_s(8) is None and policy.budget(8) == 64
+    for rows, tokens in (
+        (2, 0),
+        (4, 0),
+        (8, 0),
+        (16, 0),
+        (4, 64),
+        (8, 0),
+        (8, 64),
+        (16, 100),
+        (4, 64),
+        (16, 0),
+    ):
         policy.observe(rows, tokens, 0.020 + 0.008 * rows + 0.001 * tokens)
     assert policy.costs.decode_s(16) == pytest.approx(0.148, rel=0.05)
     assert policy.costs.token_s == pytest.approx(0.001, rel=0.05)
     assert policy.budget(16) == pytest.approx(148, abs=8)
+    for step in range(64):  # all with prefill, every cost doubled
+        rows, tokens = 8 + step % 9, policy.budget(8 + step % 9)
+        policy.observe(rows, tokens, 2 * (0.020 + 0.008 * rows + 0.001 * tokens))
+    assert policy.costs.decode_s(16) == pytest.approx(0.296, rel=0.1)
+    assert policy.costs.token_s == pytest.approx(0.002, rel=0.1)
+    assert policy.budget(16) == pytest.approx(148, abs=16)
 
 
 def test_one_row_count_seen_predicts_a_flat_decode_cost():
-    """Decode-only steps seen only at 4 rows say nothing of 16: the cost is
-    then taken as flat (the smaller prediction, so the smaller budget)."""
+    """Steps seen only at 4 rows say nothing of 16: the decode cost is then
+    taken as flat (the smaller prediction, so the smaller budget)."""
     costs = StepCosts()
-    for _ in range(5):
-        costs.observe(4, 0, 0.052)
-    assert costs.decode_s(4) == pytest.approx(0.052)
-    assert costs.decode_s(16) == pytest.approx(0.052)
+    for tokens in (0, 64, 0, 100, 0):
+        costs.observe(4, tokens, 0.052 + 0.001 * tokens)
+    assert costs.decode_s(4) == pytest.approx(0.052, rel=0.05)
+    assert costs.decode_s(16) == pytest.approx(0.052, rel=0.05)
+    assert costs.token_s == pytest.approx(0.001, rel=0.05)
 
 
 def test_unknown_policy_names_are_refused():
