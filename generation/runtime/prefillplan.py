@@ -94,21 +94,17 @@ class StepCosts:
     def fit(self) -> tuple[float, float, float] | None:
         """(a, b, c) in seconds, seconds per row and per token: from the
         window, or the last fit while the window's steps all carry the same
-        number of prompt tokens (the per-token cost unseen); None before."""
+        number of prompt tokens (the per-token cost unseen); None before.
+        Steps far off the first fit (over 3 median absolute residuals, and
+        1 ms: a collection, another process taking the cores) are left out
+        of a second, the one used."""
         if self._fit is None and len({t for _, t, _ in self.steps}) > 1:
-            mean_r = statistics.fmean(r for r, _, _ in self.steps)
-            mean_t = statistics.fmean(t for _, t, _ in self.steps)
-            mean_s = statistics.fmean(s for _, _, s in self.steps)
-            centred = [(r - mean_r, t - mean_t, s - mean_s) for r, t, s in self.steps]
-            srr = sum(r * r for r, _, _ in centred) + ROWS_PRIOR
-            stt = sum(t * t for _, t, _ in centred) + TOKENS_PRIOR
-            srt = sum(r * t for r, t, _ in centred)
-            srs = sum(r * s for r, _, s in centred)
-            sts = sum(t * s for _, t, s in centred)
-            det = srr * stt - srt * srt  # > 0 (Cauchy-Schwarz, and both priors are positive)
-            b = (srs * stt - sts * srt) / det
-            c = (sts * srr - srs * srt) / det
-            self._fit = self._last = (mean_s - b * mean_r - c * mean_t, b, c)
+            first = _least_squares(self.steps)
+            residuals = [abs(s - first[0] - first[1] * r - first[2] * t) for r, t, s in self.steps]
+            limit = 3 * statistics.median(residuals) + 0.001
+            kept = [step for step, residual in zip(self.steps, residuals, strict=True) if residual <= limit]
+            self._fit = _least_squares(kept) if len({t for _, t, _ in kept}) > 1 else first
+            self._last = self._fit
         return self._fit or self._last
 
     def decode_s(self, rows: int) -> float | None:
@@ -168,6 +164,24 @@ class TimedBudget:
     def observe(self, rows: int, tokens: int, seconds: float) -> None:
         """A step's measured time: `rows` decoding rows, `tokens` prompt tokens."""
         self.costs.observe(rows, tokens, seconds)
+
+
+def _least_squares(steps) -> tuple[float, float, float]:
+    """(a, b, c) minimising the squared error of seconds = a + b·rows +
+    c·tokens over (rows, tokens, seconds) `steps`, plus the ridge terms."""
+    mean_r = statistics.fmean(r for r, _, _ in steps)
+    mean_t = statistics.fmean(t for _, t, _ in steps)
+    mean_s = statistics.fmean(s for _, _, s in steps)
+    centred = [(r - mean_r, t - mean_t, s - mean_s) for r, t, s in steps]
+    srr = sum(r * r for r, _, _ in centred) + ROWS_PRIOR
+    stt = sum(t * t for _, t, _ in centred) + TOKENS_PRIOR
+    srt = sum(r * t for r, t, _ in centred)
+    srs = sum(r * s for r, _, s in centred)
+    sts = sum(t * s for _, t, s in centred)
+    det = srr * stt - srt * srt  # > 0 (Cauchy-Schwarz, and both priors are positive)
+    b = (srs * stt - sts * srt) / det
+    c = (sts * srr - srs * srt) / det
+    return mean_s - b * mean_r - c * mean_t, b, c
 
 
 def _fill(ordered: list, budget: int, cap: int, uncapped: int = 0) -> list[tuple]:

@@ -158,6 +158,20 @@ def test_costs_are_learned_from_measured_steps():
     assert policy.budget(16) == pytest.approx(148, abs=16)
 
 
+def test_a_few_slow_steps_do_not_move_the_costs():
+    """Three steps among twenty that took ten times as long (another
+    process had the cores) leave the learned costs, and so the budget,
+    where the other steps put them."""
+    policy = TimedBudget(64, stretch=2.0)
+    for step in range(20):
+        rows, tokens = 4 + step % 13, (0, 64, 100)[step % 3]
+        seconds = 0.020 + 0.008 * rows + 0.001 * tokens
+        policy.observe(rows, tokens, seconds * (10 if step in (1, 2, 9) else 1))
+    assert policy.costs.decode_s(16) == pytest.approx(0.148, rel=0.02)
+    assert policy.costs.token_s == pytest.approx(0.001, rel=0.02)
+    assert policy.budget(16) == pytest.approx(148, abs=3)
+
+
 def test_one_row_count_seen_predicts_a_flat_decode_cost():
     """Steps seen only at 4 rows say nothing of 16: the decode cost is then
     taken as flat (the smaller prediction, so the smaller budget)."""
