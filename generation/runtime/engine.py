@@ -280,11 +280,9 @@ def make_engine(
 ) -> Engine:
     """Build the engine for a strategy name ("batched" or "interleave"), with
     the sampling `defaults` of requests that leave fields at None;
-    `prefill_chunk_tokens` 0 prefills each prompt whole, else in chunks of
-    at most that many tokens (the interleave engine), or as the ragged
-    engine's `prefill_policy` plans ("fixed": that many tokens per step;
-    "timed": a time budget per step of `prefill_stretch` decode steps, at
-    least that many tokens; generation.runtime.prefillplan);
+    `prefill_chunk_tokens` 0 prefills each prompt whole, else in chunks:
+    that many tokens, or for the ragged engine as `prefill_policy` plans
+    ("fixed" or "timed", with `prefill_stretch`: generation.runtime.prefillplan);
     `prefix_cache_bytes` 0 turns prefix reuse off, else bounds the KV kept
     for it. Raises ValueError for an unknown strategy or policy."""
     engines = _engines()
