@@ -297,6 +297,14 @@ GENERATION_TORCH_THREADS = env_threads("GENERATION_TORCH_THREADS")
 GENERATION_PREFILL_CHUNK_TOKENS = env_int("GENERATION_PREFILL_CHUNK_TOKENS", 64)
 if GENERATION_PREFILL_CHUNK_TOKENS < 0:
     raise ImproperlyConfigured("GENERATION_PREFILL_CHUNK_TOKENS must be 0 (whole prompts) or more.")
+# How the chunks are planned (generation.runtime.prefillplan): "timed", a
+# time budget per step of GENERATION_PREFILL_STEP_STRETCH decode steps (at
+# least the chunk), shortest prompt first; "fixed", the chunk per step,
+# oldest first. docs/benchmarks.md, "A time budget per step".
+GENERATION_PREFILL_POLICY = os.environ.get("GENERATION_PREFILL_POLICY", "timed")
+if GENERATION_PREFILL_POLICY not in ("timed", "fixed"):
+    raise ImproperlyConfigured("GENERATION_PREFILL_POLICY must be 'timed' or 'fixed'.")
+GENERATION_PREFILL_STEP_STRETCH = env_number_in("GENERATION_PREFILL_STEP_STRETCH", 1, 10) or 2.0
 # Megabytes of keys and values kept from finished replies, so that a
 # conversation's next turn prefills only its new tokens (prefix reuse); 0: off.
 GENERATION_PREFIX_CACHE_MB = env_int("GENERATION_PREFIX_CACHE_MB", 256)

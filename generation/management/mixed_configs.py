@@ -66,7 +66,12 @@ def run_configurations(
     prefix_cache_mb = prefix_cache_mb or getattr(settings, REUSE_SETTING, 0) or FALLBACK_PREFIX_CACHE_MB
     threads = settings.GENERATION_TORCH_THREADS if threads is None else threads
     report: dict = {}
-    run = {"workload": asdict(workload), "torch_threads": threads or "every core", "configurations": {}}
+    run = {
+        "workload": asdict(workload),
+        "torch_threads": threads or "every core",
+        "prefill_policy": [settings.GENERATION_PREFILL_POLICY, settings.GENERATION_PREFILL_STEP_STRETCH],
+        "configurations": {},
+    }
     unavailable = {}
     for name in names:
         engine = engine_settings(name, chunk_tokens, prefix_cache_mb)

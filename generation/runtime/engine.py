@@ -40,6 +40,7 @@ import torch
 
 from generation.runtime.kvcache import cache_keyword
 from generation.runtime.loops import LoopDetector
+from generation.runtime.prefillplan import make_policy
 from generation.runtime.prefixcache import LayerKV, PrefixCache
 from generation.runtime.sampler import TokenHistory, penalise, pick
 from generation.runtime.sampling import SamplingDefaults, SamplingParams
@@ -80,6 +81,7 @@ class _Prefill:
     # (Should the entry be evicted meanwhile, these views keep its block
     # alive until then.)
     reused: list[LayerKV] = field(default_factory=list)
+    waited: int = 0  # engine steps it has waited so far (the prefill policy's ageing)
 
     @property
     def left(self) -> int:
@@ -273,21 +275,29 @@ def make_engine(
     defaults: SamplingDefaults | None = None,
     prefill_chunk_tokens: int = 0,
     prefix_cache_bytes: int = 0,
+    prefill_policy: str = "fixed",
+    prefill_stretch: float = 2.0,
 ) -> Engine:
     """Build the engine for a strategy name ("batched" or "interleave"), with
     the sampling `defaults` of requests that leave fields at None;
-    `prefill_chunk_tokens` 0 prefills each prompt whole, else in chunks of
-    at most that many tokens; `prefix_cache_bytes` 0 turns prefix reuse off,
-    else bounds the KV kept for it."""
+    `prefill_chunk_tokens` 0 prefills each prompt whole, else in chunks:
+    that many tokens, or for the ragged engine as `prefill_policy` plans
+    ("fixed" or "timed", with `prefill_stretch`: generation.runtime.prefillplan);
+    `prefix_cache_bytes` 0 turns prefix reuse off, else bounds the KV kept
+    for it. Raises ValueError for an unknown strategy or policy."""
     engines = _engines()
     try:
         engine_class = engines[strategy]
     except KeyError:
         raise ValueError(f"Unknown generation strategy {strategy!r}; use one of {sorted(engines)}.") from None
+    options = {}
+    if strategy == "batched" and prefill_chunk_tokens:
+        options["prefill_policy"] = make_policy(prefill_policy, prefill_chunk_tokens, prefill_stretch)
     return engine_class(
         model,
         stop_token_ids,
         defaults=defaults,
         prefill_chunk_tokens=prefill_chunk_tokens,
         prefix_cache_bytes=prefix_cache_bytes,
+        **options,
     )

@@ -2,14 +2,16 @@
 flattened token batch, every sequence with its own KV.
 
 A step's batch is [1, T]: one token per decoding reply, then, while prompts
-wait, the next chunk of the oldest ones (`prefill_chunk_tokens` in all,
-several short prompts sharing it), each token at its own position in its
-own sequence (vLLM's varlen batches work the same way). The chunk rides in
-the decode step's forward pass, so the weights are read once for both, and
-a running reply waits one such pass between two tokens however long the
-prompt. On an idle server (no reply decoding) the oldest waiting prompt is
-prefilled whole in that one pass: nobody waits for it, and chunks would
-only cost it time.
+wait, the next chunks of some of them, each token at its own position in
+its own sequence (vLLM's varlen batches work the same way). Which prompts,
+and how many tokens of each, is the prefill policy's choice
+(generation.runtime.prefillplan: `prefill_chunk_tokens` in all, oldest
+first, or a time budget per step, shortest first); the engine times each
+step for it. The chunks ride in the decode step's forward pass, so the
+weights are read once for both, and a running reply waits one such pass
+between two tokens however long the prompt. On an idle server (no reply
+decoding) a waiting prompt is prefilled whole in that one pass: nobody
+waits for it, and chunks would only cost it time.
 
 Each sequence keeps its KV in a block of its own (generation.runtime.seqkv),
 so there is no padding anywhere: a long prompt does not widen the other
@@ -19,10 +21,13 @@ segments (generation.runtime.attention). Only the logits of each decoding
 reply's token and of a prompt's last token are computed.
 """
 
+import time
+
 import torch
 
 from generation.runtime.attention import RaggedBatch, Segment, ragged_forward
-from generation.runtime.engine import Engine, TokenOutput, _Prefill, _Sequence
+from generation.runtime.engine import Engine, TokenOutput, _Sequence
+from generation.runtime.prefillplan import FixedChunks
 from generation.runtime.prefixcache import LayerKV
 from generation.runtime.sampler import TokenHistory
 from generation.runtime.seqkv import SequenceKV
@@ -31,12 +36,17 @@ from generation.runtime.seqkv import SequenceKV
 class RaggedEngine(Engine):
     """Continuous batching over per-sequence KV: decode steps and prefill
     chunks of every running and waiting sequence in ONE forward pass per
-    step (see the module's docstring)."""
+    step (see the module's docstring). `prefill_policy` plans each step's
+    prefill (a generation.runtime.prefillplan policy; None: FixedChunks of
+    `prefill_chunk_tokens`, oldest first)."""
 
     prefill_in_step = True
 
-    def __init__(self, model: torch.nn.Module, stop_token_ids: set[int], seed: int = 0, **options):
+    def __init__(
+        self, model: torch.nn.Module, stop_token_ids: set[int], seed: int = 0, prefill_policy=None, **options
+    ):
         super().__init__(model, stop_token_ids, seed, **options)
+        self.prefill_policy = prefill_policy or FixedChunks(self.prefill_chunk_tokens)
         self.rows: list[str] = []  # the decoding sequences, in the order of `history`'s rows
         self.history = TokenHistory()  # the rows' reply tokens, while one asks for a penalty
 
@@ -54,8 +64,9 @@ class RaggedEngine(Engine):
 
     @torch.inference_mode()
     def step(self) -> list[TokenOutput]:
+        started_at = time.perf_counter()
         running = [self.sequences[seq_id] for seq_id in self.rows]
-        pieces = self._plan_prefill(decoding=bool(running))
+        pieces = self.prefill_policy.plan(list(self._waiting.values()), len(running))
         if not running and not pieces:
             return []
         for waiting, _ in pieces:
@@ -82,24 +93,12 @@ class RaggedEngine(Engine):
             for sequence, token in zip(started, chosen.tolist(), strict=True):
                 self.rows.append(sequence.seq_id)
                 outputs.append(self._record(sequence, token))
+        for prefill in self._waiting.values():
+            prefill.waited += 1
+        # The whole step (inputs, forward, sampling): what a running reply waits.
+        seconds = time.perf_counter() - started_at
+        self.prefill_policy.observe(len(running), sum(size for _, size in pieces), seconds)
         return self._retire(outputs)
-
-    def _plan_prefill(self, decoding: bool) -> list[tuple[_Prefill, int]]:
-        """The waiting prompts this step prefills, oldest first, and how many
-        tokens of each: `prefill_chunk_tokens` in all; with no reply
-        decoding, at least the whole oldest prompt."""
-        budget = self.prefill_chunk_tokens
-        waiting = list(self._waiting.values())
-        if waiting and not decoding:
-            budget = max(budget, waiting[0].left)
-        pieces = []
-        for prefill in waiting:
-            if budget <= 0:
-                break
-            size = min(budget, prefill.left)
-            budget -= size
-            pieces.append((prefill, size))
-        return pieces
 
     def _give_kv(self, sequence: _Sequence, reused: list[LayerKV]) -> None:
         """A sequence's own KV block, with room for its whole prompt, starting

@@ -86,6 +86,8 @@ class ModelWorker:
         overrides: SamplingDefaults | None = None,
         prefill_chunk_tokens: int = 0,
         prefix_cache_bytes: int = 0,
+        prefill_policy: str = "fixed",
+        prefill_stretch: float = 2.0,
     ):
         self._load = load
         # The operator's GENERATION_* sampling values, over the model's own.
@@ -94,6 +96,8 @@ class ModelWorker:
         self._strategy = strategy
         self._prefill_chunk_tokens = prefill_chunk_tokens
         self._prefix_cache_bytes = prefix_cache_bytes
+        # The ragged engine's prefill plan (generation.runtime.prefillplan).
+        self._prefill_policy = (prefill_policy, prefill_stretch)
         self._wake = threading.Condition()
         self._admitted: list = []
         self._cancelled: set[str] = set()
@@ -151,6 +155,8 @@ class ModelWorker:
             defaults,
             prefill_chunk_tokens=self._prefill_chunk_tokens,
             prefix_cache_bytes=self._prefix_cache_bytes,
+            prefill_policy=self._prefill_policy[0],
+            prefill_stretch=self._prefill_policy[1],
         )
         detokenizers: dict[str, IncrementalDetokenizer] = {}
         self.info = dataclasses.replace(LOCAL_INFO, model=loaded.name, context_tokens=self.context_tokens)

@@ -39,12 +39,15 @@ def prefill(engine) -> list:
     return outputs
 
 
-def generate(loaded, prompt_list, *, chunk, join_every=1, strategy="batched", max_new_tokens=24):
+def generate(loaded, prompt_list, *, chunk, join_every=1, strategy="batched", max_new_tokens=24, policy=None):
     """Drive an engine as the model thread does: admissions, one decode
     step, then one prefill chunk; a new prompt arrives every `join_every`
-    loops. Returns each prompt's tokens, and per loop which replies got a
+    loops. `policy`: the ragged engine's prefill policy (default: fixed
+    chunks). Returns each prompt's tokens, and per loop which replies got a
     decode token while a prompt was still being prefilled."""
     engine = make_engine(strategy, loaded.model, stop_token_ids(loaded), prefill_chunk_tokens=chunk)
+    if policy is not None:
+        engine.prefill_policy = policy
     tokens = {str(i): [] for i in range(len(prompt_list))}
     pending = list(enumerate(prompt_list))
     during_prefill = []

@@ -27,7 +27,8 @@ class LocalBackend(Backend):
     `prefill_chunk_tokens`: the engine's prefill chunk (None: the setting
     GENERATION_PREFILL_CHUNK_TOKENS, 0: whole prompts). `prefix_cache_mb`:
     the budget of reusable KV (None: GENERATION_PREFIX_CACHE_MB, 0: no
-    prefix reuse)."""
+    prefix reuse). The prefill policy and its stretch are the settings
+    GENERATION_PREFILL_POLICY and GENERATION_PREFILL_STEP_STRETCH."""
 
     kind = "local"
 
@@ -51,6 +52,8 @@ class LocalBackend(Backend):
         self._prefix_cache_mb = (
             settings.GENERATION_PREFIX_CACHE_MB if prefix_cache_mb is None else prefix_cache_mb
         )
+        self._prefill_policy = settings.GENERATION_PREFILL_POLICY
+        self._prefill_stretch = settings.GENERATION_PREFILL_STEP_STRETCH
         self._worker: ModelWorker | None = None
 
     def start(self, deliver: Deliver) -> None:
@@ -62,6 +65,8 @@ class LocalBackend(Backend):
             self._sampling,
             prefill_chunk_tokens=self._prefill_chunk_tokens,
             prefix_cache_bytes=self._prefix_cache_mb * 2**20,
+            prefill_policy=self._prefill_policy,
+            prefill_stretch=self._prefill_stretch,
         )
         self._worker.start()
 
