@@ -55,6 +55,13 @@ class SequenceKV:
         return 0 if self.block is None else self.block.shape[3]
 
     @property
+    def bytes_per_token(self) -> int:
+        """Bytes one token's keys and values take, all layers (SmolLM2-135M in
+        float32: 30 x 2 x 3 x 64 x 4 = 46,080)."""
+        layers, two, heads, _, dim = self.shape
+        return layers * two * heads * dim * self.dtype.itemsize
+
+    @property
     def nbytes(self) -> int:
         """Bytes this sequence's KV holds (spare room included)."""
         return 0 if self.block is None else self.block.nbytes
@@ -69,9 +76,25 @@ class SequenceKV:
         block = torch.empty((layers, two, heads, capacity, dim), dtype=self.dtype, device=self.device)
         if self.length:
             block[:, :, :, : self.length] = self.block[:, :, :, : self.length]
+        self._use(block)
+
+    def adopt(self, block: torch.Tensor, length: int) -> None:
+        """Take over `block` ([layers, 2, heads, capacity, dim], its first
+        `length` tokens filled: a prefix cache entry's own, given up by the
+        store) instead of copying it. Tokens are only ever written past
+        `length`, so views of its first `length` tokens held elsewhere (a
+        waiting prompt's shorter reused prefix) stay valid."""
+        if block.shape[:3] != self.shape[:3] or block.shape[4] != self.shape[4] or block.shape[3] < length:
+            raise ValueError(
+                f"A block of shape {tuple(block.shape)} cannot hold {length} tokens of {self.shape}."
+            )
+        self._use(block)
+        self.length = length
+
+    def _use(self, block: torch.Tensor) -> None:
         self.block = block
-        self._keys = [block[index, 0][None] for index in range(layers)]
-        self._values = [block[index, 1][None] for index in range(layers)]
+        self._keys = [block[index, 0][None] for index in range(self.shape[0])]
+        self._values = [block[index, 1][None] for index in range(self.shape[0])]
 
     def load(self, layers: list[tuple[torch.Tensor, torch.Tensor]], room: int = 0) -> None:
         """Start from a copy of these per-layer keys and values ([1, heads,
