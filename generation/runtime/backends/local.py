@@ -27,7 +27,8 @@ class LocalBackend(Backend):
     `prefill_chunk_tokens`: the engine's prefill chunk (None: the setting
     GENERATION_PREFILL_CHUNK_TOKENS, 0: whole prompts). `prefix_cache_mb`:
     the budget of reusable KV (None: GENERATION_PREFIX_CACHE_MB, 0: no
-    prefix reuse)."""
+    prefix reuse). The C allocator's mmap threshold is the setting
+    GENERATION_MALLOC_MMAP_THRESHOLD_KB (generation.runtime.allocator)."""
 
     kind = "local"
 
@@ -51,6 +52,7 @@ class LocalBackend(Backend):
         self._prefix_cache_mb = (
             settings.GENERATION_PREFIX_CACHE_MB if prefix_cache_mb is None else prefix_cache_mb
         )
+        self._mmap_threshold_bytes = settings.GENERATION_MALLOC_MMAP_THRESHOLD_KB * 1024
         self._worker: ModelWorker | None = None
 
     def start(self, deliver: Deliver) -> None:
@@ -62,6 +64,7 @@ class LocalBackend(Backend):
             self._sampling,
             prefill_chunk_tokens=self._prefill_chunk_tokens,
             prefix_cache_bytes=self._prefix_cache_mb * 2**20,
+            mmap_threshold_bytes=self._mmap_threshold_bytes,
         )
         self._worker.start()
 
