@@ -16,14 +16,22 @@ generation/runtime/prefixcache.py found).
 
 import torch
 
-MIN_SPARE = 64
+MIN_SPARE = 32
 """Tokens of room a block always gets beyond what it must hold."""
+
+SPARE_FRACTION = 8
+"""A growing block gets 1/SPARE_FRACTION of its tokens as spare room. An
+eighth, not a quarter: at 16 conversations the spare room is memory held
+for nothing (a quarter was some 100 MB of 1.5 GB), while the copies an
+eighth adds (a 600-token sequence grows every 75 tokens, copying some 28
+MB) cost well under 1% of the decode steps between them
+(docs/benchmarks.md, "Memory: moving KV instead of copying it")."""
 
 
 class SequenceKV:
     """The growing KV block of one sequence.
 
-    `length` tokens are filled; `reserve` makes room (growing by a quarter,
+    `length` tokens are filled; `reserve` makes room (growing by an eighth,
     so appends cost amortised O(1) copies per token), `write` stores one
     layer's keys and values at a position, `layer` gives views of the filled
     part. Not thread safe; the model thread alone uses it."""
@@ -68,11 +76,12 @@ class SequenceKV:
 
     def reserve(self, tokens: int) -> None:
         """Make room for `tokens` in all (filled ones included): grow, with
-        spare room of a quarter (at least MIN_SPARE), when they do not fit."""
+        spare room of 1/SPARE_FRACTION (at least MIN_SPARE), when they do not
+        fit."""
         if tokens <= self.capacity:
             return
         layers, two, heads, _, dim = self.shape
-        capacity = tokens + max(MIN_SPARE, tokens // 4)
+        capacity = tokens + max(MIN_SPARE, tokens // SPARE_FRACTION)
         block = torch.empty((layers, two, heads, capacity, dim), dtype=self.dtype, device=self.device)
         if self.length:
             block[:, :, :, : self.length] = self.block[:, :, :, : self.length]
