@@ -38,6 +38,12 @@ import torch
 
 LayerKV = tuple[torch.Tensor, torch.Tensor]  # keys, values: [1, kv_heads, tokens, head_dim]
 
+TAKE_SLACK = 16
+"""A prompt that shares all of an entry but at most this many trailing ids
+takes the entry over (`lookup`'s `take`): the next turn of a conversation
+whose reply re-tokenised differently at its end. A prompt sharing less (a
+system turn, an edited conversation) copies what it shares."""
+
 
 @dataclass
 class _Entry:
@@ -45,6 +51,7 @@ class _Entry:
     block: torch.Tensor  # [layers, 2, kv_heads, capacity >= tokens, head_dim]; layers are views of it
     layers: list[LayerKV]
     nbytes: int  # the block's, spare room included
+    lent: int = 0  # the longest prefix of it handed out as views (read later by a waiting prompt)
 
 
 class Reuse(NamedTuple):
@@ -85,9 +92,11 @@ class PrefixCache:
         token (the prefill needs one token to compute the first reply
         token's logits), or Reuse(0, []) when nothing matches. A prompt that
         extends a whole entry makes it the most recently used, or, with
-        `take`, takes its block over: the entry leaves the store (and its
-        budget) and the block is the caller's (`Reuse.block`). A partial
-        hit does neither: every chat prompt shares the template's system
+        `take`, takes its block over (also when it shares all but at most
+        TAKE_SLACK trailing ids, unless views reaching past its shared ids
+        were handed out): the entry leaves the store (and its budget) and
+        the block is the caller's (`Reuse.block`), to write past the shared
+        ids. A partial hit does neither: every chat prompt shares the template's system
         turn with every entry, and would otherwise keep them all fresh; the
         tokens it shares come back anyway when the sequence that reused
         them leaves, in its own entry."""
@@ -104,12 +113,16 @@ class PrefixCache:
         entry = self._entries[best_key]
         self.hit_tokens += best
         layers = [(keys[:, :, :best], values[:, :, :best]) for keys, values in entry.layers]
-        if best < len(entry.ids):
-            return Reuse(best, layers)
-        if take:
+        # The next turn of the entry's conversation: all of it, or all but a
+        # short tail (the chat re-tokenises the reply's text, and its last
+        # few ids may come out differently). The taker writes past `best`,
+        # so only if nobody holds views reaching past it.
+        if take and best >= len(entry.ids) - TAKE_SLACK and best >= entry.lent:
             self._drop(best_key)
             return Reuse(best, layers, entry.block)
-        self._entries.move_to_end(best_key)
+        entry.lent = max(entry.lent, best)
+        if best == len(entry.ids):
+            self._entries.move_to_end(best_key)
         return Reuse(best, layers)
 
     def store(self, ids: list[int], layers: list[LayerKV], block: torch.Tensor | None = None) -> None:

@@ -105,3 +105,21 @@ def test_a_next_turn_cancelled_before_its_prefill_gives_its_history_back(loaded)
     tokens, reused = drive(engine, {"again": second})
     assert reused["again"] == len(first) + len(reply) - 1
     assert tokens["again"] == fresh(loaded, second)
+
+
+def test_a_next_turn_whose_reply_re_tokenised_differently_still_takes_its_history(loaded):
+    """The chat sends the reply back as text; its last ids may tokenise
+    differently. A next turn sharing all of its history but the last few
+    ids takes the entry over too (the store keeps no stale copy of the
+    conversation) and writes the fresh greedy text."""
+    engine = engine_of(loaded)
+    first = first_turns(loaded, 8)[5]
+    reply = drive(engine, {"a": first})[0]["a"]
+    second = first + reply[:-3] + ids_of(loaded, 5, 11)
+    read = first + reply[:-1]
+    shared = next(n for n, (a, b) in enumerate(zip(read, second, strict=False)) if a != b)
+    assert len(read) - 16 <= shared < len(read)
+    tokens, reused = drive(engine, {"b": second})
+    assert reused["b"] == shared
+    assert tokens["b"] == fresh(loaded, second)
+    assert len(engine.prefix_cache) == 1  # the new turn's entry alone, no stale copy of the first
