@@ -10,16 +10,18 @@ the heap is free. The threshold starts at 128 KB but is dynamic: each time
 a mapped chunk is freed, glibc raises it to that chunk's size, up to 32 MB
 on 64-bit systems (glibc's mallopt(3), "M_MMAP_THRESHOLD"). After the first
 few replies end, the next blocks therefore come from the heap, and the
-holes that freed blocks of other sizes leave there keep some 200-300 MB of
-RSS at 16 conversations (docs/benchmarks.md, "Memory: moving KV instead of
-copying it").
+holes that freed blocks of other sizes leave there kept some 200-300 MB of
+RSS at 16 conversations (docs/benchmarks.md, "Through the service: memory
+at 16 conversations": 2,053 MB without, 1,864 MB with
+MALLOC_MMAP_THRESHOLD_=1048576).
 
 Setting the threshold with mallopt fixes it (and turns the dynamic raising
 off), as the environment variable MALLOC_MMAP_THRESHOLD_ would at process
 start. Allocations below it, which are most of a forward pass's small
 tensors, still come from the heap; those above it cost an mmap, a munmap
-and page faults on first touch, which the measurements in docs/benchmarks.md
-found to be lost in the step's time.
+and page faults on first touch (a 30 MB block's growth: 25-42 ms at load
+average 5, generation.runtime.seqkv; not yet measured end to end on a
+quiet machine).
 """
 
 import ctypes

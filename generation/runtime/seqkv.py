@@ -21,11 +21,13 @@ MIN_SPARE = 32
 
 SPARE_FRACTION = 8
 """A growing block gets 1/SPARE_FRACTION of its tokens as spare room. An
-eighth, not a quarter: at 16 conversations the spare room is memory held
-for nothing (a quarter was some 100 MB of 1.5 GB), while the copies an
-eighth adds (a 600-token sequence grows every 75 tokens, copying some 28
-MB) cost well under 1% of the decode steps between them
-(docs/benchmarks.md, "Memory: moving KV instead of copying it")."""
+eighth, not a quarter: at 16 conversations of some 900 tokens the spare
+room is memory held for nothing (a quarter: up to 170 MB, an eighth: up to
+85). The price is twice as many growth copies: a 675-token block (30 MB)
+took 25-42 ms to grow into fresh pages (2026-12-07 11:11 UTC, load
+average 5), once per 84 decode steps, so at 16 such sequences some 5-7 ms
+per step of some 150 ms: 2-3% more than a quarter's (not measured end
+to end: docs/benchmarks.md, "Memory: moving KV instead of copying it")."""
 
 
 class SequenceKV:
