@@ -310,6 +310,12 @@ GENERATION_PREFILL_STEP_STRETCH = env_number_in("GENERATION_PREFILL_STEP_STRETCH
 GENERATION_PREFIX_CACHE_MB = env_int("GENERATION_PREFIX_CACHE_MB", 256)
 if GENERATION_PREFIX_CACHE_MB < 0:
     raise ImproperlyConfigured("GENERATION_PREFIX_CACHE_MB must be 0 (no prefix reuse) or more.")
+# glibc's malloc mmap threshold for the model thread's process, in KB: KV
+# blocks at least this large get mappings of their own, returned to the system
+# when freed (generation.runtime.allocator); 0 leaves glibc's dynamic default.
+GENERATION_MALLOC_MMAP_THRESHOLD_KB = env_int("GENERATION_MALLOC_MMAP_THRESHOLD_KB", 1024)
+if not 0 <= GENERATION_MALLOC_MMAP_THRESHOLD_KB <= 32768:
+    raise ImproperlyConfigured("GENERATION_MALLOC_MMAP_THRESHOLD_KB must be 0 (glibc's default) to 32768.")
 GENERATION_CACHE_DIR = Path(
     os.environ.get("GENERATION_CACHE_DIR", Path.home() / ".cache" / "chatsite" / "models")
 )

@@ -29,8 +29,10 @@ between two tokens, however long the prompt.
 
 Prefix reuse (`prefix_cache_bytes` above 0): when a sequence leaves, the KV
 of the tokens the model read (its prompt and reply) goes to a
-`PrefixCache`; a new prompt starting with the same token ids starts from a
-copy of that KV, and its prefill, whole or chunked, covers only the rest.
+`PrefixCache`; a new prompt starting with the same token ids starts from
+that KV, and its prefill, whole or chunked, covers only the rest. The
+ragged engine moves the KV (the store keeps the leaving sequence's block;
+a conversation's next turn takes it back), the interleave engine copies it.
 """
 
 from dataclasses import dataclass, field
@@ -41,7 +43,7 @@ import torch
 from generation.runtime.kvcache import cache_keyword
 from generation.runtime.loops import LoopDetector
 from generation.runtime.prefillplan import make_policy
-from generation.runtime.prefixcache import LayerKV, PrefixCache
+from generation.runtime.prefixcache import LayerKV, PrefixCache, Reuse
 from generation.runtime.sampler import TokenHistory, penalise, pick
 from generation.runtime.sampling import SamplingDefaults, SamplingParams
 
@@ -75,12 +77,12 @@ class _Prefill:
 
     sequence: _Sequence
     prompt_ids: list[int]
-    # The reused prefix's KV (views of the prefix cache's entry), copied into
-    # the sequence's cache only when its prefill begins: sixteen prompts
-    # admitted at once would otherwise each hold a copy while they wait.
-    # (Should the entry be evicted meanwhile, these views keep its block
-    # alive until then.)
-    reused: list[LayerKV] = field(default_factory=list)
+    # The reused prefix's KV (views of the prefix cache's entry, or the
+    # entry's block taken over), put into the sequence's cache only when its
+    # prefill begins: sixteen prompts admitted at once would otherwise each
+    # hold a copy while they wait. (Should the entry be evicted meanwhile,
+    # these views keep its block alive until then.)
+    reused: Reuse = field(default_factory=lambda: Reuse(0, []))
     waited: int = 0  # engine steps it has waited so far (the prefill policy's ageing)
 
     @property
@@ -104,6 +106,10 @@ class Engine:
     prefill_in_step = False
     """True: `step` prefills waiting prompts itself (the model thread calls
     no `prefill_step`)."""
+
+    moves_kv = False
+    """True: the engine's caches are blocks the prefix cache can keep and give
+    back as they are (`PrefixCache.store`'s `block`, `lookup`'s `take`)."""
 
     def __init__(
         self,
@@ -149,15 +155,15 @@ class Engine:
         sequence = _Sequence(seq_id, params, prompt_ids, generator=self._generator_for(params))
         if not params.ignore_eos:
             sequence.loop = LoopDetector(sequence.generated)
-        reused, layers = self.prefix_cache.lookup(prompt_ids)
-        self.last_reused_tokens = reused
-        sequence.length = reused
+        reused = self.prefix_cache.lookup(prompt_ids, take=self.moves_kv)
+        self.last_reused_tokens = reused.tokens
+        sequence.length = reused.tokens
         if self.prefill_chunk_tokens:
             self.sequences[seq_id] = sequence
-            self._waiting[seq_id] = _Prefill(sequence, prompt_ids, reused=layers)
+            self._waiting[seq_id] = _Prefill(sequence, prompt_ids, reused=reused)
             return None
         # Registered only once its prefill succeeded: a failed one leaves no trace.
-        output = self._prefill_whole(sequence, layers)
+        output = self._prefill_whole(sequence, reused)
         self.sequences[seq_id] = sequence
         return self._retire([output])[0]
 
@@ -178,8 +184,17 @@ class Engine:
 
     def _remove(self, seq_ids, reusable: bool) -> None:
         known = [seq_id for seq_id in dict.fromkeys(seq_ids) if seq_id in self.sequences]
-        # A sequence still waiting for its prefill is not in the batch yet.
-        running = [seq_id for seq_id in known if self._waiting.pop(seq_id, None) is None]
+        running = []
+        for seq_id in known:
+            waiting = self._waiting.pop(seq_id, None)
+            if waiting is None:
+                running.append(seq_id)
+            elif reusable and waiting.reused.block is not None:
+                # A prompt that took its conversation's entry over and left
+                # before its prefill began: the entry goes back, unchanged.
+                ids = waiting.prompt_ids[: waiting.reused.tokens]
+                self.prefix_cache.store(ids, waiting.reused.layers, block=waiting.reused.block)
+            # (Any other waiting sequence is not in the batch yet.)
         if running:
             self._leave(running, reusable)
         for seq_id in known:
@@ -197,7 +212,7 @@ class Engine:
         finished."""
         raise NotImplementedError
 
-    def _prefill_whole(self, sequence: _Sequence, reused: list[LayerKV]) -> TokenOutput:
+    def _prefill_whole(self, sequence: _Sequence, reused: Reuse) -> TokenOutput:
         """Prefill a whole prompt now (after the `reused` prefix's KV, whose
         length `sequence.length` holds), join the running ones, and return
         its first token (not retired yet)."""
@@ -208,13 +223,15 @@ class Engine:
         `reusable`: first hand their KV to the prefix cache (`_keep`)."""
         raise NotImplementedError
 
-    def _keep(self, sequence: _Sequence, layers: list[LayerKV]) -> None:
-        """Store a leaving sequence's KV (per layer [1, heads, length, dim],
-        views the cache copies) under the ids the model read: the prompt and
-        the reply but its last token, which was sampled and never fed."""
+    def _keep(self, sequence: _Sequence, layers: list[LayerKV], block: torch.Tensor | None = None) -> None:
+        """Store a leaving sequence's KV (per layer [1, heads, length, dim]
+        views; `block`, the sequence's own block they view, which it gives
+        up, is kept without a copy) under the ids the model read: the
+        prompt and the reply but its last token, which was sampled and
+        never fed."""
         if self.prefix_cache.budget_bytes and sequence.length:
             ids = (sequence.prompt_ids + sequence.generated)[: sequence.length]
-            self.prefix_cache.store(ids, layers)
+            self.prefix_cache.store(ids, layers, block=block)
 
     def _record(self, sequence: _Sequence, token: int) -> TokenOutput:
         """Append a sampled token; say whether it finishes the sequence."""

@@ -10,15 +10,15 @@ import torch
 
 from generation.runtime.engine import Engine, TokenOutput, _Sequence
 from generation.runtime.kvcache import GrowingCache, GrowingLayer
-from generation.runtime.prefixcache import LayerKV
+from generation.runtime.prefixcache import LayerKV, Reuse
 
 
 class InterleaveEngine(Engine):
     """The old design, kept as the benchmark's baseline: one forward pass per
     sequence per step, each over its own cache."""
 
-    def _prefill_whole(self, sequence: _Sequence, reused: list[LayerKV]) -> TokenOutput:
-        cache = _cache_of(reused)
+    def _prefill_whole(self, sequence: _Sequence, reused: Reuse) -> TokenOutput:
+        cache = _cache_of(reused.layers)
         input_ids = torch.tensor([sequence.prompt_ids[sequence.length :]], device=self.device)
         # As in prefill_step: only the last position's logits are used.
         logits = self.model(
@@ -40,7 +40,7 @@ class InterleaveEngine(Engine):
         waiting = self._waiting[seq_id]
         sequence = waiting.sequence
         if sequence.cache is None:
-            sequence.cache, waiting.reused = _cache_of(waiting.reused), []
+            sequence.cache, waiting.reused = _cache_of(waiting.reused.layers), Reuse(0, [])
         size = max_tokens or self.prefill_chunk_tokens
         chunk = waiting.prompt_ids[sequence.length : sequence.length + size]
         # Only the last position's logits are ever used: skip the vocabulary

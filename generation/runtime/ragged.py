@@ -28,7 +28,7 @@ import torch
 from generation.runtime.attention import RaggedBatch, Segment, ragged_forward
 from generation.runtime.engine import Engine, TokenOutput, _Sequence
 from generation.runtime.prefillplan import FixedChunks
-from generation.runtime.prefixcache import LayerKV
+from generation.runtime.prefixcache import Reuse
 from generation.runtime.sampler import TokenHistory
 from generation.runtime.seqkv import SequenceKV
 
@@ -41,6 +41,7 @@ class RaggedEngine(Engine):
     `prefill_chunk_tokens`, oldest first)."""
 
     prefill_in_step = True
+    moves_kv = True
 
     def __init__(
         self, model: torch.nn.Module, stop_token_ids: set[int], seed: int = 0, prefill_policy=None, **options
@@ -54,7 +55,7 @@ class RaggedEngine(Engine):
         """Bytes of KV each sequence holds now (spare room included), by id."""
         return {seq_id: s.cache.nbytes if s.cache is not None else 0 for seq_id, s in self.sequences.items()}
 
-    def _prefill_whole(self, sequence: _Sequence, reused: list[LayerKV]) -> TokenOutput:
+    def _prefill_whole(self, sequence: _Sequence, reused: Reuse) -> TokenOutput:
         self._give_kv(sequence, reused)
         piece = (sequence, len(sequence.prompt_ids) - sequence.length)
         logits = self._forward([], [piece])
@@ -72,7 +73,7 @@ class RaggedEngine(Engine):
         for waiting, _ in pieces:
             if waiting.sequence.cache is None:
                 self._give_kv(waiting.sequence, waiting.reused)
-                waiting.reused = []
+                waiting.reused = Reuse(0, [])
         logits = self._forward(running, [(waiting.sequence, size) for waiting, size in pieces])
         outputs = []
         if running:
@@ -100,12 +101,16 @@ class RaggedEngine(Engine):
         self.prefill_policy.observe(len(running), sum(size for _, size in pieces), seconds)
         return self._retire(outputs)
 
-    def _give_kv(self, sequence: _Sequence, reused: list[LayerKV]) -> None:
+    def _give_kv(self, sequence: _Sequence, reused: Reuse) -> None:
         """A sequence's own KV block, with room for its whole prompt, starting
-        with a copy of its `reused` prefix."""
+        with its `reused` prefix: the prefix cache entry's block itself when
+        the sequence took it over, else a copy."""
         kv = SequenceKV.for_model(self.model)
-        if reused:
-            kv.load(reused, room=len(sequence.prompt_ids))
+        if reused.block is not None:
+            kv.adopt(reused.block, reused.tokens)
+            kv.reserve(len(sequence.prompt_ids))
+        elif reused.tokens:
+            kv.load(reused.layers, room=len(sequence.prompt_ids))
         else:
             kv.reserve(len(sequence.prompt_ids))
         sequence.cache = kv
@@ -150,7 +155,8 @@ class RaggedEngine(Engine):
         for seq_id in seq_ids:
             sequence = self.sequences[seq_id]
             if reusable and self.prefix_cache.budget_bytes and sequence.cache is not None:
-                self._keep(sequence, sequence.cache.layers())
+                # The block goes to the store as it is: the sequence is done with it.
+                self._keep(sequence, sequence.cache.layers(), block=sequence.cache.block)
             sequence.cache = None
         keep = [index for index, seq_id in enumerate(self.rows) if seq_id not in leaving]
         self.rows = [self.rows[index] for index in keep]

@@ -16,14 +16,24 @@ generation/runtime/prefixcache.py found).
 
 import torch
 
-MIN_SPARE = 64
+MIN_SPARE = 32
 """Tokens of room a block always gets beyond what it must hold."""
+
+SPARE_FRACTION = 8
+"""A growing block gets 1/SPARE_FRACTION of its tokens as spare room. An
+eighth, not a quarter: at 16 conversations of some 900 tokens the spare
+room is memory held for nothing (a quarter: up to 170 MB, an eighth: up to
+85). The price is twice as many growth copies: a 675-token block (30 MB)
+took 25-42 ms to grow into fresh pages (2026-12-07 11:11 UTC, load
+average 5), once per 84 decode steps, so at 16 such sequences some 5-7 ms
+per step of some 150 ms: 2-3% more than a quarter's (not measured end
+to end: docs/benchmarks.md, "Memory: moving KV instead of copying it")."""
 
 
 class SequenceKV:
     """The growing KV block of one sequence.
 
-    `length` tokens are filled; `reserve` makes room (growing by a quarter,
+    `length` tokens are filled; `reserve` makes room (growing by an eighth,
     so appends cost amortised O(1) copies per token), `write` stores one
     layer's keys and values at a position, `layer` gives views of the filled
     part. Not thread safe; the model thread alone uses it."""
@@ -55,23 +65,47 @@ class SequenceKV:
         return 0 if self.block is None else self.block.shape[3]
 
     @property
+    def bytes_per_token(self) -> int:
+        """Bytes one token's keys and values take, all layers (SmolLM2-135M in
+        float32: 30 x 2 x 3 x 64 x 4 = 46,080)."""
+        layers, two, heads, _, dim = self.shape
+        return layers * two * heads * dim * self.dtype.itemsize
+
+    @property
     def nbytes(self) -> int:
         """Bytes this sequence's KV holds (spare room included)."""
         return 0 if self.block is None else self.block.nbytes
 
     def reserve(self, tokens: int) -> None:
         """Make room for `tokens` in all (filled ones included): grow, with
-        spare room of a quarter (at least MIN_SPARE), when they do not fit."""
+        spare room of 1/SPARE_FRACTION (at least MIN_SPARE), when they do not
+        fit."""
         if tokens <= self.capacity:
             return
         layers, two, heads, _, dim = self.shape
-        capacity = tokens + max(MIN_SPARE, tokens // 4)
+        capacity = tokens + max(MIN_SPARE, tokens // SPARE_FRACTION)
         block = torch.empty((layers, two, heads, capacity, dim), dtype=self.dtype, device=self.device)
         if self.length:
             block[:, :, :, : self.length] = self.block[:, :, :, : self.length]
+        self._use(block)
+
+    def adopt(self, block: torch.Tensor, length: int) -> None:
+        """Take over `block` ([layers, 2, heads, capacity, dim], its first
+        `length` tokens filled: a prefix cache entry's own, given up by the
+        store) instead of copying it. Tokens are only ever written past
+        `length`, so views of its first `length` tokens held elsewhere (a
+        waiting prompt's shorter reused prefix) stay valid."""
+        if block.shape[:3] != self.shape[:3] or block.shape[4] != self.shape[4] or block.shape[3] < length:
+            raise ValueError(
+                f"A block of shape {tuple(block.shape)} cannot hold {length} tokens of {self.shape}."
+            )
+        self._use(block)
+        self.length = length
+
+    def _use(self, block: torch.Tensor) -> None:
         self.block = block
-        self._keys = [block[index, 0][None] for index in range(layers)]
-        self._values = [block[index, 1][None] for index in range(layers)]
+        self._keys = [block[index, 0][None] for index in range(self.shape[0])]
+        self._values = [block[index, 1][None] for index in range(self.shape[0])]
 
     def load(self, layers: list[tuple[torch.Tensor, torch.Tensor]], room: int = 0) -> None:
         """Start from a copy of these per-layer keys and values ([1, heads,

@@ -19,6 +19,7 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from generation.runtime.allocator import set_mmap_threshold
 from generation.runtime.detokenizer import IncrementalDetokenizer
 from generation.runtime.prompt import PromptTooLong, build_prompt, prepare_tokenizer
 from generation.runtime.sampling import FALLBACK, SamplingDefaults
@@ -76,7 +77,10 @@ def freeze_long_lived_objects() -> None:
 
 
 class ModelWorker:
-    """Owns the model thread, its engine, and one detokenizer per sequence."""
+    """Owns the model thread, its engine, and one detokenizer per sequence.
+
+    `mmap_threshold_bytes`: the C allocator's mmap threshold, set as the
+    thread starts (generation.runtime.allocator; 0: glibc's default)."""
 
     def __init__(
         self,
@@ -88,6 +92,7 @@ class ModelWorker:
         prefix_cache_bytes: int = 0,
         prefill_policy: str = "fixed",
         prefill_stretch: float = 2.0,
+        mmap_threshold_bytes: int = 0,
     ):
         self._load = load
         # The operator's GENERATION_* sampling values, over the model's own.
@@ -98,6 +103,7 @@ class ModelWorker:
         self._prefix_cache_bytes = prefix_cache_bytes
         # The ragged engine's prefill plan (generation.runtime.prefillplan).
         self._prefill_policy = (prefill_policy, prefill_stretch)
+        self._mmap_threshold_bytes = mmap_threshold_bytes
         self._wake = threading.Condition()
         self._admitted: list = []
         self._cancelled: set[str] = set()
@@ -138,6 +144,8 @@ class ModelWorker:
             # and every manage.py command and web page would otherwise pay for it.
             from generation.runtime.engine import make_engine
 
+            # Before the load: its transients go back to the system too.
+            set_mmap_threshold(self._mmap_threshold_bytes)
             loaded = self._load()
             prepare_tokenizer(loaded.tokenizer)
             freeze_long_lived_objects()

@@ -11,6 +11,7 @@ import pytest
 from generation.runtime.engine import SamplingParams, make_engine
 from generation.runtime.loading import shared_model
 from generation.runtime.prompt import encode_conversation
+from generation.runtime.seqkv import SequenceKV
 from generation.runtime.worker import stop_token_ids
 from tests.generation.test_chunked_prefill import prefill
 
@@ -179,12 +180,10 @@ def test_the_store_stays_in_its_budget_and_evicts_the_oldest(loaded):
 def test_a_sequence_larger_than_the_budget_keeps_its_start_only(loaded):
     """A budget smaller than one conversation keeps the leading tokens that
     fit, and a next turn reuses just those."""
-    probe = engine_of(loaded)
     first = first_turns(loaded, 8)[7]
-    reply = drive(probe, {"p": first})[0]["p"]
-    per_token = probe.prefix_cache.nbytes // (len(first) + len(reply) - 1)
+    per_token = SequenceKV.for_model(loaded.model).bytes_per_token
     engine = engine_of(loaded, budget=per_token * 100)
-    drive(engine, {"p": first})
+    reply = drive(engine, {"p": first})[0]["p"]
     assert engine.prefix_cache.nbytes == per_token * 100
     second = first + reply + ids_of(loaded, 4, 3)
     tokens, reused = drive(engine, {"next": second})

@@ -28,7 +28,8 @@ class LocalBackend(Backend):
     GENERATION_PREFILL_CHUNK_TOKENS, 0: whole prompts). `prefix_cache_mb`:
     the budget of reusable KV (None: GENERATION_PREFIX_CACHE_MB, 0: no
     prefix reuse). The prefill policy and its stretch are the settings
-    GENERATION_PREFILL_POLICY and GENERATION_PREFILL_STEP_STRETCH."""
+    GENERATION_PREFILL_POLICY and GENERATION_PREFILL_STEP_STRETCH; the C allocator's mmap threshold is
+    GENERATION_MALLOC_MMAP_THRESHOLD_KB (generation.runtime.allocator)."""
 
     kind = "local"
 
@@ -54,6 +55,7 @@ class LocalBackend(Backend):
         )
         self._prefill_policy = settings.GENERATION_PREFILL_POLICY
         self._prefill_stretch = settings.GENERATION_PREFILL_STEP_STRETCH
+        self._mmap_threshold_bytes = settings.GENERATION_MALLOC_MMAP_THRESHOLD_KB * 1024
         self._worker: ModelWorker | None = None
 
     def start(self, deliver: Deliver) -> None:
@@ -67,6 +69,7 @@ class LocalBackend(Backend):
             prefix_cache_bytes=self._prefix_cache_mb * 2**20,
             prefill_policy=self._prefill_policy,
             prefill_stretch=self._prefill_stretch,
+            mmap_threshold_bytes=self._mmap_threshold_bytes,
         )
         self._worker.start()
 
