@@ -30,6 +30,7 @@ alone: set an integer (cores / processes) there, as docs/deploy.md says.
 
 import datetime
 import logging
+import os
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -53,6 +54,12 @@ ROUNDS = 2
 TOLERANCE = 0.05
 GIVE_UP = 2.0  # a try whose decode steps take this many times the fastest's is cut short
 MAX_CANDIDATE = 8
+BUSY_LOAD = 1.0
+"""Load average per usable core above which a measurement is not stored:
+another program was running, and its pick would stick on a machine that is
+quiet on other days (one under load 6-8 on this project's 2-core machine
+picked 1 thread; the same machine quiet measures 2 threads at 61 ms a
+decode step against 108 ms: docs/benchmarks.md, "Torch threads")."""
 
 # Per process: the calibration each key got, so that a service restarted in
 # the same process (a test's new event loop) neither reads the file nor
@@ -155,18 +162,35 @@ def _measure_and_store(model, key: dict, cache_dir: Path, strategy: str, progres
         f"({key['cores']} usable cores), {strategy} engine, model {key['model']['name']}"
     )
     started = time.perf_counter()
+    load = machine_load()
     timings = measure(model, strategy, counts, progress)
     threads = pick({n: figures["step_ms"] for n, figures in timings.items()})
     fastest = min(timings, key=lambda n: timings[n]["step_ms"])
     measured_at = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
-    entry = {"key": key, "threads": threads, "timings": timings, "measured_at": measured_at}
-    path = threadstore.store(cache_dir, entry)
+    entry = {"key": key, "threads": threads, "timings": timings, "measured_at": measured_at, "load": load}
+    if load > BUSY_LOAD:
+        path = None
+        logger.warning(
+            "Torch threads: the machine was busy while measuring (load average %.1f per core, over %.1f): "
+            "%d thread(s) apply to this process only, not stored; the next start measures again",
+            load,
+            BUSY_LOAD,
+            threads,
+        )
+    else:
+        path = threadstore.store(cache_dir, entry)
     progress(
         f"Torch threads: picked {threads} (fastest {fastest} at {timings[fastest]['step_ms']:.1f} ms/step; "
         f"fewer threads win within {TOLERANCE:.0%}), calibrated in {time.perf_counter() - started:.1f} s"
         + (f", stored in {path}" if path else "")
     )
     return Calibration(threads, key, timings, measured_at, path, False)
+
+
+def machine_load() -> float:
+    """The 1-minute load average per usable core, read just before a
+    measurement (the model's own load counts a little: it just ran)."""
+    return os.getloadavg()[0] / threadstore.usable_cores()
 
 
 def measure(

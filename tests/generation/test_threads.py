@@ -37,6 +37,9 @@ def calibration(tiny_model, settings, tmp_path, monkeypatch):
         return real(model, strategy, count, give_up_ms)
 
     monkeypatch.setattr(threads, "time_engine", counted)
+    # The machine's load is not the tests' to choose: a quiet machine unless
+    # a test says otherwise.
+    monkeypatch.setattr(threads, "machine_load", lambda: 0.0)
     yield types.SimpleNamespace(timed=timed, store=tmp_path / threadstore.STORE_NAME, folder=tmp_path)
     torch.set_num_threads(1)
 
@@ -177,3 +180,23 @@ def test_calibrate_threads_command_measures_again_and_prints_json(calibration, t
     call_command("calibrate_threads")
     table = capsys.readouterr().out
     assert "<- picked" in table and "ms/step" in table
+
+
+def test_a_pick_measured_on_a_busy_machine_applies_but_is_not_kept(calibration, monkeypatch, caplog):
+    """Measured while other programs held the cores, the pick is used by this
+    process only; the next start (on a quiet machine) measures again and
+    keeps its own."""
+    monkeypatch.setattr(threads, "machine_load", lambda: 3.0)
+    caplog.set_level(logging.WARNING, logger="generation.runtime.threads")
+    configured_model_loader()()
+    busy_timings = len(calibration.timed)
+    assert busy_timings > 0
+    assert not calibration.store.exists()
+    assert any("busy" in r.getMessage() and "not stored" in r.getMessage() for r in caplog.records)
+
+    new_process(monkeypatch)
+    monkeypatch.setattr(threads, "machine_load", lambda: 0.2)
+    configured_model_loader()()
+    assert len(calibration.timed) > busy_timings  # measured again
+    [entry] = stored_entries(calibration.store)
+    assert entry["load"] == 0.2

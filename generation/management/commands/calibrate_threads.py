@@ -59,5 +59,9 @@ class Command(BaseCommand):
             self.stdout.write(
                 f"{count:>7} | {figures['step_ms']:>7.1f} | {figures['decode_ms']:>14.1f} | {chunk:>17}{mark}"
             )
-        where = f"stored in {result.path}" if result.path else "not stored (the cache folder is not writable)"
+        where = (
+            f"stored in {result.path}"
+            if result.path
+            else "not stored (the machine was busy, or the cache folder is not writable: see the log above)"
+        )
         self.stdout.write(f"Picked {result.threads} thread(s); {where}.")
