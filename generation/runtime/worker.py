@@ -102,7 +102,8 @@ class ModelWorker:
         self._prefill_chunk_tokens = prefill_chunk_tokens
         self._prefix_cache_bytes = prefix_cache_bytes
         # The ragged engine's prefill plan (generation.runtime.prefillplan).
-        self._prefill_policy = (prefill_policy, prefill_stretch)
+        self._prefill_policy = prefill_policy
+        self._prefill_stretch = prefill_stretch
         self._mmap_threshold_bytes = mmap_threshold_bytes
         self._wake = threading.Condition()
         self._admitted: list = []
@@ -163,8 +164,8 @@ class ModelWorker:
             defaults,
             prefill_chunk_tokens=self._prefill_chunk_tokens,
             prefix_cache_bytes=self._prefix_cache_bytes,
-            prefill_policy=self._prefill_policy[0],
-            prefill_stretch=self._prefill_policy[1],
+            prefill_policy=self._prefill_policy,
+            prefill_stretch=self._prefill_stretch,
         )
         detokenizers: dict[str, IncrementalDetokenizer] = {}
         self.info = dataclasses.replace(LOCAL_INFO, model=loaded.name, context_tokens=self.context_tokens)
